@@ -1,0 +1,248 @@
+import Yams
+
+/// Turns the YAML tree into a `GatewayConfig`, checking each field and the references
+/// between them; problems go to the reader's diagnostics.
+struct ConfigDecoder {
+    let reader: YAMLReader
+
+    private static let logLevels: Set<String> = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+    private static let methodChars = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+    func decode(_ root: Node) -> GatewayConfig? {
+        let r = reader
+        guard
+            let top = r.mapping(
+                root, "",
+                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes"])
+        else { return nil }
+
+        var workers: Int?
+        if let node = top["workers"]?.value { workers = r.int(node, "workers", range: 1...1024) }
+        var logLevel = "info"
+        if let node = top["log_level"]?.value, let level = r.string(node, "log_level") {
+            if Self.logLevels.contains(level) {
+                logLevel = level
+            } else {
+                r.fail(node, "log_level", "unknown log level \"\(level)\" (expected one of: \(Self.logLevels.sorted().joined(separator: ", ")))")
+            }
+        }
+
+        let listeners = top["listeners"].map { decodeListeners($0.value) } ?? []
+        if top["listeners"] == nil { r.fail(root, "listeners", "at least one listener is required") }
+
+        var admin: SocketAddressSpec?
+        if let node = top["admin"]?.value, let map = r.mapping(node, "admin", allowed: ["address"]) {
+            if let a = map["address"]?.value { admin = r.address(a, "admin.address") } else { r.fail(node, "admin.address", "required") }
+        }
+
+        let limits = top["limits"].map { decodeLimits($0.value) } ?? Limits()
+        let timeouts = top["timeouts"].map { decodeTimeouts($0.value) } ?? Timeouts()
+        let upstreams = top["upstreams"].map { decodeUpstreams($0.value) } ?? []
+        let routes = top["routes"].map { decodeRoutes($0.value, upstreams: upstreams) } ?? []
+        if top["routes"] == nil { r.fail(root, "routes", "at least one route is required") }
+
+        return GatewayConfig(
+            workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
+            timeouts: timeouts, upstreams: upstreams, routes: routes)
+    }
+
+    private func decodeListeners(_ node: Node) -> [Listener] {
+        let r = reader
+        guard let items = r.sequence(node, "listeners") else { return [] }
+        if items.isEmpty { r.fail(node, "listeners", "at least one listener is required") }
+        var out: [Listener] = []
+        var seenAddresses: Set<SocketAddressSpec> = []
+        var seenNames: Set<String> = []
+        for (i, item) in items.enumerated() {
+            let path = r.join("listeners", i)
+            guard let map = r.mapping(item, path, allowed: ["name", "address"]) else { continue }
+            guard let addressNode = map["address"]?.value else {
+                r.fail(item, r.join(path, "address"), "required")
+                continue
+            }
+            guard let address = r.address(addressNode, r.join(path, "address")) else { continue }
+            let name = map["name"].flatMap { r.string($0.value, r.join(path, "name")) } ?? address.description
+            if !seenAddresses.insert(address).inserted {
+                r.fail(addressNode, r.join(path, "address"), "address \(address) is already used by another listener")
+            }
+            if !seenNames.insert(name).inserted {
+                r.fail(item, r.join(path, "name"), "duplicate listener name \"\(name)\"")
+            }
+            out.append(Listener(name: name, address: address))
+        }
+        return out
+    }
+
+    private func decodeLimits(_ node: Node) -> Limits {
+        let r = reader
+        var limits = Limits()
+        guard let map = r.mapping(node, "limits", allowed: ["max_header_bytes", "max_headers", "max_uri_bytes", "max_body_bytes"]) else {
+            return limits
+        }
+        if let n = map["max_header_bytes"]?.value, let v = r.size(n, "limits.max_header_bytes") {
+            if v < 256 || v > 1 << 20 { r.fail(n, "limits.max_header_bytes", "must be between 256 and 1MB") } else { limits.maxHeaderBytes = v }
+        }
+        if let n = map["max_headers"]?.value, let v = r.int(n, "limits.max_headers", range: 1...10_000) { limits.maxHeaderCount = v }
+        if let n = map["max_uri_bytes"]?.value, let v = r.size(n, "limits.max_uri_bytes") {
+            if v < 16 { r.fail(n, "limits.max_uri_bytes", "must be at least 16") } else { limits.maxURIBytes = v }
+        }
+        if let n = map["max_body_bytes"]?.value, let v = r.size(n, "limits.max_body_bytes") { limits.maxBodyBytes = v }
+        return limits
+    }
+
+    private func decodeTimeouts(_ node: Node) -> Timeouts {
+        let r = reader
+        var timeouts = Timeouts()
+        guard let map = r.mapping(node, "timeouts", allowed: ["client_idle", "request", "drain"]) else { return timeouts }
+        if let n = map["client_idle"]?.value, let v = positive(n, "timeouts.client_idle") { timeouts.clientIdle = v }
+        if let n = map["request"]?.value, let v = positive(n, "timeouts.request") { timeouts.request = v }
+        if let n = map["drain"]?.value, let v = r.duration(n, "timeouts.drain") { timeouts.drain = v }
+        return timeouts
+    }
+
+    private func positive(_ node: Node, _ path: String) -> Duration? {
+        guard let d = reader.duration(node, path) else { return nil }
+        guard d > .zero else {
+            reader.fail(node, path, "must be greater than zero")
+            return nil
+        }
+        return d
+    }
+
+    private func decodeUpstreams(_ node: Node) -> [Upstream] {
+        let r = reader
+        guard case .mapping(let mapping) = node else {
+            r.fail(node, "upstreams", "expected a mapping of upstream names to their settings")
+            return []
+        }
+        var out: [Upstream] = []
+        for (key, value) in mapping {
+            guard let name = r.string(key, "upstreams") else { continue }
+            let path = r.join("upstreams", name)
+            if out.contains(where: { $0.name == name }) {
+                r.fail(key, path, "duplicate upstream \"\(name)\"")
+                continue
+            }
+            guard let map = r.mapping(value, path, allowed: ["targets", "connect_timeout", "read_timeout", "pool"]) else { continue }
+            var targets: [Upstream.Target] = []
+            if let t = map["targets"]?.value, let items = r.sequence(t, r.join(path, "targets")) {
+                if items.isEmpty { r.fail(t, r.join(path, "targets"), "at least one target is required") }
+                for (i, item) in items.enumerated() {
+                    if let target = decodeTarget(item, r.join(r.join(path, "targets"), i)) { targets.append(target) }
+                }
+            } else if map["targets"] == nil {
+                r.fail(value, r.join(path, "targets"), "required")
+            }
+            var upstream = Upstream(name: name, targets: targets)
+            if let n = map["connect_timeout"]?.value, let v = positive(n, r.join(path, "connect_timeout")) { upstream.connectTimeout = v }
+            if let n = map["read_timeout"]?.value, let v = positive(n, r.join(path, "read_timeout")) { upstream.readTimeout = v }
+            if let p = map["pool"]?.value, let pool = r.mapping(p, r.join(path, "pool"), allowed: ["max_idle", "idle_timeout"]) {
+                let poolPath = r.join(path, "pool")
+                if let n = pool["max_idle"]?.value, let v = r.int(n, r.join(poolPath, "max_idle"), range: 0...100_000) {
+                    upstream.maxIdleConnections = v
+                }
+                if let n = pool["idle_timeout"]?.value, let v = positive(n, r.join(poolPath, "idle_timeout")) { upstream.idleTimeout = v }
+            }
+            out.append(upstream)
+        }
+        return out
+    }
+
+    private func decodeTarget(_ node: Node, _ path: String) -> Upstream.Target? {
+        let r = reader
+        if case .scalar = node {  // shorthand: "- 127.0.0.1:9000"
+            return r.address(node, path).map { Upstream.Target(address: $0) }
+        }
+        guard let map = r.mapping(node, path, allowed: ["address", "weight"]) else { return nil }
+        guard let a = map["address"]?.value else {
+            r.fail(node, r.join(path, "address"), "required")
+            return nil
+        }
+        guard let address = r.address(a, r.join(path, "address")) else { return nil }
+        var weight = 1
+        if let w = map["weight"]?.value, let v = r.int(w, r.join(path, "weight"), range: 1...1000) { weight = v }
+        return Upstream.Target(address: address, weight: weight)
+    }
+
+    private func decodeRoutes(_ node: Node, upstreams: [Upstream]) -> [Route] {
+        let r = reader
+        guard let items = r.sequence(node, "routes") else { return [] }
+        if items.isEmpty { r.fail(node, "routes", "at least one route is required") }
+        var out: [Route] = []
+        var names: Set<String> = []
+        for (i, item) in items.enumerated() {
+            let path = r.join("routes", i)
+            guard
+                let map = r.mapping(
+                    item, path,
+                    allowed: ["name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy"])
+            else { continue }
+            let name = map["name"].flatMap { r.string($0.value, r.join(path, "name")) } ?? "route\(i)"
+            if !names.insert(name).inserted { r.fail(map["name"]?.value ?? item, r.join(path, "name"), "duplicate route name \"\(name)\"") }
+
+            var host: String?
+            var pathMatch: Route.PathMatch = .prefix("/")
+            var methods: [String] = []
+            if let m = map["match"]?.value,
+                let match = r.mapping(m, r.join(path, "match"), allowed: ["host", "path_prefix", "path", "methods"])
+            {
+                let mp = r.join(path, "match")
+                if let h = match["host"]?.value { host = r.string(h, r.join(mp, "host"))?.lowercased() }
+                if match["path_prefix"] != nil, match["path"] != nil {
+                    r.fail(m, mp, "give either path_prefix or path, not both")
+                }
+                if let p = match["path_prefix"]?.value, let s = urlPath(p, r.join(mp, "path_prefix")) { pathMatch = .prefix(s) }
+                if let p = match["path"]?.value, let s = urlPath(p, r.join(mp, "path")) { pathMatch = .exact(s) }
+                if let ms = match["methods"]?.value, let list = r.sequence(ms, r.join(mp, "methods")) {
+                    for (j, mnode) in list.enumerated() {
+                        guard let method = r.string(mnode, r.join(r.join(mp, "methods"), j)) else { continue }
+                        if method.isEmpty || !method.allSatisfy({ Self.methodChars.contains($0) }) {
+                            r.fail(mnode, r.join(r.join(mp, "methods"), j), "invalid method \"\(method)\" (expected upper-case letters such as GET)")
+                        } else {
+                            methods.append(method)
+                        }
+                    }
+                }
+            }
+
+            var upstreamIndex = 0
+            if let u = map["upstream"]?.value, let uname = r.string(u, r.join(path, "upstream")) {
+                if let index = upstreams.firstIndex(where: { $0.name == uname }) {
+                    upstreamIndex = index
+                } else {
+                    r.fail(u, r.join(path, "upstream"), "unknown upstream \"\(uname)\"")
+                }
+            } else if map["upstream"] == nil {
+                r.fail(item, r.join(path, "upstream"), "required")
+            }
+
+            var route = Route(name: name, host: host, path: pathMatch, methods: methods, upstream: upstreamIndex)
+            if let n = map["strip_prefix"]?.value, let v = r.bool(n, r.join(path, "strip_prefix")) { route.stripPrefix = v }
+            if let n = map["host_header"]?.value, let v = r.string(n, r.join(path, "host_header")) {
+                switch v {
+                case "passthrough": route.hostHeader = .passthrough
+                case "target": route.hostHeader = .target
+                default:
+                    if v.isEmpty || v.contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" || $0 == "\t" }) {
+                        r.fail(n, r.join(path, "host_header"), "expected passthrough, target or a host name")
+                    } else {
+                        route.hostHeader = .fixed(v)
+                    }
+                }
+            }
+            if let n = map["max_body_bytes"]?.value, let v = r.size(n, r.join(path, "max_body_bytes")) { route.maxBodyBytes = v }
+            if let n = map["policy"]?.value { route.policy = r.string(n, r.join(path, "policy")) }
+            out.append(route)
+        }
+        return out
+    }
+
+    private func urlPath(_ node: Node, _ path: String) -> String? {
+        guard let s = reader.string(node, path) else { return nil }
+        guard s.hasPrefix("/"), !s.contains(where: { $0 == " " || $0 == "?" || $0 == "#" || !$0.isASCII }) else {
+            reader.fail(node, path, "expected a path starting with / (no spaces, query or fragment), got \"\(s)\"")
+            return nil
+        }
+        return s
+    }
+}

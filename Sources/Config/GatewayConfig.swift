@@ -1,0 +1,177 @@
+/// A validated gateway configuration: what one YAML file says, with defaults filled in.
+/// Immutable; a reload builds a new one and the runtime swaps it in whole.
+public struct GatewayConfig: Sendable, Equatable {
+    /// Event loops (one thread each) serving traffic; `nil` means one per core.
+    public var workers: Int?
+    /// `trace`, `debug`, `info`, `notice`, `warning`, `error` or `critical`. Default `info`.
+    public var logLevel: String
+    public var listeners: [Listener]
+    public var admin: SocketAddressSpec?
+    public var limits: Limits
+    public var timeouts: Timeouts
+    /// Upstreams in file order; routes refer to them by index.
+    public var upstreams: [Upstream]
+    /// Routes in file order; the first that matches wins.
+    public var routes: [Route]
+
+    public init(
+        workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,
+        limits: Limits = Limits(), timeouts: Timeouts = Timeouts(), upstreams: [Upstream], routes: [Route]
+    ) {
+        self.workers = workers
+        self.logLevel = logLevel
+        self.listeners = listeners
+        self.admin = admin
+        self.limits = limits
+        self.timeouts = timeouts
+        self.upstreams = upstreams
+        self.routes = routes
+    }
+
+    public func upstreamIndex(named name: String) -> Int? {
+        upstreams.firstIndex { $0.name == name }
+    }
+}
+
+/// `host:port`; the host may be an IPv4 or bracketed IPv6 literal or a name; empty means all.
+public struct SocketAddressSpec: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `host:port`, `[v6]:port` or `:port`.
+    public init?(parsing text: String) {
+        let t = String(text.trimmingSpaces())
+        let hostPart: Substring
+        let portPart: Substring
+        if t.hasPrefix("[") {
+            guard let close = t.firstIndex(of: "]"), t[t.index(after: close)...].hasPrefix(":") else { return nil }
+            hostPart = t[t.index(after: t.startIndex)..<close]
+            portPart = t[t.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = t.lastIndex(of: ":") else { return nil }
+            hostPart = t[..<colon]
+            portPart = t[t.index(after: colon)...]
+            if hostPart.contains(":") { return nil }
+        }
+        guard let port = Int(portPart), (0...65535).contains(port) else { return nil }
+        self.host = hostPart.isEmpty ? "0.0.0.0" : String(hostPart)
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// An address the gateway accepts client connections on.
+public struct Listener: Sendable, Hashable {
+    /// Unique name, for logs; defaults to the address.
+    public var name: String
+    public var address: SocketAddressSpec
+
+    public init(name: String, address: SocketAddressSpec) {
+        self.name = name
+        self.address = address
+    }
+}
+
+/// Limits on what a client may send. Each has its own status when exceeded.
+public struct Limits: Sendable, Equatable {
+    /// Bytes of the request head (request line and header fields). Default 16 KiB; `431`.
+    public var maxHeaderBytes: Int = 16 * 1024
+    /// Header fields in the request head. Default 100; `431`.
+    public var maxHeaderCount: Int = 100
+    /// Bytes of the request target. Default 8 KiB; `414`.
+    public var maxURIBytes: Int = 8 * 1024
+    /// Request body bytes, unless a route says otherwise. Default 10 MiB; `413`. 0 = unlimited.
+    public var maxBodyBytes: Int = 10 * 1024 * 1024
+
+    public init() {}
+}
+
+/// Time limits that are not per upstream.
+public struct Timeouts: Sendable, Equatable {
+    /// A client connection with no request in progress is closed after this. Default 60 s.
+    public var clientIdle: Duration = .seconds(60)
+    /// Longest a request may take from its first byte to its response's last. Default 60 s.
+    public var request: Duration = .seconds(60)
+    /// On shutdown or listener removal, how long in-flight requests may take to finish. Default 10 s.
+    public var drain: Duration = .seconds(10)
+
+    public init() {}
+}
+
+/// A named group of origin servers.
+public struct Upstream: Sendable, Equatable {
+    public var name: String
+    public var targets: [Target]
+    /// TCP connect timeout. Default 2 s; a timeout answers `504`, a refusal `502`.
+    public var connectTimeout: Duration = .seconds(2)
+    /// Longest wait for the next byte of the upstream's response. Default 30 s; `504`.
+    public var readTimeout: Duration = .seconds(30)
+    /// Idle kept-alive connections per target per worker. Default 64.
+    public var maxIdleConnections: Int = 64
+    /// Pooled connections unused this long are closed. Default 60 s.
+    public var idleTimeout: Duration = .seconds(60)
+
+    public init(name: String, targets: [Target]) {
+        self.name = name
+        self.targets = targets
+    }
+
+    public struct Target: Sendable, Hashable {
+        public var address: SocketAddressSpec
+        /// Share of requests relative to the other targets. Default 1.
+        public var weight: Int
+
+        public init(address: SocketAddressSpec, weight: Int = 1) {
+            self.address = address
+            self.weight = weight
+        }
+    }
+}
+
+/// Which requests a route takes and where it sends them.
+public struct Route: Sendable, Equatable {
+    public var name: String
+    /// Exact `Host` (port ignored, case-insensitive); `nil` matches any host.
+    public var host: String?
+    public var path: PathMatch
+    /// Allowed methods; empty allows all.
+    public var methods: [String]
+    /// Index into `GatewayConfig.upstreams`.
+    public var upstream: Int
+    /// Remove the matched path prefix before proxying (`/api/users` → `/users`).
+    public var stripPrefix: Bool = false
+    public var hostHeader: HostHeader = .passthrough
+    /// Overrides `limits.max_body_bytes` for this route.
+    public var maxBodyBytes: Int?
+    /// The policy script this route runs (used once the Lua runtime is present).
+    public var policy: String?
+
+    public init(name: String, host: String? = nil, path: PathMatch, methods: [String] = [], upstream: Int) {
+        self.name = name
+        self.host = host
+        self.path = path
+        self.methods = methods
+        self.upstream = upstream
+    }
+
+    public enum PathMatch: Sendable, Equatable {
+        case prefix(String)
+        case exact(String)
+    }
+
+    /// What `Host` the upstream sees.
+    public enum HostHeader: Sendable, Equatable {
+        /// The client's `Host`, unchanged (the default, as nginx's `$host` or Envoy's default).
+        case passthrough
+        /// The chosen target's `host:port`.
+        case target
+        /// A fixed value.
+        case fixed(String)
+    }
+}

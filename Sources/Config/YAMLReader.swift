@@ -1,0 +1,119 @@
+import Yams
+
+/// Walks a composed YAML document, expanding environment variables in scalars and collecting
+/// every problem with its line and document path instead of stopping at the first.
+final class YAMLReader {
+    let file: String
+    let environment: [String: String]
+    private(set) var diagnostics: [ConfigDiagnostic] = []
+
+    init(file: String, environment: [String: String]) {
+        self.file = file
+        self.environment = environment
+    }
+
+    func fail(_ node: Node?, _ path: String, _ message: String) {
+        diagnostics.append(ConfigDiagnostic(file: file, line: node?.mark?.line ?? 0, path: path, message: message))
+    }
+
+    /// The pairs of a mapping, reporting keys outside `allowed` as errors.
+    func mapping(_ node: Node, _ path: String, allowed: Set<String>) -> [String: (key: Node, value: Node)]? {
+        guard case .mapping(let mapping) = node else {
+            fail(node, path, "expected a mapping")
+            return nil
+        }
+        var out: [String: (key: Node, value: Node)] = [:]
+        for (key, value) in mapping {
+            guard case .scalar(let scalar) = key else {
+                fail(key, path, "keys must be plain strings")
+                continue
+            }
+            let name = scalar.string
+            if !allowed.contains(name) {
+                let known = allowed.sorted().joined(separator: ", ")
+                fail(key, join(path, name), "unknown key \"\(name)\" (expected one of: \(known))")
+            } else if out[name] != nil {
+                fail(key, join(path, name), "duplicate key")
+            } else {
+                out[name] = (key, value)
+            }
+        }
+        return out
+    }
+
+    func sequence(_ node: Node, _ path: String) -> [Node]? {
+        guard case .sequence(let sequence) = node else {
+            fail(node, path, "expected a list")
+            return nil
+        }
+        return Array(sequence)
+    }
+
+    func string(_ node: Node, _ path: String) -> String? {
+        guard case .scalar(let scalar) = node else {
+            fail(node, path, "expected a string")
+            return nil
+        }
+        do {
+            return try EnvironmentInterpolation.expand(scalar.string, environment: environment)
+        } catch {
+            switch error {
+            case .unset(let name):
+                fail(node, path, "environment variable \(name) is not set (use ${\(name):-default} for a default)")
+            case .unterminated: fail(node, path, "unterminated ${ in \"\(scalar.string)\"")
+            case .badName(let name): fail(node, path, "invalid variable name \"\(name)\" in ${...}")
+            }
+            return nil
+        }
+    }
+
+    func int(_ node: Node, _ path: String, range: ClosedRange<Int>) -> Int? {
+        guard let text = string(node, path) else { return nil }
+        guard let value = Int(text.trimmingSpaces()), range.contains(value) else {
+            fail(node, path, "expected an integer in \(range.lowerBound)...\(range.upperBound), got \"\(text)\"")
+            return nil
+        }
+        return value
+    }
+
+    func bool(_ node: Node, _ path: String) -> Bool? {
+        guard let text = string(node, path) else { return nil }
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default:
+            fail(node, path, "expected true or false, got \"\(text)\"")
+            return nil
+        }
+    }
+
+    func duration(_ node: Node, _ path: String) -> Duration? {
+        guard let text = string(node, path) else { return nil }
+        guard let value = Units.duration(text) else {
+            fail(node, path, "expected a duration such as 500ms, 2s or 1m, got \"\(text)\"")
+            return nil
+        }
+        return value
+    }
+
+    func size(_ node: Node, _ path: String) -> Int? {
+        guard let text = string(node, path) else { return nil }
+        guard let value = Units.size(text) else {
+            fail(node, path, "expected a size such as 8192, 16k or 10MB, got \"\(text)\"")
+            return nil
+        }
+        return value
+    }
+
+    func address(_ node: Node, _ path: String) -> SocketAddressSpec? {
+        guard let text = string(node, path) else { return nil }
+        guard let value = SocketAddressSpec(parsing: text) else {
+            fail(node, path, "expected host:port, got \"\(text)\"")
+            return nil
+        }
+        return value
+    }
+
+    func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+    func join(_ path: String, _ index: Int) -> String { "\(path)[\(index)]" }
+}

@@ -1,0 +1,204 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Config
+import Logging
+import NIOCore
+import NIOPosix
+import Proxy
+
+/// The running gateway: one event loop per worker, each with its own `ProxyWorker`, and the
+/// listeners bound once per loop with `SO_REUSEPORT` so the kernel spreads connections and
+/// each connection lives on one loop from accept to close (thread-per-core, as nginx does).
+///
+/// This actor is the control plane only (load, reload, drain); requests never touch it.
+public actor Gateway {
+    /// The outcome of a load or reload, for logs and the status endpoint.
+    public struct ReloadResult: Sendable {
+        public var generation: Int
+        public var errors: [String]
+        public var succeeded: Bool { errors.isEmpty }
+    }
+
+    public let configPath: String
+    private let workerOverride: Int?
+    private let environment: [String: String]
+    private var logger: Logger
+    private var group: MultiThreadedEventLoopGroup?
+    private var workers: [NIOLoopBound<ProxyWorker>] = []
+    private var listeners: [SocketAddressSpec: RunningListener] = [:]
+    private(set) public var generation: ProxyGeneration?
+    private(set) public var lastReload: ReloadResult?
+    private var nextGenerationID = 1
+
+    private struct RunningListener {
+        let listener: Listener
+        let handle: ListenerHandle
+        let channels: [Channel]
+        let port: Int
+    }
+
+    public init(configPath: String, workers: Int? = nil, environment: [String: String], logger: Logger) {
+        self.configPath = configPath
+        self.workerOverride = workers
+        self.environment = environment
+        self.logger = logger
+    }
+
+    /// Loads the configuration and starts serving; throws `ConfigError` if it does not validate.
+    public func start() async throws {
+        let config = try ConfigLoader.load(path: configPath, environment: environment)
+        let generation = try ProxyGeneration(id: nextGenerationID, config: config)
+        nextGenerationID += 1
+        let count = workerOverride ?? config.workers ?? System.coreCount
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
+        self.group = group
+        var workers: [NIOLoopBound<ProxyWorker>] = []
+        for loop in group.makeIterator() {
+            let logger = self.logger
+            let worker = try await loop.submit {
+                NIOLoopBound(ProxyWorker(eventLoop: loop, generation: generation, logger: logger), eventLoop: loop)
+            }.get()
+            workers.append(worker)
+        }
+        self.workers = workers
+        for listener in config.listeners {
+            listeners[listener.address] = try await bind(listener)
+        }
+        self.generation = generation
+        lastReload = ReloadResult(generation: generation.id, errors: [])
+        logger.info(
+            "gateway started",
+            metadata: [
+                "generation": "\(generation.id)", "workers": "\(count)",
+                "listeners": "\(listeners.values.map { "\($0.listener.name)=\($0.listener.address.host):\($0.port)" }.sorted().joined(separator: ","))",
+            ])
+    }
+
+    /// The port each listener is bound to, by listener name (useful when the config says port 0).
+    public func boundPorts() -> [String: Int] {
+        Dictionary(uniqueKeysWithValues: listeners.values.map { ($0.listener.name, $0.port) })
+    }
+
+    /// Re-reads the configuration. A file that fails to load changes nothing: the current
+    /// generation keeps serving and the errors are returned (and logged).
+    @discardableResult
+    public func reload() async -> ReloadResult {
+        guard let current = generation else { return ReloadResult(generation: 0, errors: ["not started"]) }
+        let config: GatewayConfig
+        let next: ProxyGeneration
+        do {
+            config = try ConfigLoader.load(path: configPath, environment: environment)
+            next = try ProxyGeneration(id: nextGenerationID, config: config)
+        } catch let error as ConfigError {
+            return rejected(current, error.diagnostics.map(\.description))
+        } catch {
+            return rejected(current, ["\(configPath): \(error)"])
+        }
+
+        // Open new listeners first: if one cannot bind, nothing has changed yet.
+        let wanted = Set(config.listeners.map(\.address))
+        var opened: [SocketAddressSpec: RunningListener] = [:]
+        for listener in config.listeners where listeners[listener.address] == nil {
+            do {
+                opened[listener.address] = try await bind(listener)
+            } catch {
+                for l in opened.values { for c in l.channels { try? await c.close() } }
+                return rejected(current, ["\(configPath) listeners: cannot listen on \(listener.address): \(error)"])
+            }
+        }
+        nextGenerationID += 1
+        for worker in workers {
+            try? await worker.eventLoop.submit { worker.value.install(next) }.get()
+        }
+        listeners.merge(opened) { $1 }
+        for (address, running) in listeners where !wanted.contains(address) {
+            listeners[address] = nil
+            for channel in running.channels { try? await channel.close() }
+            for worker in workers {
+                let handle = running.handle
+                try? await worker.eventLoop.submit { worker.value.drain(listener: handle) }.get()
+            }
+            logger.info("listener removed", metadata: ["listener": "\(running.listener.name)"])
+        }
+        let effectiveWorkers = workerOverride ?? config.workers ?? System.coreCount
+        if effectiveWorkers != workers.count {
+            logger.warning("workers changed in the config; takes effect on restart", metadata: ["running": "\(workers.count)"])
+        }
+        generation = next
+        let result = ReloadResult(generation: next.id, errors: [])
+        lastReload = result
+        logger.info("config reloaded", metadata: ["generation": "\(next.id)"])
+        return result
+    }
+
+    private func rejected(_ current: ProxyGeneration, _ errors: [String]) -> ReloadResult {
+        for error in errors { logger.error("config reload rejected: \(error)") }
+        logger.error("still serving the last good config", metadata: ["generation": "\(current.id)"])
+        let result = ReloadResult(generation: current.id, errors: errors)
+        lastReload = result
+        return result
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to the drain timeout, then closes
+    /// everything and stops the event loops.
+    public func shutdown() async {
+        guard let group else { return }
+        let drain = TimeAmount(generation?.config.timeouts.drain ?? .seconds(10))
+        for running in listeners.values { for channel in running.channels { try? await channel.close() } }
+        listeners = [:]
+        for worker in workers { try? await worker.eventLoop.submit { worker.value.drain() }.get() }
+        let deadline = NIODeadline.now() + drain
+        while NIODeadline.now() < deadline {
+            var open = 0
+            for worker in workers { open += (try? await worker.eventLoop.submit { worker.value.connectionCount }.get()) ?? 0 }
+            if open == 0 { break }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for worker in workers { try? await worker.eventLoop.submit { worker.value.closeAll() }.get() }
+        self.workers = []
+        self.group = nil
+        try? await group.shutdownGracefully()
+        logger.info("gateway stopped")
+    }
+
+    /// Client and upstream connections open across workers, for tests.
+    public func connectionCounts() async -> (clients: Int, upstreams: Int) {
+        var clients = 0, upstreams = 0
+        for worker in workers {
+            let (c, u) = (try? await worker.eventLoop.submit { (worker.value.connectionCount, worker.value.upstreamConnectionCount) }.get()) ?? (0, 0)
+            clients += c
+            upstreams += u
+        }
+        return (clients, upstreams)
+    }
+
+    /// Binds `listener` on every loop. With port 0 the first bind picks the port and the
+    /// others join it, so the listener is one port however many loops serve it.
+    private func bind(_ listener: Listener) async throws -> RunningListener {
+        let handle = ListenerHandle(name: listener.name)
+        var channels: [Channel] = []
+        var port = listener.address.port
+        do {
+            for worker in workers {
+                let channel = try await ServerBootstrap(group: worker.eventLoop)
+                    .serverChannelOption(.backlog, value: 4096)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .serverChannelOption(ChannelOptions.Types.SocketOption(level: .init(rawValue: SOL_SOCKET), name: .init(rawValue: SO_REUSEPORT)), value: 1)
+                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .childChannelOption(.maxMessagesPerRead, value: 4)
+                    .childChannelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture { try worker.value.accept(channel, listener: handle) }
+                    }
+                    .bind(host: listener.address.host, port: port)
+                    .get()
+                channels.append(channel)
+                port = channel.localAddress?.port ?? port
+            }
+        } catch {
+            for channel in channels { try? await channel.close() }
+            throw error
+        }
+        return RunningListener(listener: listener, handle: handle, channels: channels, port: port)
+    }
+}

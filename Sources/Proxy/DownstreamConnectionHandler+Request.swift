@@ -1,0 +1,340 @@
+// Hot path: per request, no allocation beyond the upstream head.
+import NIOCore
+
+extension DownstreamConnectionHandler {
+    /// Looks for a complete head in `inbound` and starts the request it opens.
+    func processInbound() {
+        guard var buffer = inbound, buffer.readableBytes > 0 else {
+            inbound = nil
+            return
+        }
+        if state == .idle {
+            state = .head
+            requestStart = lastActivity
+            headScanned = 0
+        }
+        let limits = worker.generation.shared.limits
+        let end = buffer.withUnsafeReadableBytes { HeadParser.findEnd($0, from: max(0, headScanned - 3)) }
+        guard let end else {
+            headScanned = buffer.readableBytes
+            if buffer.readableBytes > limits.maxHeaderBytes {
+                inbound = nil
+                let lineDone = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } != nil
+                respondError(lineDone ? 431 : 414, lineDone ? "request header fields too large" : "request URI too long", close: true)
+            } else {
+                inbound = buffer
+            }
+            return
+        }
+        if end > limits.maxHeaderBytes {
+            inbound = nil
+            let lineEnd = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } ?? end
+            respondError(lineEnd > limits.maxURIBytes + 32 ? 414 : 431, "request header fields too large", close: true)
+            return
+        }
+        let head = buffer.readSlice(length: end)!
+        inbound = buffer.readableBytes > 0 ? buffer : nil
+        headScanned = 0
+        startRequest(head)
+    }
+
+    private func startRequest(_ head: ByteBuffer) {
+        let generation = worker.generation
+        self.generation = generation
+        requestSerial &+= 1
+        retriedStale = false
+        responseStarted = false
+        responsePhase = .head
+        responseHeadBuffer = nil
+        upstreamReusable = true
+        requestID.clear()
+
+        let parsed: HeadError? = head.withUnsafeReadableBytes { p in
+            do throws(HeadError) {
+                try HeadParser.parseRequest(p, into: &request, limits: generation.shared.limits)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        keepAliveClient = request.keepAlive && !worker.draining
+        if let parsed {
+            worker.requestIDs.next(into: &requestID)
+            respondError(parsed.status, parsed.message, close: true)
+            return
+        }
+
+        var headError: (Int, String)?
+        let route: CompiledRoute? = head.withUnsafeReadableBytes { p in
+            setRequestID(p)
+            if p[request.target.lower] != UInt8(ascii: "/") {
+                headError = (400, "request target must be an absolute path")
+                return nil
+            }
+            if PathSafety.hasDotSegment(p, request.path) {
+                headError = (400, "dot segments are not allowed in the path")
+                return nil
+            }
+            return generation.shared.match(p, request)
+        }
+        if let (status, message) = headError {
+            respondError(status, message, close: true)
+            return
+        }
+        guard let route else {
+            respondError(404, "no route", close: request.framing != .none)
+            return
+        }
+        self.route = route
+
+        switch request.framing {
+        case .none, .untilClose:
+            requestBody = .none
+            requestBodyDone = true
+        case .contentLength(let length):
+            if route.maxBodyBytes > 0, length > route.maxBodyBytes {
+                respondError(413, "request body too large", close: true)
+                return
+            }
+            requestBody = .length(remaining: length)
+            requestBodyDone = false
+        case .chunked:
+            requestBody = .chunked(ChunkedDecoder())
+            requestBodyDone = false
+        }
+        requestBodyBytes = 0
+
+        let balancer = generation.balancers[route.upstream]
+        let targetIndex = balancer.next()
+        let pool = balancer.pool(targetIndex)
+        targetPool = pool
+        upstreamHead = makeUpstreamHead(head, route: route, target: balancer.targets[targetIndex])
+        state = .connecting
+        armTimer()
+        if let connection = pool.takeIdle() {
+            begin(connection)
+        } else {
+            connectUpstream(pool)
+        }
+    }
+
+    func connectUpstream(_ pool: TargetPool) {
+        let serial = requestSerial
+        pool.connect().assumeIsolatedUnsafeUnchecked().whenComplete { [self] result in
+            switch result {
+            case .success(let connection):
+                guard state == .connecting, requestSerial == serial else {
+                    pool.release(connection)
+                    return
+                }
+                begin(connection)
+            case .failure(let error):
+                guard state == .connecting, requestSerial == serial else { return }
+                if case ChannelError.connectTimeout = error {
+                    respondError(504, "upstream connect timeout", close: !requestBodyDone)
+                } else {
+                    respondError(502, "upstream unreachable", close: !requestBodyDone)
+                }
+            }
+        }
+    }
+
+    private func begin(_ connection: UpstreamConnectionHandler) {
+        guard let generation, let route else { return }
+        let settings = generation.shared.upstreams[route.upstream].settings
+        upstream = connection
+        connection.attach(self, readTimeout: settings.readTimeout)
+        state = .proxying
+        connection.write(upstreamHead!)
+        if !requestBodyDone, var body = inbound {
+            inbound = nil
+            forwardRequestBody(&body)
+            if body.readableBytes > 0 { inbound = body }
+        }
+        connection.flush()
+        resumeReadsIfNeeded()
+    }
+
+    /// Sends request body bytes upstream, re-framing chunked bodies and enforcing the size limit.
+    func forwardRequestBody(_ buffer: inout ByteBuffer) {
+        guard let upstream else { return }
+        switch requestBody {
+        case .none, .untilClose:
+            requestBodyDone = true
+        case .length(let remaining):
+            let take = min(remaining, buffer.readableBytes)
+            upstream.write(buffer.readSlice(length: take)!)
+            requestBody = .length(remaining: remaining - take)
+            if remaining == take { requestBodyFinished() }
+        case .chunked(var decoder):
+            let limit = route?.maxBodyBytes ?? 0
+            do {
+                while let event = try decoder.next(&buffer) {
+                    switch event {
+                    case .data(let slice):
+                        requestBodyBytes += slice.readableBytes
+                        if limit > 0, requestBodyBytes > limit {
+                            respondError(413, "request body too large", close: true)
+                            return
+                        }
+                        writeChunk(slice, to: upstream)
+                    case .end:
+                        var last = context.channel.allocator.buffer(capacity: 5)
+                        last.writeStaticString("0\r\n\r\n")
+                        upstream.write(last)
+                        requestBody = .chunked(decoder)
+                        requestBodyFinished()
+                        return
+                    }
+                }
+                requestBody = .chunked(decoder)
+            } catch {
+                respondError(400, "malformed chunked body", close: true)
+            }
+        }
+    }
+
+    private func requestBodyFinished() {
+        requestBodyDone = true
+        upstreamHead = nil
+        if responsePhase == .done { finishExchange() }
+    }
+
+    func writeChunk(_ slice: ByteBuffer, to upstream: UpstreamConnectionHandler) {
+        var header = context.channel.allocator.buffer(capacity: 18)
+        header.writeString(String(slice.readableBytes, radix: 16))
+        header.writeStaticString("\r\n")
+        upstream.write(header)
+        upstream.write(slice)
+        var crlf = context.channel.allocator.buffer(capacity: 2)
+        crlf.writeStaticString("\r\n")
+        upstream.write(crlf)
+    }
+
+    /// Keeps a client's `X-Request-Id` if it is safe to echo (visible ASCII, no quotes, at
+    /// most 128 bytes), else makes one.
+    private func setRequestID(_ p: UnsafeRawBufferPointer) {
+        if let id = request.headers.requestID, id.count > 0, id.count <= 128 {
+            var ok = true
+            for i in id.lower..<id.upper {
+                let c = p[i]
+                if c <= 0x20 || c >= 0x7F || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") {
+                    ok = false
+                    break
+                }
+            }
+            if ok {
+                requestID.writeBytes(UnsafeRawBufferPointer(rebasing: p[id.lower..<id.upper]))
+                return
+            }
+        }
+        worker.requestIDs.next(into: &requestID)
+    }
+
+    /// The request head as the upstream gets it: hop-by-hop fields removed, `X-Forwarded-*`
+    /// and `X-Request-Id` set, `Host` as the route says, the body's framing re-stated.
+    private func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, target: CompiledUpstream.Target) -> ByteBuffer {
+        var out = context.channel.allocator.buffer(capacity: head.readableBytes + 192 + clientAddress.count)
+        head.withUnsafeReadableBytes { p in
+            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(rebasing: p[r.lower..<r.upper])) }
+            func copy(_ from: Int, _ to: Int) { out.writeBytes(UnsafeRawBufferPointer(rebasing: p[from..<to])) }
+            let h = request.headers
+
+            copy(request.method)
+            out.writeInteger(HTTPBytes.sp)
+            if route.stripPrefix, !route.exact {
+                var rest = request.target.lower + route.path.count
+                // A prefix that ends in "/" keeps it in the rewritten path.
+                if route.path.last == UInt8(ascii: "/") { rest -= 1 }
+                if rest >= request.target.upper || p[rest] != UInt8(ascii: "/") { out.writeInteger(UInt8(ascii: "/")) }
+                copy(rest, request.target.upper)
+            } else {
+                copy(request.target)
+            }
+            out.writeStaticString(" HTTP/1.1\r\nHost: ")
+            switch route.hostHeader {
+            case .passthrough:
+                if let host = h.host { copy(host) } else { out.writeBytes(target.hostHeader) }
+            case .target:
+                out.writeBytes(target.hostHeader)
+            case .fixed(let value):
+                out.writeBytes(value)
+            }
+            out.writeStaticString("\r\n")
+
+            var forwardedFor = false
+            for field in h.fields {
+                switch field.kind {
+                case .other:
+                    copy(field.line)
+                case .xForwardedFor:
+                    // nginx's $proxy_add_x_forwarded_for: earlier hops first, this client last.
+                    out.writeStaticString(forwardedFor ? ", " : "X-Forwarded-For: ")
+                    copy(field.value)
+                    forwardedFor = true
+                case .host, .contentLength, .transferEncoding, .connection, .hopByHop, .xForwardedProto,
+                    .xForwardedHost, .xRequestID, .connectionNamed:
+                    break
+                }
+            }
+            out.writeStaticString(forwardedFor ? ", " : "X-Forwarded-For: ")
+            out.writeBytes(clientAddress)
+            out.writeStaticString("\r\nX-Forwarded-Proto: http\r\n")
+            if let host = h.host {
+                out.writeStaticString("X-Forwarded-Host: ")
+                copy(host)
+                out.writeStaticString("\r\n")
+            }
+            out.writeStaticString("X-Request-Id: ")
+            out.writeImmutableBuffer(requestID)
+            out.writeStaticString("\r\n")
+            switch request.framing {
+            case .contentLength(let length):
+                out.writeStaticString("Content-Length: ")
+                out.writeString(String(length))
+                out.writeStaticString("\r\n")
+            case .chunked:
+                out.writeStaticString("Transfer-Encoding: chunked\r\n")
+            case .none, .untilClose:
+                break
+            }
+            out.writeStaticString("\r\n")
+        }
+        return out
+    }
+}
+
+/// Refuses `.` and `..` path segments (also percent-encoded): a prefix route must not be
+/// escaped by `/public/../admin`, which the origin would resolve to `/admin`.
+enum PathSafety {
+    static func hasDotSegment(_ p: UnsafeRawBufferPointer, _ path: ByteRange) -> Bool {
+        var i = path.lower
+        let end = path.upper
+        while i < end {
+            // At a segment start (just after "/").
+            if p[i] == UInt8(ascii: "/") {
+                var j = i + 1
+                var dots = 0
+                while j < end, p[j] != UInt8(ascii: "/") {
+                    if p[j] == UInt8(ascii: "."), dots < 3 {
+                        dots += 1
+                        j += 1
+                    } else if p[j] == UInt8(ascii: "%"), j + 2 < end, p[j + 1] == UInt8(ascii: "2"),
+                        HTTPBytes.lower(p[j + 2]) == UInt8(ascii: "e")
+                    {
+                        dots += 1
+                        j += 3
+                    } else {
+                        dots = 99
+                        break
+                    }
+                }
+                if dots == 1 || dots == 2 { return true }
+                i = j
+            } else {
+                i += 1
+            }
+        }
+        return false
+    }
+}

@@ -1,0 +1,287 @@
+// Hot path: per request, no allocation beyond the response head.
+import NIOCore
+
+extension DownstreamConnectionHandler {
+    /// Largest upstream response head accepted; beyond it the upstream is broken (`502`).
+    static let maxResponseHeadBytes = 64 * 1024
+
+    func upstreamRead(_ buffer: ByteBuffer) {
+        var buffer = buffer
+        while buffer.readableBytes > 0 {
+            switch responsePhase {
+            case .head:
+                guard readResponseHead(&buffer) else { return }
+            case .body:
+                forwardResponseBody(&buffer)
+            case .done:
+                // Bytes after a complete response: the upstream is out of step; don't reuse it.
+                upstreamReusable = false
+                return
+            }
+        }
+    }
+
+    /// Accumulates and handles the response head; false when more bytes are needed or it failed.
+    private func readResponseHead(_ buffer: inout ByteBuffer) -> Bool {
+        if responseHeadBuffer != nil {
+            responseHeadBuffer!.writeBuffer(&buffer)
+            buffer = responseHeadBuffer!
+            responseHeadBuffer = nil
+        }
+        guard let end = buffer.withUnsafeReadableBytes({ HeadParser.findEnd($0, from: 0) }) else {
+            if buffer.readableBytes > Self.maxResponseHeadBytes {
+                upstreamFailed(502, "upstream response head too large")
+            } else {
+                responseHeadBuffer = buffer
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+            }
+            return false
+        }
+        let head = buffer.readSlice(length: end)!
+        let limits = HeadLimits(maxHeaderBytes: Self.maxResponseHeadBytes, maxHeaderCount: 1000, maxURIBytes: 0)
+        let failed: Bool = head.withUnsafeReadableBytes { p in
+            do throws(HeadError) {
+                try HeadParser.parseResponse(p, into: &response, limits: limits)
+                return false
+            } catch {
+                return true
+            }
+        }
+        if failed {
+            upstreamFailed(502, "invalid upstream response")
+            return false
+        }
+        upstreamHead = nil  // a response started: never retry this request
+        let status = response.status
+        if status >= 100, status < 200 {
+            if status == 101 {
+                upstreamFailed(502, "upstream switched protocols")
+                return false
+            }
+            // Interim responses (100 Continue, 103 Early Hints) go to the client as they came.
+            if request.minorVersion >= 1 { context.write(wrapOutboundOut(makeClientHead(head, framing: .none)), promise: nil) }
+            return true
+        }
+
+        let framing: Body
+        if request.isHEAD || status == 204 || status == 304 {
+            framing = .none
+        } else if response.headers.chunked {
+            framing = .chunked(ChunkedDecoder())
+        } else if let length = response.headers.contentLength {
+            framing = length > 0 ? .length(remaining: length) : .none
+        } else {
+            framing = .untilClose
+        }
+        responseBody = framing
+        if !response.keepAlive { upstreamReusable = false }
+        if case .untilClose = framing { upstreamReusable = false }
+        let out = makeClientHead(head, framing: framing)
+        responseStarted = true
+        responsePhase = .body
+        context.write(wrapOutboundOut(out), promise: nil)
+        if case .none = framing { responseFinished() }
+        return true
+    }
+
+    private func forwardResponseBody(_ buffer: inout ByteBuffer) {
+        switch responseBody {
+        case .none:
+            responseFinished()
+        case .length(let remaining):
+            let take = min(remaining, buffer.readableBytes)
+            context.write(wrapOutboundOut(buffer.readSlice(length: take)!), promise: nil)
+            responseBody = .length(remaining: remaining - take)
+            if remaining == take { responseFinished() }
+        case .untilClose:
+            writeClientBody(buffer)
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+        case .chunked(var decoder):
+            do {
+                while let event = try decoder.next(&buffer) {
+                    switch event {
+                    case .data(let slice):
+                        writeClientBody(slice)
+                    case .end:
+                        responseBody = .chunked(decoder)
+                        responseFinished()
+                        return
+                    }
+                }
+                responseBody = .chunked(decoder)
+            } catch {
+                // The response is already under way: all that is left is to cut it.
+                forceClose()
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+            }
+        }
+    }
+
+    private func writeClientBody(_ slice: ByteBuffer) {
+        if responseChunkedOut {
+            var header = context.channel.allocator.buffer(capacity: 18)
+            header.writeString(String(slice.readableBytes, radix: 16))
+            header.writeStaticString("\r\n")
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(slice), promise: nil)
+            var crlf = context.channel.allocator.buffer(capacity: 2)
+            crlf.writeStaticString("\r\n")
+            context.write(wrapOutboundOut(crlf), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(slice), promise: nil)
+        }
+    }
+
+    private func responseFinished() {
+        responsePhase = .done
+        if responseChunkedOut {
+            var last = context.channel.allocator.buffer(capacity: 5)
+            last.writeStaticString("0\r\n\r\n")
+            context.write(wrapOutboundOut(last), promise: nil)
+        }
+        if requestBodyDone {
+            finishExchange()
+        } else {
+            // The origin answered before reading the whole body (an early 413, say). What is
+            // left of the body cannot be told from a next request: close both sides after this.
+            upstreamReusable = false
+            closeAfterResponse = true
+            finishExchange()
+        }
+    }
+
+    /// Both directions of the exchange are complete: return the upstream connection and get
+    /// ready for the client's next request (or close).
+    func finishExchange() {
+        // The upstream's read-complete (which flushes) reaches us only while we hold it.
+        context.flush()
+        if let upstream {
+            self.upstream = nil
+            if upstreamReusable, requestBodyDone, let targetPool {
+                targetPool.release(upstream)
+            } else {
+                upstream.close()
+            }
+        }
+        targetPool = nil
+        route = nil
+        generation = nil
+        upstreamHead = nil
+        if closeAfterResponse || !keepAliveClient {
+            closeAfterFlush()
+            return
+        }
+        state = .idle
+        lastActivity = .now()
+        if inbound != nil { processInbound() }
+        resumeReadsIfNeeded()
+    }
+
+    func closeAfterFlush() {
+        state = .closing
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+        let context = self.context!
+        promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    func upstreamClosed(error: Error?) {
+        upstream = nil
+        switch responsePhase {
+        case .head:
+            // A pooled connection the origin had closed while idle: send the request again on a
+            // new one, once, if nothing of its body has gone (nginx's proxy_next_upstream).
+            if let pool = targetPool, upstreamHead != nil, !retriedStale, requestBodyDone, responseHeadBuffer == nil {
+                retriedStale = true
+                state = .connecting
+                connectUpstream(pool)
+                return
+            }
+            upstreamFailed(502, "upstream closed the connection")
+        case .body:
+            if case .untilClose = responseBody {
+                responseFinished()
+            } else {
+                forceClose()
+            }
+        case .done:
+            break
+        }
+    }
+
+    func upstreamTimedOut() {
+        upstream = nil
+        upstreamReusable = false
+        if responsePhase == .head {
+            upstreamFailed(504, "upstream timeout")
+        } else {
+            forceClose()
+        }
+    }
+
+    private func upstreamFailed(_ status: Int, _ message: String) {
+        if let upstream {
+            self.upstream = nil
+            upstream.close()
+        }
+        respondError(status, message, close: !requestBodyDone)
+    }
+
+    /// The response head as the client gets it: hop-by-hop fields removed, framing re-stated.
+    private func makeClientHead(_ head: ByteBuffer, framing: Body) -> ByteBuffer {
+        var out = context.channel.allocator.buffer(capacity: head.readableBytes + 96)
+        responseChunkedOut = false
+        head.withUnsafeReadableBytes { p in
+            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(rebasing: p[r.lower..<r.upper])) }
+            let h = response.headers
+            // We speak HTTP/1.1 whatever the origin spoke; the status code and reason stay.
+            out.writeStaticString("HTTP/1.1")
+            copy(ByteRange(8, response.statusLine.upper))
+            out.writeStaticString("\r\n")
+            var sawRequestID = false
+            for field in h.fields {
+                switch field.kind {
+                case .other, .host, .xForwardedFor, .xForwardedHost, .xForwardedProto:
+                    copy(field.line)
+                case .xRequestID:
+                    sawRequestID = true
+                    copy(field.line)
+                case .contentLength:
+                    // HEAD, 204 and 304 keep the origin's length: it describes a body not sent.
+                    if case .none = framing { copy(field.line) }
+                case .transferEncoding, .connection, .hopByHop, .connectionNamed:
+                    break
+                }
+            }
+            switch framing {
+            case .length(let length):
+                out.writeStaticString("Content-Length: ")
+                out.writeString(String(length))
+                out.writeStaticString("\r\n")
+            case .chunked, .untilClose:
+                if request.minorVersion >= 1 {
+                    responseChunkedOut = true
+                    out.writeStaticString("Transfer-Encoding: chunked\r\n")
+                } else {
+                    closeAfterResponse = true  // an HTTP/1.0 client reads to the close
+                }
+            case .none:
+                break
+            }
+            if !sawRequestID {
+                out.writeStaticString("X-Request-Id: ")
+                out.writeImmutableBuffer(requestID)
+                out.writeStaticString("\r\n")
+            }
+            if closeAfterResponse || !keepAliveClient {
+                out.writeStaticString("Connection: close\r\n")
+            } else if request.minorVersion == 0 {
+                out.writeStaticString("Connection: keep-alive\r\n")
+            }
+            out.writeStaticString("\r\n")
+        }
+        return out
+    }
+}

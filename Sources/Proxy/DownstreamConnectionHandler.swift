@@ -1,0 +1,266 @@
+// Hot path: per request, no allocation beyond the heads written.
+import NIOCore
+
+/// One client connection. Reads request heads straight from the `ByteBuffer`, picks a route
+/// and a pooled upstream connection, and forwards bytes both ways: the request head is
+/// rewritten, bodies pass as slices (re-framed only for chunked). One request at a time:
+/// pipelined requests wait in `inbound` until the current response is done.
+///
+/// Back-pressure: client reads stop while the upstream cannot take more (and while a request
+/// waits for its response); upstream reads stop while the client cannot take more.
+final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum State {
+        /// Between requests.
+        case idle
+        /// Part of a head has arrived.
+        case head
+        /// Head parsed; waiting for an upstream connection.
+        case connecting
+        /// Connected: the request body goes up, the response comes down.
+        case proxying
+        /// The response is written; the connection closes once the write completes.
+        case closing
+        case closed
+    }
+
+    enum ResponsePhase {
+        case head
+        case body
+        case done
+    }
+
+    enum Body {
+        case none
+        case length(remaining: Int)
+        case chunked(ChunkedDecoder)
+        case untilClose
+    }
+
+    unowned let worker: ProxyWorker
+    let listener: ListenerHandle
+    var context: ChannelHandlerContext!
+    var state = State.idle
+    /// Client bytes not yet consumed: a partial head, or what came after the current request.
+    var inbound: ByteBuffer?
+    var headScanned = 0
+    var clientAddress: [UInt8] = []
+
+    // The request in progress.
+    var generation: WorkerGeneration?
+    var request = RequestHead()
+    var route: CompiledRoute?
+    var requestBody = Body.none
+    var requestBodyDone = true
+    var requestBodyBytes = 0
+    var requestID: ByteBuffer
+    var requestSerial = 0
+    var upstream: UpstreamConnectionHandler?
+    var targetPool: TargetPool?
+    /// The rewritten head, kept until a response starts so a stale pooled connection can be retried.
+    var upstreamHead: ByteBuffer?
+    var retriedStale = false
+    var keepAliveClient = true
+    var closeAfterResponse = false
+
+    // The response in progress.
+    var response = ResponseHead()
+    var responsePhase = ResponsePhase.head
+    var responseHeadBuffer: ByteBuffer?
+    var responseBody = Body.none
+    var responseChunkedOut = false
+    var responseStarted = false
+    var upstreamReusable = true
+
+    // Flow control and time.
+    var pendingRead = false
+    var lastActivity = NIODeadline.now()
+    var requestStart = NIODeadline.now()
+    var timer: Scheduled<Void>?
+
+    init(worker: ProxyWorker, listener: ListenerHandle) {
+        self.worker = worker
+        self.listener = listener
+        self.requestID = ByteBuffer()
+    }
+
+    // MARK: channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        requestID = context.channel.allocator.buffer(capacity: 64)
+        if let ip = context.channel.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
+        worker.register(self)
+        armTimer()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let wasClosed = state == .closed
+        state = .closed
+        if let upstream {
+            // The request did not finish: the upstream connection is mid-message, never reuse it.
+            self.upstream = nil
+            upstream.close()
+        }
+        if !wasClosed { worker.unregister(self) }
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        lastActivity = .now()
+        switch state {
+        case .idle, .head:
+            appendInbound(&buffer)
+            processInbound()
+        case .connecting:
+            appendInbound(&buffer)
+        case .proxying:
+            if requestBodyDone || inbound != nil {
+                appendInbound(&buffer)
+            } else {
+                forwardRequestBody(&buffer)
+                if buffer.readableBytes > 0 { appendInbound(&buffer) }
+            }
+        case .closing, .closed:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        upstream?.flush()
+        context.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        forceClose()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { upstream?.resumeRead() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if readsPaused {
+            pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    // MARK: flow control
+
+    var readsPaused: Bool {
+        switch state {
+        case .idle, .head: return false
+        case .connecting, .closing, .closed: return true
+        case .proxying: return requestBodyDone || !(upstream?.isWritable ?? false)
+        }
+    }
+
+    func resumeReadsIfNeeded() {
+        guard pendingRead, !readsPaused, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    @inline(__always)
+    func appendInbound(_ buffer: inout ByteBuffer) {
+        if inbound == nil {
+            inbound = buffer
+        } else {
+            inbound!.writeBuffer(&buffer)
+        }
+        buffer.moveReaderIndex(to: buffer.writerIndex)
+    }
+
+    // MARK: UpstreamExchange (events from the upstream connection)
+
+    var downstreamWritable: Bool { context?.channel.isWritable ?? false }
+
+    func upstreamWritabilityChanged(writable: Bool) {
+        if writable { resumeReadsIfNeeded() }
+    }
+
+    func upstreamReadComplete() {
+        context.flush()
+    }
+
+    // MARK: closing
+
+    /// Drain: closes now if between requests, else after the current response.
+    func closeWhenIdle() {
+        keepAliveClient = false
+        if state == .idle, inbound == nil {
+            state = .closing
+            context.close(promise: nil)
+        }
+    }
+
+    /// Ends the connection at once (timeouts past the response head, errors, shutdown).
+    func forceClose() {
+        if let upstream {
+            self.upstream = nil
+            upstream.close()
+        }
+        guard state != .closed else { return }
+        state = .closing
+        context.close(promise: nil)
+    }
+
+    // MARK: timeouts
+
+    /// One timer per connection, re-armed lazily: a request only stamps times, and the timer
+    /// checks, when it fires, whether the deadline that applies now has really passed.
+    func armTimer() {
+        guard timer == nil, let context else { return }
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: currentDeadline) { [self] in
+            timer = nil
+            timerFired()
+        }
+    }
+
+    var currentDeadline: NIODeadline {
+        let timeouts = worker.generation.shared.config.timeouts
+        switch state {
+        case .idle: return lastActivity + TimeAmount(timeouts.clientIdle)
+        case .head, .connecting, .proxying:
+            let request = TimeAmount(generation?.shared.config.timeouts.request ?? timeouts.request)
+            return requestStart + request
+        case .closing, .closed: return .distantFuture
+        }
+    }
+
+    func timerFired() {
+        guard state != .closed, state != .closing else { return }
+        if NIODeadline.now() < currentDeadline {
+            armTimer()
+            return
+        }
+        switch state {
+        case .idle:
+            state = .closing
+            context.close(promise: nil)
+        case .head:
+            respondError(408, "request timeout", close: true)
+        case .connecting, .proxying:
+            respondError(504, "request timeout", close: true)
+        case .closing, .closed:
+            break
+        }
+    }
+}
+
+@available(*, unavailable)
+extension DownstreamConnectionHandler: Sendable {}

@@ -1,0 +1,163 @@
+import Config
+import Logging
+import NIOCore
+
+/// Everything one event loop owns: the generation it serves, its upstream pools, its client
+/// connections and its request-id sequence. Touched only on its loop, so nothing here locks.
+public final class ProxyWorker {
+    public let eventLoop: EventLoop
+    let logger: Logger
+    private(set) var generation: WorkerGeneration
+    private var pools: [TargetKey: TargetPool] = [:]
+    private var connections: [ObjectIdentifier: DownstreamConnectionHandler] = [:]
+    var requestIDs: RequestIDGenerator
+    /// Set once shutdown starts: connections close after their current response.
+    private(set) var draining = false
+
+    public init(eventLoop: EventLoop, generation: ProxyGeneration, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.requestIDs = RequestIDGenerator()
+        self.generation = WorkerGeneration(shared: generation, balancers: [])
+        self.generation = WorkerGeneration(shared: generation, balancers: makeBalancers(generation))
+    }
+
+    /// Serves `next` for new requests; requests in flight keep the one they started with.
+    /// Pools for targets that stay keep their connections; pools for targets that left close.
+    public func install(_ next: ProxyGeneration) {
+        eventLoop.assertInEventLoop()
+        generation = WorkerGeneration(shared: next, balancers: makeBalancers(next))
+        let live = Set(next.upstreams.flatMap { $0.targets.map(\.key) })
+        for (key, pool) in pools where !live.contains(key) {
+            pool.closeIdle()
+            pools[key] = nil
+        }
+    }
+
+    private func makeBalancers(_ g: ProxyGeneration) -> [UpstreamBalancer] {
+        g.upstreams.map { upstream in
+            UpstreamBalancer(
+                targets: upstream.targets.map { target in
+                    let pool: TargetPool
+                    if let existing = pools[target.key] {
+                        existing.update(address: target.address, settings: upstream.settings)
+                        pool = existing
+                    } else {
+                        pool = TargetPool(key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop)
+                        pools[target.key] = pool
+                    }
+                    return (pool, target)
+                })
+        }
+    }
+
+    func register(_ connection: DownstreamConnectionHandler) {
+        connections[ObjectIdentifier(connection)] = connection
+    }
+
+    func unregister(_ connection: DownstreamConnectionHandler) {
+        connections[ObjectIdentifier(connection)] = nil
+    }
+
+    /// Client connections open on this loop.
+    public var connectionCount: Int { connections.count }
+
+    /// Upstream connections open on this loop (idle, in use or connecting), for tests.
+    public var upstreamConnectionCount: Int { pools.values.reduce(0) { $0 + $1.openConnections } }
+
+    /// Stops keep-alive: idle connections close now, busy ones after their response.
+    public func drain() {
+        eventLoop.assertInEventLoop()
+        draining = true
+        for connection in connections.values { connection.closeWhenIdle() }
+    }
+
+    /// Closes the client connections that came through `listener` once idle (a removed listener).
+    public func drain(listener: ListenerHandle) {
+        for connection in connections.values where connection.listener === listener { connection.closeWhenIdle() }
+    }
+
+    /// Closes what is left: called after the drain timeout.
+    public func closeAll() {
+        for connection in connections.values { connection.forceClose() }
+        for pool in pools.values { pool.closeIdle() }
+    }
+}
+
+@available(*, unavailable)
+extension ProxyWorker: Sendable {}
+
+/// A generation as one worker serves it: the shared snapshot plus this loop's balancers.
+final class WorkerGeneration {
+    let shared: ProxyGeneration
+    let balancers: [UpstreamBalancer]
+
+    init(shared: ProxyGeneration, balancers: [UpstreamBalancer]) {
+        self.shared = shared
+        self.balancers = balancers
+    }
+}
+
+/// Smooth weighted round robin (nginx's algorithm): spreads picks of heavier targets evenly
+/// instead of in bursts. Loop-owned; the fuller balancers arrive with the upstream issue.
+final class UpstreamBalancer {
+    private let pools: [TargetPool]
+    let targets: [CompiledUpstream.Target]
+    private var current: [Int]
+    private let totalWeight: Int
+
+    init(targets: [(TargetPool, CompiledUpstream.Target)]) {
+        self.pools = targets.map(\.0)
+        self.targets = targets.map(\.1)
+        self.current = Array(repeating: 0, count: targets.count)
+        self.totalWeight = targets.reduce(0) { $0 + $1.1.weight }
+    }
+
+    /// The next target's index.
+    @inline(__always)
+    func next() -> Int {
+        if pools.count == 1 { return 0 }
+        var best = 0
+        for i in 0..<current.count {
+            current[i] += targets[i].weight
+            if current[i] > current[best] { best = i }
+        }
+        current[best] -= totalWeight
+        return best
+    }
+
+    @inline(__always) func pool(_ index: Int) -> TargetPool { pools[index] }
+}
+
+/// Marks client connections with the listener they came through, so a removed listener's
+/// connections can be drained. Identity only; lives as long as the listener's sockets.
+public final class ListenerHandle: Sendable {
+    public let name: String
+    public init(name: String) { self.name = name }
+}
+
+/// Request ids: a random 64-bit prefix per worker and a counter, as 32 hex digits. Unique
+/// without a syscall or lock per request.
+struct RequestIDGenerator {
+    private let prefix: UInt64 = .random(in: .min ... .max)
+    private var counter: UInt64 = 0
+
+    mutating func next(into buffer: inout ByteBuffer) {
+        counter &+= 1
+        Self.writeHex(prefix, into: &buffer)
+        Self.writeHex(counter, into: &buffer)
+    }
+
+    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    @inline(__always)
+    private static func writeHex(_ value: UInt64, into buffer: inout ByteBuffer) {
+        var v = value.bigEndian
+        withUnsafeBytes(of: &v) { bytes in
+            for b in bytes {
+                buffer.writeInteger(digits[Int(b >> 4)])
+                buffer.writeInteger(digits[Int(b & 0xF)])
+            }
+        }
+    }
+}

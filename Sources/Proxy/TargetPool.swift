@@ -1,0 +1,90 @@
+import NIOCore
+import NIOPosix
+
+/// Kept-alive connections to one origin server, owned by one event loop. Idle connections are
+/// reused last-in first-out (the warmest first); beyond `maxIdle` they are closed.
+final class TargetPool {
+    let key: TargetKey
+    let eventLoop: EventLoop
+    private(set) var address: SocketAddress
+    private(set) var settings: PoolSettings
+    private var idle: [UpstreamConnectionHandler] = []
+    /// Connections open (idle or in use or connecting), for tests and the status page.
+    private(set) var openConnections = 0
+
+    init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop) {
+        self.key = key
+        self.address = address
+        self.settings = settings
+        self.eventLoop = eventLoop
+    }
+
+    var idleCount: Int { idle.count }
+
+    func update(address: SocketAddress, settings: PoolSettings) {
+        self.address = address
+        self.settings = settings
+        while idle.count > settings.maxIdle { idle.removeFirst().close() }
+    }
+
+    /// An idle connection, if one is alive.
+    func takeIdle() -> UpstreamConnectionHandler? {
+        while let connection = idle.popLast() {
+            if connection.isActive { return connection }
+        }
+        return nil
+    }
+
+    /// Opens a new connection; the future completes on this pool's loop.
+    func connect() -> EventLoopFuture<UpstreamConnectionHandler> {
+        let settings = self.settings
+        openConnections += 1
+        let future = ClientBootstrap(group: eventLoop)
+            .connectTimeout(settings.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .connect(to: address)
+            .flatMapThrowing { channel in
+                try channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self)
+            }
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        return future.always { result in
+            let pool = loopBound.value
+            switch result {
+            case .success(let handler): handler.pool = pool
+            case .failure: pool.openConnections -= 1
+            }
+        }
+    }
+
+    /// Returns a connection after a complete exchange; it is closed if the pool is full.
+    func release(_ connection: UpstreamConnectionHandler) {
+        guard connection.isActive, idle.count < settings.maxIdle else {
+            connection.close()
+            return
+        }
+        connection.detach(idleTimeout: settings.idleTimeout)
+        idle.append(connection)
+    }
+
+    /// Called when a connection closes, pooled or not.
+    func remove(_ connection: UpstreamConnectionHandler) {
+        openConnections -= 1
+        if let index = idle.firstIndex(where: { $0 === connection }) { idle.remove(at: index) }
+    }
+
+    /// Closes every idle connection (shutdown, or the target left the config).
+    func closeIdle() {
+        let all = idle
+        idle.removeAll()
+        for connection in all { connection.close() }
+    }
+}
+
+@available(*, unavailable)
+extension TargetPool: Sendable {}

@@ -1,0 +1,154 @@
+// Hot path: per request, no allocation.
+import NIOCore
+
+/// One kept-alive connection to an origin server. Owned by a `TargetPool` while idle and by
+/// one request while in use; it forwards bytes and events to that request and holds reads
+/// while the client cannot keep up (back-pressure toward the upstream).
+final class UpstreamConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private(set) var context: ChannelHandlerContext?
+    /// The request using this connection; nil while pooled.
+    var exchange: UpstreamExchange?
+    /// The pool it returns to; cleared when the pool drops it.
+    weak var pool: TargetPool?
+    private var pendingRead = false
+    private var lastActivity = NIODeadline.now()
+    private var timer: Scheduled<Void>?
+    private var readTimeout: TimeAmount
+    private var idleTimeout: TimeAmount
+    /// Requests this connection has carried; a reused one may have gone stale in the pool.
+    private(set) var uses = 0
+
+    init(readTimeout: TimeAmount, idleTimeout: TimeAmount) {
+        self.readTimeout = readTimeout
+        self.idleTimeout = idleTimeout
+    }
+
+    var isActive: Bool { context?.channel.isActive ?? false }
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        timer?.cancel()
+        timer = nil
+    }
+
+    /// Hands the connection to a request.
+    func attach(_ exchange: UpstreamExchange, readTimeout: TimeAmount) {
+        self.exchange = exchange
+        self.readTimeout = readTimeout
+        uses += 1
+        lastActivity = .now()
+        armTimer()
+    }
+
+    /// Takes the connection back from a request, to be pooled.
+    func detach(idleTimeout: TimeAmount) {
+        exchange = nil
+        self.idleTimeout = idleTimeout
+        lastActivity = .now()
+        if pendingRead { resumeRead() }
+        armTimer()
+    }
+
+    func write(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    func close() {
+        exchange = nil
+        context?.close(promise: nil)
+    }
+
+    func resumeRead() {
+        guard pendingRead, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    // MARK: channel events
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastActivity = .now()
+        let buffer = unwrapInboundIn(data)
+        if let exchange {
+            exchange.upstreamRead(buffer)
+        } else {
+            // Bytes on an idle pooled connection: the origin is confused; never hand it out.
+            close()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        exchange?.upstreamReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        pool?.remove(self)
+        let exchange = self.exchange
+        self.exchange = nil
+        exchange?.upstreamClosed(error: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let exchange = self.exchange
+        self.exchange = nil
+        exchange?.upstreamClosed(error: error)
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        exchange?.upstreamWritabilityChanged(writable: context.channel.isWritable)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let exchange, !exchange.downstreamWritable {
+            pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    // MARK: timeouts
+
+    /// One timer per connection, re-armed lazily: a request only stamps `lastActivity`, and
+    /// the timer, when it fires, checks whether the deadline really passed.
+    private func armTimer() {
+        guard timer == nil, let context else { return }
+        let wait = exchange == nil ? idleTimeout : readTimeout
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: lastActivity + wait) { [self] in
+            timer = nil
+            timerFired()
+        }
+    }
+
+    private func timerFired() {
+        guard context != nil else { return }
+        let wait = exchange == nil ? idleTimeout : readTimeout
+        if NIODeadline.now() >= lastActivity + wait {
+            if let exchange {
+                self.exchange = nil
+                exchange.upstreamTimedOut()
+            }
+            context?.close(promise: nil)
+        } else {
+            armTimer()
+        }
+    }
+}
+
+@available(*, unavailable)
+extension UpstreamConnectionHandler: Sendable {}

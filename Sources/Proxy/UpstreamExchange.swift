@@ -1,0 +1,13 @@
+import NIOCore
+
+/// What an upstream connection reports to the request currently using it. Implemented by the
+/// downstream handler; both sides live on the same event loop, so calls are direct.
+protocol UpstreamExchange: AnyObject {
+    func upstreamRead(_ buffer: ByteBuffer)
+    func upstreamReadComplete()
+    func upstreamClosed(error: Error?)
+    func upstreamWritabilityChanged(writable: Bool)
+    func upstreamTimedOut()
+    /// Whether the client side can take more bytes; the upstream stops reading while it cannot.
+    var downstreamWritable: Bool { get }
+}

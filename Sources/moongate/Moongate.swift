@@ -1,0 +1,123 @@
+import ArgumentParser
+import CHiredis
+import CLua
+import COpenSSL
+import Config
+import EchoUpstream
+import Foundation
+import Gateway
+import Logging
+import NIOPosix
+import ServiceLifecycle
+
+@main
+struct Moongate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A programmable HTTP API gateway: SwiftNIO data plane, policies in Lua 5.4.",
+        version: Version.text,
+        subcommands: [Run.self, Check.self, Echo.self],
+        defaultSubcommand: nil)
+}
+
+enum Version {
+    static let moongate = "0.1.0"
+
+    /// The versions of the C libraries this binary is linked against.
+    static var text: String {
+        let lua = "\(LUA_VERSION_NUM / 100).\(LUA_VERSION_NUM % 100)"
+        let openssl = String(cString: OpenSSL_version(Int32(OPENSSL_VERSION)))
+        let hiredis = "\(HIREDIS_MAJOR).\(HIREDIS_MINOR).\(HIREDIS_PATCH)"
+        return "moongate \(moongate) (Lua \(lua), \(openssl), hiredis \(hiredis))"
+    }
+}
+
+extension Moongate {
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the gateway.",
+            discussion: """
+                Reloads the config when the file changes or on SIGHUP; a config that does not \
+                validate is reported and the running one keeps serving. SIGTERM or SIGINT drains \
+                in-flight requests (up to timeouts.drain) and exits 0.
+                """)
+
+        @Option(name: .shortAndLong, help: "The gateway YAML file.")
+        var config: String
+
+        @Option(help: "Event loops serving traffic (default: the config's `workers`, else one per core).")
+        var workers: Int?
+
+        @Option(help: "trace, debug, info, notice, warning, error or critical (default: the config's log_level).")
+        var logLevel: Logger.Level?
+
+        @Flag(help: "Do not watch the config file for changes (SIGHUP still reloads).")
+        var noWatch = false
+
+        func validate() throws {
+            if let workers, !(1...1024).contains(workers) { throw ValidationError("--workers must be between 1 and 1024") }
+        }
+
+        func run() async throws {
+            let environment = ProcessInfo.processInfo.environment
+            let loaded: GatewayConfig
+            do {
+                loaded = try ConfigLoader.load(path: config, environment: environment)
+            } catch {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            let level = logLevel ?? Logger.Level(rawValue: loaded.logLevel) ?? .info
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardOutput(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            let logger = Logger(label: "moongate")
+            let gateway = Gateway(configPath: config, workers: workers, environment: environment, logger: logger)
+            let service = GatewayService(gateway: gateway, logger: logger, watch: !noWatch)
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate a config file and print every problem found (exit 1 if any).")
+
+        @Option(name: .shortAndLong, help: "The gateway YAML file.")
+        var config: String
+
+        func run() throws {
+            do {
+                let loaded = try ConfigLoader.load(path: config)
+                print("\(config): OK (\(loaded.listeners.count) listeners, \(loaded.upstreams.count) upstreams, \(loaded.routes.count) routes)")
+            } catch {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Echo: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a demo upstream that answers with what it received.",
+            discussion: "Paths: /status/N, /delay/MS, /bytes/N[?chunked=1], /close; anything else echoes the request as JSON.")
+
+        @Option(help: "Address to listen on.")
+        var host = "127.0.0.1"
+
+        @Option(help: "Port to listen on.")
+        var port = 9000
+
+        func run() async throws {
+            let group = MultiThreadedEventLoopGroup.singleton
+            let channel = try await EchoServer.start(host: host, port: port, group: group)
+            print("moongate echo listening on \(host):\(channel.localAddress?.port ?? port)")
+            try await channel.closeFuture.get()
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -161,11 +161,21 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
 
     // MARK: flow control
 
+    /// Client bytes held while a request is in progress (pipelined requests, body bytes that
+    /// came while connecting) before reads pause.
+    static let maxBufferedInbound = 64 * 1024
+
+    /// Reads keep going while a request waits for its response, so that NIO need not drop and
+    /// re-add read interest (two `epoll_ctl` per request, measured); they pause only when the
+    /// upstream cannot take the body or too much has been buffered.
     var readsPaused: Bool {
         switch state {
         case .idle, .head: return false
-        case .connecting, .closing, .closed: return true
-        case .proxying: return requestBodyDone || !(upstream?.isWritable ?? false)
+        case .closing, .closed: return true
+        case .connecting: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
+        case .proxying:
+            if requestBodyDone { return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound }
+            return !(upstream?.isWritable ?? false)
         }
     }
 

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -12,12 +13,13 @@ import NIOPosix
 /// - anything else: `200` with a JSON echo of method, path, headers and the body's size and checksum.
 public enum EchoServer {
     /// Binds `host:port` (port 0 picks a free one) and serves until the channel closes.
-    public static func start(host: String, port: Int, group: EventLoopGroup) async throws -> Channel {
+    public static func start(host: String, port: Int, group: EventLoopGroup, stats: EchoStats? = nil) async throws -> Channel {
         try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                stats?.accepted.withLockedValue { $0 += 1 }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(EchoHandler())
                 }
@@ -25,6 +27,12 @@ public enum EchoServer {
             .bind(host: host, port: port)
             .get()
     }
+}
+
+/// Counts what the echo server saw, for tests (keep-alive reuse shows as few connections).
+public final class EchoStats: Sendable {
+    public let accepted = NIOLockedValueBox(0)
+    public init() {}
 }
 
 final class EchoHandler: ChannelInboundHandler {

@@ -16,6 +16,8 @@ extension DownstreamConnectionHandler {
         let limits = worker.generation.shared.limits
         let end = buffer.withUnsafeReadableBytes { HeadParser.findEnd($0, from: max(0, headScanned - 3)) }
         guard let end else {
+            // The head is incomplete: the request deadline (not the idle one) applies now.
+            if headScanned == 0 { armTimer() }
             headScanned = buffer.readableBytes
             if buffer.readableBytes > limits.maxHeaderBytes {
                 inbound = nil

@@ -80,6 +80,7 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     var lastActivity = NIODeadline.now()
     var requestStart = NIODeadline.now()
     var timer: Scheduled<Void>?
+    var timerDeadline = NIODeadline.distantFuture
 
     init(worker: ProxyWorker, listener: ListenerHandle) {
         self.worker = worker
@@ -234,8 +235,16 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     /// One timer per connection, re-armed lazily: a request only stamps times, and the timer
     /// checks, when it fires, whether the deadline that applies now has really passed.
     func armTimer() {
-        guard timer == nil, let context else { return }
-        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: currentDeadline) { [self] in
+        guard let context else { return }
+        let deadline = currentDeadline
+        if timer != nil {
+            // Keep the scheduled timer unless the new deadline is earlier (a request timeout
+            // shorter than the idle one); a later one is picked up when it fires.
+            if timerDeadline <= deadline { return }
+            timer?.cancel()
+        }
+        timerDeadline = deadline
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             timer = nil
             timerFired()
         }

@@ -17,6 +17,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     private var pendingRead = false
     private var lastActivity = NIODeadline.now()
     private var timer: Scheduled<Void>?
+    private var timerDeadline = NIODeadline.distantFuture
     private var readTimeout: TimeAmount
     private var idleTimeout: TimeAmount
     /// Requests this connection has carried; a reused one may have gone stale in the pool.
@@ -58,7 +59,10 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         armTimer()
     }
 
+    /// Writing counts as activity: the read timeout runs from the end of the request (as
+    /// nginx's proxy_read_timeout), so a long upload is not cut while the origin listens.
     func write(_ buffer: ByteBuffer) {
+        lastActivity = .now()
         context?.write(wrapOutboundOut(buffer), promise: nil)
     }
 
@@ -127,9 +131,15 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     /// One timer per connection, re-armed lazily: a request only stamps `lastActivity`, and
     /// the timer, when it fires, checks whether the deadline really passed.
     private func armTimer() {
-        guard timer == nil, let context else { return }
-        let wait = exchange == nil ? idleTimeout : readTimeout
-        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: lastActivity + wait) { [self] in
+        guard let context else { return }
+        let deadline = lastActivity + (exchange == nil ? idleTimeout : readTimeout)
+        if timer != nil {
+            // A later deadline is picked up when the timer fires; an earlier one reschedules.
+            if timerDeadline <= deadline { return }
+            timer?.cancel()
+        }
+        timerDeadline = deadline
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             timer = nil
             timerFired()
         }

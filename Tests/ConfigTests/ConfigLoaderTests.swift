@@ -1,0 +1,150 @@
+import Testing
+
+@testable import Config
+
+@Suite struct ConfigLoaderTests {
+    static let minimal = """
+        listeners:
+          - address: 127.0.0.1:8080
+        upstreams:
+          app:
+            targets: [ "127.0.0.1:9000" ]
+        routes:
+          - match: { path_prefix: / }
+            upstream: app
+        """
+
+    func errors(_ yaml: String, env: [String: String] = [:]) -> [String] {
+        do {
+            _ = try ConfigLoader.parse(yaml, file: "gateway.yaml", environment: env)
+            return []
+        } catch {
+            return error.diagnostics.map(\.description)
+        }
+    }
+
+    @Test func loadsAMinimalConfigWithDefaults() throws {
+        let c = try ConfigLoader.parse(Self.minimal, file: "gateway.yaml")
+        #expect(c.listeners[0].address == SocketAddressSpec(host: "127.0.0.1", port: 8080))
+        #expect(c.upstreams[0].connectTimeout == .seconds(2))
+        #expect(c.limits.maxHeaderBytes == 16384)
+        #expect(c.routes[0].path == .prefix("/"))
+        #expect(c.logLevel == "info")
+    }
+
+    @Test func namesFileLineAndPathOfAnUnknownUpstream() {
+        let yaml = Self.minimal + """
+
+              - name: billing
+                match: { path_prefix: /billing }
+                upstream: billing
+            """
+        #expect(errors(yaml) == [#"gateway.yaml:11 routes[1].upstream: unknown upstream "billing""#])
+    }
+
+    @Test func refusesUnknownKeys() {
+        let yaml = Self.minimal.replacingOccurrences(of: "upstream: app", with: "upstream: app\n    retries: 3")
+        let found = errors(yaml)
+        #expect(found.count == 1)
+        #expect(found[0].hasPrefix("gateway.yaml:9 routes[0].retries: unknown key \"retries\""))
+    }
+
+    @Test func reportsEveryProblemNotJustTheFirst() {
+        let yaml = """
+            workers: lots
+            log_level: loud
+            listeners:
+              - address: nowhere
+            upstreams:
+              app:
+                targets: [ "127.0.0.1:9000" ]
+                connect_timeout: soon
+            routes:
+              - match: { path_prefix: api }
+                upstream: app
+                max_body_bytes: huge
+            """
+        let found = errors(yaml)
+        #expect(found.count == 6, "\(found)")
+        #expect(found.contains { $0.hasPrefix("gateway.yaml:1 workers:") })
+        #expect(found.contains { $0.hasPrefix("gateway.yaml:2 log_level: unknown log level") })
+        #expect(found.contains { $0.hasPrefix("gateway.yaml:4 listeners[0].address: expected host:port") })
+        #expect(found.contains { $0.hasPrefix("gateway.yaml:8 upstreams.app.connect_timeout: expected a duration") })
+        #expect(found.contains { $0.hasPrefix("gateway.yaml:10 routes[0].match.path_prefix: expected a path starting with /") })
+        #expect(found.contains { $0.hasPrefix("gateway.yaml:12 routes[0].max_body_bytes: expected a size") })
+    }
+
+    @Test func interpolatesEnvironmentVariables() throws {
+        let yaml = Self.minimal
+            .replacingOccurrences(of: "127.0.0.1:8080", with: "${HOST:-127.0.0.1}:${PORT}")
+            .replacingOccurrences(of: "127.0.0.1:9000", with: "${UPSTREAM:-127.0.0.1:9999}")
+        let c = try ConfigLoader.parse(yaml, file: "g.yaml", environment: ["PORT": "8181"])
+        #expect(c.listeners[0].address.port == 8181)
+        #expect(c.listeners[0].address.host == "127.0.0.1")
+        #expect(c.upstreams[0].targets[0].address.port == 9999)
+        #expect(errors(yaml) == [#"gateway.yaml:2 listeners[0].address: environment variable PORT is not set (use ${PORT:-default} for a default)"#])
+    }
+
+    @Test func escapesDollarBraces() throws {
+        #expect(try EnvironmentInterpolation.expand("a$${B}c", environment: [:]) == "a${B}c")
+        #expect(try EnvironmentInterpolation.expand("$5 and ${X:-}", environment: [:]) == "$5 and ")
+    }
+
+    @Test func reportsYAMLSyntaxErrorsWithTheirLine() {
+        let found = errors("listeners:\n  - address: [unclosed\nroutes: []\n")
+        #expect(found.count == 1)
+        #expect(found[0].hasPrefix("gateway.yaml:"), "\(found)")
+        #expect(found[0].contains("YAML"))
+    }
+
+    @Test func parsesUnits() {
+        #expect(Units.duration("250ms") == .milliseconds(250))
+        #expect(Units.duration("2s") == .seconds(2))
+        #expect(Units.duration("1.5") == .milliseconds(1500))
+        #expect(Units.duration("1m") == .seconds(60))
+        #expect(Units.duration("-1s") == nil)
+        #expect(Units.size("16k") == 16384)
+        #expect(Units.size("10MB") == 10 << 20)
+        #expect(Units.size("1GB") == 1 << 30)
+        #expect(Units.size("12") == 12)
+        #expect(Units.size("lots") == nil)
+    }
+
+    @Test func parsesAddresses() {
+        #expect(SocketAddressSpec(parsing: "[::1]:8080") == SocketAddressSpec(host: "::1", port: 8080))
+        #expect(SocketAddressSpec(parsing: ":9000") == SocketAddressSpec(host: "0.0.0.0", port: 9000))
+        #expect(SocketAddressSpec(parsing: "localhost:70000") == nil)
+        #expect(SocketAddressSpec(parsing: "::1:80") == nil)
+    }
+
+    @Test func refusesDuplicatesAndConflicts() {
+        let yaml = """
+            listeners:
+              - address: 127.0.0.1:8080
+              - address: 127.0.0.1:8080
+            upstreams:
+              app:
+                targets: [ "127.0.0.1:9000" ]
+            routes:
+              - name: a
+                match: { path_prefix: /, path: /x }
+                upstream: app
+              - name: a
+                upstream: app
+            """
+        let found = errors(yaml)
+        #expect(found.contains { $0.contains("listeners[1].address: address 127.0.0.1:8080 is already used") })
+        #expect(found.contains { $0.contains("routes[0].match: give either path_prefix or path") })
+        #expect(found.contains { $0.contains("routes[1].name: duplicate route name \"a\"") })
+    }
+
+    @Test func theSandboxConfigsValidate() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for file in ["sandbox/gateway.yaml", "sandbox/bench/gateway.yaml"] {
+            let config = try ConfigLoader.load(path: root.appendingPathComponent(file).path, environment: [:])
+            #expect(!config.routes.isEmpty, "\(file)")
+        }
+    }
+}
+
+import Foundation

@@ -1,0 +1,219 @@
+import EchoUpstream
+import Foundation
+import NIOPosix
+import Testing
+
+/// The `moongate` binary as a user runs it: signals, file watching, exit codes, and memory
+/// measured on its own process.
+@Suite(.serialized) struct ProcessTests {
+    static var binary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("moongate").path
+    }
+
+    /// A `moongate run` child process on a free port, proxying to an in-process echo upstream.
+    final class Child {
+        let process = Process()
+        let port: Int
+        let folder: URL
+        let configPath: String
+        let logPath: String
+        let echoPort: Int
+
+        init(extraArgs: [String] = [], config: (Int, Int) -> String, echoPort: Int) throws {
+            port = try RawClient.freePort()
+            self.echoPort = echoPort
+            folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-proc-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            configPath = folder.appendingPathComponent("gateway.yaml").path
+            logPath = folder.appendingPathComponent("out.log").path
+            try config(port, echoPort).write(toFile: configPath, atomically: true, encoding: .utf8)
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+            process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+            process.arguments = ["run", "--config", configPath, "--workers", "1"] + extraArgs
+            let log = FileHandle(forWritingAtPath: logPath)!
+            process.standardOutput = log
+            process.standardError = log
+            try process.run()
+            for _ in 0..<100 {
+                if (try? RawClient(port: port)) != nil { return }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            throw RawClient.Failure(description: "moongate did not listen: \(self.log)")
+        }
+
+        var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+        func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+        func rewrite(_ text: String) throws { try text.write(toFile: configPath, atomically: true, encoding: .utf8) }
+
+        /// Peak resident memory so far, in KiB.
+        var peakRSS: Int {
+            let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0
+        }
+
+        func waitForExit(seconds: Double) -> Int32? {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+            return process.isRunning ? nil : process.terminationStatus
+        }
+
+        deinit {
+            if process.isRunning { process.terminate() }
+            try? FileManager.default.removeItem(at: folder)
+        }
+    }
+
+    static func config(host: String = "one.example") -> (Int, Int) -> String {
+        { port, echo in
+            """
+            listeners:
+              - address: 127.0.0.1:\(port)
+            timeouts:
+              drain: 5s
+            upstreams:
+              echo:
+                targets: [ "127.0.0.1:\(echo)" ]
+            routes:
+              - match: { path_prefix: / }
+                upstream: echo
+                host_header: \(host)
+                max_body_bytes: 1GB
+            """
+        }
+    }
+
+    func withEcho<T>(_ body: (Int) throws -> T) async throws -> T {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let echo = try await EchoServer.start(host: "127.0.0.1", port: 0, group: group)
+        let result = Result { try body(echo.localAddress!.port!) }
+        try? await echo.close()
+        try? await group.shutdownGracefully()
+        return try result.get()
+    }
+
+    @Test func gracefulShutdownFinishesAnInFlightRequestAndExitsZero() async throws {
+        try await withEcho { echoPort in
+            let child = try Child(config: Self.config(), echoPort: echoPort)
+            let slow = try RawClient(port: child.port)
+            try slow.send("GET /delay/800 HTTP/1.1\r\nHost: a\r\n\r\n")
+            Thread.sleep(forTimeInterval: 0.2)
+            child.signal(SIGTERM)
+            Thread.sleep(forTimeInterval: 0.2)
+            #expect(throws: RawClient.Failure.self, "no new connections once draining") { try RawClient(port: child.port) }
+            let r = try slow.readResponse()
+            #expect(r.status == 200)
+            #expect(r.json["uri"] as? String == "/delay/800")
+            #expect(r.header("Connection") == "close")
+            #expect(child.waitForExit(seconds: 5) == 0, "\(child.log)")
+        }
+    }
+
+    @Test func sighupReloadsAndABadConfigKeepsServing() async throws {
+        try await withEcho { echoPort in
+            let child = try Child(extraArgs: ["--no-watch"], config: Self.config(), echoPort: echoPort)
+            let c = try RawClient(port: child.port)
+            #expect(try c.request("GET", "/").echoed("Host") == ["one.example"])
+            try child.rewrite(Self.config(host: "two.example")(child.port, echoPort))
+            child.signal(SIGHUP)
+            var host = ""
+            for _ in 0..<50 where host != "two.example" {
+                Thread.sleep(forTimeInterval: 0.05)
+                host = try c.request("GET", "/").echoed("Host").first ?? ""
+            }
+            #expect(host == "two.example")
+            try child.rewrite(Self.config(host: "two.example")(child.port, echoPort) + "\n    oops: 1\n")
+            child.signal(SIGHUP)
+            Thread.sleep(forTimeInterval: 0.5)
+            #expect(try c.request("GET", "/").echoed("Host") == ["two.example"])
+            #expect(child.log.contains("gateway.yaml:13 routes[0].oops: unknown key \"oops\""), "\(child.log)")
+            child.signal(SIGTERM)
+            #expect(child.waitForExit(seconds: 5) == 0)
+        }
+    }
+
+    @Test func reloadsWhenTheFileChanges() async throws {
+        try await withEcho { echoPort in
+            let child = try Child(config: Self.config(), echoPort: echoPort)
+            let c = try RawClient(port: child.port)
+            #expect(try c.request("GET", "/").echoed("Host") == ["one.example"])
+            try child.rewrite(Self.config(host: "watched.example")(child.port, echoPort))
+            var host = ""
+            for _ in 0..<60 where host != "watched.example" {
+                Thread.sleep(forTimeInterval: 0.05)
+                host = try c.request("GET", "/").echoed("Host").first ?? ""
+            }
+            #expect(host == "watched.example", "\(child.log)")
+        }
+    }
+
+    /// 100 MB up and 100 MB down: the gateway's peak memory must not grow with the body.
+    @Test func streamsLargeBodiesInBoundedMemory() async throws {
+        try await withEcho { echoPort in
+            let child = try Child(config: Self.config(), echoPort: echoPort)
+            let c = try RawClient(port: child.port, timeout: 60)
+            _ = try c.request("GET", "/")
+            let before = child.peakRSS
+            let size = 100 << 20
+            try c.send("PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: \(size)\r\n\r\n")
+            let block = [UInt8](repeating: 7, count: 1 << 20)
+            for _ in 0..<(size >> 20) { try c.send(block) }
+            #expect(try c.readResponse().json["body_bytes"] as? Int == size)
+            try c.send("GET /bytes/\(size) HTTP/1.1\r\nHost: a\r\n\r\n")
+            let down = try c.readResponse(keepBody: false)
+            #expect(down.bodyCount == size)
+            let growth = child.peakRSS - before
+            #expect(growth < 16 * 1024, "peak RSS grew \(growth) KiB while moving 200 MB")
+        }
+    }
+
+    @Test func checkPrintsEveryErrorAndFails() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-check-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("gateway.yaml").path
+        try """
+        listeners:
+          - address: 127.0.0.1:8080
+        upstreams:
+          app:
+            targets: [ "127.0.0.1:9000" ]
+        routes:
+          - match: { path_prefix: / }
+            upstream: billing
+          - match: { path: nope }
+            upstream: app
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        let (status, output) = try run(["check", "--config", path])
+        #expect(status == 1)
+        #expect(output.contains(#"gateway.yaml:8 routes[0].upstream: unknown upstream "billing""#), "\(output)")
+        #expect(output.contains("gateway.yaml:9 routes[1].match.path: expected a path"), "\(output)")
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let (ok, _) = try run(["check", "--config", root.appendingPathComponent("sandbox/gateway.yaml").path])
+        #expect(ok == 0)
+    }
+
+    @Test func versionNamesTheLinkedLibraries() throws {
+        let (status, output) = try run(["--version"])
+        #expect(status == 0)
+        #expect(output.contains("moongate"))
+        #expect(output.contains("Lua 5.4"))
+        #expect(output.contains("OpenSSL 3"))
+        #expect(output.contains("hiredis"))
+    }
+
+    func run(_ args: [String]) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = args
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

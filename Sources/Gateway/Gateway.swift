@@ -176,6 +176,10 @@ public actor Gateway {
     /// Binds `listener` on every loop. With port 0 the first bind picks the port and the
     /// others join it, so the listener is one port however many loops serve it.
     private func bind(_ listener: Listener) async throws -> RunningListener {
+        // SO_REUSEPORT would let us join a port another process (a second moongate started by
+        // mistake, or anything of the same user) already listens on, silently splitting its
+        // traffic. A plain bind first turns that into "address in use".
+        if listener.address.port != 0 { try PortProbe.ensureFree(host: listener.address.host, port: listener.address.port) }
         let handle = ListenerHandle(name: listener.name)
         var channels: [Channel] = []
         var port = listener.address.port

@@ -97,7 +97,7 @@ struct ChunkedDecoder {
                 if c == HTTPBytes.cr {
                     state = .trailerLF(blank: true)
                 } else {
-                    guard HTTPBytes.isTokenChar[Int(c)] else { throw .badFraming }
+                    guard HTTPBytes.isTokenChar(c) else { throw .badFraming }
                     state = .trailerLine
                     try countMeta()
                 }

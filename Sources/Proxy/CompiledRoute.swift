@@ -1,8 +1,9 @@
 // Hot path: per request, no allocation.
 import Config
 
-/// A route with everything the hot path compares kept as bytes.
-struct CompiledRoute: Sendable {
+/// A route with everything the hot path compares kept as bytes. A class, so that holding it
+/// for a request is one retain rather than one per field.
+final class CompiledRoute: Sendable {
     enum HostHeader: Sendable {
         case passthrough
         case target

@@ -17,14 +17,14 @@ extension DownstreamConnectionHandler {
         responsePhase = .done
         upstreamHead = nil
         let closing = close || !keepAliveClient || closeAfterResponse
-        var body = context.channel.allocator.buffer(capacity: 64 + message.utf8.count + requestID.readableBytes)
+        var body = allocator.buffer(capacity: 64 + message.utf8.count + requestID.readableBytes)
         body.writeStaticString("{\"error\":\"")
         body.writeString(message)  // messages are ours: no quotes or backslashes to escape
         body.writeStaticString("\",\"request_id\":\"")
         body.writeImmutableBuffer(requestID)
         body.writeStaticString("\"}\n")
 
-        var head = context.channel.allocator.buffer(capacity: 192)
+        var head = allocator.buffer(capacity: 192)
         head.writeStaticString("HTTP/1.1 ")
         head.writeString(String(status))
         head.writeStaticString(" ")

@@ -147,7 +147,17 @@ extension DownstreamConnectionHandler {
         upstream = connection
         connection.attach(self, readTimeout: settings.readTimeout)
         state = .proxying
-        connection.write(upstreamHead!)
+        var head = upstreamHead!
+        // A small body already here travels in the head's buffer (one write, as for responses).
+        if case .length(let length) = requestBody, length <= Self.coalesceLimit, let inbound, inbound.readableBytes >= length {
+            var body = self.inbound!.readSlice(length: length)!
+            if self.inbound!.readableBytes == 0 { self.inbound = nil }
+            head.writeBuffer(&body)
+            requestBody = .length(remaining: 0)
+            requestBodyDone = true
+            upstreamHead = nil
+        }
+        connection.write(head)
         if !requestBodyDone, var body = inbound {
             inbound = nil
             forwardRequestBody(&body)
@@ -160,6 +170,7 @@ extension DownstreamConnectionHandler {
     /// Sends request body bytes upstream, re-framing chunked bodies and enforcing the size limit.
     func forwardRequestBody(_ buffer: inout ByteBuffer) {
         guard let upstream else { return }
+        upstreamUnflushed = true
         switch requestBody {
         case .none, .untilClose:
             requestBodyDone = true
@@ -181,7 +192,7 @@ extension DownstreamConnectionHandler {
                         }
                         writeChunk(slice, to: upstream)
                     case .end:
-                        var last = context.channel.allocator.buffer(capacity: 5)
+                        var last = allocator.buffer(capacity: 5)
                         last.writeStaticString("0\r\n\r\n")
                         upstream.write(last)
                         requestBody = .chunked(decoder)
@@ -203,12 +214,12 @@ extension DownstreamConnectionHandler {
     }
 
     func writeChunk(_ slice: ByteBuffer, to upstream: UpstreamConnectionHandler) {
-        var header = context.channel.allocator.buffer(capacity: 18)
+        var header = allocator.buffer(capacity: 18)
         header.writeString(String(slice.readableBytes, radix: 16))
         header.writeStaticString("\r\n")
         upstream.write(header)
         upstream.write(slice)
-        var crlf = context.channel.allocator.buffer(capacity: 2)
+        var crlf = allocator.buffer(capacity: 2)
         crlf.writeStaticString("\r\n")
         upstream.write(crlf)
     }
@@ -226,7 +237,7 @@ extension DownstreamConnectionHandler {
                 }
             }
             if ok {
-                requestID.writeBytes(UnsafeRawBufferPointer(rebasing: p[id.lower..<id.upper]))
+                requestID.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + id.lower, count: id.count))
                 return
             }
         }
@@ -236,10 +247,10 @@ extension DownstreamConnectionHandler {
     /// The request head as the upstream gets it: hop-by-hop fields removed, `X-Forwarded-*`
     /// and `X-Request-Id` set, `Host` as the route says, the body's framing re-stated.
     private func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, target: CompiledUpstream.Target) -> ByteBuffer {
-        var out = context.channel.allocator.buffer(capacity: head.readableBytes + 192 + clientAddress.count)
+        var out = allocator.buffer(capacity: head.readableBytes + 192 + clientAddress.count)
         head.withUnsafeReadableBytes { p in
-            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(rebasing: p[r.lower..<r.upper])) }
-            func copy(_ from: Int, _ to: Int) { out.writeBytes(UnsafeRawBufferPointer(rebasing: p[from..<to])) }
+            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count)) }
+            func copy(_ from: Int, _ to: Int) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + from, count: to - from)) }
             let h = request.headers
 
             copy(request.method)

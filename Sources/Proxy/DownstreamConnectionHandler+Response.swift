@@ -4,6 +4,8 @@ import NIOCore
 extension DownstreamConnectionHandler {
     /// Largest upstream response head accepted; beyond it the upstream is broken (`502`).
     static let maxResponseHeadBytes = 64 * 1024
+    /// Bodies up to this size that arrive with their head are copied into the head's buffer.
+    static let coalesceLimit = 4096
 
     func upstreamRead(_ buffer: ByteBuffer) {
         var buffer = buffer
@@ -76,10 +78,20 @@ extension DownstreamConnectionHandler {
         responseBody = framing
         if !response.keepAlive { upstreamReusable = false }
         if case .untilClose = framing { upstreamReusable = false }
-        let out = makeClientHead(head, framing: framing)
         responseStarted = true
         responsePhase = .body
-        context.write(wrapOutboundOut(out), promise: nil)
+        // A small body that came with the head goes out in the head's buffer: one write
+        // through the pipeline instead of two (measured: a few percent per request).
+        if case .length(let length) = framing, length <= Self.coalesceLimit, buffer.readableBytes >= length {
+            var out = makeClientHead(head, framing: framing, extraCapacity: length)
+            var body = buffer.readSlice(length: length)!
+            out.writeBuffer(&body)
+            responseBody = .length(remaining: 0)
+            context.write(wrapOutboundOut(out), promise: nil)
+            responseFinished()
+            return true
+        }
+        context.write(wrapOutboundOut(makeClientHead(head, framing: framing)), promise: nil)
         if case .none = framing { responseFinished() }
         return true
     }
@@ -119,12 +131,12 @@ extension DownstreamConnectionHandler {
 
     private func writeClientBody(_ slice: ByteBuffer) {
         if responseChunkedOut {
-            var header = context.channel.allocator.buffer(capacity: 18)
+            var header = allocator.buffer(capacity: 18)
             header.writeString(String(slice.readableBytes, radix: 16))
             header.writeStaticString("\r\n")
             context.write(wrapOutboundOut(header), promise: nil)
             context.write(wrapOutboundOut(slice), promise: nil)
-            var crlf = context.channel.allocator.buffer(capacity: 2)
+            var crlf = allocator.buffer(capacity: 2)
             crlf.writeStaticString("\r\n")
             context.write(wrapOutboundOut(crlf), promise: nil)
         } else {
@@ -135,7 +147,7 @@ extension DownstreamConnectionHandler {
     private func responseFinished() {
         responsePhase = .done
         if responseChunkedOut {
-            var last = context.channel.allocator.buffer(capacity: 5)
+            var last = allocator.buffer(capacity: 5)
             last.writeStaticString("0\r\n\r\n")
             context.write(wrapOutboundOut(last), promise: nil)
         }
@@ -180,7 +192,7 @@ extension DownstreamConnectionHandler {
     func closeAfterFlush() {
         state = .closing
         let promise = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+        context.writeAndFlush(wrapOutboundOut(allocator.buffer(capacity: 0)), promise: promise)
         let context = self.context!
         promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { _ in
             context.close(promise: nil)
@@ -230,11 +242,11 @@ extension DownstreamConnectionHandler {
     }
 
     /// The response head as the client gets it: hop-by-hop fields removed, framing re-stated.
-    private func makeClientHead(_ head: ByteBuffer, framing: Body) -> ByteBuffer {
-        var out = context.channel.allocator.buffer(capacity: head.readableBytes + 96)
+    private func makeClientHead(_ head: ByteBuffer, framing: Body, extraCapacity: Int = 0) -> ByteBuffer {
+        var out = allocator.buffer(capacity: head.readableBytes + 96 + requestID.readableBytes + extraCapacity)
         responseChunkedOut = false
         head.withUnsafeReadableBytes { p in
-            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(rebasing: p[r.lower..<r.upper])) }
+            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count)) }
             let h = response.headers
             // We speak HTTP/1.1 whatever the origin spoke; the status code and reason stay.
             out.writeStaticString("HTTP/1.1")

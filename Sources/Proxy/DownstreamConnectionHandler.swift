@@ -40,7 +40,11 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
         case untilClose
     }
 
-    unowned let worker: ProxyWorker
+    /// Strong: `unowned` costs a runtime call per access. The worker drops its reference to
+    /// this handler when the connection closes, which breaks the cycle.
+    let worker: ProxyWorker
+    /// Cached: `context.channel.allocator` is two calls and a retain per use.
+    var allocator = ByteBufferAllocator()
     let listener: ListenerHandle
     var context: ChannelHandlerContext!
     var state = State.idle
@@ -77,6 +81,7 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
 
     // Flow control and time.
     var pendingRead = false
+    var upstreamUnflushed = false
     var lastActivity = NIODeadline.now()
     var requestStart = NIODeadline.now()
     var timer: Scheduled<Void>?
@@ -92,7 +97,8 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        requestID = context.channel.allocator.buffer(capacity: 64)
+        allocator = context.channel.allocator
+        requestID = allocator.buffer(capacity: 64)
         if let ip = context.channel.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
         worker.register(self)
         armTimer()
@@ -139,8 +145,12 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        upstream?.flush()
-        context.flush()
+        // Only request body bytes are written upstream without a flush; responses and errors
+        // flush themselves. An empty flush is still a trip through the pipeline.
+        if upstreamUnflushed {
+            upstreamUnflushed = false
+            upstream?.flush()
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -251,12 +261,10 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     }
 
     var currentDeadline: NIODeadline {
-        let timeouts = worker.generation.shared.config.timeouts
         switch state {
-        case .idle: return lastActivity + TimeAmount(timeouts.clientIdle)
+        case .idle: return lastActivity + worker.generation.shared.clientIdleTimeout
         case .head, .connecting, .proxying:
-            let request = TimeAmount(generation?.shared.config.timeouts.request ?? timeouts.request)
-            return requestStart + request
+            return requestStart + (generation ?? worker.generation).shared.requestTimeout
         case .closing, .closed: return .distantFuture
         }
     }

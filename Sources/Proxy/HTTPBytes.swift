@@ -11,15 +11,16 @@ enum HTTPBytes {
     static let htab: UInt8 = 9
     static let colon: UInt8 = 58
 
-    /// RFC 9110 5.6.2 `tchar`, as a 256-entry table so a check is one load.
-    static let isTokenChar: [Bool] = {
-        var t = [Bool](repeating: false, count: 256)
-        for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
-        for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
-        for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
-        for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
-        return t
-    }()
+    /// RFC 9110 5.6.2 `tchar` as two 64-bit masks: constants, so a check is a shift and a test
+    /// (a table in a global costs a lazy-initialisation check per byte).
+    @inline(__always) static func isTokenChar(_ c: UInt8) -> Bool {
+        // ! # $ % & ' * + - . 0-9 in 0..63; A-Z ^ _ ` a-z | ~ in 64..127.
+        let low: UInt64 = 0x03FF_6CFA_0000_0000
+        let high: UInt64 = 0x57FF_FFFF_C7FF_FFFE
+        if c < 64 { return (low >> UInt64(c)) & 1 == 1 }
+        if c < 128 { return (high >> UInt64(c - 64)) & 1 == 1 }
+        return false
+    }
 
     /// Bytes allowed in a request target: visible ASCII (RFC 9112 3.2; no spaces, no CTLs).
     @inline(__always) static func isTargetChar(_ c: UInt8) -> Bool { c > 0x20 && c < 0x7F }

@@ -86,7 +86,7 @@ enum HeadParser {
         var i = 0
         let n = p.count
         // method SP
-        while i < n, HTTPBytes.isTokenChar[Int(p[i])] { i += 1 }
+        while i < n, HTTPBytes.isTokenChar(p[i]) { i += 1 }
         guard i > 0, i < n, p[i] == HTTPBytes.sp else { throw .malformed("malformed request line") }
         head.method = ByteRange(0, i)
         head.isHEAD = i == 4 && p[0] == UInt8(ascii: "H") && p[1] == UInt8(ascii: "E") && p[2] == UInt8(ascii: "A") && p[3] == UInt8(ascii: "D")
@@ -179,7 +179,7 @@ enum HeadParser {
             // RFC 9112 5.2: obsolete line folding is refused, not unfolded.
             if p[i] == HTTPBytes.sp || p[i] == HTTPBytes.htab { throw .malformed("obsolete line folding") }
             let lineStart = i
-            while i < n, HTTPBytes.isTokenChar[Int(p[i])] { i += 1 }
+            while i < n, HTTPBytes.isTokenChar(p[i]) { i += 1 }
             // A space before the colon is a smuggling vector (RFC 9112 5.1): refuse it.
             guard i > lineStart, i < n, p[i] == HTTPBytes.colon else { throw .malformed("invalid header name") }
             let name = ByteRange(lineStart, i)
@@ -278,7 +278,7 @@ enum HeadParser {
         while i < end {
             while i < end, p[i] == HTTPBytes.sp || p[i] == HTTPBytes.htab || p[i] == UInt8(ascii: ",") { i += 1 }
             let start = i
-            while i < end, HTTPBytes.isTokenChar[Int(p[i])] { i += 1 }
+            while i < end, HTTPBytes.isTokenChar(p[i]) { i += 1 }
             if i == start {
                 if i < end { throw .malformed("invalid Connection header") }
                 break

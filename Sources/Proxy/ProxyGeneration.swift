@@ -12,6 +12,8 @@ public final class ProxyGeneration: Sendable {
     let limits: HeadLimits
     /// Per upstream (same indices as the config), its targets with resolved addresses.
     let upstreams: [CompiledUpstream]
+    let clientIdleTimeout: TimeAmount
+    let requestTimeout: TimeAmount
 
     /// Compiles `config`. Resolves target host names (a blocking lookup: call it off the event loops).
     public init(id: Int, config: GatewayConfig) throws {
@@ -20,6 +22,8 @@ public final class ProxyGeneration: Sendable {
         self.limits = HeadLimits(
             maxHeaderBytes: config.limits.maxHeaderBytes, maxHeaderCount: config.limits.maxHeaderCount,
             maxURIBytes: config.limits.maxURIBytes)
+        self.clientIdleTimeout = TimeAmount(config.timeouts.clientIdle)
+        self.requestTimeout = TimeAmount(config.timeouts.request)
         self.routes = config.routes.map { CompiledRoute($0, defaultMaxBody: config.limits.maxBodyBytes) }
         self.upstreams = try config.upstreams.map { try CompiledUpstream($0) }
     }

@@ -144,20 +144,20 @@ struct RequestIDGenerator {
 
     mutating func next(into buffer: inout ByteBuffer) {
         counter &+= 1
-        Self.writeHex(prefix, into: &buffer)
-        Self.writeHex(counter, into: &buffer)
+        let prefix = self.prefix, counter = self.counter
+        // Formatted on the stack and written once: one capacity check instead of 32.
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 32) { out in
+            for i in 0..<16 {
+                out[i] = Self.hex(prefix >> UInt64(60 - 4 * i))
+                out[16 + i] = Self.hex(counter >> UInt64(60 - 4 * i))
+            }
+            return 32
+        }
     }
 
-    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
-
     @inline(__always)
-    private static func writeHex(_ value: UInt64, into buffer: inout ByteBuffer) {
-        var v = value.bigEndian
-        withUnsafeBytes(of: &v) { bytes in
-            for b in bytes {
-                buffer.writeInteger(digits[Int(b >> 4)])
-                buffer.writeInteger(digits[Int(b & 0xF)])
-            }
-        }
+    private static func hex(_ nibble: UInt64) -> UInt8 {
+        let n = UInt8(truncatingIfNeeded: nibble & 0xF)
+        return n < 10 ? 48 + n : 87 + n
     }
 }

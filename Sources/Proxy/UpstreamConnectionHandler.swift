@@ -12,8 +12,10 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     private(set) var context: ChannelHandlerContext?
     /// The request using this connection; nil while pooled.
     var exchange: UpstreamExchange?
-    /// The pool it returns to; cleared when the pool drops it.
-    weak var pool: TargetPool?
+    /// The pool it returns to. Strong: a `weak` one moves the pool's refcount to a side table,
+    /// which made every retain of it (one per request) take the slow path. The cycle with the
+    /// pool's idle list is broken when the connection closes.
+    var pool: TargetPool?
     private var pendingRead = false
     private var lastActivity = NIODeadline.now()
     private var timer: Scheduled<Void>?
@@ -46,7 +48,6 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         self.exchange = exchange
         self.readTimeout = readTimeout
         uses += 1
-        lastActivity = .now()
         armTimer()
     }
 
@@ -102,6 +103,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         timer?.cancel()
         timer = nil
         pool?.remove(self)
+        pool = nil
         let exchange = self.exchange
         self.exchange = nil
         exchange?.upstreamClosed(error: nil)

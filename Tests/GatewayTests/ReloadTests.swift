@@ -97,3 +97,18 @@ extension RawClient {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 }
+
+@Suite struct ListenerSafetyTests {
+    /// With SO_REUSEPORT a second process could silently share a port; it must fail instead.
+    @Test func refusesAPortSomeoneAlreadyListensOn() async throws {
+        try await withGateway { gw in
+            let taken = TestGateway.defaultConfig.replacingOccurrences(of: "    address: 127.0.0.1:@PORT@", with: "    address: 127.0.0.1:@PORT@\n  - name: clash\n    address: 127.0.0.1:\(gw.echoPort)")
+            let result = try await gw.rewrite(taken)
+            #expect(!result.succeeded)
+            #expect(result.errors.first?.contains("cannot listen on 127.0.0.1:\(gw.echoPort): address already in use") == true, "\(result.errors)")
+            let before = gw.stats.accepted.withLockedValue { $0 }
+            #expect(try gw.client().request("GET", "/echo").status == 200, "the old generation keeps serving")
+            #expect(gw.stats.accepted.withLockedValue { $0 } >= before)
+        }
+    }
+}

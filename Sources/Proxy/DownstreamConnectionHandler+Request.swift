@@ -247,7 +247,10 @@ extension DownstreamConnectionHandler {
     /// The request head as the upstream gets it: hop-by-hop fields removed, `X-Forwarded-*`
     /// and `X-Request-Id` set, `Host` as the route says, the body's framing re-stated.
     private func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, target: CompiledUpstream.Target) -> ByteBuffer {
-        var out = allocator.buffer(capacity: head.readableBytes + 192 + clientAddress.count)
+        var out = ByteBuffer()
+        swap(&out, &upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
+        out.clear(minimumCapacity: head.readableBytes + 192 + clientAddress.count + requestID.readableBytes)
+        defer { upstreamHeadOut = out }
         head.withUnsafeReadableBytes { p in
             func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count)) }
             func copy(_ from: Int, _ to: Int) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + from, count: to - from)) }

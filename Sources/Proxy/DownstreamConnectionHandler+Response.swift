@@ -83,9 +83,7 @@ extension DownstreamConnectionHandler {
         // A small body that came with the head goes out in the head's buffer: one write
         // through the pipeline instead of two (measured: a few percent per request).
         if case .length(let length) = framing, length <= Self.coalesceLimit, buffer.readableBytes >= length {
-            var out = makeClientHead(head, framing: framing, extraCapacity: length)
-            var body = buffer.readSlice(length: length)!
-            out.writeBuffer(&body)
+            let out = makeClientHead(head, framing: framing, body: buffer.readSlice(length: length)!)
             responseBody = .length(remaining: 0)
             context.write(wrapOutboundOut(out), promise: nil)
             responseFinished()
@@ -242,8 +240,13 @@ extension DownstreamConnectionHandler {
     }
 
     /// The response head as the client gets it: hop-by-hop fields removed, framing re-stated.
-    private func makeClientHead(_ head: ByteBuffer, framing: Body, extraCapacity: Int = 0) -> ByteBuffer {
-        var out = allocator.buffer(capacity: head.readableBytes + 96 + requestID.readableBytes + extraCapacity)
+    /// `body`, if given, follows the head in the same buffer (written before the buffer is
+    /// shared, so no copy-on-write).
+    private func makeClientHead(_ head: ByteBuffer, framing: Body, body: ByteBuffer? = nil) -> ByteBuffer {
+        var out = ByteBuffer()
+        swap(&out, &clientHeadOut)  // `out` is then the only reference, so clear() reuses storage
+        out.clear(minimumCapacity: head.readableBytes + 96 + requestID.readableBytes + (body?.readableBytes ?? 0))
+        defer { clientHeadOut = out }
         responseChunkedOut = false
         head.withUnsafeReadableBytes { p in
             func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count)) }
@@ -294,6 +297,7 @@ extension DownstreamConnectionHandler {
             }
             out.writeStaticString("\r\n")
         }
+        if var body { out.writeBuffer(&body) }
         return out
     }
 }

@@ -66,6 +66,10 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     var targetPool: TargetPool?
     /// The rewritten head, kept until a response starts so a stale pooled connection can be retried.
     var upstreamHead: ByteBuffer?
+    /// Head buffers reused across requests: once the socket write has released one, `clear()`
+    /// recycles its storage, saving two allocations per request.
+    var upstreamHeadOut = ByteBuffer()
+    var clientHeadOut = ByteBuffer()
     var retriedStale = false
     var keepAliveClient = true
     var closeAfterResponse = false
@@ -99,6 +103,8 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
         self.context = context
         allocator = context.channel.allocator
         requestID = allocator.buffer(capacity: 64)
+        upstreamHeadOut = allocator.buffer(capacity: 1024)
+        clientHeadOut = allocator.buffer(capacity: 512)
         if let ip = context.channel.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
         worker.register(self)
         armTimer()
@@ -158,7 +164,8 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { upstream?.resumeRead() }
+        downstreamWritable = context.channel.isWritable
+        if downstreamWritable { upstream?.resumeRead() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -208,7 +215,8 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
 
     // MARK: UpstreamExchange (events from the upstream connection)
 
-    var downstreamWritable: Bool { context?.channel.isWritable ?? false }
+    /// Kept from writability events: asking the channel costs an atomic load and retains.
+    var downstreamWritable = true
 
     func upstreamWritabilityChanged(writable: Bool) {
         if writable { resumeReadsIfNeeded() }

@@ -31,7 +31,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     var isActive: Bool { context?.channel.isActive ?? false }
-    var isWritable: Bool { context?.channel.isWritable ?? false }
+    /// Kept from writability events: asking the channel costs an atomic load and retains.
+    private(set) var isWritable = true
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -117,7 +118,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        exchange?.upstreamWritabilityChanged(writable: context.channel.isWritable)
+        isWritable = context.channel.isWritable
+        exchange?.upstreamWritabilityChanged(writable: isWritable)
     }
 
     func read(context: ChannelHandlerContext) {

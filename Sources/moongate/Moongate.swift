@@ -53,6 +53,9 @@ extension Moongate {
         @Flag(help: "Do not watch the config file for changes (SIGHUP still reloads).")
         var noWatch = false
 
+        @Flag(help: "Keep code pages touched only at start-up resident (by default they are released after start-up and reloads).")
+        var keepStartupPages = false
+
         func validate() throws {
             if let workers, !(1...1024).contains(workers) { throw ValidationError("--workers must be between 1 and 1024") }
         }
@@ -74,7 +77,7 @@ extension Moongate {
             }
             let logger = Logger(label: "moongate")
             let gateway = Gateway(configPath: config, workers: workers, environment: environment, logger: logger)
-            let service = GatewayService(gateway: gateway, logger: logger, watch: !noWatch)
+            let service = GatewayService(gateway: gateway, logger: logger, watch: !noWatch, releaseColdPages: !keepStartupPages)
             let group = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -73,16 +73,8 @@ import Testing
     /// A loopback listener that never accepts and whose accept queue is full drops new SYNs,
     /// so connecting to it times out: a real connect timeout without leaving the machine.
     @Test func connectTimeoutIs504() async throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (fd, port) = RawClient.boundSocket(listenBacklog: 0)
         defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        listen(fd, 0)
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        let port = Int(UInt16(bigEndian: addr.sin_port))
         // Fill the accept queue.
         var fillers: [RawClient] = []
         for _ in 0..<4 { if let c = try? RawClient(port: port, timeout: 0.3) { fillers.append(c) } }

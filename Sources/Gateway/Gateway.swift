@@ -67,6 +67,9 @@ public actor Gateway {
         }
         self.generation = generation
         lastReload = ReloadResult(generation: generation.id, errors: [])
+        if let admin = config.admin {
+            logger.warning("admin.address is accepted but not served yet (the admin endpoints are not built)", metadata: ["admin": "\(admin)"])
+        }
         logger.info(
             "gateway started",
             metadata: [

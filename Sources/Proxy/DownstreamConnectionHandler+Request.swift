@@ -110,7 +110,7 @@ extension DownstreamConnectionHandler {
         let targetIndex = balancer.next()
         let pool = balancer.pool(targetIndex)
         targetPool = pool
-        upstreamHead = makeUpstreamHead(head, route: route, target: balancer.targets[targetIndex])
+        upstreamHead = makeUpstreamHead(head, route: route, pool: pool)
         state = .connecting
         armTimer()
         if let connection = pool.takeIdle() {
@@ -142,10 +142,9 @@ extension DownstreamConnectionHandler {
     }
 
     private func begin(_ connection: UpstreamConnectionHandler) {
-        guard let generation, let route else { return }
-        let settings = generation.shared.upstreams[route.upstream].settings
+        guard let targetPool else { return }
         upstream = connection
-        connection.attach(self, readTimeout: settings.readTimeout)
+        connection.attach(self, readTimeout: targetPool.settings.readTimeout)
         state = .proxying
         var head = upstreamHead!
         // A small body already here travels in the head's buffer (one write, as for responses).
@@ -246,7 +245,7 @@ extension DownstreamConnectionHandler {
 
     /// The request head as the upstream gets it: hop-by-hop fields removed, `X-Forwarded-*`
     /// and `X-Request-Id` set, `Host` as the route says, the body's framing re-stated.
-    private func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, target: CompiledUpstream.Target) -> ByteBuffer {
+    private func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
         out.clear(minimumCapacity: head.readableBytes + 192 + clientAddress.count + requestID.readableBytes)
@@ -270,9 +269,9 @@ extension DownstreamConnectionHandler {
             out.writeStaticString(" HTTP/1.1\r\nHost: ")
             switch route.hostHeader {
             case .passthrough:
-                if let host = h.host { copy(host) } else { out.writeBytes(target.hostHeader) }
+                if let host = h.host { copy(host) } else { out.writeBytes(pool.hostHeader) }
             case .target:
-                out.writeBytes(target.hostHeader)
+                out.writeBytes(pool.hostHeader)
             case .fixed(let value):
                 out.writeBytes(value)
             }

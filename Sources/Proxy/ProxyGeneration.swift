@@ -41,8 +41,6 @@ struct CompiledUpstream: Sendable {
         let key: TargetKey
         let address: SocketAddress
         let weight: Int
-        /// `host:port` as the Host header for `host_header: target`.
-        let hostHeader: [UInt8]
     }
 
     let name: String
@@ -53,9 +51,7 @@ struct CompiledUpstream: Sendable {
         self.name = upstream.name
         self.targets = try upstream.targets.map { t in
             let address = try SocketAddress.makeAddressResolvingHost(t.address.host, port: t.address.port)
-            return Target(
-                key: TargetKey(host: t.address.host, port: t.address.port), address: address, weight: t.weight,
-                hostHeader: Array(t.address.description.utf8))
+            return Target(key: TargetKey(host: t.address.host, port: t.address.port), address: address, weight: t.weight)
         }
         self.settings = PoolSettings(
             connectTimeout: TimeAmount(upstream.connectTimeout), readTimeout: TimeAmount(upstream.readTimeout),

@@ -1,3 +1,4 @@
+import Config
 import NIOCore
 import NIOPosix
 
@@ -8,12 +9,15 @@ final class TargetPool {
     let eventLoop: EventLoop
     private(set) var address: SocketAddress
     private(set) var settings: PoolSettings
+    /// `host:port`, the Host header for routes with `host_header: target`.
+    let hostHeader: [UInt8]
     private var idle: [UpstreamConnectionHandler] = []
     /// Connections open (idle or in use or connecting), for tests and the status page.
     private(set) var openConnections = 0
 
     init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop) {
         self.key = key
+        self.hostHeader = Array(SocketAddressSpec(host: key.host, port: key.port).description.utf8)
         self.address = address
         self.settings = settings
         self.eventLoop = eventLoop
@@ -88,3 +92,4 @@ final class TargetPool {
 
 @available(*, unavailable)
 extension TargetPool: Sendable {}
+

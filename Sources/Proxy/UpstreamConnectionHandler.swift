@@ -30,12 +30,19 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         self.idleTimeout = idleTimeout
     }
 
-    var isActive: Bool { context?.channel.isActive ?? false }
+    /// Kept from channel events: asking the channel costs an atomic load and two retains.
+    private(set) var isActive = false
     /// Kept from writability events: asking the channel costs an atomic load and retains.
     private(set) var isWritable = true
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        isActive = context.channel.isActive
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        isActive = true
+        context.fireChannelActive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -101,6 +108,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        isActive = false
         timer?.cancel()
         timer = nil
         pool?.remove(self)

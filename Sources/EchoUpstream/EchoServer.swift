@@ -10,6 +10,11 @@ import NIOPosix
 /// - `/delay/MS`: answers after MS milliseconds.
 /// - `/bytes/N`: streams N bytes (`?chunked=1` for chunked framing), at the client's pace.
 /// - `/close`: closes the connection without answering.
+/// - `/linger-close/MS`: answers (kept alive), then closes the idle connection after MS ms,
+///   as an origin's keep-alive timeout does.
+/// - `/hop`: answers with hop-by-hop response headers a proxy must remove.
+/// - `/stale-next`: answers, then closes the connection when the next request arrives on it
+///   without answering (a pooled connection that went stale as it was reused).
 /// - anything else: `200` with a JSON echo of method, path, headers and the body's size and checksum.
 public enum EchoServer {
     /// Binds `host:port` (port 0 picks a free one) and serves until the channel closes.
@@ -40,6 +45,7 @@ final class EchoHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private var head: HTTPRequestHead?
+    private var dropNext = false
     private var bodyBytes = 0
     private var checksum = Checksum()
     private var streaming: (remaining: Int, chunked: Bool)?
@@ -48,6 +54,10 @@ final class EchoHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let h):
+            if dropNext {
+                context.close(promise: nil)
+                return
+            }
             head = h
             bodyBytes = 0
             checksum = Checksum()
@@ -88,6 +98,21 @@ final class EchoHandler: ChannelInboundHandler {
             pump(context: context)
         case ("close", 1):
             context.close(promise: nil)
+        case ("linger-close", 2):
+            send(context: context, status: .ok, json: echo(head), request: head)
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(Int64(parts[1]) ?? 0)) { bound.value.close(promise: nil) }
+        case ("stale-next", 1):
+            dropNext = true
+            send(context: context, status: .ok, json: echo(head), request: head)
+        case ("hop", 1):
+            let headers = HTTPHeaders([
+                ("Content-Length", "3"), ("Connection", "X-Hop-Resp"), ("X-Hop-Resp", "1"), ("Keep-Alive", "timeout=5"),
+                ("Proxy-Authenticate", "Basic"), ("Upgrade", "h2c"), ("Trailer", "X-T"), ("X-Kept-Resp", "1"),
+            ])
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "hop")))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         default:
             send(context: context, status: .ok, json: echo(head), request: head)
         }

@@ -197,13 +197,16 @@ extension DownstreamConnectionHandler {
         }
     }
 
-    func upstreamClosed(error: Error?) {
+    func upstreamClosed(error: Error?, reused: Bool) {
         upstream = nil
         switch responsePhase {
         case .head:
-            // A pooled connection the origin had closed while idle: send the request again on a
-            // new one, once, if nothing of its body has gone (nginx's proxy_next_upstream).
-            if let pool = targetPool, upstreamHead != nil, !retriedStale, requestBodyDone, responseHeadBuffer == nil {
+            // A pooled connection the origin closed as we reused it (its keep-alive timeout):
+            // send the request again on a new connection, once, if it is idempotent and had no
+            // body (RFC 9110 9.2.2; nginx does the same and never retries a POST by default).
+            if reused, request.isIdempotent, let pool = targetPool, upstreamHead != nil, !retriedStale, requestBodyDone,
+                responseHeadBuffer == nil
+            {
                 retriedStale = true
                 state = .connecting
                 connectUpstream(pool)

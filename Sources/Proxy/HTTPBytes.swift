@@ -4,6 +4,10 @@
 // instead of NIOHTTP1's typed parts: the bench README measured typed parts at half of
 // nginx's speed, byte scanning on the ByteBuffer at about even.
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 enum HTTPBytes {
     static let cr: UInt8 = 13
     static let lf: UInt8 = 10
@@ -37,6 +41,13 @@ enum HTTPBytes {
         let q = lowered.utf8Start
         for i in 0..<count where lower(p[start + i]) != q[i] { return false }
         return true
+    }
+
+    /// Exact (case-sensitive) comparison, as for methods (RFC 9110 9.1).
+    @inline(__always)
+    static func equals(_ p: UnsafeRawBufferPointer, _ start: Int, _ count: Int, _ text: StaticString) -> Bool {
+        guard count == text.utf8CodeUnitCount else { return false }
+        return memcmp(p.baseAddress! + start, text.utf8Start, count) == 0
     }
 
     @inline(__always)

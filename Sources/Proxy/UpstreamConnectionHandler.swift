@@ -115,13 +115,13 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         pool = nil
         let exchange = self.exchange
         self.exchange = nil
-        exchange?.upstreamClosed(error: nil)
+        exchange?.upstreamClosed(error: nil, reused: uses > 1)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         let exchange = self.exchange
         self.exchange = nil
-        exchange?.upstreamClosed(error: error)
+        exchange?.upstreamClosed(error: error, reused: uses > 1)
         context.close(promise: nil)
     }
 

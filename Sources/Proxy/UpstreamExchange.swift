@@ -5,7 +5,8 @@ import NIOCore
 protocol UpstreamExchange: AnyObject {
     func upstreamRead(_ buffer: ByteBuffer)
     func upstreamReadComplete()
-    func upstreamClosed(error: Error?)
+    /// `reused`: the connection had carried an earlier request (it may have gone stale in the pool).
+    func upstreamClosed(error: Error?, reused: Bool)
     func upstreamWritabilityChanged(writable: Bool)
     func upstreamTimedOut()
     /// Whether the client side can take more bytes; the upstream stops reading while it cannot.

@@ -18,6 +18,47 @@ import Testing
         }
     }
 
+    @Test func removesHopByHopHeadersFromResponses() async throws {
+        try await withGateway { gw in
+            let c = try gw.client()
+            let r = try c.request("GET", "/hop")
+            #expect(r.status == 200)
+            #expect(r.text == "hop")
+            for name in ["Connection", "X-Hop-Resp", "Keep-Alive", "Proxy-Authenticate", "Upgrade", "Trailer"] {
+                #expect(r.header(name) == nil, "\(name) reached the client")
+            }
+            #expect(r.header("X-Kept-Resp") == "1")
+            #expect(try c.request("GET", "/echo").status == 200, "the client connection stays kept alive")
+        }
+    }
+
+    /// An origin closing idle kept-alive connections (its keep-alive timeout) must not turn
+    /// into failed requests: the pool drops closed connections and dials anew.
+    @Test func survivesUpstreamClosingIdleConnections() async throws {
+        try await withGateway(workers: 1) { gw in
+            let c = try gw.client()
+            for _ in 0..<5 {
+                #expect(try c.request("GET", "/linger-close/20").status == 200)
+                try await Task.sleep(for: .milliseconds(60))
+            }
+            #expect(try c.request("GET", "/echo").status == 200)
+        }
+    }
+
+    /// The origin drops the request sent on a reused connection: an idempotent request is sent
+    /// again on a new connection; a POST is not (it may have been acted on) and gets a 502.
+    @Test func retriesOnlyIdempotentRequestsOnAStaleConnection() async throws {
+        try await withGateway(workers: 1) { gw in
+            let c = try gw.client()
+            #expect(try c.request("GET", "/stale-next").status == 200)
+            #expect(try c.request("GET", "/echo").status == 200, "retried on a fresh connection")
+            #expect(try c.request("GET", "/stale-next").status == 200)
+            let post = try c.request("POST", "/echo", body: [])
+            #expect(post.status == 502)
+            #expect(post.json["error"] as? String == "upstream closed the connection")
+        }
+    }
+
     @Test func setsForwardedHeaders() async throws {
         try await withGateway { gw in
             let c = try gw.client()

@@ -39,6 +39,15 @@ import Testing
         #expect(!head.keepAlive)
     }
 
+    @Test func classifiesIdempotentMethodsCaseSensitively() throws {
+        for method in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"] {
+            #expect(try parse("\(method) / HTTP/1.1\r\nHost: a\r\n\r\n").0.isIdempotent, "\(method)")
+        }
+        for method in ["POST", "PATCH", "get", "CONNECT", "GETX"] {
+            #expect(try !parse("\(method) / HTTP/1.1\r\nHost: a\r\n\r\n").0.isIdempotent, "\(method)")
+        }
+    }
+
     @Test func http10KeepAliveOnlyWhenAsked() throws {
         #expect(try !parse("GET / HTTP/1.0\r\n\r\n").0.keepAlive)
         #expect(try parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").0.keepAlive)

@@ -34,16 +34,6 @@ struct ChunkedDecoder {
     /// Bytes allowed for chunk extensions and trailers together, per message.
     static let maxMetaBytes = 16 * 1024
 
-    var isDone: Bool {
-        if case .done = state { return true }
-        return false
-    }
-
-    mutating func reset() {
-        state = .size(value: 0, digits: 0)
-        metaBytes = 0
-    }
-
     /// The next piece of the body from `buffer`: a data slice, the end, or nil when `buffer`
     /// holds no more complete piece. After `.end`, what follows the message stays in `buffer`.
     mutating func next(_ buffer: inout ByteBuffer) throws(Failure) -> Event? {

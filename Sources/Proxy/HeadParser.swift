@@ -13,8 +13,8 @@ struct ParsedFields {
     var fields: [HeaderField] = []
     var connectionTokens: [ByteRange] = []
     var contentLength: Int? = nil
+    /// `Transfer-Encoding: chunked` (the only coding accepted).
     var chunked = false
-    var hasTransferEncoding = false
     var connectionClose = false
     var connectionKeepAlive = false
     var host: ByteRange? = nil
@@ -25,7 +25,6 @@ struct ParsedFields {
         connectionTokens.removeAll(keepingCapacity: true)
         contentLength = nil
         chunked = false
-        hasTransferEncoding = false
         connectionClose = false
         connectionKeepAlive = false
         host = nil
@@ -122,7 +121,7 @@ enum HeadParser {
 
         try parseFields(p, from: i, into: &head.headers, limits: limits)
         let h = head.headers
-        if h.hasTransferEncoding {
+        if h.chunked {
             // RFC 9112 6.1: Transfer-Encoding with Content-Length is a smuggling attempt; in
             // HTTP/1.0 it cannot be trusted at all.
             if h.contentLength != nil { throw .malformed("both Content-Length and Transfer-Encoding") }
@@ -162,7 +161,7 @@ enum HeadParser {
         guard i + 1 < n, p[i] == HTTPBytes.cr, p[i + 1] == HTTPBytes.lf else { throw .malformed("malformed status line") }
         head.statusLine = ByteRange(0, i)
         try parseFields(p, from: i + 2, into: &head.headers, limits: limits)
-        if head.headers.hasTransferEncoding, head.headers.contentLength != nil {
+        if head.headers.chunked, head.headers.contentLength != nil {
             throw .malformed("both Content-Length and Transfer-Encoding")
         }
         head.keepAlive = minor >= 1 ? !head.headers.connectionClose : head.headers.connectionKeepAlive && !head.headers.connectionClose
@@ -255,12 +254,11 @@ enum HeadParser {
             if HTTPBytes.equalsLower(p, s, c, "transfer-encoding") {
                 // Only a single "chunked" is accepted: anything else either cannot be framed
                 // (RFC 9112 6.3 item 4) or is a known desync trick ("chunked, chunked", "xchunked").
-                guard !h.hasTransferEncoding else { throw .malformed("duplicate Transfer-Encoding") }
+                guard !h.chunked else { throw .malformed("duplicate Transfer-Encoding") }
                 guard HTTPBytes.equalsLower(p, value.lower, value.count, "chunked") else {
                     if value.isEmpty { throw .malformed("empty Transfer-Encoding") }
                     throw .unsupportedTransferCoding
                 }
-                h.hasTransferEncoding = true
                 h.chunked = true
                 return .transferEncoding
             }

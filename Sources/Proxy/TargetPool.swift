@@ -23,8 +23,6 @@ final class TargetPool {
         self.eventLoop = eventLoop
     }
 
-    var idleCount: Int { idle.count }
-
     func update(address: SocketAddress, settings: PoolSettings) {
         self.address = address
         self.settings = settings

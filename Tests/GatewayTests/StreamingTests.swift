@@ -74,6 +74,8 @@ import Testing
             let accepted = gw.stats.accepted.withLockedValue { $0 }
             // At most one upstream connection per concurrent client (64), far below 1,280 requests.
             #expect(accepted <= clients, "upstream saw \(accepted) connections for \(clients * perClient) requests")
+            let (_, open) = await gw.gateway.connectionCounts()
+            #expect(open > 0 && open <= clients, "the gateway holds \(open) upstream connections")
             let again = gw.stats.accepted.withLockedValue { $0 }
             let c = try gw.client()
             for _ in 0..<50 { _ = try c.request("GET", "/hello") }

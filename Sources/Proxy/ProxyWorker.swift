@@ -18,6 +18,7 @@ public final class ProxyWorker {
         self.eventLoop = eventLoop
         self.logger = logger
         self.requestIDs = RequestIDGenerator()
+        // A placeholder first: building the balancers fills `pools`, which needs `self`.
         self.generation = WorkerGeneration(shared: generation, balancers: [])
         self.generation = WorkerGeneration(shared: generation, balancers: makeBalancers(generation))
     }

@@ -107,7 +107,7 @@ public actor Gateway {
                 opened[listener.address] = try await bind(listener)
             } catch {
                 for l in opened.values { for c in l.channels { try? await c.close() } }
-                return rejected(current, ["\(configPath) listeners: cannot listen on \(listener.address): \(error)"])
+                return rejected(current, ["\(configPath): \(error)"])
             }
         }
         nextGenerationID += 1
@@ -182,11 +182,11 @@ public actor Gateway {
         // SO_REUSEPORT would let us join a port another process (a second moongate started by
         // mistake, or anything of the same user) already listens on, silently splitting its
         // traffic. A plain bind first turns that into "address in use".
-        if listener.address.port != 0 { try PortProbe.ensureFree(host: listener.address.host, port: listener.address.port) }
         let handle = ListenerHandle(name: listener.name)
         var channels: [Channel] = []
         var port = listener.address.port
         do {
+            if port != 0 { try PortProbe.ensureFree(host: listener.address.host, port: port) }
             for worker in workers {
                 let channel = try await ServerBootstrap(group: worker.eventLoop)
                     .serverChannelOption(.backlog, value: 4096)
@@ -204,8 +204,16 @@ public actor Gateway {
             }
         } catch {
             for channel in channels { try? await channel.close() }
-            throw error
+            throw ListenerError(listener: listener, reason: "\(error)")
         }
         return RunningListener(listener: listener, handle: handle, channels: channels, port: port)
     }
+}
+
+/// A listener that could not open, naming it and its address.
+public struct ListenerError: Error, CustomStringConvertible {
+    public let listener: Listener
+    public let reason: String
+
+    public var description: String { "listener \"\(listener.name)\" cannot listen on \(listener.address): \(reason)" }
 }

@@ -112,7 +112,7 @@ extension RawClient {
             let taken = TestGateway.defaultConfig.replacingOccurrences(of: "    address: 127.0.0.1:@PORT@", with: "    address: 127.0.0.1:@PORT@\n  - name: clash\n    address: 127.0.0.1:\(gw.echoPort)")
             let result = try await gw.rewrite(taken)
             #expect(!result.succeeded)
-            #expect(result.errors.first?.contains("cannot listen on 127.0.0.1:\(gw.echoPort): address already in use") == true, "\(result.errors)")
+            #expect(result.errors.first?.contains("listener \"clash\" cannot listen on 127.0.0.1:\(gw.echoPort): address already in use") == true, "\(result.errors)")
             let before = gw.stats.accepted.withLockedValue { $0 }
             #expect(try gw.client().request("GET", "/echo").status == 200, "the old generation keeps serving")
             #expect(gw.stats.accepted.withLockedValue { $0 } >= before)

@@ -145,6 +145,7 @@ extension DownstreamConnectionHandler {
         guard let targetPool else { return }
         upstream = connection
         connection.attach(self, readTimeout: targetPool.settings.readTimeout)
+        if !downstreamWritable { connection.setReadsPaused(true) }
         state = .proxying
         var head = upstreamHead!
         // A small body already here travels in the head's buffer (one write, as for responses).
@@ -163,7 +164,7 @@ extension DownstreamConnectionHandler {
             if body.readableBytes > 0 { inbound = body }
         }
         connection.flush()
-        resumeReadsIfNeeded()
+        updateReads()
     }
 
     /// Sends request body bytes upstream, re-framing chunked bodies and enforcing the size limit.

@@ -184,7 +184,7 @@ extension DownstreamConnectionHandler {
         state = .idle
         lastActivity = .now()
         if inbound != nil { processInbound() }
-        resumeReadsIfNeeded()
+        updateReads()
     }
 
     func closeAfterFlush() {

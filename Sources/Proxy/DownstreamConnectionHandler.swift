@@ -6,11 +6,12 @@ import NIOCore
 /// rewritten, bodies pass as slices (re-framed only for chunked). One request at a time:
 /// pipelined requests wait in `inbound` until the current response is done.
 ///
-/// Back-pressure: client reads stop while the upstream cannot take more (and while a request
-/// waits for its response); upstream reads stop while the client cannot take more.
-final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange {
+/// Back-pressure: client reads stop while the upstream cannot take more (or too much is
+/// buffered); upstream reads stop while the client cannot take more. Both by switching the
+/// channel's `autoRead` when that changes, which is rare: intercepting every `read()` instead
+/// cost two handler hops per request.
+final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     enum State {
@@ -84,7 +85,8 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     var upstreamReusable = true
 
     // Flow control and time.
-    var pendingRead = false
+    /// Whether `autoRead` is off on the client channel.
+    var readsOff = false
     var upstreamUnflushed = false
     var lastActivity = NIODeadline.now()
     var requestStart = NIODeadline.now()
@@ -148,6 +150,7 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
         case .closing, .closed:
             break
         }
+        updateReads()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -165,16 +168,8 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         downstreamWritable = context.channel.isWritable
-        if downstreamWritable { upstream?.resumeRead() }
+        upstream?.setReadsPaused(!downstreamWritable)
         context.fireChannelWritabilityChanged()
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if readsPaused {
-            pendingRead = true
-        } else {
-            context.read()
-        }
     }
 
     // MARK: flow control
@@ -197,10 +192,12 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
         }
     }
 
-    func resumeReadsIfNeeded() {
-        guard pendingRead, !readsPaused, let context else { return }
-        pendingRead = false
-        context.read()
+    /// Switches client reads to match `readsPaused`; a no-op unless that changed.
+    func updateReads() {
+        let paused = readsPaused
+        guard paused != readsOff, let context else { return }
+        readsOff = paused
+        try? context.channel.syncOptions?.setOption(.autoRead, value: !paused)
     }
 
     @inline(__always)
@@ -219,7 +216,7 @@ final class DownstreamConnectionHandler: ChannelDuplexHandler, UpstreamExchange 
     var downstreamWritable = true
 
     func upstreamWritabilityChanged(writable: Bool) {
-        if writable { resumeReadsIfNeeded() }
+        if writable { updateReads() }
     }
 
     func upstreamReadComplete() {

@@ -4,9 +4,8 @@ import NIOCore
 /// One kept-alive connection to an origin server. Owned by a `TargetPool` while idle and by
 /// one request while in use; it forwards bytes and events to that request and holds reads
 /// while the client cannot keep up (back-pressure toward the upstream).
-final class UpstreamConnectionHandler: ChannelDuplexHandler {
+final class UpstreamConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private(set) var context: ChannelHandlerContext?
@@ -16,7 +15,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     /// which made every retain of it (one per request) take the slow path. The cycle with the
     /// pool's idle list is broken when the connection closes.
     var pool: TargetPool?
-    private var pendingRead = false
+    /// Whether `autoRead` is off (the client cannot take more).
+    private var readsOff = false
     private var lastActivity = NIODeadline.now()
     private var timer: Scheduled<Void>?
     private var timerDeadline = NIODeadline.distantFuture
@@ -64,7 +64,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         exchange = nil
         self.idleTimeout = idleTimeout
         lastActivity = .now()
-        if pendingRead { resumeRead() }
+        setReadsPaused(false)
         armTimer()
     }
 
@@ -84,10 +84,11 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         context?.close(promise: nil)
     }
 
-    func resumeRead() {
-        guard pendingRead, let context else { return }
-        pendingRead = false
-        context.read()
+    /// Stops or resumes reading from the origin (back-pressure from the client side).
+    func setReadsPaused(_ paused: Bool) {
+        guard paused != readsOff, let context else { return }
+        readsOff = paused
+        try? context.channel.syncOptions?.setOption(.autoRead, value: !paused)
     }
 
     // MARK: channel events
@@ -128,14 +129,6 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         isWritable = context.channel.isWritable
         exchange?.upstreamWritabilityChanged(writable: isWritable)
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if let exchange, !exchange.downstreamWritable {
-            pendingRead = true
-        } else {
-            context.read()
-        }
     }
 
     // MARK: timeouts

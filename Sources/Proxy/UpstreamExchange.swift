@@ -9,6 +9,4 @@ protocol UpstreamExchange: AnyObject {
     func upstreamClosed(error: Error?, reused: Bool)
     func upstreamWritabilityChanged(writable: Bool)
     func upstreamTimedOut()
-    /// Whether the client side can take more bytes; the upstream stops reading while it cannot.
-    var downstreamWritable: Bool { get }
 }

@@ -19,6 +19,9 @@ let package = Package(
         .systemLibrary(
             name: "CLua", pkgConfig: "lua5.4",
             providers: [.apt(["liblua5.4-dev"])]),
+        // Debian's hiredis.pc carries -D_FILE_OFFSET_BITS=64 in its Cflags, which SwiftPM refuses
+        // with "warning: prohibited flag(s)" on every build; harmless (the headers need no such
+        // define), and scripts/ filter that one line from their output.
         .systemLibrary(
             name: "CHiredis", pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]),

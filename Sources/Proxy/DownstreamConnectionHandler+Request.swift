@@ -144,20 +144,10 @@ extension DownstreamConnectionHandler {
     private func begin(_ connection: UpstreamConnectionHandler) {
         guard let targetPool else { return }
         upstream = connection
-        connection.attach(self, readTimeout: targetPool.settings.readTimeout)
+        connection.attach(self, readTimeout: targetPool.settings.readTimeout, now: lastActivity)
         if !downstreamWritable { connection.setReadsPaused(true) }
         state = .proxying
-        var head = upstreamHead!
-        // A small body already here travels in the head's buffer (one write, as for responses).
-        if case .length(let length) = requestBody, length <= Self.coalesceLimit, let inbound, inbound.readableBytes >= length {
-            var body = self.inbound!.readSlice(length: length)!
-            if self.inbound!.readableBytes == 0 { self.inbound = nil }
-            head.writeBuffer(&body)
-            requestBody = .length(remaining: 0)
-            requestBodyDone = true
-            upstreamHead = nil
-        }
-        connection.write(head)
+        connection.write(upstreamHead!)
         if !requestBodyDone, var body = inbound {
             inbound = nil
             forwardRequestBody(&body)
@@ -192,9 +182,7 @@ extension DownstreamConnectionHandler {
                         }
                         writeChunk(slice, to: upstream)
                     case .end:
-                        var last = allocator.buffer(capacity: 5)
-                        last.writeStaticString("0\r\n\r\n")
-                        upstream.write(last)
+                        upstream.write(lastChunk)
                         requestBody = .chunked(decoder)
                         requestBodyFinished()
                         return
@@ -214,14 +202,17 @@ extension DownstreamConnectionHandler {
     }
 
     func writeChunk(_ slice: ByteBuffer, to upstream: UpstreamConnectionHandler) {
-        var header = allocator.buffer(capacity: 18)
-        header.writeString(String(slice.readableBytes, radix: 16))
-        header.writeStaticString("\r\n")
-        upstream.write(header)
+        upstream.write(chunkHeader(slice.readableBytes))
         upstream.write(slice)
-        var crlf = allocator.buffer(capacity: 2)
-        crlf.writeStaticString("\r\n")
         upstream.write(crlf)
+    }
+
+    /// `size-in-hex CRLF`, the line before a chunk's data (RFC 9112 7.1).
+    func chunkHeader(_ size: Int) -> ByteBuffer {
+        var header = allocator.buffer(capacity: 18)
+        header.writeString(String(size, radix: 16))
+        header.writeStaticString("\r\n")
+        return header
     }
 
     /// Keeps a client's `X-Request-Id` if it is safe to echo (visible ASCII, no quotes, at
@@ -315,6 +306,15 @@ extension DownstreamConnectionHandler {
                 break
             }
             out.writeStaticString("\r\n")
+        }
+        // A small body already here travels in the head's buffer: one write, and the kept
+        // head is then the whole request, so a stale-connection retry can resend it.
+        if case .length(let length) = requestBody, length <= Self.coalesceLimit, var rest = inbound, rest.readableBytes >= length {
+            var body = rest.readSlice(length: length)!
+            inbound = rest.readableBytes > 0 ? rest : nil
+            out.writeBuffer(&body)
+            requestBody = .length(remaining: 0)
+            requestBodyDone = true
         }
         return out
     }

@@ -129,13 +129,8 @@ extension DownstreamConnectionHandler {
 
     private func writeClientBody(_ slice: ByteBuffer) {
         if responseChunkedOut {
-            var header = allocator.buffer(capacity: 18)
-            header.writeString(String(slice.readableBytes, radix: 16))
-            header.writeStaticString("\r\n")
-            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(chunkHeader(slice.readableBytes)), promise: nil)
             context.write(wrapOutboundOut(slice), promise: nil)
-            var crlf = allocator.buffer(capacity: 2)
-            crlf.writeStaticString("\r\n")
             context.write(wrapOutboundOut(crlf), promise: nil)
         } else {
             context.write(wrapOutboundOut(slice), promise: nil)
@@ -145,9 +140,7 @@ extension DownstreamConnectionHandler {
     private func responseFinished() {
         responsePhase = .done
         if responseChunkedOut {
-            var last = allocator.buffer(capacity: 5)
-            last.writeStaticString("0\r\n\r\n")
-            context.write(wrapOutboundOut(last), promise: nil)
+            context.write(wrapOutboundOut(lastChunk), promise: nil)
         }
         if requestBodyDone {
             finishExchange()

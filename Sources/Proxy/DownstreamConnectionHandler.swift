@@ -71,6 +71,10 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     /// recycles its storage, saving two allocations per request.
     var upstreamHeadOut = ByteBuffer()
     var clientHeadOut = ByteBuffer()
+    /// Chunked framing written as-is, made once per connection: `CRLF` after each chunk's
+    /// data, and the last chunk with an empty trailer section.
+    let crlf = ByteBuffer(string: "\r\n")
+    let lastChunk = ByteBuffer(string: "0\r\n\r\n")
     var retriedStale = false
     var keepAliveClient = true
     var closeAfterResponse = false

@@ -51,10 +51,12 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
         timer = nil
     }
 
-    /// Hands the connection to a request.
-    func attach(_ exchange: UpstreamExchange, readTimeout: TimeAmount) {
+    /// Hands the connection to a request. `now` is the request's own recent timestamp, so the
+    /// read timeout does not start from when the connection last worked (possibly long ago).
+    func attach(_ exchange: UpstreamExchange, readTimeout: TimeAmount, now: NIODeadline) {
         self.exchange = exchange
         self.readTimeout = readTimeout
+        lastActivity = now
         uses += 1
         armTimer()
     }

@@ -29,6 +29,14 @@ let package = Package(
             name: "COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),
 
+        // Our C glue for Lua: the budgeted allocator, count hook, trampoline for Swift functions,
+        // guarded library functions, the json module, and Lua's string library vendored with
+        // a step budget in its pattern matcher. C because Lua's errors longjmp, which must
+        // never cross a Swift frame.
+        .target(
+            name: "CLuaRuntime",
+            dependencies: ["CLua"]),
+
         // The YAML model, validation with file:line:path, env interpolation, file watching.
         .target(
             name: "Config",
@@ -47,6 +55,14 @@ let package = Package(
                 // The data plane's handlers are loop-confined final classes; the runtime's
                 // dynamic exclusivity checks cost ~4% of CPU per request here (perf, scripts/bench).
                 .unsafeFlags(["-enforce-exclusivity=unchecked"])
+            ]),
+        // The Lua runtime: states with the sandbox and budgets, per-loop pools, policy loading
+        // and validation, the module registry (`LuaModule`), and the built-in modules.
+        .target(
+            name: "Scripting",
+            dependencies: [
+                "Config", "CLuaRuntime",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         // Workers, listeners, config generations, reload and graceful shutdown.
         .target(
@@ -76,6 +92,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
+        .testTarget(
+            name: "ScriptingTests",
+            dependencies: ["Scripting", "Config"]),
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Config"]),

@@ -13,7 +13,7 @@ struct ConfigDecoder {
         guard
             let top = r.mapping(
                 root, "",
-                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes"])
+                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts"])
         else { return nil }
 
         var workers: Int?
@@ -38,12 +38,58 @@ struct ConfigDecoder {
         let limits = top["limits"].map { decodeLimits($0.value) } ?? Limits()
         let timeouts = top["timeouts"].map { decodeTimeouts($0.value) } ?? Timeouts()
         let upstreams = top["upstreams"].map { decodeUpstreams($0.value) } ?? []
-        let routes = top["routes"].map { decodeRoutes($0.value, upstreams: upstreams) } ?? []
+        let scripts = top["scripts"].map { decodeScripts($0.value) } ?? ScriptsConfig()
+        let routes = top["routes"].map { decodeRoutes($0.value, upstreams: upstreams, scripts: scripts) } ?? []
         if top["routes"] == nil { r.fail(root, "routes", "at least one route is required") }
 
         return GatewayConfig(
             workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
-            timeouts: timeouts, upstreams: upstreams, routes: routes)
+            timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts)
+    }
+
+    private func decodeScripts(_ node: Node) -> ScriptsConfig {
+        let r = reader
+        var scripts = ScriptsConfig()
+        guard let map = r.mapping(node, "scripts", allowed: ["dir", "max_states", "pool_wait", "budget"]) else { return scripts }
+        if let n = map["dir"]?.value, let v = r.string(n, "scripts.dir") {
+            if v.isEmpty { r.fail(n, "scripts.dir", "must not be empty") } else { scripts.directory = v }
+        }
+        if let n = map["max_states"]?.value, let v = r.int(n, "scripts.max_states", range: 1...10_000) { scripts.maxStates = v }
+        if let n = map["pool_wait"]?.value, let v = r.duration(n, "scripts.pool_wait") { scripts.poolWait = v }
+        if let n = map["budget"]?.value { scripts.budget = decodeBudget(n, "scripts.budget", base: ScriptBudget()) }
+        return scripts
+    }
+
+    private func decodeBudget(_ node: Node, _ path: String, base: ScriptBudget) -> ScriptBudget {
+        let r = reader
+        var budget = base
+        guard let map = r.mapping(node, path, allowed: ["instructions", "time", "memory", "depth", "coroutines"]) else { return budget }
+        if let n = map["instructions"]?.value, let v = r.int(n, r.join(path, "instructions"), range: 1000...1_000_000_000_000) {
+            budget.instructions = v
+        }
+        if let n = map["time"]?.value, let v = positive(n, r.join(path, "time")) { budget.time = v }
+        if let n = map["memory"]?.value, let v = r.size(n, r.join(path, "memory")) {
+            if v < 64 * 1024 { r.fail(n, r.join(path, "memory"), "must be at least 64KB") } else { budget.memory = v }
+        }
+        if let n = map["depth"]?.value, let v = r.int(n, r.join(path, "depth"), range: 10...10_000) { budget.depth = v }
+        if let n = map["coroutines"]?.value, let v = r.int(n, r.join(path, "coroutines"), range: 0...10_000) { budget.coroutines = v }
+        return budget
+    }
+
+    /// `auth.lua`, `auth` or `lib/auth.lua` → the module name `auth` / `lib.auth`.
+    private func policyModule(_ node: Node, _ path: String) -> String? {
+        guard var name = reader.string(node, path) else { return nil }
+        if name.hasSuffix(".lua") { name.removeLast(4) }
+        let segments = name.split(separator: "/", omittingEmptySubsequences: false)
+        let valid = !segments.isEmpty && segments.allSatisfy { seg in
+            guard let first = seg.first, first == "_" || first.isLetter, first.isASCII else { return false }
+            return seg.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }
+        }
+        guard valid else {
+            reader.fail(node, path, "invalid policy \"\(name)\" (expected a script in the scripts directory, such as auth.lua)")
+            return nil
+        }
+        return segments.joined(separator: ".")
     }
 
     private func decodeListeners(_ node: Node) -> [Listener] {
@@ -164,7 +210,7 @@ struct ConfigDecoder {
         return Upstream.Target(address: address, weight: weight)
     }
 
-    private func decodeRoutes(_ node: Node, upstreams: [Upstream]) -> [Route] {
+    private func decodeRoutes(_ node: Node, upstreams: [Upstream], scripts: ScriptsConfig) -> [Route] {
         let r = reader
         guard let items = r.sequence(node, "routes") else { return [] }
         if items.isEmpty { r.fail(node, "routes", "at least one route is required") }
@@ -175,7 +221,7 @@ struct ConfigDecoder {
             guard
                 let map = r.mapping(
                     item, path,
-                    allowed: ["name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy"])
+                    allowed: ["name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy", "budget"])
             else { continue }
             let name = map["name"].flatMap { r.string($0.value, r.join(path, "name")) } ?? "route\(i)"
             if !names.insert(name).inserted { r.fail(map["name"]?.value ?? item, r.join(path, "name"), "duplicate route name \"\(name)\"") }
@@ -231,7 +277,12 @@ struct ConfigDecoder {
                 }
             }
             if let n = map["max_body_bytes"]?.value, let v = r.size(n, r.join(path, "max_body_bytes")) { route.maxBodyBytes = v }
-            if let n = map["policy"]?.value { route.policy = r.string(n, r.join(path, "policy")) }
+            if let n = map["policy"]?.value { route.policy = policyModule(n, r.join(path, "policy")) }
+            route.budget = scripts.budget
+            if let n = map["budget"]?.value {
+                if map["policy"] == nil { r.fail(n, r.join(path, "budget"), "a budget needs a policy") }
+                route.budget = decodeBudget(n, r.join(path, "budget"), base: scripts.budget)
+            }
             out.append(route)
         }
         return out

@@ -14,7 +14,13 @@ public enum ConfigLoader {
         } catch {
             throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "cannot read: \(error.localizedDescription)")])
         }
-        return try parse(text, file: name, environment: environment)
+        var config = try parse(text, file: name, environment: environment)
+        // Script paths in the file are relative to the file, wherever the gateway was started.
+        if !config.scripts.directory.hasPrefix("/") {
+            let folder = (path as NSString).deletingLastPathComponent
+            config.scripts.directory = folder.isEmpty ? config.scripts.directory : folder + "/" + config.scripts.directory
+        }
+        return config
     }
 
     /// Validates YAML text; `file` names it in diagnostics.

@@ -13,11 +13,15 @@ public struct GatewayConfig: Sendable, Equatable {
     public var upstreams: [Upstream]
     /// Routes in file order; the first that matches wins.
     public var routes: [Route]
+    /// The Lua policy scripts: where they are, their pool and default budgets.
+    public var scripts: ScriptsConfig
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,
-        limits: Limits = Limits(), timeouts: Timeouts = Timeouts(), upstreams: [Upstream], routes: [Route]
+        limits: Limits = Limits(), timeouts: Timeouts = Timeouts(), upstreams: [Upstream], routes: [Route],
+        scripts: ScriptsConfig = ScriptsConfig()
     ) {
+        self.scripts = scripts
         self.workers = workers
         self.logLevel = logLevel
         self.listeners = listeners
@@ -149,8 +153,10 @@ public struct Route: Sendable, Equatable {
     public var hostHeader: HostHeader = .passthrough
     /// Overrides `limits.max_body_bytes` for this route.
     public var maxBodyBytes: Int?
-    /// The policy script this route runs (used once the Lua runtime is present).
+    /// The policy module this route runs (`auth` for `auth.lua` in the scripts directory).
     public var policy: String?
+    /// This route's script budgets: `scripts.budget` with the route's overrides applied.
+    public var budget: ScriptBudget = ScriptBudget()
 
     public init(name: String, host: String? = nil, path: PathMatch, methods: [String] = [], upstream: Int) {
         self.name = name
@@ -174,4 +180,37 @@ public struct Route: Sendable, Equatable {
         /// A fixed value.
         case fixed(String)
     }
+}
+
+/// Where the policy scripts live and how each worker runs them.
+public struct ScriptsConfig: Sendable, Equatable {
+    /// The scripts directory. Relative paths are resolved against the config file's folder by
+    /// `ConfigLoader.load`. Default `policies`.
+    public var directory: String = "policies"
+    /// Lua states per worker at most; a request holds one while its phases run. Default 64.
+    public var maxStates: Int = 64
+    /// How long a request waits for a free state before `503`. Default 100 ms.
+    public var poolWait: Duration = .milliseconds(100)
+    /// Budgets for routes that set none of their own.
+    public var budget = ScriptBudget()
+
+    public init() {}
+}
+
+/// What one request's script may use. Exceeding any of these ends the request with `500`,
+/// logs the script, line and budget, and discards the interpreter state.
+public struct ScriptBudget: Sendable, Equatable {
+    /// Lua instructions plus work charged by library functions (pattern matching, bulk table
+    /// functions, json), per phase. Default 1,000,000 (a few milliseconds).
+    public var instructions: Int = 1_000_000
+    /// Wall-clock time the script may run per phase, not counting waits. Default 50 ms.
+    public var time: Duration = .milliseconds(50)
+    /// Heap growth per request, garbage included. Default 4 MiB.
+    public var memory: Int = 4 * 1024 * 1024
+    /// Lua call depth. Default 200.
+    public var depth: Int = 200
+    /// Coroutines created per request. Default 16.
+    public var coroutines: Int = 16
+
+    public init() {}
 }

@@ -1,0 +1,125 @@
+// The C half of the Lua runtime: what must run inside Lua's own frames. Lua raises errors
+// with longjmp, which must never cross a Swift frame, so everything that can raise (budget
+// checks, the allocator's refusals, argument errors of Swift-implemented functions) happens
+// here, and Swift functions report errors by return code through `mg_trampoline`.
+#ifndef MOONGATE_LUA_RUNTIME_H
+#define MOONGATE_LUA_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+/// Why a request's script was stopped. Stable: the Swift side maps these to log fields.
+typedef enum {
+    MG_KILL_NONE = 0,
+    MG_KILL_INSTRUCTIONS = 1,
+    MG_KILL_TIME = 2,
+    MG_KILL_MEMORY = 3,
+    MG_KILL_DEPTH = 4,
+    MG_KILL_COROUTINES = 5,
+} mg_kill_reason;
+
+/// Per-state accounting, the allocator's user data. One per `lua_State`, owned by Swift.
+typedef struct mg_budget {
+    /// Bytes currently allocated by the state.
+    size_t used;
+    /// Allocations that would take `used` past this fail (the per-request memory budget).
+    size_t limit;
+    /// Extra room while a Swift-implemented function runs, so that its pushes never raise:
+    /// an over-budget state is then stopped when the function returns.
+    size_t slack;
+    /// Allocations refused this request.
+    int refused;
+    /// Instructions and charged C-function work this request, and the cap (0: none).
+    int64_t steps;
+    int64_t max_steps;
+    /// CLOCK_MONOTONIC nanoseconds after which the script is stopped (0: none).
+    uint64_t deadline_ns;
+    /// Deepest Lua call stack allowed (0: none).
+    int max_depth;
+    /// Coroutines created this request and the cap.
+    int coroutines;
+    int max_coroutines;
+    /// Set once a budget is exceeded; from then on every error is rethrown past `pcall`.
+    mg_kill_reason killed;
+    /// The request being served (an unretained Swift object), for the API functions.
+    void *current;
+    /// The Swift object owning the state (unretained), for runtime functions such as `require`.
+    void *owner;
+    /// A script assigned a global at request time: its module's request globals need a reset.
+    int env_dirty;
+} mg_budget;
+
+/// Instructions between two budget checks in the count hook.
+#define MG_HOOK_EVERY 1000
+
+/// A `lua_Alloc` that keeps `mg_budget.used` and refuses growth past the limit.
+void *mg_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/// Creates a state with `budget` as its allocator data, the count hook installed and a
+/// panic handler that logs and aborts (never expected: all runtime calls are protected).
+lua_State *mg_newstate(mg_budget *budget);
+
+/// The budget of a state.
+mg_budget *mg_budget_of(lua_State *L);
+
+/// Adds `n` units of work to the request's steps and raises if a CPU budget is exceeded.
+/// For C functions that do work the count hook cannot see.
+void mg_charge(lua_State *L, int64_t n);
+
+/// Opens the guarded standard libraries into the table at the top of the stack's globals:
+/// base (without the unsafe functions), string (patterns with a step budget, no `dump`),
+/// table (bulk functions charged), math, utf8, coroutine (counted), os (time, clock, date).
+void mg_open_sandbox_libs(lua_State *L);
+
+/// The signature of a Swift-implemented Lua function. Returns the number of results, or
+/// `MG_RAISE` with an error value on top of the stack.
+typedef int (*mg_swift_function)(lua_State *L);
+#define MG_RAISE (-1)
+/// Returned by a Swift function to yield the running coroutine with its results on the stack.
+#define MG_YIELD (-2)
+
+/// Pushes a C closure that calls `f` and turns its return codes into Lua errors or yields.
+void mg_push_swift_function(lua_State *L, mg_swift_function f);
+
+/// Whether an error caught by `pcall` must be raised again (a budget was exceeded).
+int mg_must_rethrow(lua_State *L);
+
+/// Opens the `json` module (encode, decode, null) and leaves it on the stack.
+int mg_open_json(lua_State *L);
+
+/// The patched string library (pattern matching charged to the step budget).
+int mg_open_string(lua_State *L);
+
+/// Monotonic clock in nanoseconds.
+uint64_t mg_now_ns(void);
+
+/// Resets per-request counters and sets the budgets for the next run.
+void mg_budget_begin(mg_budget *b, size_t memory, int64_t steps, uint64_t deadline_ns, int depth, int coroutines);
+
+/// Ends a run: no budget applies while the runtime itself works on the state.
+void mg_budget_end(mg_budget *b);
+
+/// Runs `lua_resume` on `co`; a thin wrapper so Swift need not know `lua_resume`'s nresults out-parameter layout.
+int mg_resume(lua_State *co, lua_State *from, int nargs, int *nresults);
+
+/// The value API functions yield first, so the runtime can tell its own waits from a
+/// script's `coroutine.yield`.
+void *mg_yield_sentinel(void);
+
+// Lua's function-like macros, as functions Swift can call.
+static inline int mg_registry_index(void) { return LUA_REGISTRYINDEX; }
+static inline int mg_upvalue_index(int i) { return lua_upvalueindex(i); }
+static inline void mg_pop(lua_State *L, int n) { lua_pop(L, n); }
+static inline int mg_pcall(lua_State *L, int nargs, int nresults, int handler) { return lua_pcall(L, nargs, nresults, handler); }
+static inline void mg_remove(lua_State *L, int index) { lua_remove(L, index); }
+static inline void mg_insert(lua_State *L, int index) { lua_insert(L, index); }
+static inline int mg_load(lua_State *L, const char *buffer, size_t size, const char *name) {
+    return luaL_loadbufferx(L, buffer, size, name, "t");
+}
+static inline int mg_gc(lua_State *L, int what, int data) { return lua_gc(L, what, data); }
+static inline const char *mg_short_src(lua_Debug *ar) { return ar->short_src; }
+
+#endif

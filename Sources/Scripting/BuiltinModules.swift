@@ -1,0 +1,81 @@
+import CLuaRuntime
+import Logging
+
+/// Receives what a running script reports about its request.
+public protocol ScriptHost: AnyObject {
+    /// A line a script logs (`log.info(...)`, `print(...)`), with its `file:line`.
+    func scriptLog(_ level: Logger.Level, _ message: String, location: String?)
+}
+
+/// The time scripts see through `now()`: the real clock in the gateway, a fake one in tests.
+public protocol ScriptClock: Sendable {
+    /// Seconds since the Unix epoch.
+    func now() -> Double
+}
+
+/// The wall clock.
+public struct SystemClock: ScriptClock {
+    public init() {}
+
+    public func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// `log`, `print` and `now`, which every state has.
+enum BuiltinModules {
+    /// Adds them to the table on top of the stack.
+    static func register(_ L: OpaquePointer) {
+        lua_createtable(L, 0, 4)
+        Lua.setFunction(L, "debug", { L in BuiltinModules.log(L!, .debug) })
+        Lua.setFunction(L, "info", { L in BuiltinModules.log(L!, .info) })
+        Lua.setFunction(L, "warn", { L in BuiltinModules.log(L!, .warning) })
+        Lua.setFunction(L, "error", { L in BuiltinModules.log(L!, .error) })
+        lua_setfield(L, -2, "log")
+        Lua.setFunction(L, "print", { L in BuiltinModules.log(L!, .info) })
+        Lua.setFunction(L, "now", { L in
+            let L = L!
+            lua_pushnumber(L, Lua.owner(L).program.clock.now())
+            return 1
+        })
+    }
+
+    /// Longest log line a script may write; the rest is cut.
+    static let maxMessageBytes = 4096
+
+    fileprivate static func log(_ L: OpaquePointer, _ level: Logger.Level) -> Int32 {
+        let state = Lua.owner(L)
+        var message = ""
+        let count = lua_gettop(L)
+        for i in 1...max(count, 1) where i <= count {
+            if i > 1 { message += " " }
+            switch lua_type(L, i) {
+            case LUA_TSTRING: message += Lua.string(L, i)!
+            case LUA_TNUMBER:
+                if let n = Lua.integer(L, i) { message += String(n) } else { message += String(lua_tonumberx(L, i, nil)) }
+            case LUA_TBOOLEAN: message += lua_toboolean(L, i) != 0 ? "true" : "false"
+            case LUA_TNIL: message += "nil"
+            default: message += "<\(Lua.typeName(L, i))>"
+            }
+            if message.utf8.count > maxMessageBytes { break }
+        }
+        if message.utf8.count > maxMessageBytes {
+            message = String(decoding: message.utf8.prefix(maxMessageBytes), as: UTF8.self) + "…"
+        }
+        let location = Lua.callerLocation(L)
+        if let host = state.host {
+            host.scriptLog(level, message, location: location)
+        } else {
+            state.program.logger.log(level: level, "\(message)", metadata: location.map { ["script": "\($0)"] })
+        }
+        return 0
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

@@ -1,0 +1,108 @@
+import CLuaRuntime
+
+/// A Lua function written in Swift. It must not call anything that raises a Lua error (it
+/// reports errors with `Lua.raise` instead), and must not call back into Lua.
+public typealias LuaFunction = @convention(c) (OpaquePointer?) -> Int32
+
+/// An API module scripts use (`request`, `json`, `log`, ...). The runtime knows modules only
+/// through this: each registers its functions into every state it creates.
+public protocol LuaModule: Sendable {
+    /// The global name scripts use.
+    var name: String { get }
+    /// Adds the module's functions to the table on top of the stack (see `Lua.setFunction`).
+    func register(_ L: OpaquePointer)
+}
+
+/// Helpers for Swift-implemented Lua functions. None of them raises.
+public enum Lua {
+    static let raiseCode: Int32 = -1  // MG_RAISE
+    static let yieldCode: Int32 = -2  // MG_YIELD
+
+    /// Sets `name` in the table on top of the stack to the Swift function `f`.
+    public static func setFunction(_ L: OpaquePointer, _ name: String, _ f: LuaFunction) {
+        mg_push_swift_function(L, f)
+        lua_setfield(L, -2, name)
+    }
+
+    /// Ends a Swift function with a Lua error: `return Lua.raise(L, "request.x: ...")`.
+    /// The script's `file:line` is prefixed, as `error()` would.
+    public static func raise(_ L: OpaquePointer, _ message: String) -> Int32 {
+        push(L, message)
+        return raiseCode
+    }
+
+    /// Ends a Swift function by suspending the script until the runtime resumes it (an API
+    /// call that waits). The values the runtime pushes on resume are the call's results.
+    public static func yield(_ L: OpaquePointer) -> Int32 {
+        lua_settop(L, 0)
+        lua_pushlightuserdata(L, mg_yield_sentinel())
+        return yieldCode
+    }
+
+    public static func push(_ L: OpaquePointer, _ string: String) {
+        var s = string
+        s.withUTF8 { buffer in
+            _ = buffer.withMemoryRebound(to: CChar.self) { lua_pushlstring(L, $0.baseAddress, $0.count) }
+        }
+    }
+
+    public static func push(_ L: OpaquePointer, bytes: UnsafeRawBufferPointer) {
+        lua_pushlstring(L, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
+    }
+
+    /// The string at `index`, only if it is a string (numbers are not converted).
+    public static func string(_ L: OpaquePointer, _ index: Int32) -> String? {
+        guard lua_type(L, index) == LUA_TSTRING else { return nil }
+        var length = 0
+        let p = lua_tolstring(L, index, &length)!
+        return String(decoding: UnsafeRawBufferPointer(start: p, count: length), as: UTF8.self)
+    }
+
+    /// The bytes of the string at `index`, valid while the value stays on the stack.
+    public static func bytes(_ L: OpaquePointer, _ index: Int32) -> UnsafeRawBufferPointer? {
+        guard lua_type(L, index) == LUA_TSTRING else { return nil }
+        var length = 0
+        let p = lua_tolstring(L, index, &length)!
+        return UnsafeRawBufferPointer(start: p, count: length)
+    }
+
+    /// The integer at `index` (a float with an integral value counts), else nil.
+    public static func integer(_ L: OpaquePointer, _ index: Int32) -> Int? {
+        guard lua_type(L, index) == LUA_TNUMBER else { return nil }
+        var ok: Int32 = 0
+        let v = lua_tointegerx(L, index, &ok)
+        return ok != 0 ? Int(v) : nil
+    }
+
+    public static func isNoneOrNil(_ L: OpaquePointer, _ index: Int32) -> Bool {
+        lua_type(L, index) <= LUA_TNIL
+    }
+
+    /// The type name of the value at `index`, for error messages.
+    public static func typeName(_ L: OpaquePointer, _ index: Int32) -> String {
+        String(cString: lua_typename(L, lua_type(L, index)))
+    }
+
+    /// The request the running script serves, as passed to `LuaState.run`.
+    @inline(__always)
+    public static func current(_ L: OpaquePointer) -> UnsafeMutableRawPointer? {
+        mg_budget_of(L).pointee.current
+    }
+
+    /// The state object that owns `L`.
+    static func owner(_ L: OpaquePointer) -> LuaState {
+        Unmanaged<LuaState>.fromOpaque(mg_budget_of(L).pointee.owner).takeUnretainedValue()
+    }
+
+    /// `file:line` of the script calling the running Swift function.
+    public static func callerLocation(_ L: OpaquePointer) -> String? {
+        var ar = lua_Debug()
+        var level: Int32 = 1
+        while lua_getstack(L, level, &ar) != 0 {
+            lua_getinfo(L, "Sl", &ar)
+            if ar.currentline > 0 { return "\(String(cString: mg_short_src(&ar))):\(ar.currentline)" }
+            level += 1
+        }
+        return nil
+    }
+}

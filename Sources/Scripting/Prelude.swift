@@ -1,0 +1,167 @@
+/// The Lua side of the sandbox, run once per state with the full standard library in reach.
+/// It captures what scripts may use, builds their environment from frozen copies, and then
+/// empties the global table, so nothing else stays reachable from a script.
+///
+/// Arguments: the runtime's yield sentinel and `module_source(name)` (Swift). Returns a table
+/// with `require` (scripts-directory modules only) and `reset` (fresh request globals).
+enum Prelude {
+    static let source = #"""
+local SENTINEL, module_source = ...
+local G = _G
+local type, error, rawget, rawequal, next, select, tostring, ipairs =
+      type, error, rawget, rawequal, next, select, tostring, ipairs
+local raw_setmetatable, raw_rawset, raw_load, raw_pcall, raw_xpcall =
+      setmetatable, rawset, load, pcall, xpcall
+local killed, charge, cocreate, dirty = __killed, __charge, __cocreate, __dirty
+local co_resume, co_yield, co_status, co_running, co_isyieldable, co_close =
+      coroutine.resume, coroutine.yield, coroutine.status, coroutine.running,
+      coroutine.isyieldable, coroutine.close
+
+-- Library tables are shared by every request a state serves: scripts see read-only views.
+local frozen = raw_setmetatable({}, {__mode = "k"})
+local function freeze(t, name)
+  local view = raw_setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k)
+      error("cannot change " .. name .. "." .. tostring(k) .. ": library tables are read-only", 2)
+    end,
+    __pairs = function() return next, t, nil end,
+    __metatable = false,
+  })
+  frozen[view] = true
+  return view
+end
+
+-- A budget error must end the request, whatever the script catches.
+local function pass(ok, ...)
+  if not ok and killed() then error((...), 0) end
+  return ok, ...
+end
+
+local base = {_VERSION = _VERSION}
+for _, name in ipairs{"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
+                      "rawlen", "select", "tonumber", "tostring", "type", "getmetatable"} do
+  base[name] = G[name]
+end
+base.pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
+base.xpcall = function(f, handler, ...) return pass(raw_xpcall(f, handler, ...)) end
+base.setmetatable = function(t, mt)
+  -- Finalizers would run at any later time, outside any request's budget.
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("setmetatable: __gc metamethods are not allowed", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+base.rawset = function(t, k, v)
+  if frozen[t] then error("rawset: library tables are read-only", 2) end
+  return raw_rawset(t, k, v)
+end
+base.load = function(chunk, name, mode, env)
+  if type(chunk) ~= "string" then error("load: only source strings are accepted", 2) end
+  if mode ~= nil and mode ~= "t" then return nil, "load: binary chunks are not accepted" end
+  charge(#chunk // 16)
+  if env == nil then env = raw_setmetatable({}, {__index = base, __metatable = false}) end
+  return raw_load(chunk, "=(load)", "t", env)
+end
+
+-- Coroutines, counted per request. A wait inside the runtime (an API call that yields)
+-- made from a script's own coroutine is passed up to the runtime and its answer back down.
+local function pass_co(co, ok, ...)
+  if ok then
+    if rawequal((...), SENTINEL) and co_status(co) == "suspended" then
+      return pass_co(co, co_resume(co, co_yield(...)))
+    end
+    return true, ...
+  end
+  if killed() then error((...), 0) end
+  return false, ...
+end
+local function resume(co, ...) return pass_co(co, co_resume(co, ...)) end
+local function unwrap(co, ok, ...)
+  if ok then return ... end
+  co_close(co)
+  error((...), 0)
+end
+base.coroutine = freeze({
+  create = cocreate,
+  resume = resume,
+  wrap = function(f)
+    local co = cocreate(f)
+    return function(...) return unwrap(co, resume(co, ...)) end
+  end,
+  yield = co_yield, status = co_status, running = co_running,
+  isyieldable = co_isyieldable, close = co_close,
+}, "coroutine")
+
+base.string = freeze(string, "string")
+base.table = freeze(table, "table")
+base.math = freeze(math, "math")
+base.utf8 = freeze(utf8, "utf8")
+base.os = freeze({time = os.time, clock = os.clock, date = os.date}, "os")
+-- The string metatable is shared by every string: nobody may reach or change it.
+getmetatable("").__metatable = false
+
+-- API modules registered by the runtime (request, json, log, ...), and plain functions.
+for name, value in next, G.__api do
+  base[name] = type(value) == "table" and freeze(value, name) or value
+end
+
+-- Module environments. While a module loads, its globals are its own; once loaded they are
+-- read-only to requests, and what a request assigns goes to a table of its own that the
+-- runtime replaces after the request, so nothing one request sets is seen by the next.
+local sealed = {}
+local function seal(env)
+  local kept = {}
+  for k, v in next, env do kept[k] = v end
+  for k in next, kept do env[k] = nil end
+  raw_setmetatable(kept, {__index = base})
+  local entry = {}
+  local meta = {__metatable = false}
+  entry.fresh = function()
+    entry.globals = raw_setmetatable({}, {__index = kept})
+    meta.__index = entry.globals
+    entry.dirty = false
+  end
+  meta.__newindex = function(_, k, v)
+    if not entry.dirty then entry.dirty = true; dirty() end
+    entry.globals[k] = v
+  end
+  entry.fresh()
+  raw_setmetatable(env, meta)
+  sealed[#sealed + 1] = entry
+end
+local function reset()
+  for i = 1, #sealed do
+    local entry = sealed[i]
+    if entry.dirty then entry.fresh() end
+  end
+end
+
+local loaded, LOADING = {}, {}
+local function require(name)
+  if type(name) ~= "string" then error("require: module name must be a string", 2) end
+  local m = loaded[name]
+  if m == LOADING then error("require: module '" .. name .. "' is being loaded (a cycle)", 2) end
+  if m ~= nil then return m end
+  local source, chunkname = module_source(name)
+  if source == nil then error(chunkname, 2) end
+  local env = raw_setmetatable({}, {__index = base})
+  local chunk, err = raw_load(source, chunkname, "t", env)
+  if chunk == nil then error(err, 0) end
+  loaded[name] = LOADING
+  local ok, result = raw_pcall(chunk, name)
+  if not ok then
+    loaded[name] = nil
+    error(result, 0)
+  end
+  if result == nil then result = true end
+  seal(env)
+  loaded[name] = result
+  return result
+end
+base.require = require
+
+for k in next, G do G[k] = nil end
+return {require = require, reset = reset}
+"""#
+}

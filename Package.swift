@@ -46,7 +46,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "Config",
+                "Config", "Scripting", "CLuaRuntime",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -87,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "moongate",
             dependencies: [
-                "Config", "Gateway", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
+                "Config", "Gateway", "Proxy", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -5,6 +5,7 @@ import Foundation
 /// Watches files with inotify and reports changes, debounced: an editor's save (often a write,
 /// a rename and a chmod in quick succession) becomes one event. It watches the files' folders,
 /// so a file replaced by rename (as editors and `kubectl` config maps do) is still seen.
+/// Directories are watched whole, subfolders included (for scripts: any `*.lua` change).
 public final class FileWatcher: Sendable {
     /// One element per settled burst of changes.
     public let changes: AsyncStream<Void>
@@ -12,8 +13,9 @@ public final class FileWatcher: Sendable {
     private let fd: Int32
     private let stopped = ManagedFlag()
 
-    /// Watches `paths` (files); `debounce` is how long the folder must stay quiet before an event.
-    public init(paths: [String], debounce: Duration = .milliseconds(150)) throws {
+    /// Watches `paths` (files) and, in `directories` and their subfolders, files ending in
+    /// `suffix`; `debounce` is how long things must stay quiet before an event.
+    public init(paths: [String], directories: [String] = [], suffix: String = ".lua", debounce: Duration = .milliseconds(150)) throws {
         (changes, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
@@ -25,14 +27,23 @@ public final class FileWatcher: Sendable {
             folders.insert(url.deletingLastPathComponent().path)
         }
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB)
-        for folder in folders where inotify_add_watch(fd, folder, mask) < 0 {
-            close(fd)
-            throw POSIXError(.init(rawValue: errno) ?? .EIO)
+        var fileWatches: Set<Int32> = []
+        for folder in folders {
+            let wd = inotify_add_watch(fd, folder, mask)
+            guard wd >= 0 else {
+                close(fd)
+                throw POSIXError(.init(rawValue: errno) ?? .EIO)
+            }
+            fileWatches.insert(wd)
         }
+        var tree = DirectoryTree(fd: fd, suffix: suffix)
+        for directory in directories { tree.add(URL(fileURLWithPath: directory).standardizedFileURL.path, recursive: true) }
         let fd = self.fd, stopped = self.stopped, continuation = self.continuation, watched = names
         let quietMillis = Int32(debounce.components.seconds * 1000 + debounce.components.attoseconds / 1_000_000_000_000_000)
-        let thread = Thread {
-            Self.loop(fd: fd, names: watched, quietMillis: quietMillis, stopped: stopped, continuation: continuation)
+        let files = fileWatches
+        let thread = Thread { [tree] in
+            var tree = tree
+            Self.loop(fd: fd, names: watched, fileWatches: files, tree: &tree, quietMillis: quietMillis, stopped: stopped, continuation: continuation)
         }
         thread.name = "moongate-file-watcher"
         thread.start()
@@ -45,7 +56,8 @@ public final class FileWatcher: Sendable {
     }
 
     private static func loop(
-        fd: Int32, names: Set<String>, quietMillis: Int32, stopped: ManagedFlag, continuation: AsyncStream<Void>.Continuation
+        fd: Int32, names: Set<String>, fileWatches: Set<Int32>, tree: inout DirectoryTree, quietMillis: Int32, stopped: ManagedFlag,
+        continuation: AsyncStream<Void>.Continuation
     ) {
         defer { close(fd) }
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
@@ -69,11 +81,48 @@ public final class FileWatcher: Sendable {
                     let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
                     let nameStart = offset + MemoryLayout<inotify_event>.size
                     let nameBytes = raw[nameStart..<nameStart + Int(event.len)].prefix { $0 != 0 }
-                    if names.contains(String(decoding: nameBytes, as: UTF8.self)) { pending = true }
+                    let name = String(decoding: nameBytes, as: UTF8.self)
+                    if fileWatches.contains(event.wd), names.contains(name) { pending = true }
+                    if tree.changed(event, name: name) { pending = true }
                     offset = nameStart + Int(event.len)
                 }
             }
         }
+    }
+}
+
+/// The watched directories, by watch descriptor, so new subfolders can be watched too.
+struct DirectoryTree: @unchecked Sendable {
+    let fd: Int32
+    let suffix: String
+    private(set) var paths: [Int32: String] = [:]
+
+    init(fd: Int32, suffix: String) {
+        self.fd = fd
+        self.suffix = suffix
+    }
+
+    mutating func add(_ path: String, recursive: Bool) {
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB)
+        let wd = inotify_add_watch(fd, path, mask)
+        guard wd >= 0 else { return }
+        paths[wd] = path
+        guard recursive, let children = try? FileManager.default.contentsOfDirectory(atPath: path) else { return }
+        for child in children {
+            var isDirectory: ObjCBool = false
+            let full = path + "/" + child
+            if FileManager.default.fileExists(atPath: full, isDirectory: &isDirectory), isDirectory.boolValue { add(full, recursive: true) }
+        }
+    }
+
+    /// Whether `event` changes a watched script; starts watching folders created meanwhile.
+    mutating func changed(_ event: inotify_event, name: String) -> Bool {
+        guard let folder = paths[event.wd] else { return false }
+        if event.mask & UInt32(IN_ISDIR) != 0 {
+            if event.mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 { add(folder + "/" + name, recursive: true) }
+            return true
+        }
+        return name.hasSuffix(suffix)
     }
 }
 

@@ -2,10 +2,12 @@
 import Glibc
 #endif
 import Config
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
 import Proxy
+import Scripting
 
 /// The running gateway: one event loop per worker, each with its own `ProxyWorker`, and the
 /// listeners bound once per loop with `SO_REUSEPORT` so the kernel spreads connections and
@@ -29,6 +31,8 @@ public actor Gateway {
     private var listeners: [SocketAddressSpec: RunningListener] = [:]
     private(set) public var generation: ProxyGeneration?
     private(set) public var lastReload: ReloadResult?
+    /// When the files of the last attempted load were read (before reading them).
+    private(set) public var lastReadAt = Date.distantPast
     private var nextGenerationID = 1
 
     private struct RunningListener {
@@ -47,8 +51,9 @@ public actor Gateway {
 
     /// Loads the configuration and starts serving; throws `ConfigError` if it does not validate.
     public func start() async throws {
+        lastReadAt = Date()
         let config = try ConfigLoader.load(path: configPath, environment: environment)
-        let generation = try ProxyGeneration(id: nextGenerationID, config: config)
+        let generation = try ProxyGeneration(id: nextGenerationID, config: config, logger: logger)
         nextGenerationID += 1
         let count = workerOverride ?? config.workers ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
@@ -88,13 +93,16 @@ public actor Gateway {
     @discardableResult
     public func reload() async -> ReloadResult {
         guard let current = generation else { return ReloadResult(generation: 0, errors: ["not started"]) }
+        lastReadAt = Date()
         let config: GatewayConfig
         let next: ProxyGeneration
         do {
             config = try ConfigLoader.load(path: configPath, environment: environment)
-            next = try ProxyGeneration(id: nextGenerationID, config: config)
+            next = try ProxyGeneration(id: nextGenerationID, config: config, logger: logger)
         } catch let error as ConfigError {
             return rejected(current, error.diagnostics.map(\.description))
+        } catch let error as ScriptErrors {
+            return rejected(current, error.errors.map(\.description))
         } catch {
             return rejected(current, ["\(configPath): \(error)"])
         }
@@ -131,7 +139,7 @@ public actor Gateway {
         generation = next
         let result = ReloadResult(generation: next.id, errors: [])
         lastReload = result
-        logger.info("config reloaded", metadata: ["generation": "\(next.id)"])
+        logger.info("config reloaded", metadata: ["generation": "\(next.id)", "lua_state_bytes": "\(next.scriptStateBytes)"])
         return result
     }
 

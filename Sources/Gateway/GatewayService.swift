@@ -1,4 +1,5 @@
 import Config
+import Foundation
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -31,14 +32,53 @@ public struct GatewayService: Service {
         settle()
     }
 
+    /// Reloads when the config file or a script changes. A reload that moves the scripts
+    /// directory moves the watch with it.
+    private func watchFiles() async {
+        while !Task.isCancelled {
+            let scripts = await gateway.generation?.config.scripts.directory
+            let directories = scripts.map { [$0] }?.filter { FileManager.default.fileExists(atPath: $0) } ?? []
+            guard let watcher = try? FileWatcher(paths: [gateway.configPath], directories: directories) else {
+                logger.warning("cannot watch the config file; reload with SIGHUP")
+                return
+            }
+            // A change made after the files were read but before the watch began is not an
+            // event: look for one.
+            if Self.modified(since: await gateway.lastReadAt, paths: [gateway.configPath], directories: directories) {
+                logger.info("config or scripts changed: reloading")
+                await reload()
+            }
+            await withTaskCancellationHandler {
+                for await _ in watcher.changes {
+                    logger.info("config or scripts changed: reloading")
+                    await reload()
+                    if await gateway.generation?.config.scripts.directory != scripts { break }
+                }
+            } onCancel: {
+                watcher.stop()
+            }
+            watcher.stop()
+        }
+    }
+
+    /// Whether any of `paths`, or any file under `directories`, changed after `date`.
+    static func modified(since date: Date, paths: [String], directories: [String]) -> Bool {
+        let fm = FileManager.default
+        var files = paths
+        for directory in directories {
+            for relative in (fm.enumerator(atPath: directory)?.allObjects as? [String]) ?? [] { files.append(directory + "/" + relative) }
+        }
+        return files.contains { path in
+            ((try? fm.attributesOfItem(atPath: path))?[.modificationDate] as? Date).map { $0 >= date } ?? false
+        }
+    }
+
     public func run() async throws {
         // Trapped before the listeners open: SIGHUP's default action ends the process, and a
         // reload sent as soon as the port answers must not kill the gateway.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         try await gateway.start()
         settle()
-        let watcher = watch ? try? FileWatcher(paths: [gateway.configPath]) : nil
-        if watch, watcher == nil { logger.warning("cannot watch the config file; reload with SIGHUP") }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await _ in hangups {
@@ -46,17 +86,11 @@ public struct GatewayService: Service {
                     await reload()
                 }
             }
-            if let watcher {
-                group.addTask {
-                    for await _ in watcher.changes {
-                        logger.info("config file changed: reloading")
-                        await reload()
-                    }
-                }
+            if watch {
+                group.addTask { await watchFiles() }
             }
             group.addTask { try? await gracefulShutdown() }
             _ = await group.next()
-            watcher?.stop()
             group.cancelAll()
         }
         logger.info("shutting down: draining connections")

@@ -1,5 +1,6 @@
 // Hot path: per request, no allocation.
 import Config
+import Scripting
 
 /// A route with everything the hot path compares kept as bytes. A class, so that holding it
 /// for a request is one retain rather than one per field.
@@ -22,8 +23,13 @@ final class CompiledRoute: Sendable {
     let hostHeader: HostHeader
     /// 0 means unlimited.
     let maxBodyBytes: Int
+    /// Index of the route's policy in the generation's `ScriptProgram`, or -1 for none.
+    let policy: Int
+    let budget: ScriptBudget
 
-    init(_ route: Route, defaultMaxBody: Int) {
+    init(_ route: Route, defaultMaxBody: Int, policy: Int) {
+        self.policy = policy
+        budget = route.budget
         name = route.name
         nameBytes = Array(route.name.utf8)
         host = route.host.map { Array($0.lowercased().utf8) }

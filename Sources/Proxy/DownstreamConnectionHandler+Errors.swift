@@ -12,30 +12,47 @@ extension DownstreamConnectionHandler {
             forceClose()
             return
         }
-        if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
-        responseStarted = true
-        responsePhase = .done
-        upstreamHead = nil
-        let closing = close || !keepAliveClient || closeAfterResponse
         var body = allocator.buffer(capacity: 64 + message.utf8.count + requestID.readableBytes)
         body.writeStaticString("{\"error\":\"")
         body.writeString(message)  // messages are ours: no quotes or backslashes to escape
         body.writeStaticString("\",\"request_id\":\"")
+        if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
         body.writeImmutableBuffer(requestID)
         body.writeStaticString("\"}\n")
+        writeLocalResponse(status, headers: nil, json: true, body: body, close: close)
+    }
 
+    /// Answers the request from the gateway itself (an error, or a script's early answer).
+    func writeLocalResponse(_ status: Int, headers: HeaderEdits?, json: Bool, body: ByteBuffer, close: Bool) {
+        if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
+        responseStarted = true
+        responsePhase = .done
+        upstreamHead = nil
+        sentStatus = status
+        let closing = close || !keepAliveClient || closeAfterResponse
         var head = allocator.buffer(capacity: 192)
         head.writeStaticString("HTTP/1.1 ")
         head.writeString(String(status))
         head.writeStaticString(" ")
         head.writeString(Self.reason(status))
-        head.writeStaticString("\r\nContent-Type: application/json\r\nContent-Length: ")
-        head.writeString(String(body.readableBytes))
-        head.writeStaticString("\r\nX-Request-Id: ")
-        head.writeImmutableBuffer(requestID)
-        head.writeStaticString(closing ? "\r\nConnection: close\r\n\r\n" : "\r\n\r\n")
+        head.writeStaticString("\r\n")
+        if json { head.writeStaticString("Content-Type: application/json\r\n") }
+        headers?.write(into: &head)
+        if status != 204, status != 304 {
+            head.writeStaticString("Content-Length: ")
+            head.writeString(String(body.readableBytes))
+            head.writeStaticString("\r\n")
+        }
+        if headers?.entry(Self.requestIDName) == nil {
+            head.writeStaticString("X-Request-Id: ")
+            head.writeImmutableBuffer(requestID)
+            head.writeStaticString("\r\n")
+        }
+        head.writeStaticString(closing ? "Connection: close\r\n\r\n" : "\r\n")
         context.write(wrapOutboundOut(head), promise: nil)
-        context.write(wrapOutboundOut(body), promise: nil)
+        if !request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
+            context.write(wrapOutboundOut(body), promise: nil)
+        }
         if closing {
             inbound = nil
             closeAfterFlush()
@@ -46,13 +63,30 @@ extension DownstreamConnectionHandler {
         }
     }
 
+    static let requestIDName: [UInt8] = Array("x-request-id".utf8)
+
     static func reason(_ status: Int) -> String {
         switch status {
+        case 200: return "OK"
+        case 201: return "Created"
+        case 202: return "Accepted"
+        case 204: return "No Content"
+        case 301: return "Moved Permanently"
+        case 302: return "Found"
+        case 303: return "See Other"
+        case 304: return "Not Modified"
+        case 307: return "Temporary Redirect"
+        case 308: return "Permanent Redirect"
         case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
         case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
         case 408: return "Request Timeout"
+        case 409: return "Conflict"
         case 413: return "Content Too Large"
         case 414: return "URI Too Long"
+        case 429: return "Too Many Requests"
         case 431: return "Request Header Fields Too Large"
         case 500: return "Internal Server Error"
         case 501: return "Not Implemented"
@@ -60,7 +94,7 @@ extension DownstreamConnectionHandler {
         case 503: return "Service Unavailable"
         case 504: return "Gateway Timeout"
         case 505: return "HTTP Version Not Supported"
-        default: return "Error"
+        default: return status < 400 ? "OK" : "Error"
         }
     }
 }

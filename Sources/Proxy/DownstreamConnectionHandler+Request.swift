@@ -106,7 +106,22 @@ extension DownstreamConnectionHandler {
         }
         requestBodyBytes = 0
 
-        let balancer = generation.balancers[route.upstream]
+        if route.policy >= 0 {
+            requestHead = head
+            edits.reset()
+            responseEdits.reset()
+            state = .policy
+            armTimer()
+            startPolicy(route)
+            return
+        }
+        forward(head, route: route)
+    }
+
+    /// Sends the request to its upstream (the route's, or the one a script chose).
+    func forward(_ head: ByteBuffer, route: CompiledRoute) {
+        guard let generation else { return }
+        let balancer = generation.balancers[edits.upstream ?? route.upstream]
         let targetIndex = balancer.next()
         let pool = balancer.pool(targetIndex)
         targetPool = pool
@@ -249,23 +264,43 @@ extension DownstreamConnectionHandler {
 
             copy(request.method)
             out.writeInteger(HTTPBytes.sp)
-            if route.stripPrefix, !route.exact {
+            let scripted = edits.changesHead
+            // Without a script's path or query, the target is copied whole (query included).
+            let targetEnd = scripted ? request.path.upper : request.target.upper
+            if let path = edits.path {
+                out.writeBytes(path)
+            } else if route.stripPrefix, !route.exact {
                 var rest = request.target.lower + route.path.count
                 // A prefix that ends in "/" keeps it in the rewritten path.
                 if route.path.last == UInt8(ascii: "/") { rest -= 1 }
-                if rest >= request.target.upper || p[rest] != UInt8(ascii: "/") { out.writeInteger(UInt8(ascii: "/")) }
-                copy(rest, request.target.upper)
+                if rest >= targetEnd || p[rest] != UInt8(ascii: "/") { out.writeInteger(UInt8(ascii: "/")) }
+                if rest < targetEnd { copy(rest, targetEnd) }
             } else {
-                copy(request.target)
+                copy(request.target.lower, targetEnd)
+            }
+            if scripted {
+                if let query = edits.query {
+                    if !query.isEmpty {
+                        out.writeInteger(UInt8(ascii: "?"))
+                        out.writeBytes(query)
+                    }
+                } else if request.path.upper < request.target.upper {
+                    copy(request.path.upper, request.target.upper)
+                }
             }
             out.writeStaticString(" HTTP/1.1\r\nHost: ")
-            switch route.hostHeader {
-            case .passthrough:
-                if let host = h.host { copy(host) } else { out.writeBytes(pool.hostHeader) }
-            case .target:
-                out.writeBytes(pool.hostHeader)
-            case .fixed(let value):
-                out.writeBytes(value)
+            let hostEdit = scripted ? edits.headers.entry(Self.hostName)?.values.first : nil
+            if let hostEdit {
+                out.writeBytes(hostEdit)
+            } else {
+                switch route.hostHeader {
+                case .passthrough:
+                    if let host = h.host { copy(host) } else { out.writeBytes(pool.hostHeader) }
+                case .target:
+                    out.writeBytes(pool.hostHeader)
+                case .fixed(let value):
+                    out.writeBytes(value)
+                }
             }
             out.writeStaticString("\r\n")
 
@@ -273,6 +308,7 @@ extension DownstreamConnectionHandler {
             for field in h.fields {
                 switch field.kind {
                 case .other:
+                    if scripted, edits.headers.drops(p, field.name.lower, field.name.count) { continue }
                     copy(field.line)
                 case .xForwardedFor:
                     // nginx's $proxy_add_x_forwarded_for: earlier hops first, this client last.
@@ -295,6 +331,7 @@ extension DownstreamConnectionHandler {
             out.writeStaticString("X-Request-Id: ")
             out.writeImmutableBuffer(requestID)
             out.writeStaticString("\r\n")
+            if scripted { edits.headers.write(into: &out, skipping: Self.hostName) }
             switch request.framing {
             case .contentLength(let length):
                 out.writeStaticString("Content-Length: ")
@@ -318,6 +355,10 @@ extension DownstreamConnectionHandler {
         }
         return out
     }
+}
+
+extension DownstreamConnectionHandler {
+    static let hostName: [UInt8] = Array("host".utf8)
 }
 
 /// Refuses `.` and `..` path segments (also percent-encoded): a prefix route must not be

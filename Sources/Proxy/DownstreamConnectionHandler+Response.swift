@@ -1,5 +1,6 @@
 // Hot path: per request, no allocation beyond the response head.
 import NIOCore
+import Scripting
 
 extension DownstreamConnectionHandler {
     /// Largest upstream response head accepted; beyond it the upstream is broken (`502`).
@@ -63,6 +64,11 @@ extension DownstreamConnectionHandler {
             // Interim responses (100 Continue, 103 Early Hints) go to the client as they came.
             if request.minorVersion >= 1 { context.write(wrapOutboundOut(makeClientHead(head, framing: .none)), promise: nil) }
             return true
+        }
+
+        if let lua, let route, lua.has(.response, policy: route.policy) {
+            responseHeadKept = head
+            guard runResponsePhase(lua, route: route) else { return false }
         }
 
         let framing: Body
@@ -158,6 +164,7 @@ extension DownstreamConnectionHandler {
     func finishExchange() {
         // The upstream's read-complete (which flushes) reaches us only while we hold it.
         context.flush()
+        if requestHead != nil { endScript() }
         if let upstream {
             self.upstream = nil
             if upstreamReusable, requestBodyDone, let targetPool {
@@ -181,6 +188,7 @@ extension DownstreamConnectionHandler {
     }
 
     func closeAfterFlush() {
+        if requestHead != nil { endScript() }
         state = .closing
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(allocator.buffer(capacity: 0)), promise: promise)
@@ -247,12 +255,25 @@ extension DownstreamConnectionHandler {
         head.withUnsafeReadableBytes { p in
             func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count)) }
             let h = response.headers
+            let scripted = !responseEdits.isEmpty
             // We speak HTTP/1.1 whatever the origin spoke; the status code and reason stay.
-            out.writeStaticString("HTTP/1.1")
-            copy(ByteRange(8, response.statusLine.upper))
+            if let status = responseEdits.status {
+                out.writeStaticString("HTTP/1.1 ")
+                out.writeString(String(status))
+                out.writeStaticString(" ")
+                out.writeString(Self.reason(status))
+                sentStatus = status
+            } else {
+                out.writeStaticString("HTTP/1.1")
+                copy(ByteRange(8, response.statusLine.upper))
+                sentStatus = response.status
+            }
             out.writeStaticString("\r\n")
             var sawRequestID = false
             for field in h.fields {
+                if scripted, field.kind != .contentLength, responseEdits.headers.drops(p, field.name.lower, field.name.count) {
+                    continue
+                }
                 switch field.kind {
                 case .other, .host, .xForwardedFor, .xForwardedHost, .xForwardedProto:
                     copy(field.line)
@@ -280,6 +301,10 @@ extension DownstreamConnectionHandler {
                 }
             case .none:
                 break
+            }
+            if scripted {
+                responseEdits.headers.write(into: &out)
+                if responseEdits.headers.entry(Self.requestIDName) != nil { sawRequestID = true }
             }
             if !sawRequestID {
                 out.writeStaticString("X-Request-Id: ")

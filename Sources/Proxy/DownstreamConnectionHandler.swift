@@ -1,5 +1,6 @@
 // Hot path: per request, no allocation beyond the heads written.
 import NIOCore
+import Scripting
 
 /// One client connection. Reads request heads straight from the `ByteBuffer`, picks a route
 /// and a pooled upstream connection, and forwards bytes both ways: the request head is
@@ -19,6 +20,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         case idle
         /// Part of a head has arrived.
         case head
+        /// The route's policy runs its access phase (or waits for a Lua state).
+        case policy
         /// Head parsed; waiting for an upstream connection.
         case connecting
         /// Connected: the request body goes up, the response comes down.
@@ -79,6 +82,22 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var keepAliveClient = true
     var closeAfterResponse = false
 
+    // The route's policy, for a request that has one.
+    /// The Lua state the request holds while its phases may run, and where it goes back.
+    var lua: LuaState?
+    var luaPool: LuaStatePool?
+    var scriptPhase = Phase.access
+    var edits = RequestEdits()
+    var responseEdits = ResponseEdits()
+    /// The request head, kept while a script may read it.
+    var requestHead: ByteBuffer?
+    /// The response head, kept while a script may read it.
+    var responseHeadKept: ByteBuffer?
+    /// A request waiting for a free Lua state: its place in line and its deadline.
+    var poolWait: (id: Int, timer: Scheduled<Void>)?
+    /// The status the client got (for the log phase).
+    var sentStatus = 0
+
     // The response in progress.
     var response = ResponseHead()
     var responsePhase = ResponsePhase.head
@@ -124,6 +143,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     func channelInactive(context: ChannelHandlerContext) {
         let wasClosed = state == .closed
         state = .closed
+        abandonScript()
         if let upstream {
             // The request did not finish: the upstream connection is mid-message, never reuse it.
             self.upstream = nil
@@ -142,7 +162,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         case .idle, .head:
             appendInbound(&buffer)
             processInbound()
-        case .connecting:
+        case .connecting, .policy:
             appendInbound(&buffer)
         case .proxying:
             if requestBodyDone || inbound != nil {
@@ -189,7 +209,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         switch state {
         case .idle, .head: return false
         case .closing, .closed: return true
-        case .connecting: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
+        case .connecting, .policy: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
         case .proxying:
             if requestBodyDone { return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound }
             return !(upstream?.isWritable ?? false)
@@ -240,6 +260,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
 
     /// Ends the connection at once (timeouts past the response head, errors, shutdown).
     func forceClose() {
+        abandonScript()
         if let upstream {
             self.upstream = nil
             upstream.close()
@@ -272,7 +293,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var currentDeadline: NIODeadline {
         switch state {
         case .idle: return lastActivity + worker.generation.shared.clientIdleTimeout
-        case .head, .connecting, .proxying:
+        case .head, .policy, .connecting, .proxying:
             return requestStart + (generation ?? worker.generation).shared.requestTimeout
         case .closing, .closed: return .distantFuture
         }
@@ -290,7 +311,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
             context.close(promise: nil)
         case .head:
             respondError(408, "request timeout", close: true)
-        case .connecting, .proxying:
+        case .policy, .connecting, .proxying:
             respondError(504, "request timeout", close: true)
         case .closing, .closed:
             break

@@ -1,5 +1,7 @@
 import Config
+import Logging
 import NIOCore
+import Scripting
 
 /// One immutable, validated snapshot of the configuration, compiled for the data plane.
 /// Built off the event loops, then handed to every worker; a request keeps the generation it
@@ -14,9 +16,21 @@ public final class ProxyGeneration: Sendable {
     let upstreams: [CompiledUpstream]
     let clientIdleTimeout: TimeAmount
     let requestTimeout: TimeAmount
+    /// The policies routes run, loaded and validated; nil when no route has one.
+    public let scripts: ScriptProgram?
+    /// Heap bytes of one Lua state with every policy loaded (0 without policies).
+    public let scriptStateBytes: Int
 
-    /// Compiles `config`. Resolves target host names (a blocking lookup: call it off the event loops).
-    public init(id: Int, config: GatewayConfig) throws {
+    /// Compiles `config`. Resolves target host names and reads and validates the scripts
+    /// (blocking: call it off the event loops). `modules` are the Lua modules beyond
+    /// `request` and `response` that scripts get.
+    public init(
+        id: Int, config: GatewayConfig, modules: [any LuaModule] = [], clock: any ScriptClock = SystemClock(),
+        logger: Logger = Logger(label: "moongate")
+    ) throws {
+        let program = try Self.loadScripts(config, modules: modules, clock: clock, logger: logger)
+        scripts = program
+        scriptStateBytes = try program?.validate() ?? 0
         self.id = id
         self.config = config
         self.limits = HeadLimits(
@@ -24,8 +38,24 @@ public final class ProxyGeneration: Sendable {
             maxURIBytes: config.limits.maxURIBytes)
         self.clientIdleTimeout = TimeAmount(config.timeouts.clientIdle)
         self.requestTimeout = TimeAmount(config.timeouts.request)
-        self.routes = config.routes.map { CompiledRoute($0, defaultMaxBody: config.limits.maxBodyBytes) }
+        self.routes = config.routes.map { route in
+            CompiledRoute(route, defaultMaxBody: config.limits.maxBodyBytes, policy: route.policy.flatMap { program?.policyIndex($0) } ?? -1)
+        }
         self.upstreams = try config.upstreams.map { try CompiledUpstream($0) }
+    }
+
+    /// Reads the scripts directory for the policies `config`'s routes name; nil when none
+    /// does. Call `validate()` on the result to compile and load them.
+    public static func loadScripts(
+        _ config: GatewayConfig, modules: [any LuaModule] = [], clock: any ScriptClock = SystemClock(),
+        logger: Logger = Logger(label: "moongate")
+    ) throws(ScriptErrors) -> ScriptProgram? {
+        var policies: [String] = []
+        for route in config.routes { if let p = route.policy, !policies.contains(p) { policies.append(p) } }
+        if policies.isEmpty { return nil }
+        return ScriptProgram(
+            scripts: try ScriptSet.load(directory: config.scripts.directory), policies: policies,
+            modules: [RequestModule(), ResponseModule()] + modules, settings: config.scripts, clock: clock, logger: logger)
     }
 
     /// The first route matching the request, or nil.

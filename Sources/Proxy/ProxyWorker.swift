@@ -1,6 +1,7 @@
 import Config
 import Logging
 import NIOCore
+import Scripting
 
 /// Everything one event loop owns: the generation it serves, its upstream pools, its client
 /// connections and its request-id sequence. Touched only on its loop, so nothing here locks.
@@ -92,6 +93,19 @@ extension ProxyWorker: Sendable {}
 final class WorkerGeneration {
     let shared: ProxyGeneration
     let balancers: [UpstreamBalancer]
+    private var pool: LuaStatePool?
+
+    /// This loop's Lua states for the generation's scripts, made on first use.
+    func luaPool() -> LuaStatePool? {
+        if let pool { return pool }
+        guard let program = shared.scripts else { return nil }
+        let made = LuaStatePool(program: program)
+        pool = made
+        return made
+    }
+
+    /// Lua states and their heap bytes (idle ones), for figures and tests.
+    var luaStats: (states: Int, idleBytes: Int) { (pool?.count ?? 0, pool?.idleMemory ?? 0) }
 
     init(shared: ProxyGeneration, balancers: [UpstreamBalancer]) {
         self.shared = shared

@@ -8,6 +8,7 @@ import Foundation
 import Gateway
 import Logging
 import NIOPosix
+import Proxy
 import ServiceLifecycle
 
 @main
@@ -95,6 +96,10 @@ extension Moongate {
         func run() throws {
             do {
                 let loaded = try ConfigLoader.load(path: config)
+                if let program = try ProxyGeneration.loadScripts(loaded) {
+                    let bytes = try program.validate()
+                    print("\(loaded.scripts.directory): OK (\(program.policies.count) policies, \(program.scripts.files.count) scripts, \(bytes / 1024) KiB per Lua state)")
+                }
                 print("\(config): OK (\(loaded.listeners.count) listeners, \(loaded.upstreams.count) upstreams, \(loaded.routes.count) routes)")
             } catch {
                 FileHandle.standardError.write(Data("\(error)\n".utf8))

@@ -19,7 +19,8 @@ import Testing
         let logPath: String
         let echoPort: Int
 
-        init(extraArgs: [String] = [], config: (Int, Int) -> String, echoPort: Int) throws {
+        /// `prepare` gets the config's folder before the gateway starts (to add scripts).
+        init(extraArgs: [String] = [], config: (Int, Int) -> String, echoPort: Int, prepare: (String) throws -> Void = { _ in }) throws {
             port = try RawClient.freePort()
             self.echoPort = echoPort
             folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-proc-\(UUID().uuidString)")
@@ -27,6 +28,7 @@ import Testing
             configPath = folder.appendingPathComponent("gateway.yaml").path
             logPath = folder.appendingPathComponent("out.log").path
             try config(port, echoPort).write(toFile: configPath, atomically: true, encoding: .utf8)
+            try prepare(folder.path)
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
             process.arguments = ["run", "--config", configPath, "--workers", "1"] + extraArgs
@@ -162,6 +164,48 @@ import Testing
         }
     }
 
+    /// Saving a script reloads it within a second, with no restart; a broken save is
+    /// reported with its line and changes nothing.
+    @Test func reloadsWhenAScriptChanges() async throws {
+        try await withEcho { echoPort in
+            let config: (Int, Int) -> String = { port, echo in
+                """
+                listeners:
+                  - address: 127.0.0.1:\(port)
+                upstreams:
+                  echo:
+                    targets: [ "127.0.0.1:\(echo)" ]
+                routes:
+                  - match: { path_prefix: / }
+                    upstream: echo
+                    policy: tag.lua
+                """
+            }
+            let policy = { (v: String) in "return { access = function() request.set_header('X-Version', '\(v)') end }" }
+            let child = try Child(config: config, echoPort: echoPort) { folder in
+                try FileManager.default.createDirectory(atPath: folder + "/policies", withIntermediateDirectories: true)
+                try policy("one").write(toFile: folder + "/policies/tag.lua", atomically: true, encoding: .utf8)
+            }
+            let c = try RawClient(port: child.port)
+            #expect(try c.request("GET", "/").echoed("X-Version") == ["one"])
+            let script = child.folder.appendingPathComponent("policies/tag.lua").path
+            try "return { access = function()\n  oops(\nend }".write(toFile: script, atomically: true, encoding: .utf8)
+            let broken = Date()
+            while !child.log.contains("policies/tag.lua:3:"), Date().timeIntervalSince(broken) < 3 { Thread.sleep(forTimeInterval: 0.02) }
+            #expect(child.log.contains("policies/tag.lua:3:"), "\(child.log)")
+            #expect(try c.request("GET", "/").echoed("X-Version") == ["one"])
+            try policy("two").write(toFile: script, atomically: true, encoding: .utf8)
+            let written = Date()
+            var version = ""
+            while version != "two", Date().timeIntervalSince(written) < 3 {
+                Thread.sleep(forTimeInterval: 0.02)
+                version = try c.request("GET", "/").echoed("X-Version").first ?? ""
+            }
+            #expect(version == "two", "\(child.log)")
+            #expect(Date().timeIntervalSince(written) < 1, "a script change takes effect within a second")
+        }
+    }
+
     /// 100 MB up and 100 MB down: the gateway's peak memory must not grow with the body.
     @Test func streamsLargeBodiesInBoundedMemory() async throws {
         try await withEcho { echoPort in
@@ -203,6 +247,23 @@ import Testing
         #expect(status == 1)
         #expect(output.contains(#"gateway.yaml:8 routes[0].upstream: unknown upstream "billing""#), "\(output)")
         #expect(output.contains("gateway.yaml:9 routes[1].match.path: expected a path"), "\(output)")
+        // A broken script is reported like a config error, with its file and line.
+        try FileManager.default.createDirectory(atPath: folder.path + "/policies", withIntermediateDirectories: true)
+        try "return {\n  access = function()\n    if then\n  end,\n}".write(toFile: folder.path + "/policies/auth.lua", atomically: true, encoding: .utf8)
+        try """
+        listeners:
+          - address: 127.0.0.1:8080
+        upstreams:
+          app:
+            targets: [ "127.0.0.1:9000" ]
+        routes:
+          - match: { path_prefix: / }
+            upstream: app
+            policy: auth.lua
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        let (scriptStatus, scriptOutput) = try run(["check", "--config", path])
+        #expect(scriptStatus == 1)
+        #expect(scriptOutput.contains("policies/auth.lua:3: unexpected symbol near 'then'"), "\(scriptOutput)")
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let (ok, _) = try run(["check", "--config", root.appendingPathComponent("sandbox/gateway.yaml").path])
         #expect(ok == 0)

@@ -18,7 +18,8 @@ final class TestGateway: Sendable {
     private let echoGroup: MultiThreadedEventLoopGroup
 
     /// `yaml` may use `@ECHO@` for the echo upstream's address and `@PORT@` for the listener port.
-    static func start(_ yaml: String = TestGateway.defaultConfig, workers: Int = 2) async throws -> TestGateway {
+    /// `scripts` are written to `policies/` next to the config (name → source).
+    static func start(_ yaml: String = TestGateway.defaultConfig, workers: Int = 2, scripts: [String: String] = [:]) async throws -> TestGateway {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let stats = EchoStats()
         let echo = try await EchoServer.start(host: "127.0.0.1", port: 0, group: group, stats: stats)
@@ -26,6 +27,7 @@ final class TestGateway: Sendable {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let path = folder.appendingPathComponent("gateway.yaml").path
+        for (name, source) in scripts { try writeScript(name, source, folder: folder.path) }
         try render(yaml, echoPort: echoPort, listenPort: 0).write(toFile: path, atomically: true, encoding: .utf8)
         var logger = Logger(label: "test")
         logger.logLevel = .warning
@@ -56,6 +58,17 @@ final class TestGateway: Sendable {
     func rewrite(_ yaml: String) async throws -> Gateway.ReloadResult {
         try Self.render(yaml, echoPort: echoPort, listenPort: 0).write(toFile: configPath, atomically: true, encoding: .utf8)
         return await gateway.reload()
+    }
+
+    /// Writes `policies/<name>` next to the config (replacing it whole, as an editor's save would).
+    static func writeScript(_ name: String, _ source: String, folder: String) throws {
+        let path = folder + "/policies/" + name
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try source.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    func writeScript(_ name: String, _ source: String) throws {
+        try Self.writeScript(name, source, folder: (configPath as NSString).deletingLastPathComponent)
     }
 
     func client(timeout: Double = 10) throws -> RawClient { try RawClient(port: port, timeout: timeout) }
@@ -124,9 +137,9 @@ final class TestGateway: Sendable {
 
 /// Runs `body` with a started gateway and always stops it.
 func withGateway<T>(
-    _ yaml: String = TestGateway.defaultConfig, workers: Int = 2, _ body: (TestGateway) async throws -> T
+    _ yaml: String = TestGateway.defaultConfig, workers: Int = 2, scripts: [String: String] = [:], _ body: (TestGateway) async throws -> T
 ) async throws -> T {
-    let gw = try await TestGateway.start(yaml, workers: workers)
+    let gw = try await TestGateway.start(yaml, workers: workers, scripts: scripts)
     do {
         let result = try await body(gw)
         await gw.stop()

@@ -1,0 +1,335 @@
+import CLuaRuntime
+import NIOCore
+import Scripting
+
+/// The `request` module: the request being served, read and changed by its policy.
+/// Changes are recorded as edits and applied when the upstream head is written, so a
+/// request no script touches costs nothing extra. See docs/lua-api.md.
+struct RequestModule: LuaModule {
+    let name = "request"
+
+    func register(_ L: OpaquePointer) {
+        Lua.setFunction(L, "method") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.method") }
+            h.withRequestBytes { p in Lua.push(L, bytes: slice(p, h.request.method)) }
+            return 1
+        }
+        Lua.setFunction(L, "path") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.path") }
+            if let path = h.edits.path {
+                path.withUnsafeBytes { Lua.push(L, bytes: $0) }
+            } else {
+                h.withRequestBytes { p in Lua.push(L, bytes: slice(p, h.request.path)) }
+            }
+            return 1
+        }
+        Lua.setFunction(L, "query") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.query") }
+            h.withQuery { query in
+                if let query { Lua.push(L, bytes: query) } else { lua_pushnil(L) }
+            }
+            return 1
+        }
+        Lua.setFunction(L, "query_arg") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.query_arg") }
+            guard let wanted = Lua.bytes(L, 1).map(Array.init) else { return Lua.raise(L, "request.query_arg: the name must be a string") }
+            var found = false
+            h.withQuery { query in
+                guard let query else { return }
+                QueryString.forEach(query) { key, value in
+                    guard key == wanted else { return true }
+                    value.withUnsafeBytes { Lua.push(L, bytes: $0) }
+                    found = true
+                    return false
+                }
+            }
+            if !found { lua_pushnil(L) }
+            return 1
+        }
+        Lua.setFunction(L, "query_args") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.query_args") }
+            lua_createtable(L, 0, 4)
+            h.withQuery { query in
+                guard let query else { return }
+                var count = 0
+                QueryString.forEach(query) { key, value in
+                    count += 1
+                    key.withUnsafeBytes { Lua.push(L, bytes: $0) }
+                    let existing = lua_rawget(L, -2)
+                    if existing == LUA_TNIL {
+                        mg_pop(L, 1)
+                        key.withUnsafeBytes { Lua.push(L, bytes: $0) }
+                        value.withUnsafeBytes { Lua.push(L, bytes: $0) }
+                        lua_rawset(L, -3)
+                    } else if existing == LUA_TSTRING {
+                        // A repeated name: its values become a list.
+                        lua_createtable(L, 2, 0)
+                        mg_insert(L, -2)
+                        lua_rawseti(L, -2, 1)
+                        value.withUnsafeBytes { Lua.push(L, bytes: $0) }
+                        lua_rawseti(L, -2, 2)
+                        key.withUnsafeBytes { Lua.push(L, bytes: $0) }
+                        mg_insert(L, -2)
+                        lua_rawset(L, -3)
+                    } else {
+                        value.withUnsafeBytes { Lua.push(L, bytes: $0) }
+                        lua_rawseti(L, -2, lua_Integer(lua_rawlen(L, -2)) + 1)
+                        mg_pop(L, 1)
+                    }
+                    return count < QueryString.maxArguments
+                }
+            }
+            return 1
+        }
+        Lua.setFunction(L, "set_path") { L in
+            let L = L!
+            guard let h = changing(L) else { return notChanging(L, "request.set_path") }
+            guard let path = Lua.bytes(L, 1) else { return Lua.raise(L, "request.set_path: the path must be a string") }
+            if let problem = TargetCheck.path(path, limit: h.generation?.shared.limits.maxURIBytes ?? 8192) {
+                return Lua.raise(L, "request.set_path: \(problem)")
+            }
+            h.edits.path = Array(path)
+            return 0
+        }
+        Lua.setFunction(L, "set_query") { L in
+            let L = L!
+            guard let h = changing(L) else { return notChanging(L, "request.set_query") }
+            switch lua_type(L, 1) {
+            case LUA_TNONE, LUA_TNIL:
+                h.edits.query = []
+            case LUA_TSTRING:
+                var query = Lua.bytes(L, 1)!
+                if query.first == UInt8(ascii: "?") { query = UnsafeRawBufferPointer(rebasing: query.dropFirst()) }
+                if let problem = TargetCheck.query(query) { return Lua.raise(L, "request.set_query: \(problem)") }
+                h.edits.query = Array(query)
+            case LUA_TTABLE:
+                guard let encoded = QueryString.encode(L, 1) else {
+                    return Lua.raise(L, "request.set_query: a table's keys must be strings and its values strings, numbers, booleans or lists of them")
+                }
+                h.edits.query = encoded
+            default:
+                return Lua.raise(L, "request.set_query: expected a string, a table or nil, got \(Lua.typeName(L, 1))")
+            }
+            return 0
+        }
+        Lua.setFunction(L, "header") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.header") }
+            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "request.header: the name must be a string") }
+            let lower = HeaderCheck.lowered(name)
+            h.withRequestBytes { p in HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushFirst(L, lower) }
+            return 1
+        }
+        Lua.setFunction(L, "header_values") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.header_values") }
+            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "request.header_values: the name must be a string") }
+            let lower = HeaderCheck.lowered(name)
+            h.withRequestBytes { p in HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushAll(L, lower) }
+            return 1
+        }
+        Lua.setFunction(L, "headers") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.headers") }
+            h.withRequestBytes { p in HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushTable(L) }
+            return 1
+        }
+        Lua.setFunction(L, "set_header") { L in editHeader(L!, "request.set_header", add: false) }
+        Lua.setFunction(L, "add_header") { L in editHeader(L!, "request.add_header", add: true) }
+        Lua.setFunction(L, "remove_header") { L in
+            let L = L!
+            lua_settop(L, 1)
+            return editHeader(L, "request.remove_header", add: false)
+        }
+        Lua.setFunction(L, "client_ip") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.client_ip") }
+            h.clientAddress.withUnsafeBytes { Lua.push(L, bytes: $0) }
+            return 1
+        }
+        Lua.setFunction(L, "id") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.id") }
+            h.requestID.withUnsafeReadableBytes { Lua.push(L, bytes: $0) }
+            return 1
+        }
+        Lua.setFunction(L, "route") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.route") }
+            (h.route?.nameBytes ?? []).withUnsafeBytes { Lua.push(L, bytes: $0) }
+            return 1
+        }
+        Lua.setFunction(L, "upstream") { L in
+            let L = L!
+            guard let h = serving(L), let route = h.route, let generation = h.generation else { return notServing(L, "request.upstream") }
+            Lua.push(L, generation.shared.config.upstreams[h.edits.upstream ?? route.upstream].name)
+            return 1
+        }
+        Lua.setFunction(L, "set_upstream") { L in
+            let L = L!
+            guard let h = changing(L) else { return notChanging(L, "request.set_upstream") }
+            guard let name = Lua.string(L, 1) else { return Lua.raise(L, "request.set_upstream: the name must be a string") }
+            guard let index = h.generation?.shared.config.upstreamIndex(named: name) else {
+                return Lua.raise(L, "request.set_upstream: unknown upstream \"\(name)\"")
+            }
+            h.edits.upstream = index
+            return 0
+        }
+        Lua.setFunction(L, "respond") { L in
+            let L = L!
+            guard let h = changing(L) else { return notChanging(L, "request.respond") }
+            guard let status = Lua.integer(L, 1), (200...599).contains(status) else {
+                return Lua.raise(L, "request.respond: the status must be an integer from 200 to 599")
+            }
+            var early = EarlyResponse(status: status, body: h.allocator.buffer(capacity: 0))
+            switch lua_type(L, 2) {
+            case LUA_TNONE, LUA_TNIL: break
+            case LUA_TSTRING: early.body.writeBytes(Lua.bytes(L, 2)!)
+            default: return Lua.raise(L, "request.respond: the body must be a string or nil, got \(Lua.typeName(L, 2))")
+            }
+            if !Lua.isNoneOrNil(L, 3) {
+                if let problem = readHeaderTable(L, 3, into: &early.headers) { return Lua.raise(L, "request.respond: \(problem)") }
+            }
+            h.edits.early = early
+            // Nothing after respond runs, as with ngx.exit or Envoy's respond().
+            return Lua.yield(L)
+        }
+    }
+}
+
+// MARK: helpers shared with the response module
+
+@inline(__always)
+func serving(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
+    guard let p = Lua.current(L) else { return nil }
+    return Unmanaged<DownstreamConnectionHandler>.fromOpaque(p).takeUnretainedValue()
+}
+
+/// The request, if the running phase may still change it (access).
+@inline(__always)
+func changing(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
+    guard let h = serving(L), h.scriptPhase == .access else { return nil }
+    return h
+}
+
+func notServing(_ L: OpaquePointer, _ function: String) -> Int32 {
+    Lua.raise(L, "\(function): only available while serving a request (not when the module loads)")
+}
+
+func notChanging(_ L: OpaquePointer, _ function: String) -> Int32 {
+    if serving(L) == nil { return notServing(L, function) }
+    return Lua.raise(L, "\(function): only in the access phase (the request has gone upstream)")
+}
+
+@inline(__always)
+func slice(_ p: UnsafeRawBufferPointer, _ r: ByteRange) -> UnsafeRawBufferPointer {
+    UnsafeRawBufferPointer(rebasing: p[r.lower..<r.upper])
+}
+
+/// `set_header(name, value)`, `add_header(name, value)`, `remove_header(name)` for requests.
+private func editHeader(_ L: OpaquePointer, _ function: String, add: Bool) -> Int32 {
+    guard let h = changing(L) else { return notChanging(L, function) }
+    switch checkedHeader(L, function, managed: HeaderCheck.forwarding, allowNil: !add) {
+    case .failure(let message):
+        return Lua.raise(L, message.text)
+    case .success(let (name, lower, value)):
+        if add, let value { h.edits.headers.add(name, lower: lower, value) } else { h.edits.headers.set(name, lower: lower, value) }
+        return 0
+    }
+}
+
+struct ScriptMessage: Error {
+    let text: String
+}
+
+/// The header name at 1 and value at 2 (a string or number; nil only when `allowNil`).
+func checkedHeader(
+    _ L: OpaquePointer, _ function: String, managed: Set<[UInt8]>, allowNil: Bool
+) -> Result<([UInt8], [UInt8], [UInt8]?), ScriptMessage> {
+    guard let name = Lua.bytes(L, 1) else { return .failure(ScriptMessage(text: "\(function): the name must be a string")) }
+    if let problem = HeaderCheck.name(name) { return .failure(ScriptMessage(text: "\(function): \(problem)")) }
+    let lower = HeaderCheck.lowered(name)
+    if HeaderCheck.framing.contains(lower) || managed.contains(lower) || lower.starts(with: Array("proxy-".utf8)) {
+        return .failure(ScriptMessage(text: "\(function): \(String(decoding: name, as: UTF8.self)) is managed by the gateway"))
+    }
+    switch lua_type(L, 2) {
+    case LUA_TNONE, LUA_TNIL:
+        guard allowNil else { return .failure(ScriptMessage(text: "\(function): the value must be a string or a number")) }
+        return .success((Array(name), lower, nil))
+    case LUA_TSTRING, LUA_TNUMBER:
+        var length = 0
+        let value = UnsafeRawBufferPointer(start: lua_tolstring(L, 2, &length), count: length)
+        if let problem = HeaderCheck.value(value) { return .failure(ScriptMessage(text: "\(function): \(problem)")) }
+        return .success((Array(name), lower, HeaderCheck.trimmed(value)))
+    default:
+        return .failure(ScriptMessage(text: "\(function): the value must be a string or a number, got \(Lua.typeName(L, 2))"))
+    }
+}
+
+/// Reads `{name = value | {values...}}` at `index` into `edits`; the reason when refused.
+func readHeaderTable(_ L: OpaquePointer, _ index: Int32, into edits: inout HeaderEdits) -> String? {
+    guard lua_type(L, index) == LUA_TTABLE else { return "headers must be a table" }
+    lua_pushnil(L)
+    while lua_next(L, index) != 0 {
+        guard let name = Lua.bytes(L, -2) else {
+            lua_settop(L, index)
+            return "header names must be strings"
+        }
+        if let problem = HeaderCheck.name(name) {
+            lua_settop(L, index)
+            return problem
+        }
+        let lower = HeaderCheck.lowered(name)
+        if HeaderCheck.framing.contains(lower) {
+            lua_settop(L, index)
+            return "\(String(decoding: name, as: UTF8.self)) is managed by the gateway"
+        }
+        var values: [[UInt8]] = []
+        if lua_type(L, -1) == LUA_TTABLE {
+            let count = lua_rawlen(L, -1)
+            for i in 0..<min(Int(count), 100) {
+                lua_rawgeti(L, -1, lua_Integer(i + 1))
+                if let v = Lua.bytes(L, -1) { values.append(HeaderCheck.trimmed(v)) }
+                mg_pop(L, 1)
+            }
+        } else if lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER {
+            var length = 0
+            let p = lua_tolstring(L, -1, &length)
+            values.append(HeaderCheck.trimmed(UnsafeRawBufferPointer(start: p, count: length)))
+        } else {
+            lua_settop(L, index)
+            return "header values must be strings, numbers or lists of them"
+        }
+        for v in values {
+            if let problem = v.withUnsafeBytes({ HeaderCheck.value($0) }) {
+                lua_settop(L, index)
+                return problem
+            }
+            edits.add(Array(name), lower: lower, v)
+        }
+        mg_pop(L, 1)
+    }
+    return nil
+}
+
+extension DownstreamConnectionHandler {
+    /// The request head's bytes, for reading what the parser's ranges point at.
+    @inline(__always)
+    func withRequestBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        (requestHead ?? ByteBuffer()).withUnsafeReadableBytes(body)
+    }
+
+    /// The query as the upstream will get it (without `?`), or nil when there is none.
+    func withQuery<R>(_ body: (UnsafeRawBufferPointer?) -> R) -> R {
+        if let query = edits.query { return query.isEmpty ? body(nil) : query.withUnsafeBytes { body($0) } }
+        return withRequestBytes { p in
+            guard request.path.upper < request.target.upper else { return body(nil) }
+            return body(UnsafeRawBufferPointer(rebasing: p[(request.path.upper + 1)..<request.target.upper]))
+        }
+    }
+}

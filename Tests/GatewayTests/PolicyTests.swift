@@ -1,0 +1,245 @@
+import Foundation
+import Testing
+
+/// Policies in Lua on real sockets: the `request` and `response` APIs, early answers, the
+/// three phases, failures answered with `500` for that request only, and state pooling.
+@Suite(.serialized) struct PolicyTests {
+    static let config = """
+        listeners:
+          - name: test
+            address: 127.0.0.1:@PORT@
+        timeouts:
+          request: 5s
+        scripts:
+          max_states: 2
+          pool_wait: 50ms
+          budget:
+            instructions: 2000000
+        upstreams:
+          echo:
+            targets: [ "@ECHO@" ]
+          other:
+            targets: [ "@ECHO@" ]
+            pool:
+              max_idle: 1
+        routes:
+          - name: api
+            match: { path_prefix: /api/ }
+            upstream: echo
+            strip_prefix: true
+            policy: api.lua
+          - name: phases
+            match: { path_prefix: /phases }
+            upstream: echo
+            strip_prefix: true
+            policy: phases.lua
+          - name: hostile
+            match: { path_prefix: /hostile }
+            upstream: echo
+            policy: hostile.lua
+            budget:
+              memory: 2MB
+          - name: plain
+            match: { path_prefix: / }
+            upstream: echo
+        """
+
+    static let api = #"""
+        local util = require("lib.util")
+        return {
+          access = function(ctx)
+            local path = request.path()
+            if path == "/api/deny" then
+              request.respond(403, json.encode({error = "denied", by = request.route()}),
+                              {["Content-Type"] = "application/json", ["X-Why"] = {"a", "b"}})
+              request.set_header("X-Never", "reached")
+            end
+            request.set_header("X-Method", request.method())
+            request.set_header("X-Path", path)
+            request.set_header("X-Query", request.query() or "none")
+            request.set_header("X-Arg", request.query_arg("q") or "none")
+            local args = request.query_args()
+            request.set_header("X-Args", type(args.multi) == "table" and table.concat(args.multi, "+") or "none")
+            request.set_header("X-First", request.header("x-multi") or "none")
+            request.set_header("X-All", table.concat(request.header_values("X-Multi"), "|"))
+            local headers = request.headers()
+            request.set_header("X-Table", type(headers["x-multi"]) == "table" and #headers["x-multi"] or 0)
+            request.set_header("X-Client", request.client_ip())
+            request.set_header("X-Id", request.id())
+            request.set_header("X-Route", request.route() .. "/" .. request.upstream())
+            request.add_header("X-Added", "one")
+            request.add_header("X-Added", "two")
+            request.remove_header("X-Remove-Me")
+            request.set_header("X-Replace-Me", "new")
+            request.set_header("X-Seen-Own", request.header("X-Replace-Me"))
+            request.set_header("X-Double", util.double(21))
+            if path == "/api/rewrite" then
+              request.set_path("/rewritten/path")
+              request.set_query({b = "2 3", a = {"x", "y"}})
+              request.set_header("Host", "rewritten.example")
+            elseif path == "/api/noquery" then
+              request.set_query(nil)
+            elseif path == "/api/other" then
+              request.set_upstream("other")
+            end
+          end,
+        }
+        """#
+
+    static let phases = #"""
+        local seen = {}
+        return {
+          access = function(ctx)
+            ctx.started = request.path()
+            if request.header("X-Report") then
+              request.respond(200, json.encode(seen))
+            end
+          end,
+          response = function(ctx)
+            response.set_header("X-Gateway", "moongate")
+            response.set_header("X-From-Ctx", ctx.started)
+            response.remove_header("X-Upstream-Only")
+            if response.header("Content-Type") then response.set_header("X-Had-Type", "yes") end
+            if ctx.started == "/phases/teapot" then response.set_status(418 + 100) end
+          end,
+          log = function(ctx)
+            seen[ctx.started] = response.status()
+          end,
+        }
+        """#
+
+    static let hostile = #"""
+        return {
+          access = function(ctx)
+            local attack = request.header("X-Attack")
+            if attack == "loop" then while true do end
+            elseif attack == "memory" then local t = {} for i = 1, 1e9 do t[i] = {} end
+            elseif attack == "pattern" then string.find(string.rep("a", 100000), "(.-)(.-)(.-)b")
+            elseif attack == "error" then local secret = nil; return secret.field
+            elseif attack == "global" then leaked = request.id()
+            elseif attack == "read-global" then request.set_header("X-Leaked", tostring(leaked))
+            elseif attack == "inject" then request.set_header("X-Evil", "a\r\nX-Injected: 1")
+            elseif attack == "framing" then request.set_header("Content-Length", "0")
+            elseif attack == "escape" then request.set_header("X-Io", tostring(io) .. tostring(os.execute) .. tostring(require))
+            end
+          end,
+        }
+        """#
+
+    static let scripts = ["api.lua": api, "phases.lua": phases, "hostile.lua": hostile, "lib/util.lua": "return { double = function(x) return x * 2 end }"]
+
+    @Test func requestAPI() async throws {
+        try await withGateway(Self.config, scripts: Self.scripts) { gw in
+            let c = try gw.client()
+            let r = try c.request(
+                "GET", "/api/echo?q=1&multi=a&multi=b%20c",
+                headers: [("X-Multi", "m1"), ("X-Multi", "m2"), ("X-Remove-Me", "x"), ("X-Replace-Me", "old"), ("X-Request-Id", "abc-123")])
+            #expect(r.status == 200)
+            #expect(r.json["uri"] as? String == "/echo?q=1&multi=a&multi=b%20c")
+            #expect(r.echoed("X-Method") == ["GET"])
+            #expect(r.echoed("X-Path") == ["/api/echo"])
+            #expect(r.echoed("X-Query") == ["q=1&multi=a&multi=b%20c"])
+            #expect(r.echoed("X-Arg") == ["1"])
+            #expect(r.echoed("X-Args") == ["a+b c"])
+            #expect(r.echoed("X-First") == ["m1"])
+            #expect(r.echoed("X-All") == ["m1|m2"])
+            #expect(r.echoed("X-Table") == ["2"])
+            #expect(r.echoed("X-Client") == ["127.0.0.1"])
+            #expect(r.echoed("X-Id") == ["abc-123"])
+            #expect(r.echoed("X-Route") == ["api/echo"])
+            #expect(r.echoed("X-Added") == ["one", "two"])
+            #expect(r.echoed("X-Remove-Me").isEmpty)
+            #expect(r.echoed("X-Replace-Me") == ["new"])
+            #expect(r.echoed("X-Seen-Own") == ["new"])
+            #expect(r.echoed("X-Double") == ["42"])
+            #expect(r.echoed("X-Multi") == ["m1", "m2"])
+
+            let rewritten = try c.request("GET", "/api/rewrite?old=1")
+            #expect(rewritten.json["uri"] as? String == "/rewritten/path?a=x&a=y&b=2%203")
+            #expect(rewritten.echoed("Host") == ["rewritten.example"])
+            #expect(rewritten.echoed("X-Forwarded-Host") == ["localhost"], "the client's Host, not the script's")
+            let noQuery = try c.request("GET", "/api/noquery?drop=1")
+            #expect(noQuery.json["uri"] as? String == "/noquery")
+            let other = try c.request("GET", "/api/other")
+            #expect(other.echoed("X-Route") == ["api/echo"])
+            #expect(other.status == 200)
+        }
+    }
+
+    @Test func earlyAnswerEndsTheScript() async throws {
+        try await withGateway(Self.config, scripts: Self.scripts) { gw in
+            let before = gw.stats.accepted.withLockedValue { $0 }
+            let c = try gw.client()
+            let r = try c.request("GET", "/api/deny")
+            #expect(r.status == 403)
+            #expect(r.header("Content-Type") == "application/json")
+            #expect(r.headers("X-Why") == ["a", "b"])
+            #expect(r.header("X-Request-Id")?.count == 32)
+            let body = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: String]
+            #expect(body == ["error": "denied", "by": "api"])
+            #expect(gw.stats.accepted.withLockedValue { $0 } == before, "no upstream connection was made")
+            #expect(try c.request("GET", "/api/echo").status == 200, "the connection stays usable")
+        }
+    }
+
+    @Test func responseAndLogPhasesShareCtx() async throws {
+        try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
+            let c = try gw.client()
+            let r = try c.request("GET", "/phases/one")
+            #expect(r.status == 200)
+            #expect(r.header("X-Gateway") == "moongate")
+            #expect(r.header("X-From-Ctx") == "/phases/one")
+            #expect(r.header("X-Had-Type") == "yes")
+            let teapot = try c.request("GET", "/phases/teapot")
+            #expect(teapot.status == 518)
+            _ = try c.request("GET", "/phases/status/404")
+            let report = try c.request("GET", "/phases/report", headers: [("X-Report", "1")])
+            let seen = try JSONSerialization.jsonObject(with: Data(report.body)) as? [String: Int]
+            #expect(seen == ["/phases/one": 200, "/phases/teapot": 518, "/phases/status/404": 404])
+        }
+    }
+
+    /// Each hostile script ends its own request with a `500` (JSON, request id, no script
+    /// internals); the next request, on the same connection, is served normally.
+    @Test func hostileScriptsFailOnlyTheirRequest() async throws {
+        try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
+            let c = try gw.client()
+            for attack in ["loop", "memory", "pattern", "error", "inject", "framing"] {
+                let r = try c.request("GET", "/hostile", headers: [("X-Attack", attack)])
+                #expect(r.status == 500, "\(attack)")
+                let body = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: String] ?? [:]
+                #expect(body["error"] == (["loop", "memory", "pattern"].contains(attack) ? "script budget exceeded" : "script error"), "\(attack)")
+                #expect(body["request_id"] == r.header("X-Request-Id"))
+                #expect(!r.text.contains("lua"), "no script internals reach the client")
+                let next = try c.request("GET", "/hostile")
+                #expect(next.status == 200, "after \(attack)")
+            }
+            #expect(try c.request("GET", "/hostile", headers: [("X-Attack", "global")]).status == 200)
+            let read = try c.request("GET", "/hostile", headers: [("X-Attack", "read-global")])
+            #expect(read.echoed("X-Leaked") == ["nil"], "a global one request set is not seen by the next")
+            let escape = try c.request("GET", "/hostile", headers: [("X-Attack", "escape")])
+            #expect(escape.echoed("X-Io").first?.hasPrefix("nilnilfunction") == true)
+        }
+    }
+
+    /// A policy with response and log phases holds its state across the upstream wait: with
+    /// two states per worker, a third concurrent request waits 50 ms, then gets `503`.
+    @Test func exhaustedPoolAnswers503() async throws {
+        try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
+            let slow = (0..<2).map { _ in
+                Thread {
+                    _ = try? RawClient(port: gw.port).request("GET", "/phases/delay/600")
+                }
+            }
+            slow.forEach { $0.start() }
+            try await Task.sleep(for: .milliseconds(200))
+            let start = Date()
+            let r = try gw.client().request("GET", "/phases/fast")
+            #expect(r.status == 503)
+            #expect(Date().timeIntervalSince(start) < 0.5)
+            #expect(try gw.client().request("GET", "/api/echo").status == 503, "every state is still lent")
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(try gw.client().request("GET", "/phases/fast").status == 200)
+        }
+    }
+}

@@ -87,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "moongate",
             dependencies: [
-                "Config", "Gateway", "Proxy", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
+                "Config", "Gateway", "Proxy", "Scripting", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

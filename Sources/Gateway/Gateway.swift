@@ -78,7 +78,7 @@ public actor Gateway {
         logger.info(
             "gateway started",
             metadata: [
-                "generation": "\(generation.id)", "workers": "\(count)",
+                "generation": "\(generation.id)", "workers": "\(count)", "lua_state_bytes": "\(generation.scriptStateBytes)",
                 "listeners": "\(listeners.values.map { "\($0.listener.name)=\($0.listener.address.host):\($0.port)" }.sorted().joined(separator: ","))",
             ])
     }
@@ -158,6 +158,11 @@ public actor Gateway {
         let drain = TimeAmount(generation?.config.timeouts.drain ?? .seconds(10))
         for running in listeners.values { for channel in running.channels { try? await channel.close() } }
         listeners = [:]
+        for (index, worker) in workers.enumerated() {
+            if let (states, bytes) = try? await worker.eventLoop.submit({ worker.value.luaStats }).get(), states > 0 {
+                logger.info("lua states", metadata: ["worker": "\(index)", "lua_states": "\(states)", "lua_idle_bytes": "\(bytes)"])
+            }
+        }
         for worker in workers { try? await worker.eventLoop.submit { worker.value.drain() }.get() }
         let deadline = NIODeadline.now() + drain
         while NIODeadline.now() < deadline {

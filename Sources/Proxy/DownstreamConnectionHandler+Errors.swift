@@ -12,6 +12,11 @@ extension DownstreamConnectionHandler {
             forceClose()
             return
         }
+        writeLocalResponse(status, headers: nil, json: true, body: errorBody(message), close: close)
+    }
+
+    /// `{"error": message, "request_id": ...}`.
+    func errorBody(_ message: String) -> ByteBuffer {
         var body = allocator.buffer(capacity: 64 + message.utf8.count + requestID.readableBytes)
         body.writeStaticString("{\"error\":\"")
         body.writeString(message)  // messages are ours: no quotes or backslashes to escape
@@ -19,7 +24,7 @@ extension DownstreamConnectionHandler {
         if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
         body.writeImmutableBuffer(requestID)
         body.writeStaticString("\"}\n")
-        writeLocalResponse(status, headers: nil, json: true, body: body, close: close)
+        return body
     }
 
     /// Answers the request from the gateway itself (an error, or a script's early answer).

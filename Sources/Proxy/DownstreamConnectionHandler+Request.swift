@@ -332,17 +332,28 @@ extension DownstreamConnectionHandler {
             out.writeImmutableBuffer(requestID)
             out.writeStaticString("\r\n")
             if scripted { edits.headers.write(into: &out, skipping: Self.hostName) }
-            switch request.framing {
-            case .contentLength(let length):
+            if scripted, let body = edits.body {
                 out.writeStaticString("Content-Length: ")
-                out.writeString(String(length))
+                out.writeString(String(body.readableBytes))
                 out.writeStaticString("\r\n")
-            case .chunked:
-                out.writeStaticString("Transfer-Encoding: chunked\r\n")
-            case .none, .untilClose:
-                break
+            } else {
+                switch request.framing {
+                case .contentLength(let length):
+                    out.writeStaticString("Content-Length: ")
+                    out.writeString(String(length))
+                    out.writeStaticString("\r\n")
+                case .chunked:
+                    out.writeStaticString("Transfer-Encoding: chunked\r\n")
+                case .none, .untilClose:
+                    break
+                }
             }
             out.writeStaticString("\r\n")
+        }
+        // A body a script read or set travels with the head (it is whole, and bounded).
+        if var body = edits.body {
+            out.writeBuffer(&body)
+            return out
         }
         // A small body already here travels in the head's buffer: one write, and the kept
         // head is then the whole request, so a stale-connection retry can resend it.

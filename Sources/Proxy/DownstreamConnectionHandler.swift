@@ -97,6 +97,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var poolWait: (id: Int, timer: Scheduled<Void>)?
     /// The status the client got (for the log phase).
     var sentStatus = 0
+    /// A script waits for the request body (`request.body`, `request.set_body`).
+    var bodyWait: BodyWait?
 
     // The response in progress.
     var response = ResponseHead()
@@ -162,8 +164,11 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         case .idle, .head:
             appendInbound(&buffer)
             processInbound()
-        case .connecting, .policy:
+        case .connecting:
             appendInbound(&buffer)
+        case .policy:
+            appendInbound(&buffer)
+            if bodyWait != nil { continueBodyWait() }
         case .proxying:
             if requestBodyDone || inbound != nil {
                 appendInbound(&buffer)
@@ -209,7 +214,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         switch state {
         case .idle, .head: return false
         case .closing, .closed: return true
-        case .connecting, .policy: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
+        case .connecting: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
+        case .policy: return (inbound?.readableBytes ?? 0) > max(Self.maxBufferedInbound, bodyWait?.bufferLimit ?? 0)
         case .proxying:
             if requestBodyDone { return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound }
             return !(upstream?.isWritable ?? false)

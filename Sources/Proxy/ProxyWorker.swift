@@ -61,6 +61,9 @@ public final class ProxyWorker {
         connections[ObjectIdentifier(connection)] = nil
     }
 
+    /// Lua states this loop holds for the current generation, and the heap bytes of the idle ones.
+    public var luaStats: (states: Int, idleBytes: Int) { generation.luaStats }
+
     /// Client connections open on this loop.
     public var connectionCount: Int { connections.count }
 

@@ -83,6 +83,14 @@ public enum Lua {
         String(cString: lua_typename(L, lua_type(L, index)))
     }
 
+    /// Bytes the running script may still allocate, from a Swift function (or a resume's
+    /// push): check it before pushing something large.
+    public static func memoryLeft(_ L: OpaquePointer) -> Int {
+        let b = mg_budget_of(L).pointee
+        if b.limit == UInt.max { return Int.max }
+        return Int(b.limit) - Int(b.slack) - Int(b.used)
+    }
+
     /// The request the running script serves, as passed to `LuaState.run`.
     @inline(__always)
     public static func current(_ L: OpaquePointer) -> UnsafeMutableRawPointer? {

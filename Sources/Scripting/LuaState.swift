@@ -209,11 +209,17 @@ public final class LuaState {
         return resume(arguments: 1)
     }
 
-    /// Resumes a phase that is `.waiting`, with `results` values pushed on its stack (`thread`).
+    /// Resumes a phase that is `.waiting`; `push` pushes the waiting call's results on the
+    /// given stack and returns how many. As in a Swift function, `Lua.memoryLeft` tells
+    /// what may be pushed, and small pushes cannot fail.
     public func resume(pushing push: (OpaquePointer) -> Int32) -> RunResult {
         lua_settop(thread, 0)
+        let limit = budget.pointee.limit
+        if limit != UInt.max { budget.pointee.limit = limit + budget.pointee.slack }
+        let count = push(thread)
+        budget.pointee.limit = limit
         budget.pointee.deadline_ns = mg_now_ns() &+ timeLeftNs
-        return resume(arguments: push(thread))
+        return resume(arguments: count)
     }
 
     private func resume(arguments: Int32) -> RunResult {

@@ -9,6 +9,7 @@ import Gateway
 import Logging
 import NIOPosix
 import Proxy
+import Scripting
 import ServiceLifecycle
 
 @main
@@ -16,7 +17,7 @@ struct Moongate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A programmable HTTP API gateway: SwiftNIO data plane, policies in Lua 5.4.",
         version: Version.text,
-        subcommands: [Run.self, Check.self, Echo.self],
+        subcommands: [Run.self, Check.self, Echo.self, BenchRuntime.self],
         defaultSubcommand: nil)
 }
 
@@ -125,6 +126,24 @@ extension Moongate {
             print("moongate echo listening on \(host):\(channel.localAddress?.port ?? port)")
             try await channel.closeFuture.get()
         }
+    }
+}
+
+/// `moongate bench-runtime`: the cost of entering the Lua runtime per request (for
+/// scripts/bench; hidden from help).
+struct BenchRuntime: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-runtime", abstract: "Measure the Lua runtime's per-request overhead.", shouldDisplay: false)
+
+    @Option(help: "Requests per policy.")
+    var iterations = 1_000_000
+
+    func run() throws {
+        let figures = try RuntimeMicrobenchmark.run(iterations: iterations)
+        for (name, ns) in figures.nanoseconds {
+            print("\(name.padding(toLength: 14, withPad: " ", startingAt: 0)) \(String(format: "%7.0f", ns)) ns per request")
+        }
+        print("pooled state   \(figures.stateBytes / 1024) KiB (\(figures.stateBytes) bytes)")
     }
 }
 

@@ -33,6 +33,10 @@ import Testing
             upstream: echo
             strip_prefix: true
             policy: phases.lua
+          - name: body
+            match: { path_prefix: /body }
+            upstream: echo
+            policy: body.lua
           - name: hostile
             match: { path_prefix: /hostile }
             upstream: echo
@@ -126,7 +130,101 @@ import Testing
         }
         """#
 
-    static let scripts = ["api.lua": api, "phases.lua": phases, "hostile.lua": hostile, "lib/util.lua": "return { double = function(x) return x * 2 end }"]
+    static let body = #"""
+        return {
+          access = function(ctx)
+            local mode = request.header("X-Mode")
+            if mode == "read" then
+              local body, err = request.body(tonumber(request.header("X-Cap")))
+              if not body then request.respond(413, err) end
+              request.set_header("X-Body-Length", #body)
+              request.set_header("X-Body-Head", body:sub(1, 10))
+            elseif mode == "upper" then
+              request.set_body(string.upper(request.body()))
+            elseif mode == "json" then
+              local doc = assert(json.decode(request.body()))
+              doc.password = nil
+              request.set_body(json.encode(doc))
+            elseif mode == "coroutine" then
+              -- a wait inside the script's own coroutine goes up to the runtime and back
+              local co = coroutine.wrap(function() return #request.body() end)
+              request.set_header("X-Body-Length", co())
+            end
+          end,
+        }
+        """#
+
+    /// FNV-1a, as the echo upstream reports its body's checksum.
+    static func fnv(_ text: String) -> String {
+        var value: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in text.utf8 {
+            value ^= UInt64(b)
+            value = value &* 0x100_0000_01b3
+        }
+        return String(value, radix: 16)
+    }
+
+    @Test func requestBodyReadAndReplace() async throws {
+        try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
+            let c = try gw.client()
+            // Whole with the head.
+            let r = try c.request("POST", "/body", headers: [("X-Mode", "read")], body: Array("hello body".utf8))
+            #expect(r.echoed("X-Body-Length") == ["10"])
+            #expect(r.echoed("X-Body-Head") == ["hello body"])
+            #expect(r.json["body_bytes"] as? Int == 10)
+            #expect(r.json["body_checksum"] as? String == Self.fnv("hello body"))
+            // Arriving after the head: the script waits without blocking the loop.
+            try c.send("POST /body HTTP/1.1\r\nHost: a\r\nX-Mode: read\r\nContent-Length: 2000\r\n\r\n")
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(try gw.client().request("GET", "/body").status == 200, "the loop serves others meanwhile")
+            try c.send(String(repeating: "x", count: 1000))
+            try await Task.sleep(for: .milliseconds(50))
+            try c.send(String(repeating: "y", count: 1000))
+            let late = try c.readResponse()
+            #expect(late.echoed("X-Body-Length") == ["2000"])
+            #expect(late.json["body_bytes"] as? Int == 2000)
+            // Chunked, in pieces: read, then sent upstream with a Content-Length.
+            try c.send("POST /body HTTP/1.1\r\nHost: a\r\nX-Mode: upper\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            try await Task.sleep(for: .milliseconds(50))
+            try c.send("6\r\n world\r\n0\r\n\r\n")
+            let chunked = try c.readResponse()
+            #expect(chunked.json["body_bytes"] as? Int == 11)
+            #expect(chunked.json["body_checksum"] as? String == Self.fnv("HELLO WORLD"))
+            #expect(chunked.echoed("Transfer-Encoding").isEmpty)
+            #expect(chunked.echoed("Content-Length") == ["11"])
+            // A JSON transform.
+            let doc = try c.request("POST", "/body", headers: [("X-Mode", "json")], body: Array(#"{"password":"x","user":"a"}"#.utf8))
+            #expect(doc.json["body_checksum"] as? String == Self.fnv(#"{"user":"a"}"#))
+            // Over the cap: the script gets nil and a reason.
+            let big = try c.request("POST", "/body", headers: [("X-Mode", "read"), ("X-Cap", "10")], body: Array(repeating: 65, count: 100))
+            #expect(big.status == 413)
+            #expect(big.text == "body larger than 10 bytes")
+            let co = try c.request("POST", "/body", headers: [("X-Mode", "coroutine")], body: Array("abc".utf8))
+            #expect(co.echoed("X-Body-Length") == ["3"])
+            #expect(try c.request("GET", "/body").status == 200, "the connection stays usable")
+        }
+    }
+
+    @Test func requestBodyWithExpectContinueAndMalformedChunks() async throws {
+        try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
+            let c = try gw.client()
+            try c.send("POST /body HTTP/1.1\r\nHost: a\r\nX-Mode: read\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            #expect(try c.readLine() == "HTTP/1.1 100 Continue")
+            #expect(try c.readLine() == "")
+            try c.send("abcd")
+            let r = try c.readResponse()
+            #expect(r.status == 200)
+            #expect(r.echoed("Expect").isEmpty)
+            #expect(r.json["body_bytes"] as? Int == 4)
+            let bad = try gw.client()
+            try bad.send("POST /body HTTP/1.1\r\nHost: a\r\nX-Mode: read\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            let refused = try bad.readResponse()
+            #expect(refused.status == 400)
+            #expect(refused.text.contains("malformed chunked body"))
+        }
+    }
+
+    static let scripts = ["api.lua": api, "body.lua": body, "phases.lua": phases, "hostile.lua": hostile, "lib/util.lua": "return { double = function(x) return x * 2 end }"]
 
     @Test func requestAPI() async throws {
         try await withGateway(Self.config, scripts: Self.scripts) { gw in

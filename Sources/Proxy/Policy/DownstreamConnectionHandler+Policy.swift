@@ -1,3 +1,4 @@
+import CLuaRuntime
 import Logging
 import NIOCore
 import Scripting
@@ -11,7 +12,7 @@ import Scripting
 extension DownstreamConnectionHandler: ScriptHost {
     func startPolicy(_ route: CompiledRoute) {
         guard let pool = generation?.luaPool() else {
-            respondError(500, "policy unavailable", close: request.framing != .none)
+            respondError(500, "policy unavailable", close: !dropBufferedBody())
             return
         }
         luaPool = pool
@@ -20,7 +21,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             state = try pool.checkout()
         } catch {
             worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)", "route": "\(route.name)"])
-            respondError(500, "policy unavailable", close: request.framing != .none)
+            respondError(500, "policy unavailable", close: !dropBufferedBody())
             return
         }
         if let state {
@@ -43,7 +44,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             guard let wait = poolWait, wait.id == id else { return }
             poolWait = nil
             pool.cancel(id)
-            respondError(503, "no Lua state free", close: request.framing != .none)
+            respondError(503, "no Lua state free", close: !dropBufferedBody())
         }
         poolWait = (id, timer)
     }
@@ -56,7 +57,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         accessEnded(result, route: route)
     }
 
-    private func accessEnded(_ result: RunResult, route: CompiledRoute) {
+    func accessEnded(_ result: RunResult, route: CompiledRoute) {
         switch result {
         case .done:
             break
@@ -73,11 +74,134 @@ extension DownstreamConnectionHandler: ScriptHost {
             releaseScript()
         }
         if let early = edits.early {
-            writeLocalResponse(early.status, headers: early.headers, json: false, body: early.body, close: request.framing != .none)
+            writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: !dropBufferedBody())
             return
         }
         guard state == .policy, let head = requestHead else { return }
         forward(head, route: route)
+    }
+
+    // MARK: the request body
+
+    /// Collects the whole request body, up to `max` bytes. Nothing is consumed unless all
+    /// of it is there, so a body found too large still goes upstream as it came.
+    func collectBody(max: Int) -> BodyCollect {
+        if let body = edits.body { return body.readableBytes <= max ? .done(body) : .tooLarge }
+        switch requestBody {
+        case .none, .untilClose:
+            return .done(allocator.buffer(capacity: 0))
+        case .length(let remaining):
+            if remaining > max { return .tooLarge }
+            guard var buffer = inbound, buffer.readableBytes >= remaining else { return .pending }
+            let body = buffer.readSlice(length: remaining)!
+            inbound = buffer.readableBytes > 0 ? buffer : nil
+            bodyCollected(body)
+            return .done(body)
+        case .chunked(let decoder):
+            guard var buffer = inbound else { return .pending }
+            var decoder = decoder
+            var body = allocator.buffer(capacity: 0)
+            do {
+                while let event = try decoder.next(&buffer) {
+                    switch event {
+                    case .data(var slice):
+                        if body.readableBytes + slice.readableBytes > max { return .tooLarge }
+                        body.writeBuffer(&slice)
+                    case .end:
+                        inbound = buffer.readableBytes > 0 ? buffer : nil
+                        bodyCollected(body)
+                        return .done(body)
+                    }
+                }
+            } catch {
+                return .malformed
+            }
+            return .pending
+        }
+    }
+
+    /// Drops an unread request body that has fully arrived, so that an early answer need
+    /// not close the connection; false if some of it is still to come.
+    func dropBufferedBody() -> Bool {
+        switch requestBody {
+        case .none, .untilClose:
+            return true
+        case .length(let remaining):
+            if remaining == 0 { return true }
+            guard var buffer = inbound, buffer.readableBytes >= remaining else { return false }
+            buffer.moveReaderIndex(forwardBy: remaining)
+            inbound = buffer.readableBytes > 0 ? buffer : nil
+        case .chunked(var decoder):
+            guard var buffer = inbound else { return false }
+            do {
+                while let event = try decoder.next(&buffer) {
+                    if case .end = event {
+                        inbound = buffer.readableBytes > 0 ? buffer : nil
+                        requestBody = .none
+                        requestBodyDone = true
+                        return true
+                    }
+                }
+            } catch {}
+            return false
+        }
+        requestBody = .none
+        requestBodyDone = true
+        return true
+    }
+
+    private func bodyCollected(_ body: ByteBuffer) {
+        edits.body = body
+        requestBody = .none
+        requestBodyDone = true
+        // The upstream gets the body with the head: there is no `100 Continue` to wait for.
+        edits.headers.set(Array("Expect".utf8), lower: Array("expect".utf8), nil)
+    }
+
+    /// Suspends the script until the body is in (`request.body`, `request.set_body`).
+    func waitForBody(_ wait: BodyWait) {
+        bodyWait = wait
+        // A client that sent `Expect: 100-continue` holds its body until told to go on.
+        if request.expectContinue, request.minorVersion >= 1 {
+            var interim = allocator.buffer(capacity: 32)
+            interim.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
+            context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+        }
+        updateReads()
+    }
+
+    /// A malformed chunked body: the client gets `400` and the script ends where it is.
+    func answerMalformedBody(_ L: OpaquePointer) -> Int32 {
+        edits.early = EarlyResponse(status: 400, body: errorBody("malformed chunked body"), json: true)
+        return Lua.yield(L)
+    }
+
+    /// More client bytes came while a script waits for the body.
+    func continueBodyWait() {
+        guard let wait = bodyWait, let lua, let route else { return }
+        let collected = collectBody(max: wait.max)
+        if case .pending = collected { return }
+        bodyWait = nil
+        if case .malformed = collected {
+            lua.abandon()
+            releaseScript()
+            respondError(400, "malformed chunked body", close: true)
+            return
+        }
+        let result = lua.resume { L in
+            switch collected {
+            case .done(let body):
+                if let replacement = wait.replacement {
+                    edits.body = replacement
+                    lua_pushboolean(L, 1)
+                    return 1
+                }
+                return RequestModule.pushBody(L, body, function: "request.body")
+            default:
+                return RequestModule.pushTooLarge(L, wait.max)
+            }
+        }
+        accessEnded(result, route: route)
     }
 
     /// Runs the response phase on the upstream's head; false if the script failed (the
@@ -116,6 +240,7 @@ extension DownstreamConnectionHandler: ScriptHost {
 
     /// The connection went away mid-request: no log phase, the state goes back.
     func abandonScript() {
+        bodyWait = nil
         if let wait = poolWait {
             poolWait = nil
             wait.timer.cancel()
@@ -124,7 +249,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         releaseScript()
     }
 
-    private func releaseScript() {
+    func releaseScript() {
         if let state = lua {
             lua = nil
             luaPool?.release(state)
@@ -136,7 +261,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         logFailure(failure, route: route)
         releaseScript()
         // The client learns only that the policy failed; the details are in the log.
-        respondError(500, failure.budget != nil ? "script budget exceeded" : "script error", close: request.framing != .none)
+        respondError(500, failure.budget != nil ? "script budget exceeded" : "script error", close: !dropBufferedBody())
     }
 
     private func logFailure(_ failure: ScriptFailure, route: CompiledRoute) {

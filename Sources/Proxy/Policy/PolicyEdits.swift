@@ -11,8 +11,10 @@ struct RequestEdits {
     var upstream: Int?
     /// The script answered itself: no upstream.
     var early: EarlyResponse?
+    /// The body the upstream gets, read or replaced by the script (sent with Content-Length).
+    var body: ByteBuffer?
 
-    var changesHead: Bool { !headers.isEmpty || path != nil || query != nil }
+    var changesHead: Bool { !headers.isEmpty || path != nil || query != nil || body != nil }
 
     mutating func reset() {
         headers.removeAll()
@@ -20,6 +22,7 @@ struct RequestEdits {
         query = nil
         upstream = nil
         early = nil
+        body = nil
     }
 }
 
@@ -28,6 +31,8 @@ struct EarlyResponse {
     var status: Int
     var headers = HeaderEdits()
     var body: ByteBuffer
+    /// The body is the gateway's JSON error.
+    var json = false
 }
 
 /// What a response phase changed, applied when the client head is written.
@@ -41,4 +46,23 @@ struct ResponseEdits {
         status = nil
         headers.removeAll()
     }
+}
+
+/// A script suspended until the request body has arrived.
+struct BodyWait {
+    /// Largest body accepted.
+    var max: Int
+    /// For `set_body`: what replaces the body once it is read.
+    var replacement: ByteBuffer?
+
+    /// Raw bytes (chunk framing included) held while waiting, before reads pause.
+    var bufferLimit: Int { max * 2 + 64 * 1024 }
+}
+
+/// Where collecting a request body stands.
+enum BodyCollect {
+    case done(ByteBuffer)
+    case tooLarge
+    case pending
+    case malformed
 }

@@ -8,6 +8,35 @@ import Scripting
 struct RequestModule: LuaModule {
     let name = "request"
 
+    /// `request.body()`'s cap when the script gives none.
+    static let defaultBodyMax = 1 << 20
+
+    /// Pushes a body for the script, unless it would not fit its memory budget.
+    static func pushBody(_ L: OpaquePointer, _ body: ByteBuffer, function: String) -> Int32 {
+        guard body.readableBytes < Lua.memoryLeft(L) else {
+            return Lua.raise(L, "\(function): the body (\(body.readableBytes) bytes) does not fit the script's memory budget")
+        }
+        body.withUnsafeReadableBytes { Lua.push(L, bytes: $0) }
+        return 1
+    }
+
+    static func pushTooLarge(_ L: OpaquePointer, _ max: Int) -> Int32 {
+        lua_pushnil(L)
+        Lua.push(L, "body larger than \(max) bytes")
+        return 2
+    }
+
+    /// The cap a script asked for at `index`, bounded by the route's body limit.
+    static func bodyCap(_ L: OpaquePointer, _ index: Int32, _ h: DownstreamConnectionHandler) -> Int? {
+        var cap = defaultBodyMax
+        if !Lua.isNoneOrNil(L, index) {
+            guard let asked = Lua.integer(L, index), asked >= 0 else { return nil }
+            cap = asked
+        }
+        if let route = h.route, route.maxBodyBytes > 0 { cap = min(cap, route.maxBodyBytes) }
+        return cap
+    }
+
     func register(_ L: OpaquePointer) {
         Lua.setFunction(L, "method") { L in
             let L = L!
@@ -145,6 +174,43 @@ struct RequestModule: LuaModule {
             let L = L!
             lua_settop(L, 1)
             return editHeader(L, "request.remove_header", add: false)
+        }
+        Lua.setFunction(L, "body") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.body") }
+            guard let cap = RequestModule.bodyCap(L, 1, h) else { return Lua.raise(L, "request.body: the cap must be a non-negative integer") }
+            if h.scriptPhase != .access {
+                // After access the body went upstream as a stream, unless a script read it.
+                guard let body = h.edits.body else { return Lua.raise(L, "request.body: read it in the access phase") }
+                return RequestModule.pushBody(L, body, function: "request.body")
+            }
+            switch h.collectBody(max: cap) {
+            case .done(let body): return RequestModule.pushBody(L, body, function: "request.body")
+            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
+            case .malformed: return h.answerMalformedBody(L)
+            case .pending:
+                h.waitForBody(BodyWait(max: cap))
+                return Lua.yield(L)
+            }
+        }
+        Lua.setFunction(L, "set_body") { L in
+            let L = L!
+            guard let h = changing(L) else { return notChanging(L, "request.set_body") }
+            guard let bytes = Lua.bytes(L, 1) else { return Lua.raise(L, "request.set_body: the body must be a string") }
+            var replacement = h.allocator.buffer(capacity: bytes.count)
+            replacement.writeBytes(bytes)
+            let cap = RequestModule.bodyCap(L, 2, h) ?? RequestModule.defaultBodyMax
+            switch h.collectBody(max: cap) {
+            case .done:
+                h.edits.body = replacement
+                lua_pushboolean(L, 1)
+                return 1
+            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
+            case .malformed: return h.answerMalformedBody(L)
+            case .pending:
+                h.waitForBody(BodyWait(max: cap, replacement: replacement))
+                return Lua.yield(L)
+            }
         }
         Lua.setFunction(L, "client_ip") { L in
             let L = L!

@@ -89,7 +89,7 @@ final class RawClient {
         return true
     }
 
-    private func readLine() throws -> String {
+    func readLine() throws -> String {
         while true {
             if let i = buffer.firstIndex(of: 10) {
                 var line = Array(buffer[..<i])

@@ -14,6 +14,10 @@ extension DownstreamConnectionHandler {
             switch responsePhase {
             case .head:
                 guard readResponseHead(&buffer) else { return }
+            case .collecting:
+                responseRest!.writeBuffer(&buffer)
+                continueResponseWait()
+                return
             case .body:
                 forwardResponseBody(&buffer)
             case .done:
@@ -66,11 +70,6 @@ extension DownstreamConnectionHandler {
             return true
         }
 
-        if let lua, let route, lua.has(.response, policy: route.policy) {
-            responseHeadKept = head
-            guard runResponsePhase(lua, route: route) else { return false }
-        }
-
         let framing: Body
         if request.isHEAD || status == 204 || status == 304 {
             framing = .none
@@ -84,8 +83,39 @@ extension DownstreamConnectionHandler {
         responseBody = framing
         if !response.keepAlive { upstreamReusable = false }
         if case .untilClose = framing { upstreamReusable = false }
+        if let lua, let route, lua.has(.response, policy: route.policy) {
+            responseHeadKept = head
+            // The script may read the body: it waits here, in `responseRest`, until the phase ends.
+            responseRest = buffer
+            buffer = ByteBuffer()
+            guard runResponsePhase(lua, route: route) else { return false }
+            if responsePhase == .collecting { return false }
+            buffer = responseRest!
+            responseRest = nil
+        }
+        return sendResponseHead(head, framing: framing, &buffer)
+    }
+
+    /// Writes the client's response head (and a body a script set, or a small body that came
+    /// with the head); what is left of `buffer` is then body to forward.
+    func sendResponseHead(_ head: ByteBuffer, framing: Body, _ buffer: inout ByteBuffer) -> Bool {
         responseStarted = true
         responsePhase = .body
+        if let body = responseEdits.body {
+            let sent: Body
+            if case .none = framing { sent = .none } else { sent = .length(remaining: body.readableBytes) }
+            if case .none = sent {
+                context.write(wrapOutboundOut(makeClientHead(head, framing: .none)), promise: nil)
+            } else {
+                context.write(wrapOutboundOut(makeClientHead(head, framing: sent, body: body)), promise: nil)
+            }
+            responseBody = .length(remaining: 0)
+            // Bytes past the body the script read: the upstream is out of step.
+            if buffer.readableBytes > 0 { upstreamReusable = false }
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            responseFinished()
+            return true
+        }
         // A small body that came with the head goes out in the head's buffer: one write
         // through the pipeline instead of two (measured: a few percent per request).
         if case .length(let length) = framing, length <= Self.coalesceLimit, buffer.readableBytes >= length {
@@ -143,7 +173,7 @@ extension DownstreamConnectionHandler {
         }
     }
 
-    private func responseFinished() {
+    func responseFinished() {
         responsePhase = .done
         if responseChunkedOut {
             context.write(wrapOutboundOut(lastChunk), promise: nil)
@@ -201,6 +231,13 @@ extension DownstreamConnectionHandler {
     func upstreamClosed(error: Error?, reused: Bool) {
         upstream = nil
         switch responsePhase {
+        case .collecting:
+            if case .untilClose = responseBody {
+                upstreamEnded = true
+                continueResponseWait()
+            } else {
+                upstreamFailed(502, "upstream closed the connection")
+            }
         case .head:
             // A pooled connection the origin closed as we reused it (its keep-alive timeout):
             // send the request again on a new connection, once, if it is idempotent and had no
@@ -228,14 +265,14 @@ extension DownstreamConnectionHandler {
     func upstreamTimedOut() {
         upstream = nil
         upstreamReusable = false
-        if responsePhase == .head {
+        if responsePhase == .head || responsePhase == .collecting {
             upstreamFailed(504, "upstream timeout")
         } else {
             forceClose()
         }
     }
 
-    private func upstreamFailed(_ status: Int, _ message: String) {
+    func upstreamFailed(_ status: Int, _ message: String) {
         if let upstream {
             self.upstream = nil
             upstream.close()

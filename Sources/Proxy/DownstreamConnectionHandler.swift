@@ -33,6 +33,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
 
     enum ResponsePhase {
         case head
+        /// The head is in, and a response phase waits for the whole body (`response.body`).
+        case collecting
         case body
         case done
     }
@@ -99,6 +101,12 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var sentStatus = 0
     /// A script waits for the request body (`request.body`, `request.set_body`).
     var bodyWait: BodyWait?
+    /// A response phase waits for the upstream's body (`response.body`, `response.set_body`).
+    var responseWait: BodyWait?
+    /// Upstream bytes after the response head, held while a response phase may read them.
+    var responseRest: ByteBuffer?
+    /// The upstream closed while its body was being collected (the end of a close-delimited body).
+    var upstreamEnded = false
 
     // The response in progress.
     var response = ResponseHead()

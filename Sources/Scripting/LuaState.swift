@@ -55,6 +55,8 @@ public final class LuaState {
     /// Per policy (as in `program.policies`), the registry refs of its phase functions.
     private var phases: [[Int32]] = []
     public private(set) var broken = false
+    /// A phase is suspended in a wait; it must be resumed or abandoned before anything else runs.
+    public private(set) var suspended = false
     /// Heap bytes right after loading: the state's own footprint.
     public private(set) var footprint = 0
     /// Time budget left when a phase suspended, so waits do not count against it.
@@ -201,6 +203,7 @@ public final class LuaState {
     public func run(_ phase: Phase, policy: Int, budget b: ScriptBudget, current: UnsafeMutableRawPointer) -> RunResult {
         let ref = phases[policy][phase.rawValue]
         guard ref != LUA_NOREF else { return .done }
+        if suspended { abandon() }
         begin(b)
         budget.pointee.current = current
         let registry = mg_registry_index()
@@ -224,6 +227,7 @@ public final class LuaState {
 
     private func resume(arguments: Int32) -> RunResult {
         var results: Int32 = 0
+        suspended = false
         let status = mg_resume(thread, L, arguments, &results)
         if status == LUA_OK {
             lua_settop(thread, 0)
@@ -236,6 +240,7 @@ public final class LuaState {
                 let deadline = budget.pointee.deadline_ns
                 timeLeftNs = deadline > now ? deadline - now : 0
                 budget.pointee.deadline_ns = 0
+                suspended = true
                 return .waiting
             }
             let failure = ScriptFailure(
@@ -252,6 +257,9 @@ public final class LuaState {
     /// Gives up a `.waiting` run (the script answered early): its coroutine is reset, which
     /// runs its pending `<close>` handlers under the same budget.
     public func abandon() {
+        guard suspended else { return }
+        suspended = false
+        budget.pointee.deadline_ns = mg_now_ns() &+ timeLeftNs
         let status = lua_resetthread(thread)
         mg_budget_end(budget)
         if status != LUA_OK { broken = true }
@@ -260,6 +268,7 @@ public final class LuaState {
     /// Ends a request: drops `ctx`, replaces request globals a script set, and collects
     /// garbage once the heap has grown.
     public func endRequest() {
+        if suspended { abandon() }
         mg_budget_end(budget)
         host = nil
         guard !broken else { return }

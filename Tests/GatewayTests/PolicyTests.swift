@@ -37,6 +37,11 @@ import Testing
             match: { path_prefix: /body }
             upstream: echo
             policy: body.lua
+          - name: transform
+            match: { path_prefix: /transform }
+            upstream: echo
+            strip_prefix: true
+            policy: transform.lua
           - name: hostile
             match: { path_prefix: /hostile }
             upstream: echo
@@ -154,6 +159,57 @@ import Testing
         }
         """#
 
+    static let transform = #"""
+        return {
+          response = function(ctx)
+            local mode = request.header("X-Mode")
+            if mode == "summary" then
+              local body = response.body()
+              local doc = json.decode(body)
+              response.set_header("Content-Type", "application/json")
+              response.set_body(json.encode({method = doc.method, bytes = #body}))
+            elseif mode == "length" then
+              local body, err = response.body(tonumber(request.header("X-Cap")))
+              response.set_header("X-Length", body and #body or err)
+            elseif mode == "replace" then
+              response.set_body("replaced")
+            end
+          end,
+          log = function(ctx)
+            if request.header("X-Mode") == "replace" then assert(response.body() == "replaced") end
+          end,
+        }
+        """#
+
+    @Test func responseBodyTransform() async throws {
+        try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
+            let c = try gw.client()
+            let summary = try c.request("GET", "/transform/echo", headers: [("X-Mode", "summary")])
+            #expect(summary.status == 200)
+            let doc = try JSONSerialization.jsonObject(with: Data(summary.body)) as? [String: Any]
+            #expect(doc?["method"] as? String == "GET")
+            #expect((doc?["bytes"] as? Int ?? 0) > 100)
+            #expect(summary.header("Content-Length") == "\(summary.body.count)")
+            // A body spread over many reads, Content-Length framed and chunked.
+            for query in ["", "?chunked=1"] {
+                let length = try c.request("GET", "/transform/bytes/300000\(query)", headers: [("X-Mode", "length")])
+                #expect(length.header("X-Length") == "300000", "\(query)")
+                #expect(length.body.count == 300_000)
+                #expect(length.header("Transfer-Encoding") == nil)
+                let replaced = try c.request("GET", "/transform/bytes/300000\(query)", headers: [("X-Mode", "replace")])
+                #expect(replaced.text == "replaced", "\(query)")
+                #expect(replaced.header("Content-Length") == "8")
+            }
+            // Larger than the cap: the script hears so, and the body streams as it came.
+            for query in ["", "?chunked=1"] {
+                let big = try c.request("GET", "/transform/bytes/100000\(query)", headers: [("X-Mode", "length"), ("X-Cap", "1000")])
+                #expect(big.header("X-Length") == "body larger than 1000 bytes")
+                #expect(big.body.count == 100_000)
+            }
+            #expect(try c.request("GET", "/transform/echo").status == 200, "the connection stays usable")
+        }
+    }
+
     /// FNV-1a, as the echo upstream reports its body's checksum.
     static func fnv(_ text: String) -> String {
         var value: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -224,7 +280,7 @@ import Testing
         }
     }
 
-    static let scripts = ["api.lua": api, "body.lua": body, "phases.lua": phases, "hostile.lua": hostile, "lib/util.lua": "return { double = function(x) return x * 2 end }"]
+    static let scripts = ["api.lua": api, "body.lua": body, "transform.lua": transform, "phases.lua": phases, "hostile.lua": hostile, "lib/util.lua": "return { double = function(x) return x * 2 end }"]
 
     @Test func requestAPI() async throws {
         try await withGateway(Self.config, scripts: Self.scripts) { gw in

@@ -212,7 +212,8 @@ extension DownstreamConnectionHandler: ScriptHost {
         case .done:
             return true
         case .waiting:
-            state.abandon()
+            // Waiting for the upstream body (`responsePhase` is `.collecting`), or nothing to wait for.
+            if responseWait == nil { state.abandon() }
             return true
         case .failed(let failure):
             upstreamReusable = false
@@ -234,6 +235,9 @@ extension DownstreamConnectionHandler: ScriptHost {
         releaseScript()
         requestHead = nil
         responseHeadKept = nil
+        responseRest = nil
+        responseWait = nil
+        upstreamEnded = false
         edits.reset()
         responseEdits.reset()
     }
@@ -241,6 +245,7 @@ extension DownstreamConnectionHandler: ScriptHost {
     /// The connection went away mid-request: no log phase, the state goes back.
     func abandonScript() {
         bodyWait = nil
+        responseWait = nil
         if let wait = poolWait {
             poolWait = nil
             wait.timer.cancel()
@@ -257,7 +262,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         luaPool = nil
     }
 
-    private func scriptFailed(_ failure: ScriptFailure, route: CompiledRoute) {
+    func scriptFailed(_ failure: ScriptFailure, route: CompiledRoute) {
         logFailure(failure, route: route)
         releaseScript()
         // The client learns only that the policy failed; the details are in the log.

@@ -39,12 +39,15 @@ struct EarlyResponse {
 struct ResponseEdits {
     var status: Int?
     var headers = HeaderEdits()
+    /// The body the client gets, read or replaced by the script (sent with Content-Length).
+    var body: ByteBuffer?
 
     var isEmpty: Bool { status == nil && headers.isEmpty }
 
     mutating func reset() {
         status = nil
         headers.removeAll()
+        body = nil
     }
 }
 

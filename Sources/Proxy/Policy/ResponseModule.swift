@@ -46,6 +46,44 @@ struct ResponseModule: LuaModule {
             h.withResponseHeaders { $0.pushTable(L) }
             return 1
         }
+        Lua.setFunction(L, "body") { L in
+            let L = L!
+            guard let h = answered(L) else { return notAnswered(L, "response.body") }
+            guard let cap = responseBodyCap(L, 1) else { return Lua.raise(L, "response.body: the cap must be a non-negative integer") }
+            if h.scriptPhase == .log {
+                guard let body = h.responseEdits.body else { return Lua.raise(L, "response.body: read it in the response phase") }
+                return RequestModule.pushBody(L, body, function: "response.body")
+            }
+            switch h.collectResponseBody(max: cap) {
+            case .done(let body):
+                h.responseEdits.body = body
+                return RequestModule.pushBody(L, body, function: "response.body")
+            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
+            case .malformed: return Lua.raise(L, "response.body: the upstream's chunked body is malformed")
+            case .pending:
+                h.waitForResponseBody(BodyWait(max: cap))
+                return Lua.yield(L)
+            }
+        }
+        Lua.setFunction(L, "set_body") { L in
+            let L = L!
+            guard let h = answering(L) else { return notAnswering(L, "response.set_body") }
+            guard let bytes = Lua.bytes(L, 1) else { return Lua.raise(L, "response.set_body: the body must be a string") }
+            var replacement = h.allocator.buffer(capacity: bytes.count)
+            replacement.writeBytes(bytes)
+            let cap = responseBodyCap(L, 2) ?? RequestModule.defaultBodyMax
+            switch h.collectResponseBody(max: cap) {
+            case .done:
+                h.responseEdits.body = replacement
+                lua_pushboolean(L, 1)
+                return 1
+            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
+            case .malformed: return Lua.raise(L, "response.set_body: the upstream's chunked body is malformed")
+            case .pending:
+                h.waitForResponseBody(BodyWait(max: cap, replacement: replacement))
+                return Lua.yield(L)
+            }
+        }
         Lua.setFunction(L, "set_header") { L in editResponseHeader(L!, "response.set_header", add: false) }
         Lua.setFunction(L, "add_header") { L in editResponseHeader(L!, "response.add_header", add: true) }
         Lua.setFunction(L, "remove_header") { L in
@@ -54,6 +92,12 @@ struct ResponseModule: LuaModule {
             return editResponseHeader(L, "response.remove_header", add: false)
         }
     }
+}
+
+private func responseBodyCap(_ L: OpaquePointer, _ index: Int32) -> Int? {
+    if Lua.isNoneOrNil(L, index) { return RequestModule.defaultBodyMax }
+    guard let cap = Lua.integer(L, index), cap >= 0 else { return nil }
+    return cap
 }
 
 /// The request, once an answer exists (response and log phases).

@@ -1,0 +1,101 @@
+import CLuaRuntime
+import NIOCore
+import Scripting
+
+/// `response.body` and `response.set_body`: the response phase waits for the whole upstream
+/// body (bounded), then the client gets the body as the script leaves it, with a
+/// Content-Length. Nothing is consumed until the whole body is in, so a body found too
+/// large still streams to the client as it came.
+extension DownstreamConnectionHandler {
+    func collectResponseBody(max: Int) -> BodyCollect {
+        if let body = responseEdits.body { return body.readableBytes <= max ? .done(body) : .tooLarge }
+        let raw = responseRest ?? ByteBuffer()
+        switch responseBody {
+        case .none:
+            return .done(allocator.buffer(capacity: 0))
+        case .length(let remaining):
+            if remaining > max { return .tooLarge }
+            guard raw.readableBytes >= remaining else { return .pending }
+            var rest = raw
+            let body = rest.readSlice(length: remaining)!
+            responseRest = rest
+            responseBody = .length(remaining: 0)
+            return .done(body)
+        case .untilClose:
+            if raw.readableBytes > max { return .tooLarge }
+            guard upstreamEnded else { return .pending }
+            responseRest = ByteBuffer()
+            return .done(raw)
+        case .chunked(var decoder):
+            var rest = raw
+            var body = allocator.buffer(capacity: 0)
+            do {
+                while let event = try decoder.next(&rest) {
+                    switch event {
+                    case .data(var slice):
+                        if body.readableBytes + slice.readableBytes > max { return .tooLarge }
+                        body.writeBuffer(&slice)
+                    case .end:
+                        responseRest = rest
+                        responseBody = .chunked(decoder)
+                        return .done(body)
+                    }
+                }
+            } catch {
+                return .malformed
+            }
+            // Framing is at most a few bytes per chunk, unless the upstream is hostile.
+            return raw.readableBytes > BodyWait(max: max).bufferLimit ? .tooLarge : .pending
+        }
+    }
+
+    /// Suspends the response phase until the upstream body is in.
+    func waitForResponseBody(_ wait: BodyWait) {
+        responseWait = wait
+        responsePhase = .collecting
+    }
+
+    /// More upstream bytes (or its close) while a response phase waits for the body.
+    func continueResponseWait() {
+        guard let wait = responseWait, let lua, let route, let head = responseHeadKept else { return }
+        let collected = collectResponseBody(max: wait.max)
+        if case .pending = collected { return }
+        responseWait = nil
+        if case .malformed = collected {
+            lua.abandon()
+            upstreamReusable = false
+            upstreamFailed(502, "invalid upstream response")
+            return
+        }
+        let result = lua.resume { L in
+            switch collected {
+            case .done(let body):
+                if let replacement = wait.replacement {
+                    responseEdits.body = replacement
+                    lua_pushboolean(L, 1)
+                    return 1
+                }
+                responseEdits.body = body
+                return RequestModule.pushBody(L, body, function: "response.body")
+            default:
+                return RequestModule.pushTooLarge(L, wait.max)
+            }
+        }
+        switch result {
+        case .done:
+            break
+        case .waiting:
+            lua.abandon()
+        case .failed(let failure):
+            upstreamReusable = false
+            scriptFailed(failure, route: route)
+            return
+        }
+        var rest = responseRest ?? ByteBuffer()
+        responseRest = nil
+        responsePhase = .head
+        guard sendResponseHead(head, framing: responseBody, &rest) else { return }
+        // What stayed in `rest` (a body found too large) streams on as usual.
+        upstreamRead(rest)
+    }
+}

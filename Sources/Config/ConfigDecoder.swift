@@ -101,7 +101,7 @@ struct ConfigDecoder {
         var seenNames: Set<String> = []
         for (i, item) in items.enumerated() {
             let path = r.join("listeners", i)
-            guard let map = r.mapping(item, path, allowed: ["name", "address"]) else { continue }
+            guard let map = r.mapping(item, path, allowed: ["name", "address", "router"]) else { continue }
             guard let addressNode = map["address"]?.value else {
                 r.fail(item, r.join(path, "address"), "required")
                 continue
@@ -114,7 +114,8 @@ struct ConfigDecoder {
             if !seenNames.insert(name).inserted {
                 r.fail(item, r.join(path, "name"), "duplicate listener name \"\(name)\"")
             }
-            out.append(Listener(name: name, address: address))
+            let router = map["router"].flatMap { policyModule($0.value, r.join(path, "router")) }
+            out.append(Listener(name: name, address: address, router: router))
         }
         return out
     }

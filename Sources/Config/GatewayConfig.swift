@@ -75,10 +75,14 @@ public struct Listener: Sendable, Hashable {
     /// Unique name, for logs; defaults to the address.
     public var name: String
     public var address: SocketAddressSpec
+    /// A router module (`router.lua`) whose `route(ctx)` picks the route for each request
+    /// on this listener by name; when it returns nil, the routes' `match` decide.
+    public var router: String?
 
-    public init(name: String, address: SocketAddressSpec) {
+    public init(name: String, address: SocketAddressSpec, router: String? = nil) {
         self.name = name
         self.address = address
+        self.router = router
     }
 }
 

@@ -83,21 +83,11 @@ extension DownstreamConnectionHandler {
             respondError(status, message, close: true)
             return
         }
-        guard let route else {
-            respondError(404, "no route", close: request.framing != .none)
-            return
-        }
-        self.route = route
-
         switch request.framing {
         case .none, .untilClose:
             requestBody = .none
             requestBodyDone = true
         case .contentLength(let length):
-            if route.maxBodyBytes > 0, length > route.maxBodyBytes {
-                respondError(413, "request body too large", close: true)
-                return
-            }
             requestBody = .length(remaining: length)
             requestBodyDone = false
         case .chunked:
@@ -106,15 +96,36 @@ extension DownstreamConnectionHandler {
         }
         requestBodyBytes = 0
 
+        var chosen = route
+        if !generation.shared.routers.isEmpty, let router = generation.shared.routers[listener.name] {
+            switch runRouter(head, router: router) {
+            case .route(let picked): chosen = picked
+            case .fallback: break
+            case .answered: return
+            }
+        }
+        guard let route = chosen else {
+            respondError(404, "no route", close: request.framing != .none)
+            return
+        }
+        self.route = route
+        if case .contentLength(let length) = request.framing, route.maxBodyBytes > 0, length > route.maxBodyBytes {
+            respondError(413, "request body too large", close: true)
+            return
+        }
+
         if route.policy >= 0 {
-            requestHead = head
-            edits.reset()
-            responseEdits.reset()
+            if lua == nil {  // else a router ran: its state, head and changes carry on
+                requestHead = head
+                edits.reset()
+                responseEdits.reset()
+            }
             state = .policy
             armTimer()
             startPolicy(route)
             return
         }
+        if lua != nil { releaseScript() }
         forward(head, route: route)
     }
 

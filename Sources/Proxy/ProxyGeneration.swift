@@ -20,6 +20,9 @@ public final class ProxyGeneration: Sendable {
     public let scripts: ScriptProgram?
     /// Heap bytes of one Lua state with every policy loaded (0 without policies).
     public let scriptStateBytes: Int
+    /// Router script index by listener name, for listeners that have one.
+    let routers: [String: Int]
+    let routesByName: [String: CompiledRoute]
 
     /// Compiles `config`. Resolves target host names and reads and validates the scripts
     /// (blocking: call it off the event loops). `modules` are the Lua modules beyond
@@ -41,6 +44,12 @@ public final class ProxyGeneration: Sendable {
         self.routes = config.routes.map { route in
             CompiledRoute(route, defaultMaxBody: config.limits.maxBodyBytes, policy: route.policy.flatMap { program?.policyIndex($0) } ?? -1)
         }
+        self.routesByName = Dictionary(routes.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var routers: [String: Int] = [:]
+        for listener in config.listeners {
+            if let module = listener.router, let index = program?.routerIndex(module) { routers[listener.name] = index }
+        }
+        self.routers = routers
         self.upstreams = try config.upstreams.map { try CompiledUpstream($0) }
     }
 
@@ -52,9 +61,11 @@ public final class ProxyGeneration: Sendable {
     ) throws(ScriptErrors) -> ScriptProgram? {
         var policies: [String] = []
         for route in config.routes { if let p = route.policy, !policies.contains(p) { policies.append(p) } }
-        if policies.isEmpty { return nil }
+        var routers: [String] = []
+        for listener in config.listeners { if let r = listener.router, !routers.contains(r) { routers.append(r) } }
+        if policies.isEmpty, routers.isEmpty { return nil }
         return ScriptProgram(
-            scripts: try ScriptSet.load(directory: config.scripts.directory), policies: policies,
+            scripts: try ScriptSet.load(directory: config.scripts.directory), policies: policies, routers: routers,
             modules: [RequestModule(), ResponseModule()] + modules, settings: config.scripts, clock: clock, logger: logger)
     }
 

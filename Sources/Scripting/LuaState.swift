@@ -10,14 +10,20 @@ public enum Phase: Int, Sendable, CaseIterable {
     case response
     /// After the response is sent.
     case log
+    /// A listener's router: picks the route (returns its name, or nil for the config's match).
+    case route
 
     public var name: String {
         switch self {
         case .access: return "access"
         case .response: return "response"
         case .log: return "log"
+        case .route: return "route"
         }
     }
+
+    /// The phases a policy may define.
+    public static let policyPhases: [Phase] = [.access, .response, .log]
 }
 
 /// Why a script's run ended early.
@@ -61,6 +67,9 @@ public final class LuaState {
     public private(set) var footprint = 0
     /// Time budget left when a phase suspended, so waits do not count against it.
     private var timeLeftNs: UInt64 = 0
+    /// What the last `route` phase returned, if a string (a route name).
+    public private(set) var routeResult: String?
+    private var capturing = false
     /// The request being served, for modules that need more than `Lua.current` (logging).
     public private(set) var host: ScriptHost?
 
@@ -121,7 +130,10 @@ public final class LuaState {
         ctxRef = luaL_ref(L, registry)
 
         for policy in program.policies {
-            phases.append(try loadPolicy(policy))
+            phases.append(try loadModule(policy, phases: Phase.policyPhases))
+        }
+        for router in program.routers {
+            phases.append(try loadModule(router, phases: [.route]))
         }
         lua_settop(L, 0)
         mg_gc(L, LUA_GCCOLLECT, 0)
@@ -139,7 +151,7 @@ public final class LuaState {
         return b
     }()
 
-    private func loadPolicy(_ module: String) throws(ScriptError) -> [Int32] {
+    private func loadModule(_ module: String, phases allowed: [Phase]) throws(ScriptError) -> [Int32] {
         let registry = mg_registry_index()
         let file = program.scripts.files[module]?.path
         begin(Self.loadBudget)
@@ -151,18 +163,20 @@ public final class LuaState {
             lua_settop(L, 0)
             throw ScriptError(luaMessage: message)
         }
+        let expected = allowed == [.route] ? "a route function" : "access, response or log"
         guard lua_type(L, -1) == LUA_TTABLE else {
             lua_settop(L, 0)
-            throw ScriptError(file: file, line: nil, message: "a policy must return a table of phase functions (access, response, log)")
+            let what = allowed == [.route] ? "a router must return a table with a route function" : "a policy must return a table of phase functions (access, response, log)"
+            throw ScriptError(file: file, line: nil, message: what)
         }
         var refs = [Int32](repeating: LUA_NOREF, count: Phase.allCases.count)
         lua_pushnil(L)
         while lua_next(L, -2) != 0 {
             let key = Lua.string(L, -2)
-            guard let key, let phase = Phase.allCases.first(where: { $0.name == key }) else {
+            guard let key, let phase = allowed.first(where: { $0.name == key }) else {
                 let shown = key.map { "\"\($0)\"" } ?? "a \(Lua.typeName(L, -2)) key"
                 lua_settop(L, 0)
-                throw ScriptError(file: file, line: nil, message: "unknown phase \(shown) in the returned table (expected access, response or log)")
+                throw ScriptError(file: file, line: nil, message: "unknown phase \(shown) in the returned table (expected \(expected))")
             }
             guard lua_type(L, -1) == LUA_TFUNCTION else {
                 let type = Lua.typeName(L, -1)
@@ -173,7 +187,8 @@ public final class LuaState {
         }
         guard refs.contains(where: { $0 != LUA_NOREF }) else {
             lua_settop(L, 0)
-            throw ScriptError(file: file, line: nil, message: "the policy defines no phase (expected access, response or log)")
+            let what = allowed == [.route] ? "the router defines no route function" : "the policy defines no phase (expected access, response or log)"
+            throw ScriptError(file: file, line: nil, message: what)
         }
         lua_settop(L, 0)
         return refs
@@ -204,6 +219,8 @@ public final class LuaState {
         let ref = phases[policy][phase.rawValue]
         guard ref != LUA_NOREF else { return .done }
         if suspended { abandon() }
+        capturing = phase == .route
+        routeResult = nil
         begin(b)
         budget.pointee.current = current
         let registry = mg_registry_index()
@@ -230,6 +247,7 @@ public final class LuaState {
         suspended = false
         let status = mg_resume(thread, L, arguments, &results)
         if status == LUA_OK {
+            if capturing, results >= 1 { routeResult = Lua.string(thread, -results) }
             lua_settop(thread, 0)
             mg_budget_end(budget)
             return .done

@@ -28,7 +28,7 @@ public enum RuntimeMicrobenchmark {
         let budget = ScriptBudget()
         var results: [(String, Double)] = []
         for (index, (name, _)) in policies.enumerated() {
-            let phases = Phase.allCases
+            let phases = Phase.policyPhases
             func once() throws {
                 guard let state = try pool.checkout() else { fatalError("pool exhausted") }
                 state.beginRequest(host: host)

@@ -9,17 +9,20 @@ public final class ScriptProgram: Sendable {
     public let scripts: ScriptSet
     /// Module names of the policies routes run; a route refers to one by index.
     public let policies: [String]
+    /// Module names of listeners' routers; router `i` has index `policies.count + i`.
+    public let routers: [String]
     public let modules: [any LuaModule]
     public let settings: ScriptsConfig
     public let clock: any ScriptClock
     public let logger: Logger
 
     public init(
-        scripts: ScriptSet, policies: [String], modules: [any LuaModule], settings: ScriptsConfig,
+        scripts: ScriptSet, policies: [String], routers: [String] = [], modules: [any LuaModule], settings: ScriptsConfig,
         clock: any ScriptClock = SystemClock(), logger: Logger = Logger(label: "moongate.scripts")
     ) {
         self.scripts = scripts
         self.policies = policies
+        self.routers = routers
         self.modules = modules
         self.settings = settings
         self.clock = clock
@@ -28,6 +31,9 @@ public final class ScriptProgram: Sendable {
 
     /// Index of a policy module in `policies`.
     public func policyIndex(_ module: String) -> Int? { policies.firstIndex(of: module) }
+
+    /// Index of a router module (after the policies).
+    public func routerIndex(_ module: String) -> Int? { routers.firstIndex(of: module).map { policies.count + $0 } }
 
     /// Compiles every script and loads every policy in a fresh state: what a reload or
     /// `moongate check` reports. Returns that state's footprint in bytes.
@@ -43,7 +49,7 @@ public final class ScriptProgram: Sendable {
             if status != LUA_OK { errors.append(ScriptError(luaMessage: Lua.string(L, -1) ?? "does not compile")) }
             lua_settop(L, 0)
         }
-        for policy in policies where scripts.files[policy] == nil {
+        for policy in policies + routers where scripts.files[policy] == nil {
             let path = policy.split(separator: ".").joined(separator: "/")
             errors.append(ScriptError(file: nil, line: nil, message: "policy \(policy): no \(path).lua in \(scripts.directory)"))
         }

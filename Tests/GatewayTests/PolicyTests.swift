@@ -64,6 +64,7 @@ import Testing
               request.set_header("X-Never", "reached")
             end
             request.set_header("X-Method", request.method())
+            request.set_header("X-Host", request.host())
             request.set_header("X-Path", path)
             request.set_header("X-Query", request.query() or "none")
             request.set_header("X-Arg", request.query_arg("q") or "none")
@@ -291,6 +292,7 @@ import Testing
             #expect(r.status == 200)
             #expect(r.json["uri"] as? String == "/echo?q=1&multi=a&multi=b%20c")
             #expect(r.echoed("X-Method") == ["GET"])
+            #expect(r.echoed("X-Host") == ["localhost"])
             #expect(r.echoed("X-Path") == ["/api/echo"])
             #expect(r.echoed("X-Query") == ["q=1&multi=a&multi=b%20c"])
             #expect(r.echoed("X-Arg") == ["1"])

@@ -49,7 +49,7 @@ func program(_ files: [String: String], policies: [String] = ["policy"], budget:
 
 /// Runs one request's phases on `state`: access, then response and log if defined.
 @discardableResult
-func runRequest(_ state: LuaState, _ recorder: Recorder, budget: ScriptBudget = ScriptBudget(), phases: [Phase] = Phase.allCases) -> RunResult {
+func runRequest(_ state: LuaState, _ recorder: Recorder, budget: ScriptBudget = ScriptBudget(), phases: [Phase] = Phase.policyPhases) -> RunResult {
     state.beginRequest(host: recorder)
     let current = Unmanaged.passUnretained(recorder).toOpaque()
     for phase in phases {

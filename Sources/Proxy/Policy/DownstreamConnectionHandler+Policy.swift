@@ -11,6 +11,10 @@ import Scripting
 /// it keeps the state, and the `ctx` table in it, until the log phase has run.
 extension DownstreamConnectionHandler: ScriptHost {
     func startPolicy(_ route: CompiledRoute) {
+        if let state = lua {  // the listener's router lent it
+            runAccess(state, route: route)
+            return
+        }
         guard let pool = generation?.luaPool() else {
             respondError(500, "policy unavailable", close: !dropBufferedBody())
             return
@@ -50,8 +54,8 @@ extension DownstreamConnectionHandler: ScriptHost {
     }
 
     private func runAccess(_ state: LuaState, route: CompiledRoute) {
+        if lua == nil { state.beginRequest(host: self) }
         lua = state
-        state.beginRequest(host: self)
         scriptPhase = .access
         let result = state.run(.access, policy: route.policy, budget: route.budget, current: Unmanaged.passUnretained(self).toOpaque())
         accessEnded(result, route: route)
@@ -79,6 +83,67 @@ extension DownstreamConnectionHandler: ScriptHost {
         }
         guard state == .policy, let head = requestHead else { return }
         forward(head, route: route)
+    }
+
+    // MARK: the listener's router
+
+    enum RouterOutcome {
+        case route(CompiledRoute)
+        /// The router returned nil: the routes' `match` decide.
+        case fallback
+        /// The request has its answer (the router answered, failed, or no state was free).
+        case answered
+    }
+
+    /// Runs the listener's router on the request. Its state stays with the request when the
+    /// route it picks has a policy.
+    func runRouter(_ head: ByteBuffer, router: Int) -> RouterOutcome {
+        guard let generation, let pool = generation.luaPool() else {
+            respondError(500, "policy unavailable", close: !dropBufferedBody())
+            return .answered
+        }
+        requestHead = head
+        edits.reset()
+        responseEdits.reset()
+        route = nil
+        let checkedOut: LuaState?
+        do {
+            checkedOut = try pool.checkout()
+        } catch {
+            worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)"])
+            respondError(500, "policy unavailable", close: !dropBufferedBody())
+            return .answered
+        }
+        guard let state = checkedOut else {
+            respondError(503, "no Lua state free", close: !dropBufferedBody())
+            return .answered
+        }
+        luaPool = pool
+        lua = state
+        state.beginRequest(host: self)
+        scriptPhase = .access
+        let budget = generation.shared.config.scripts.budget
+        switch state.run(.route, policy: router, budget: budget, current: Unmanaged.passUnretained(self).toOpaque()) {
+        case .done:
+            guard let name = state.routeResult else { return .fallback }
+            if let picked = generation.shared.routesByName[name] { return .route(picked) }
+            worker.logger.error("the router returned an unknown route", metadata: ["route": "\(name)", "request_id": "\(String(buffer: requestID))"])
+            releaseScript()
+            respondError(500, "script error", close: !dropBufferedBody())
+            return .answered
+        case .waiting:
+            state.abandon()
+            if let early = edits.early {
+                writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: !dropBufferedBody())
+            } else {
+                releaseScript()
+                respondError(500, "script error", close: !dropBufferedBody())
+            }
+            return .answered
+        case .failed(let failure):
+            scriptFailed(failure, route: nil)
+            return .answered
+        }
     }
 
     // MARK: the request body
@@ -262,16 +327,16 @@ extension DownstreamConnectionHandler: ScriptHost {
         luaPool = nil
     }
 
-    func scriptFailed(_ failure: ScriptFailure, route: CompiledRoute) {
+    func scriptFailed(_ failure: ScriptFailure, route: CompiledRoute?) {
         logFailure(failure, route: route)
         releaseScript()
         // The client learns only that the policy failed; the details are in the log.
         respondError(500, failure.budget != nil ? "script budget exceeded" : "script error", close: !dropBufferedBody())
     }
 
-    private func logFailure(_ failure: ScriptFailure, route: CompiledRoute) {
+    private func logFailure(_ failure: ScriptFailure, route: CompiledRoute?) {
         var metadata: Logger.Metadata = [
-            "request_id": "\(String(buffer: requestID))", "route": "\(route.name)", "phase": "\(scriptPhase.name)",
+            "request_id": "\(String(buffer: requestID))", "route": "\(route?.name ?? "(router)")", "phase": "\(scriptPhase.name)",
             "error": "\(failure.message)",
         ]
         if let location = failure.location { metadata["script"] = "\(location)" }

@@ -154,6 +154,14 @@ struct RequestModule: LuaModule {
             h.withRequestBytes { p in HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushFirst(L, lower) }
             return 1
         }
+        Lua.setFunction(L, "host") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.host") }
+            h.withRequestBytes { p in
+                HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushFirst(L, DownstreamConnectionHandler.hostName)
+            }
+            return 1
+        }
         Lua.setFunction(L, "header_values") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.header_values") }
@@ -179,6 +187,7 @@ struct RequestModule: LuaModule {
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.body") }
             guard let cap = RequestModule.bodyCap(L, 1, h) else { return Lua.raise(L, "request.body: the cap must be a non-negative integer") }
+            if h.route == nil { return Lua.raise(L, "request.body: not in a router (read it in the route's access phase)") }
             if h.scriptPhase != .access {
                 // After access the body went upstream as a stream, unless a script read it.
                 guard let body = h.edits.body else { return Lua.raise(L, "request.body: read it in the access phase") }
@@ -196,6 +205,7 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "set_body") { L in
             let L = L!
             guard let h = changing(L) else { return notChanging(L, "request.set_body") }
+            if h.route == nil { return Lua.raise(L, "request.set_body: not in a router (set it in the route's access phase)") }
             guard let bytes = Lua.bytes(L, 1) else { return Lua.raise(L, "request.set_body: the body must be a string") }
             var replacement = h.allocator.buffer(capacity: bytes.count)
             replacement.writeBytes(bytes)

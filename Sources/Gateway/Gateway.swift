@@ -178,6 +178,17 @@ public actor Gateway {
         logger.info("gateway stopped")
     }
 
+    /// Lua states across workers and the heap bytes of the idle ones, for tests and figures.
+    public func luaStats() async -> (states: Int, idleBytes: Int) {
+        var states = 0, bytes = 0
+        for worker in workers {
+            let (s, b) = (try? await worker.eventLoop.submit { worker.value.luaStats }.get()) ?? (0, 0)
+            states += s
+            bytes += b
+        }
+        return (states, bytes)
+    }
+
     /// Client and upstream connections open across workers, for tests.
     public func connectionCounts() async -> (clients: Int, upstreams: Int) {
         var clients = 0, upstreams = 0

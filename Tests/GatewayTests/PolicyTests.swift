@@ -130,6 +130,7 @@ import Testing
             elseif attack == "read-global" then request.set_header("X-Leaked", tostring(leaked))
             elseif attack == "inject" then request.set_header("X-Evil", "a\r\nX-Injected: 1")
             elseif attack == "framing" then request.set_header("Content-Length", "0")
+            elseif attack == "big" then local t = {} for i = 1, 20000 do t[i] = {i} end ctx.t = t
             elseif attack == "escape" then request.set_header("X-Io", tostring(io) .. tostring(os.execute) .. tostring(require))
             end
           end,
@@ -360,6 +361,9 @@ import Testing
     @Test func hostileScriptsFailOnlyTheirRequest() async throws {
         try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
             let c = try gw.client()
+            #expect(try c.request("GET", "/hostile").status == 200)
+            let footprint = await gw.gateway.generation?.scriptStateBytes ?? 0
+            #expect(footprint > 0)
             for attack in ["loop", "memory", "pattern", "error", "inject", "framing"] {
                 let r = try c.request("GET", "/hostile", headers: [("X-Attack", attack)])
                 #expect(r.status == 500, "\(attack)")
@@ -369,7 +373,14 @@ import Testing
                 #expect(!r.text.contains("lua"), "no script internals reach the client")
                 let next = try c.request("GET", "/hostile")
                 #expect(next.status == 200, "after \(attack)")
+                // The state that failed is gone; what serves now is at its usual size.
+                let (states, idle) = await gw.gateway.luaStats()
+                #expect(states >= 1 && idle <= states * (footprint + 64 * 1024), "after \(attack): \(states) states, \(idle) bytes")
             }
+            // A request that used a lot of memory within its budget: collected when it ends.
+            #expect(try c.request("GET", "/hostile", headers: [("X-Attack", "big")]).status == 200)
+            let (states, idle) = await gw.gateway.luaStats()
+            #expect(idle <= states * (footprint + 64 * 1024), "after a big request: \(states) states, \(idle) bytes")
             #expect(try c.request("GET", "/hostile", headers: [("X-Attack", "global")]).status == 200)
             let read = try c.request("GET", "/hostile", headers: [("X-Attack", "read-global")])
             #expect(read.echoed("X-Leaked") == ["nil"], "a global one request set is not seen by the next")

@@ -110,6 +110,8 @@ import Testing
             response.set_header("X-From-Ctx", ctx.started)
             response.remove_header("X-Upstream-Only")
             if response.header("Content-Type") then response.set_header("X-Had-Type", "yes") end
+            response.set_header("X-Type-Count", #response.header_values("content-type"))
+            response.set_header("X-Table-Type", response.headers()["content-type"])
             if ctx.started == "/phases/teapot" then response.set_status(418 + 100) end
           end,
           log = function(ctx)
@@ -347,6 +349,8 @@ import Testing
             #expect(r.header("X-Gateway") == "moongate")
             #expect(r.header("X-From-Ctx") == "/phases/one")
             #expect(r.header("X-Had-Type") == "yes")
+            #expect(r.header("X-Type-Count") == "1")
+            #expect(r.header("X-Table-Type") == r.header("Content-Type"))
             let teapot = try c.request("GET", "/phases/teapot")
             #expect(teapot.status == 518)
             _ = try c.request("GET", "/phases/status/404")

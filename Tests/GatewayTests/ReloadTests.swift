@@ -8,25 +8,7 @@ import Testing
     /// request fails, the valid one takes effect, the invalid one changes nothing.
     @Test func reloadsUnderLoadWithoutFailedRequests() async throws {
         try await withGateway { gw in
-            let stop = LockedFlag()
-            let failures = LockedCounter(), served = LockedCounter()
-            let port = gw.port
-            let threads = (0..<8).map { _ in
-                Thread {
-                    var client = try? RawClient(port: port)
-                    while !stop.isSet {
-                        do {
-                            guard let c = client else { throw RawClient.Failure(description: "no client") }
-                            let r = try c.request("GET", "/fixed-host")
-                            if r.status == 200 { served.add() } else { failures.add() }
-                        } catch {
-                            failures.add()
-                            client = try? RawClient(port: port)
-                        }
-                    }
-                }
-            }
-            threads.forEach { $0.start() }
+            let load = Load(port: gw.port, clients: 8, target: "/fixed-host")
             try await Task.sleep(for: .milliseconds(300))
             let good = try await gw.rewrite(Self.v2)
             #expect(good.succeeded)
@@ -36,10 +18,9 @@ import Testing
             #expect(bad.errors.first?.contains("routes[9].upstream: unknown upstream \"billing\"") == true, "\(bad.errors)")
             #expect(bad.generation == good.generation, "the last good generation keeps serving")
             try await Task.sleep(for: .milliseconds(300))
-            stop.set()
-            try await Task.sleep(for: .milliseconds(200))
-            #expect(failures.value == 0)
-            #expect(served.value > 100)
+            try await load.stop()
+            #expect(load.failures.value == 0)
+            #expect(load.served.value > 100)
             #expect(try gw.client().request("GET", "/fixed-host").echoed("Host") == ["v2.example"])
         }
     }

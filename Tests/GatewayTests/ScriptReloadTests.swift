@@ -64,35 +64,16 @@ import Testing
     /// versions: every request is answered 200, by one version or the other.
     @Test func reloadsUnderLoadWithoutFailedRequests() async throws {
         try await withGateway(Self.config, scripts: ["tag.lua": Self.tag("0"), "lib/helper.lua": Self.helper]) { gw in
-            let stop = LockedFlag()
-            let failures = LockedCounter(), served = LockedCounter()
-            let port = gw.port
-            let threads = (0..<6).map { _ in
-                Thread {
-                    var client = try? RawClient(port: port)
-                    while !stop.isSet {
-                        do {
-                            guard let c = client else { throw RawClient.Failure(description: "no client") }
-                            let r = try c.request("GET", "/echo")
-                            if r.status == 200, r.echoed("X-Version").first?.hasPrefix("v") == true { served.add() } else { failures.add() }
-                        } catch {
-                            failures.add()
-                            client = try? RawClient(port: port)
-                        }
-                    }
-                }
-            }
-            threads.forEach { $0.start() }
+            let load = Load(port: gw.port, clients: 6, target: "/echo") { $0.status == 200 && $0.echoed("X-Version").first?.hasPrefix("v") == true }
             for round in 1...6 {
                 try await Task.sleep(for: .milliseconds(100))
                 try gw.writeScript("tag.lua", round % 2 == 0 ? "return {" : Self.tag("\(round)"))
                 _ = await gw.gateway.reload()
             }
             try await Task.sleep(for: .milliseconds(200))
-            stop.set()
-            while threads.contains(where: { $0.isExecuting }) { try await Task.sleep(for: .milliseconds(20)) }
-            #expect(failures.value == 0)
-            #expect(served.value > 100)
+            try await load.stop()
+            #expect(load.failures.value == 0)
+            #expect(load.served.value > 100)
             #expect(try version(gw) == "v5")
         }
     }

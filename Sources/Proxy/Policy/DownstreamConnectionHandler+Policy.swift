@@ -162,26 +162,14 @@ extension DownstreamConnectionHandler: ScriptHost {
             inbound = buffer.readableBytes > 0 ? buffer : nil
             bodyCollected(body)
             return .done(body)
-        case .chunked(let decoder):
+        case .chunked(var decoder):
             guard var buffer = inbound else { return .pending }
-            var decoder = decoder
-            var body = allocator.buffer(capacity: 0)
-            do {
-                while let event = try decoder.next(&buffer) {
-                    switch event {
-                    case .data(var slice):
-                        if body.readableBytes + slice.readableBytes > max { return .tooLarge }
-                        body.writeBuffer(&slice)
-                    case .end:
-                        inbound = buffer.readableBytes > 0 ? buffer : nil
-                        bodyCollected(body)
-                        return .done(body)
-                    }
-                }
-            } catch {
-                return .malformed
+            let collected = decoder.collect(&buffer, max: max)
+            if case .done(let body) = collected {
+                inbound = buffer.readableBytes > 0 ? buffer : nil
+                bodyCollected(body)
             }
-            return .pending
+            return collected
         }
     }
 
@@ -197,18 +185,9 @@ extension DownstreamConnectionHandler: ScriptHost {
             buffer.moveReaderIndex(forwardBy: remaining)
             inbound = buffer.readableBytes > 0 ? buffer : nil
         case .chunked(var decoder):
-            guard var buffer = inbound else { return false }
-            do {
-                while let event = try decoder.next(&buffer) {
-                    if case .end = event {
-                        inbound = buffer.readableBytes > 0 ? buffer : nil
-                        requestBody = .none
-                        requestBodyDone = true
-                        return true
-                    }
-                }
-            } catch {}
-            return false
+            // Bounded by the route's body limit, which the bytes here already respect.
+            guard var buffer = inbound, case .done = decoder.collect(&buffer, max: .max) else { return false }
+            inbound = buffer.readableBytes > 0 ? buffer : nil
         }
         requestBody = .none
         requestBodyDone = true
@@ -253,19 +232,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             respondError(400, "malformed chunked body", close: true)
             return
         }
-        let result = lua.resume { L in
-            switch collected {
-            case .done(let body):
-                if let replacement = wait.replacement {
-                    edits.body = replacement
-                    lua_pushboolean(L, 1)
-                    return 1
-                }
-                return RequestModule.pushBody(L, body, function: "request.body")
-            default:
-                return RequestModule.pushTooLarge(L, wait.max)
-            }
-        }
+        let result = lua.resume { L in BodySide.request.resumed(L, self, collected, wait) }
         accessEnded(result, route: route)
     }
 

@@ -28,24 +28,18 @@ extension DownstreamConnectionHandler {
             return .done(raw)
         case .chunked(var decoder):
             var rest = raw
-            var body = allocator.buffer(capacity: 0)
-            do {
-                while let event = try decoder.next(&rest) {
-                    switch event {
-                    case .data(var slice):
-                        if body.readableBytes + slice.readableBytes > max { return .tooLarge }
-                        body.writeBuffer(&slice)
-                    case .end:
-                        responseRest = rest
-                        responseBody = .chunked(decoder)
-                        return .done(body)
-                    }
-                }
-            } catch {
-                return .malformed
+            let collected = decoder.collect(&rest, max: max)
+            switch collected {
+            case .done:
+                responseRest = rest
+                responseBody = .chunked(decoder)
+            case .pending:
+                // Framing is at most a few bytes per chunk, unless the upstream is hostile.
+                if raw.readableBytes > BodyWait(max: max).bufferLimit { return .tooLarge }
+            case .tooLarge, .malformed:
+                break
             }
-            // Framing is at most a few bytes per chunk, unless the upstream is hostile.
-            return raw.readableBytes > BodyWait(max: max).bufferLimit ? .tooLarge : .pending
+            return collected
         }
     }
 
@@ -67,20 +61,7 @@ extension DownstreamConnectionHandler {
             upstreamFailed(502, "invalid upstream response")
             return
         }
-        let result = lua.resume { L in
-            switch collected {
-            case .done(let body):
-                if let replacement = wait.replacement {
-                    responseEdits.body = replacement
-                    lua_pushboolean(L, 1)
-                    return 1
-                }
-                responseEdits.body = body
-                return RequestModule.pushBody(L, body, function: "response.body")
-            default:
-                return RequestModule.pushTooLarge(L, wait.max)
-            }
-        }
+        let result = lua.resume { L in BodySide.response.resumed(L, self, collected, wait) }
         switch result {
         case .done:
             break

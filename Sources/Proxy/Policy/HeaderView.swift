@@ -76,3 +76,25 @@ struct HeaderView {
         }
     }
 }
+
+/// What `header(name)`, `header_values(name)` and `headers()` push, in either module.
+enum HeaderRead {
+    case first, all, table
+
+    /// Reads the name argument (but for `.table`) and pushes from the view `withView` lends.
+    func push(_ L: OpaquePointer, _ function: String, _ withView: ((HeaderView) -> Void) -> Void) -> Int32 {
+        var lower: [UInt8] = []
+        if self != .table {
+            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "\(function): the name must be a string") }
+            lower = HeaderCheck.lowered(name)
+        }
+        withView { view in
+            switch self {
+            case .first: view.pushFirst(L, lower)
+            case .all: view.pushAll(L, lower)
+            case .table: view.pushTable(L)
+            }
+        }
+        return 1
+    }
+}

@@ -62,10 +62,36 @@ struct BodyWait {
     var bufferLimit: Int { max * 2 + 64 * 1024 }
 }
 
-/// Where collecting a request body stands.
+/// Where collecting a whole body stands.
 enum BodyCollect {
     case done(ByteBuffer)
     case tooLarge
     case pending
     case malformed
+}
+
+extension ChunkedDecoder {
+    /// Decodes a whole chunked body (at most `max` data bytes) from `buffer`. Only when it
+    /// is `.done` do `buffer` and the decoder move past it; otherwise nothing is consumed.
+    mutating func collect(_ buffer: inout ByteBuffer, max: Int) -> BodyCollect {
+        var decoder = self
+        var rest = buffer
+        var body = ByteBuffer()
+        do {
+            while let event = try decoder.next(&rest) {
+                switch event {
+                case .data(var slice):
+                    if body.readableBytes + slice.readableBytes > max { return .tooLarge }
+                    body.writeBuffer(&slice)
+                case .end:
+                    self = decoder
+                    buffer = rest
+                    return .done(body)
+                }
+            }
+        } catch {
+            return .malformed
+        }
+        return .pending
+    }
 }

@@ -8,31 +8,9 @@ import Scripting
 struct RequestModule: LuaModule {
     let name = "request"
 
-    /// `request.body()`'s cap when the script gives none.
-    static let defaultBodyMax = 1 << 20
-
-    /// Pushes a body for the script, unless it would not fit its memory budget.
-    static func pushBody(_ L: OpaquePointer, _ body: ByteBuffer, function: String) -> Int32 {
-        guard body.readableBytes < Lua.memoryLeft(L) else {
-            return Lua.raise(L, "\(function): the body (\(body.readableBytes) bytes) does not fit the script's memory budget")
-        }
-        body.withUnsafeReadableBytes { Lua.push(L, bytes: $0) }
-        return 1
-    }
-
-    static func pushTooLarge(_ L: OpaquePointer, _ max: Int) -> Int32 {
-        lua_pushnil(L)
-        Lua.push(L, "body larger than \(max) bytes")
-        return 2
-    }
-
     /// The cap a script asked for at `index`, bounded by the route's body limit.
     static func bodyCap(_ L: OpaquePointer, _ index: Int32, _ h: DownstreamConnectionHandler) -> Int? {
-        var cap = defaultBodyMax
-        if !Lua.isNoneOrNil(L, index) {
-            guard let asked = Lua.integer(L, index), asked >= 0 else { return nil }
-            cap = asked
-        }
+        guard var cap = BodySide.cap(L, index) else { return nil }
         if let route = h.route, route.maxBodyBytes > 0 { cap = min(cap, route.maxBodyBytes) }
         return cap
     }
@@ -146,34 +124,13 @@ struct RequestModule: LuaModule {
             }
             return 0
         }
-        Lua.setFunction(L, "header") { L in
-            let L = L!
-            guard let h = serving(L) else { return notServing(L, "request.header") }
-            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "request.header: the name must be a string") }
-            let lower = HeaderCheck.lowered(name)
-            h.withRequestBytes { p in HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushFirst(L, lower) }
-            return 1
-        }
+        Lua.setFunction(L, "header") { L in requestHeaders(L!, "request.header", .first) }
+        Lua.setFunction(L, "header_values") { L in requestHeaders(L!, "request.header_values", .all) }
+        Lua.setFunction(L, "headers") { L in requestHeaders(L!, "request.headers", .table) }
         Lua.setFunction(L, "host") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.host") }
-            h.withRequestBytes { p in
-                HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushFirst(L, DownstreamConnectionHandler.hostName)
-            }
-            return 1
-        }
-        Lua.setFunction(L, "header_values") { L in
-            let L = L!
-            guard let h = serving(L) else { return notServing(L, "request.header_values") }
-            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "request.header_values: the name must be a string") }
-            let lower = HeaderCheck.lowered(name)
-            h.withRequestBytes { p in HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushAll(L, lower) }
-            return 1
-        }
-        Lua.setFunction(L, "headers") { L in
-            let L = L!
-            guard let h = serving(L) else { return notServing(L, "request.headers") }
-            h.withRequestBytes { p in HeaderView(p: p, fields: h.request.headers.fields, edits: h.edits.headers).pushTable(L) }
+            h.withRequestHeaders { $0.pushFirst(L, DownstreamConnectionHandler.hostName) }
             return 1
         }
         Lua.setFunction(L, "set_header") { L in editHeader(L!, "request.set_header", add: false) }
@@ -191,36 +148,19 @@ struct RequestModule: LuaModule {
             if h.scriptPhase != .access {
                 // After access the body went upstream as a stream, unless a script read it.
                 guard let body = h.edits.body else { return Lua.raise(L, "request.body: read it in the access phase") }
-                return RequestModule.pushBody(L, body, function: "request.body")
+                return BodySide.pushBody(L, body, function: "request.body")
             }
-            switch h.collectBody(max: cap) {
-            case .done(let body): return RequestModule.pushBody(L, body, function: "request.body")
-            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
-            case .malformed: return h.answerMalformedBody(L)
-            case .pending:
-                h.waitForBody(BodyWait(max: cap))
-                return Lua.yield(L)
-            }
+            return BodySide.request.read(L, h, cap: cap)
         }
         Lua.setFunction(L, "set_body") { L in
             let L = L!
             guard let h = changing(L) else { return notChanging(L, "request.set_body") }
             if h.route == nil { return Lua.raise(L, "request.set_body: not in a router (set it in the route's access phase)") }
             guard let bytes = Lua.bytes(L, 1) else { return Lua.raise(L, "request.set_body: the body must be a string") }
+            guard let cap = RequestModule.bodyCap(L, 2, h) else { return Lua.raise(L, "request.set_body: the cap must be a non-negative integer") }
             var replacement = h.allocator.buffer(capacity: bytes.count)
             replacement.writeBytes(bytes)
-            let cap = RequestModule.bodyCap(L, 2, h) ?? RequestModule.defaultBodyMax
-            switch h.collectBody(max: cap) {
-            case .done:
-                h.edits.body = replacement
-                lua_pushboolean(L, 1)
-                return 1
-            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
-            case .malformed: return h.answerMalformedBody(L)
-            case .pending:
-                h.waitForBody(BodyWait(max: cap, replacement: replacement))
-                return Lua.yield(L)
-            }
+            return BodySide.request.replace(L, h, with: replacement, cap: cap)
         }
         Lua.setFunction(L, "client_ip") { L in
             let L = L!
@@ -305,6 +245,11 @@ func notChanging(_ L: OpaquePointer, _ function: String) -> Int32 {
 @inline(__always)
 func slice(_ p: UnsafeRawBufferPointer, _ r: ByteRange) -> UnsafeRawBufferPointer {
     UnsafeRawBufferPointer(rebasing: p[r.lower..<r.upper])
+}
+
+private func requestHeaders(_ L: OpaquePointer, _ function: String, _ read: HeaderRead) -> Int32 {
+    guard let h = serving(L) else { return notServing(L, function) }
+    return read.push(L, function) { h.withRequestHeaders($0) }
 }
 
 /// `set_header(name, value)`, `add_header(name, value)`, `remove_header(name)` for requests.
@@ -398,6 +343,11 @@ extension DownstreamConnectionHandler {
     @inline(__always)
     func withRequestBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
         (requestHead ?? ByteBuffer()).withUnsafeReadableBytes(body)
+    }
+
+    /// The request's header fields with the script's edits.
+    func withRequestHeaders(_ body: (HeaderView) -> Void) {
+        withRequestBytes { p in body(HeaderView(p: p, fields: request.headers.fields, edits: edits.headers)) }
     }
 
     /// The query as the upstream will get it (without `?`), or nil when there is none.

@@ -24,65 +24,27 @@ struct ResponseModule: LuaModule {
             h.responseEdits.status = status
             return 0
         }
-        Lua.setFunction(L, "header") { L in
-            let L = L!
-            guard let h = answered(L) else { return notAnswered(L, "response.header") }
-            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "response.header: the name must be a string") }
-            let lower = HeaderCheck.lowered(name)
-            h.withResponseHeaders { $0.pushFirst(L, lower) }
-            return 1
-        }
-        Lua.setFunction(L, "header_values") { L in
-            let L = L!
-            guard let h = answered(L) else { return notAnswered(L, "response.header_values") }
-            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "response.header_values: the name must be a string") }
-            let lower = HeaderCheck.lowered(name)
-            h.withResponseHeaders { $0.pushAll(L, lower) }
-            return 1
-        }
-        Lua.setFunction(L, "headers") { L in
-            let L = L!
-            guard let h = answered(L) else { return notAnswered(L, "response.headers") }
-            h.withResponseHeaders { $0.pushTable(L) }
-            return 1
-        }
+        Lua.setFunction(L, "header") { L in responseHeaders(L!, "response.header", .first) }
+        Lua.setFunction(L, "header_values") { L in responseHeaders(L!, "response.header_values", .all) }
+        Lua.setFunction(L, "headers") { L in responseHeaders(L!, "response.headers", .table) }
         Lua.setFunction(L, "body") { L in
             let L = L!
             guard let h = answered(L) else { return notAnswered(L, "response.body") }
-            guard let cap = responseBodyCap(L, 1) else { return Lua.raise(L, "response.body: the cap must be a non-negative integer") }
+            guard let cap = BodySide.cap(L, 1) else { return Lua.raise(L, "response.body: the cap must be a non-negative integer") }
             if h.scriptPhase == .log {
                 guard let body = h.responseEdits.body else { return Lua.raise(L, "response.body: read it in the response phase") }
-                return RequestModule.pushBody(L, body, function: "response.body")
+                return BodySide.pushBody(L, body, function: "response.body")
             }
-            switch h.collectResponseBody(max: cap) {
-            case .done(let body):
-                h.responseEdits.body = body
-                return RequestModule.pushBody(L, body, function: "response.body")
-            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
-            case .malformed: return Lua.raise(L, "response.body: the upstream's chunked body is malformed")
-            case .pending:
-                h.waitForResponseBody(BodyWait(max: cap))
-                return Lua.yield(L)
-            }
+            return BodySide.response.read(L, h, cap: cap)
         }
         Lua.setFunction(L, "set_body") { L in
             let L = L!
             guard let h = answering(L) else { return notAnswering(L, "response.set_body") }
             guard let bytes = Lua.bytes(L, 1) else { return Lua.raise(L, "response.set_body: the body must be a string") }
+            guard let cap = BodySide.cap(L, 2) else { return Lua.raise(L, "response.set_body: the cap must be a non-negative integer") }
             var replacement = h.allocator.buffer(capacity: bytes.count)
             replacement.writeBytes(bytes)
-            let cap = responseBodyCap(L, 2) ?? RequestModule.defaultBodyMax
-            switch h.collectResponseBody(max: cap) {
-            case .done:
-                h.responseEdits.body = replacement
-                lua_pushboolean(L, 1)
-                return 1
-            case .tooLarge: return RequestModule.pushTooLarge(L, cap)
-            case .malformed: return Lua.raise(L, "response.set_body: the upstream's chunked body is malformed")
-            case .pending:
-                h.waitForResponseBody(BodyWait(max: cap, replacement: replacement))
-                return Lua.yield(L)
-            }
+            return BodySide.response.replace(L, h, with: replacement, cap: cap)
         }
         Lua.setFunction(L, "set_header") { L in editResponseHeader(L!, "response.set_header", add: false) }
         Lua.setFunction(L, "add_header") { L in editResponseHeader(L!, "response.add_header", add: true) }
@@ -94,10 +56,9 @@ struct ResponseModule: LuaModule {
     }
 }
 
-private func responseBodyCap(_ L: OpaquePointer, _ index: Int32) -> Int? {
-    if Lua.isNoneOrNil(L, index) { return RequestModule.defaultBodyMax }
-    guard let cap = Lua.integer(L, index), cap >= 0 else { return nil }
-    return cap
+private func responseHeaders(_ L: OpaquePointer, _ function: String, _ read: HeaderRead) -> Int32 {
+    guard let h = answered(L) else { return notAnswered(L, function) }
+    return read.push(L, function) { h.withResponseHeaders($0) }
 }
 
 /// The request, once an answer exists (response and log phases).

@@ -231,18 +231,21 @@ import Testing
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let path = folder.appendingPathComponent("gateway.yaml").path
-        try """
+        let head = """
         listeners:
           - address: 127.0.0.1:8080
         upstreams:
           app:
             targets: [ "127.0.0.1:9000" ]
         routes:
+
+        """
+        try (head + """
           - match: { path_prefix: / }
             upstream: billing
           - match: { path: nope }
             upstream: app
-        """.write(toFile: path, atomically: true, encoding: .utf8)
+        """).write(toFile: path, atomically: true, encoding: .utf8)
         let (status, output) = try run(["check", "--config", path])
         #expect(status == 1)
         #expect(output.contains(#"gateway.yaml:8 routes[0].upstream: unknown upstream "billing""#), "\(output)")
@@ -250,17 +253,11 @@ import Testing
         // A broken script is reported like a config error, with its file and line.
         try FileManager.default.createDirectory(atPath: folder.path + "/policies", withIntermediateDirectories: true)
         try "return {\n  access = function()\n    if then\n  end,\n}".write(toFile: folder.path + "/policies/auth.lua", atomically: true, encoding: .utf8)
-        try """
-        listeners:
-          - address: 127.0.0.1:8080
-        upstreams:
-          app:
-            targets: [ "127.0.0.1:9000" ]
-        routes:
+        try (head + """
           - match: { path_prefix: / }
             upstream: app
             policy: auth.lua
-        """.write(toFile: path, atomically: true, encoding: .utf8)
+        """).write(toFile: path, atomically: true, encoding: .utf8)
         let (scriptStatus, scriptOutput) = try run(["check", "--config", path])
         #expect(scriptStatus == 1)
         #expect(scriptOutput.contains("policies/auth.lua:3: unexpected symbol near 'then'"), "\(scriptOutput)")

@@ -44,9 +44,20 @@ enum BuiltinModules {
 
     /// Longest log line a script may write; the rest is cut.
     static let maxMessageBytes = 4096
+    /// Log lines a script may write per request (a loop must not flood the log).
+    static let maxLinesPerRequest = 100
 
     fileprivate static func log(_ L: OpaquePointer, _ level: Logger.Level) -> Int32 {
         let state = Lua.owner(L)
+        state.logLines += 1
+        if state.logLines > maxLinesPerRequest {
+            if state.logLines == maxLinesPerRequest + 1 {
+                let location = Lua.callerLocation(L)
+                let message = "more than \(maxLinesPerRequest) log lines in one request: the rest are dropped"
+                if let host = state.host { host.scriptLog(.warning, message, location: location) } else { state.program.logger.warning("\(message)") }
+            }
+            return 0
+        }
         var message = ""
         let count = lua_gettop(L)
         for i in 1...max(count, 1) where i <= count {

@@ -27,9 +27,12 @@ public enum Lua {
     /// Ends a Swift function with a Lua error: `return Lua.raise(L, "request.x: ...")`.
     /// The script's `file:line` is prefixed, as `error()` would.
     public static func raise(_ L: OpaquePointer, _ message: String) -> Int32 {
-        push(L, message)
+        // Messages may quote what the script passed: bounded, so the push cannot fail.
+        push(L, message.utf8.count <= maxMessageBytes ? message : String(decoding: message.utf8.prefix(maxMessageBytes), as: UTF8.self) + "…")
         return raiseCode
     }
+
+    static let maxMessageBytes = 1024
 
     /// Ends a Swift function by suspending the script until the runtime resumes it (an API
     /// call that waits). The values the runtime pushes on resume are the call's results.

@@ -67,6 +67,8 @@ public final class LuaState {
     public private(set) var footprint = 0
     /// Time budget left when a phase suspended, so waits do not count against it.
     private var timeLeftNs: UInt64 = 0
+    /// Lines the current request has logged (see `BuiltinModules.maxLinesPerRequest`).
+    var logLines = 0
     /// What the last `route` phase returned, if a string (a route name).
     public private(set) var routeResult: String?
     private var capturing = false
@@ -216,6 +218,7 @@ public final class LuaState {
     public func beginRequest(host: ScriptHost) {
         self.host = host
         usedAtBegin = budget.pointee.used
+        logLines = 0
         lua_createtable(L, 0, 0)
         lua_rawseti(L, mg_registry_index(), lua_Integer(ctxRef))
     }

@@ -132,6 +132,10 @@ import Testing
             elseif attack == "read-global" then request.set_header("X-Leaked", tostring(leaked))
             elseif attack == "inject" then request.set_header("X-Evil", "a\r\nX-Injected: 1")
             elseif attack == "framing" then request.set_header("Content-Length", "0")
+            elseif attack == "headers" then
+              local value = string.rep("a", 16000)
+              for i = 1, 1e6 do request.add_header("X-Bomb", value) end
+            elseif attack == "long-name" then request.set_upstream(string.rep("u", 600000))
             elseif attack == "big" then local t = {} for i = 1, 20000 do t[i] = {i} end ctx.t = t
             elseif attack == "escape" then request.set_header("X-Io", tostring(io) .. tostring(os.execute) .. tostring(require))
             end
@@ -368,7 +372,8 @@ import Testing
             #expect(try c.request("GET", "/hostile").status == 200)
             let footprint = await gw.gateway.generation?.scriptStateBytes ?? 0
             #expect(footprint > 0)
-            for attack in ["loop", "memory", "pattern", "error", "inject", "framing"] {
+            // "headers" would hold gigabytes outside the Lua heap if header changes were unbounded.
+            for attack in ["loop", "memory", "pattern", "error", "inject", "framing", "headers", "long-name"] {
                 let r = try c.request("GET", "/hostile", headers: [("X-Attack", attack)])
                 #expect(r.status == 500, "\(attack)")
                 let body = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: String] ?? [:]

@@ -111,6 +111,19 @@ import Testing
         #expect(r.logs.last?.0 == .info)
     }
 
+    @Test func aLoopCannotFloodTheLog() throws {
+        let state = try LuaState(program: program(["policy": "return { access = function() for i = 1, 10000 do log.info('line', i) end end }"]))
+        let r = Recorder()
+        #expect(runRequest(state, r).isDone)
+        #expect(r.logs.count == 101)
+        #expect(r.logs.last?.0 == .warning)
+        #expect(r.logs.last?.1.contains("the rest are dropped") == true)
+        let next = Recorder()
+        state.endRequest()
+        #expect(runRequest(state, next).isDone)
+        #expect(next.logs.count == 101, "the count is per request")
+    }
+
     @Test func nowComesFromTheProgramClock() throws {
         struct Fixed: ScriptClock { func now() -> Double { 1_700_000_000.5 } }
         let base = program(["policy": "return { access = function() probe.put(string.format('%.1f', now())) end }"])

@@ -14,11 +14,21 @@ struct HeaderEdits {
     }
 
     private(set) var entries: [Entry] = []
+    /// Bytes of names and values held, charged as they are added: this memory is outside the
+    /// script's Lua heap, so it has its own bound.
+    private(set) var bytes = 0
+
+    /// The most a script's header changes may hold per message (as much as a whole head).
+    static let maxBytes = 64 * 1024
 
     var isEmpty: Bool { entries.isEmpty }
 
+    /// Whether adding `count` more bytes stays within `maxBytes`.
+    func fits(_ count: Int) -> Bool { bytes + count <= Self.maxBytes }
+
     mutating func removeAll() {
         if !entries.isEmpty { entries.removeAll(keepingCapacity: true) }
+        bytes = 0
     }
 
     func entry(_ lower: [UInt8]) -> Entry? {
@@ -27,12 +37,14 @@ struct HeaderEdits {
 
     /// Replaces every field of this name with `value` (none when nil).
     mutating func set(_ name: [UInt8], lower: [UInt8], _ value: [UInt8]?) {
+        bytes += name.count + (value?.count ?? 0) + 4
         let entry = Entry(name: name, lower: lower, values: value.map { [$0] } ?? [], replaces: true)
         if let i = entries.firstIndex(where: { $0.lower == lower }) { entries[i] = entry } else { entries.append(entry) }
     }
 
     /// Adds a field, keeping those already there.
     mutating func add(_ name: [UInt8], lower: [UInt8], _ value: [UInt8]) {
+        bytes += name.count + value.count + 4
         if let i = entries.firstIndex(where: { $0.lower == lower }) {
             entries[i].values.append(value)
         } else {

@@ -113,11 +113,15 @@ struct RequestModule: LuaModule {
                 var query = Lua.bytes(L, 1)!
                 if query.first == UInt8(ascii: "?") { query = UnsafeRawBufferPointer(rebasing: query.dropFirst()) }
                 if let problem = TargetCheck.query(query) { return Lua.raise(L, "request.set_query: \(problem)") }
+                let limit = h.generation?.shared.limits.maxURIBytes ?? 8192
+                if query.count > limit { return Lua.raise(L, "request.set_query: the query is longer than \(limit) bytes") }
                 h.edits.query = Array(query)
             case LUA_TTABLE:
                 guard let encoded = QueryString.encode(L, 1) else {
                     return Lua.raise(L, "request.set_query: a table's keys must be strings and its values strings, numbers, booleans or lists of them")
                 }
+                let limit = h.generation?.shared.limits.maxURIBytes ?? 8192
+                if encoded.count > limit { return Lua.raise(L, "request.set_query: the query is longer than \(limit) bytes") }
                 h.edits.query = encoded
             default:
                 return Lua.raise(L, "request.set_query: expected a string, a table or nil, got \(Lua.typeName(L, 1))")
@@ -259,6 +263,9 @@ private func editHeader(_ L: OpaquePointer, _ function: String, add: Bool) -> In
     case .failure(let message):
         return Lua.raise(L, message.text)
     case .success(let (name, lower, value)):
+        guard h.edits.headers.fits(name.count + (value?.count ?? 0)) else {
+            return Lua.raise(L, "\(function): the script's header changes exceed \(HeaderEdits.maxBytes / 1024) KiB")
+        }
         if add, let value { h.edits.headers.add(name, lower: lower, value) } else { h.edits.headers.set(name, lower: lower, value) }
         return 0
     }
@@ -330,6 +337,10 @@ func readHeaderTable(_ L: OpaquePointer, _ index: Int32, into edits: inout Heade
             if let problem = v.withUnsafeBytes({ HeaderCheck.value($0) }) {
                 lua_settop(L, index)
                 return problem
+            }
+            guard edits.fits(name.count + v.count) else {
+                lua_settop(L, index)
+                return "the headers exceed \(HeaderEdits.maxBytes / 1024) KiB"
             }
             edits.add(Array(name), lower: lower, v)
         }

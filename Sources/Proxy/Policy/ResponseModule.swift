@@ -89,6 +89,9 @@ private func editResponseHeader(_ L: OpaquePointer, _ function: String, add: Boo
     case .failure(let message):
         return Lua.raise(L, message.text)
     case .success(let (name, lower, value)):
+        guard h.responseEdits.headers.fits(name.count + (value?.count ?? 0)) else {
+            return Lua.raise(L, "\(function): the script's header changes exceed \(HeaderEdits.maxBytes / 1024) KiB")
+        }
         if add, let value { h.responseEdits.headers.add(name, lower: lower, value) } else { h.responseEdits.headers.set(name, lower: lower, value) }
         return 0
     }

@@ -49,6 +49,8 @@ let package = Package(
                 "Config", "Scripting", "CLuaRuntime",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // The simulation `moongate test` runs the data plane on: embedded channels.
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [
@@ -62,6 +64,14 @@ let package = Package(
             name: "Scripting",
             dependencies: [
                 "Config", "CLuaRuntime",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // `moongate test`: runs *_test.lua files against a simulated gateway (describe/it,
+        // assert, harness.request, upstream stubs, fake clock, captured logs), and reports.
+        .target(
+            name: "Harness",
+            dependencies: [
+                "Config", "Scripting", "Proxy", "CLuaRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Workers, listeners, config generations, reload and graceful shutdown.
@@ -87,11 +97,14 @@ let package = Package(
         .executableTarget(
             name: "moongate",
             dependencies: [
-                "Config", "Gateway", "Proxy", "Scripting", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
+                "Config", "Gateway", "Proxy", "Scripting", "Harness", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
+        .testTarget(
+            name: "HarnessTests",
+            dependencies: ["Harness", "Config"]),
         .testTarget(
             name: "ScriptingTests",
             dependencies: ["Scripting", "Config"]),

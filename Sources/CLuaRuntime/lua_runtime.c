@@ -49,7 +49,15 @@ static const char *const kill_messages[] = {
     "stack depth budget exceeded", "coroutine budget exceeded",
 };
 
+/// Raises the budget error, prefixed with where the script was (the running Lua function,
+/// or the nearest one below a C function such as string.find).
 static int raise_killed(lua_State *L, mg_budget *b) {
+    lua_Debug ar;
+    for (int level = 0; level < 4 && lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            return luaL_error(L, "%s:%d: %s", ar.short_src, ar.currentline, kill_messages[b->killed]);
+        }
+    }
     return luaL_error(L, "%s", kill_messages[b->killed]);
 }
 
@@ -67,7 +75,11 @@ void mg_charge(lua_State *L, int64_t n) {
 }
 
 static void count_hook(lua_State *L, lua_Debug *ar) {
-    (void)ar;
+    if (ar->event == LUA_HOOKLINE) {
+        mg_budget *lb = mg_budget_of(L);
+        if (lb->line_hook != NULL && lua_getinfo(L, "S", ar)) lb->line_hook(lb->line_context, ar->source, ar->currentline);
+        return;
+    }
     mg_charge(L, MG_HOOK_EVERY);
     mg_budget *b = mg_budget_of(L);
     lua_Debug probe;
@@ -92,6 +104,13 @@ lua_State *mg_newstate(mg_budget *budget) {
     // Generational collection keeps the garbage of short requests small.
     lua_gc(L, LUA_GCGEN, 0, 0);
     return L;
+}
+
+void mg_set_line_hook(lua_State *L, void (*hook)(void *, const char *, int), void *context) {
+    mg_budget *b = mg_budget_of(L);
+    b->line_hook = hook;
+    b->line_context = context;
+    lua_sethook(L, count_hook, LUA_MASKCOUNT | LUA_MASKLINE, MG_HOOK_EVERY);
 }
 
 void mg_budget_begin(mg_budget *b, size_t memory, int64_t steps, uint64_t deadline_ns, int depth, int coroutines) {

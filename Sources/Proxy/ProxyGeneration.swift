@@ -29,9 +29,9 @@ public final class ProxyGeneration: Sendable {
     /// `request` and `response` that scripts get.
     public init(
         id: Int, config: GatewayConfig, modules: [any LuaModule] = [], clock: any ScriptClock = SystemClock(),
-        logger: Logger = Logger(label: "moongate")
+        logger: Logger = Logger(label: "moongate"), coverage: CoverageRecorder? = nil
     ) throws {
-        let program = try Self.loadScripts(config, modules: modules, clock: clock, logger: logger)
+        let program = try Self.loadScripts(config, modules: modules, clock: clock, logger: logger, coverage: coverage)
         scripts = program
         scriptStateBytes = try program?.validate() ?? 0
         self.id = id
@@ -57,7 +57,7 @@ public final class ProxyGeneration: Sendable {
     /// does. Call `validate()` on the result to compile and load them.
     public static func loadScripts(
         _ config: GatewayConfig, modules: [any LuaModule] = [], clock: any ScriptClock = SystemClock(),
-        logger: Logger = Logger(label: "moongate")
+        logger: Logger = Logger(label: "moongate"), coverage: CoverageRecorder? = nil
     ) throws(ScriptErrors) -> ScriptProgram? {
         var policies: [String] = []
         for route in config.routes { if let p = route.policy, !policies.contains(p) { policies.append(p) } }
@@ -66,7 +66,8 @@ public final class ProxyGeneration: Sendable {
         if policies.isEmpty, routers.isEmpty { return nil }
         return ScriptProgram(
             scripts: try ScriptSet.load(directory: config.scripts.directory), policies: policies, routers: routers,
-            modules: [RequestModule(), ResponseModule()] + modules, settings: config.scripts, clock: clock, logger: logger)
+            modules: [RequestModule(), ResponseModule()] + modules, settings: config.scripts, clock: clock, logger: logger,
+            coverage: coverage)
     }
 
     /// The first route matching the request, or nil.

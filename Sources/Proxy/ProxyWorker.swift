@@ -14,14 +14,21 @@ public final class ProxyWorker {
     var requestIDs: RequestIDGenerator
     /// Set once shutdown starts: connections close after their current response.
     private(set) var draining = false
+    /// Makes upstream connections in the simulation; nil in the gateway.
+    let connector: UpstreamConnector?
 
-    public init(eventLoop: EventLoop, generation: ProxyGeneration, logger: Logger) {
+    init(eventLoop: EventLoop, generation: ProxyGeneration, logger: Logger, connector: UpstreamConnector?) {
+        self.connector = connector
         self.eventLoop = eventLoop
         self.logger = logger
         self.requestIDs = RequestIDGenerator()
         // A placeholder first: building the balancers fills `pools`, which needs `self`.
         self.generation = WorkerGeneration(shared: generation, balancers: [])
         self.generation = WorkerGeneration(shared: generation, balancers: makeBalancers(generation))
+    }
+
+    public convenience init(eventLoop: EventLoop, generation: ProxyGeneration, logger: Logger) {
+        self.init(eventLoop: eventLoop, generation: generation, logger: logger, connector: nil)
     }
 
     /// Serves `next` for new requests; requests in flight keep the one they started with.
@@ -45,7 +52,8 @@ public final class ProxyWorker {
                         existing.update(address: target.address, settings: upstream.settings)
                         pool = existing
                     } else {
-                        pool = TargetPool(key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop)
+                        pool = TargetPool(
+                            key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, connector: connector)
                         pools[target.key] = pool
                     }
                     return (pool, target)

@@ -12,10 +12,13 @@ final class TargetPool {
     /// `host:port`, the Host header for routes with `host_header: target`.
     let hostHeader: [UInt8]
     private var idle: [UpstreamConnectionHandler] = []
+    /// Makes connections instead of sockets (the simulation `moongate test` runs); nil in the gateway.
+    let connector: UpstreamConnector?
     /// Connections open (idle or in use or connecting), for tests and the status page.
     private(set) var openConnections = 0
 
-    init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop) {
+    init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, connector: UpstreamConnector? = nil) {
+        self.connector = connector
         self.key = key
         self.hostHeader = Array(SocketAddressSpec(host: key.host, port: key.port).description.utf8)
         self.address = address
@@ -41,6 +44,11 @@ final class TargetPool {
     func connect() -> EventLoopFuture<UpstreamConnectionHandler> {
         let settings = self.settings
         openConnections += 1
+        if let connector {
+            let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
+            handler.pool = self
+            return connector.connect(self, handler: handler).assumeIsolatedUnsafeUnchecked().map { handler }.nonisolated()
+        }
         let future = ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -91,3 +99,9 @@ final class TargetPool {
 @available(*, unavailable)
 extension TargetPool: Sendable {}
 
+
+/// Makes upstream connections without sockets: `moongate test` answers them with stubs.
+protocol UpstreamConnector: AnyObject {
+    /// Sets up a channel with `handler` in its pipeline for `pool`'s target.
+    func connect(_ pool: TargetPool, handler: UpstreamConnectionHandler) -> EventLoopFuture<Void>
+}

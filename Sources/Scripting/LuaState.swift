@@ -1,4 +1,5 @@
 import CLuaRuntime
+import Foundation
 import Config
 import Logging
 
@@ -58,6 +59,8 @@ public final class LuaState {
     private var requireRef: Int32 = LUA_NOREF
     private var resetRef: Int32 = LUA_NOREF
     private var ctxRef: Int32 = LUA_NOREF
+    /// What each of the program's prelude extensions returned.
+    public private(set) var extensionRefs: [Int32] = []
     /// Per policy (as in `program.policies`), the registry refs of its phase functions.
     private var phases: [[Int32]] = []
     public private(set) var broken = false
@@ -72,6 +75,7 @@ public final class LuaState {
     /// What the last `route` phase returned, if a string (a route name).
     public private(set) var routeResult: String?
     private var capturing = false
+    private var resultsReader: ((OpaquePointer, Int32) -> Void)?
     /// The request being served, for modules that need more than `Lua.current` (logging).
     public private(set) var host: ScriptHost?
 
@@ -124,13 +128,26 @@ public final class LuaState {
         guard loaded == LUA_OK else { fatalError("the prelude does not compile: \(Lua.string(L, -1) ?? "")") }
         lua_pushlightuserdata(L, mg_yield_sentinel())
         mg_push_swift_function(L, moduleSource)
-        guard mg_pcall(L, 2, 1, 0) == LUA_OK else { fatalError("the prelude failed: \(Lua.string(L, -1) ?? "")") }
+        lua_createtable(L, Int32(program.extensions.count), 0)
+        for (i, source) in program.extensions.enumerated() {
+            Lua.push(L, source)
+            lua_rawseti(L, -2, lua_Integer(i + 1))
+        }
+        guard mg_pcall(L, 3, 1, 0) == LUA_OK else { fatalError("the prelude failed: \(Lua.string(L, -1) ?? "")") }
         lua_getfield(L, -1, "require")
         requireRef = luaL_ref(L, registry)
         lua_getfield(L, -1, "reset")
         resetRef = luaL_ref(L, registry)
-        mg_pop(L, 1)
+        lua_getfield(L, -1, "extensions")
+        for i in 0..<program.extensions.count {
+            lua_rawgeti(L, -1, lua_Integer(i + 1))
+            extensionRefs.append(luaL_ref(L, registry))
+        }
+        mg_pop(L, 2)
 
+        if let coverage = program.coverage {
+            mg_set_line_hook(L, coverageHook, Unmanaged.passUnretained(coverage).toOpaque())
+        }
         thread = lua_newthread(L)!
         _ = luaL_ref(L, registry)  // keeps the thread alive
         lua_createtable(L, 0, 0)
@@ -201,6 +218,47 @@ public final class LuaState {
         return refs
     }
 
+    /// Loads (requires) a module of the program's scripts, as `require` would, under the load
+    /// budget; the harness loads a test file this way.
+    public func load(module: String) throws(ScriptError) {
+        begin(Self.loadBudget)
+        defer { mg_budget_end(budget) }
+        lua_rawgeti(L, mg_registry_index(), lua_Integer(requireRef))
+        Lua.push(L, module)
+        let status = mg_pcall(L, 1, 0, 0)
+        defer { lua_settop(L, 0) }
+        if status != LUA_OK {
+            if budget.pointee.killed != MG_KILL_NONE { broken = true }
+            throw ScriptError(luaMessage: Lua.string(L, -1) ?? "module \(module) raised a non-string error")
+        }
+    }
+
+    /// Calls `field` of the table an extension returned, in the phase coroutine and under
+    /// `budget` (as a phase runs); `arguments` pushes the arguments and returns how many;
+    /// `results` reads what it returned. Waits are not allowed.
+    public func call(
+        extension index: Int, _ field: String, budget b: ScriptBudget, current: UnsafeMutableRawPointer?,
+        arguments: (OpaquePointer) -> Int32, results: (OpaquePointer, Int32) -> Void
+    ) -> RunResult {
+        if suspended { abandon() }
+        capturing = false
+        begin(b)
+        budget.pointee.current = current
+        lua_rawgeti(thread, mg_registry_index(), lua_Integer(extensionRefs[index]))
+        lua_getfield(thread, -1, field)
+        mg_remove(thread, -2)
+        let result = withoutActuallyEscaping(results) { reader in
+            resultsReader = reader
+            defer { resultsReader = nil }
+            return resume(arguments: arguments(thread))
+        }
+        if case .waiting = result {
+            abandon()
+            return .failed(ScriptFailure(budget: nil, message: "a test cannot wait", location: nil, traceback: ""))
+        }
+        return result
+    }
+
     /// Whether policy `policy` defines `phase`.
     public func has(_ phase: Phase, policy: Int) -> Bool {
         phases[policy][phase.rawValue] != LUA_NOREF
@@ -257,6 +315,7 @@ public final class LuaState {
         let status = mg_resume(thread, L, arguments, &results)
         if status == LUA_OK {
             if capturing, results >= 1 { routeResult = Lua.string(thread, -results) }
+            resultsReader?(thread, results)
             lua_settop(thread, 0)
             mg_budget_end(budget)
             return .done
@@ -375,6 +434,32 @@ private let moduleSource: LuaFunction = { L in
     file.source.withUnsafeBytes { Lua.push(L, bytes: $0) }
     Lua.push(L, "@" + file.path)
     return 2
+}
+
+/// Lines scripts run, by chunk name (`moongate test --coverage`).
+public final class CoverageRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String: Set<Int>] = [:]
+
+    public init() {}
+
+    func hit(_ source: String, _ line: Int) {
+        lock.lock()
+        lines[source, default: []].insert(line)
+        lock.unlock()
+    }
+
+    /// Lines run per script path (chunk names without their `@`).
+    public var hits: [String: Set<Int>] {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines
+    }
+}
+
+private let coverageHook: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int32) -> Void = { context, source, line in
+    guard let context, let source, source.pointee == UInt8(ascii: "@") else { return }
+    Unmanaged<CoverageRecorder>.fromOpaque(context).takeUnretainedValue().hit(String(cString: source + 1), Int(line))
 }
 
 @available(*, unavailable)

@@ -2,11 +2,13 @@
 /// It captures what scripts may use, builds their environment from frozen copies, and then
 /// empties the global table, so nothing else stays reachable from a script.
 ///
-/// Arguments: the runtime's yield sentinel and `module_source(name)` (Swift). Returns a table
-/// with `require` (scripts-directory modules only) and `reset` (fresh request globals).
+/// Arguments: the runtime's yield sentinel, `module_source(name)` (Swift), and a list of
+/// extension sources (the test harness), each run with `(base, freeze)` before the globals
+/// are hidden. Returns a table with `require` (scripts-directory modules only), `reset`
+/// (fresh request globals) and `extensions` (what each extension returned).
 enum Prelude {
     static let source = #"""
-local SENTINEL, module_source = ...
+local SENTINEL, module_source, extension_sources = ...
 local G = _G
 local type, error, rawget, rawequal, next, select, tostring, ipairs =
       type, error, rawget, rawequal, next, select, tostring, ipairs
@@ -161,7 +163,13 @@ local function require(name)
 end
 base.require = require
 
+local extensions = {}
+for i, source in ipairs(extension_sources) do
+  local f = assert(raw_load(source, "=harness", "t", G))
+  extensions[i] = f(base, freeze) or false
+end
+
 for k in next, G do G[k] = nil end
-return {require = require, reset = reset}
+return {require = require, reset = reset, extensions = extensions}
 """#
 }

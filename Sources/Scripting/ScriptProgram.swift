@@ -15,11 +15,19 @@ public final class ScriptProgram: Sendable {
     public let settings: ScriptsConfig
     public let clock: any ScriptClock
     public let logger: Logger
+    /// Lua sources run in every state's prelude with `(base, freeze)`: how the test harness
+    /// adds `describe`, `it` and `assert`. Empty in the gateway.
+    public let extensions: [String]
+    /// Records the lines scripts run (`moongate test --coverage`); nil in the gateway.
+    public let coverage: CoverageRecorder?
 
     public init(
         scripts: ScriptSet, policies: [String], routers: [String] = [], modules: [any LuaModule], settings: ScriptsConfig,
-        clock: any ScriptClock = SystemClock(), logger: Logger = Logger(label: "moongate.scripts")
+        clock: any ScriptClock = SystemClock(), logger: Logger = Logger(label: "moongate.scripts"),
+        extensions: [String] = [], coverage: CoverageRecorder? = nil
     ) {
+        self.extensions = extensions
+        self.coverage = coverage
         self.scripts = scripts
         self.policies = policies
         self.routers = routers

@@ -17,7 +17,7 @@ struct Moongate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A programmable HTTP API gateway: SwiftNIO data plane, policies in Lua 5.4.",
         version: Version.text,
-        subcommands: [Run.self, Check.self, Echo.self, BenchRuntime.self],
+        subcommands: [Run.self, Check.self, Test.self, Echo.self, BenchRuntime.self],
         defaultSubcommand: nil)
 }
 

@@ -50,6 +50,9 @@ typedef struct mg_budget {
     void *owner;
     /// A script assigned a global at request time: its module's request globals need a reset.
     int env_dirty;
+    /// Called for each line a script runs, when coverage is on (tests only).
+    void (*line_hook)(void *context, const char *source, int line);
+    void *line_context;
 } mg_budget;
 
 /// Instructions between two budget checks in the count hook.
@@ -61,6 +64,10 @@ void *mg_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 /// Creates a state with `budget` as its allocator data, the count hook installed and a
 /// panic handler that logs and aborts (never expected: all runtime calls are protected).
 lua_State *mg_newstate(mg_budget *budget);
+
+/// Turns on line events for `L` (and threads created from it afterwards): `hook` gets each
+/// line a script runs with its chunk name. For test coverage; never in the gateway.
+void mg_set_line_hook(lua_State *L, void (*hook)(void *, const char *, int), void *context);
 
 /// The budget of a state.
 mg_budget *mg_budget_of(lua_State *L);

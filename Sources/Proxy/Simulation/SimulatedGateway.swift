@@ -1,0 +1,209 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+
+/// An HTTP message as a test sees it: a request (method, target) or a response (status).
+public struct SimulatedMessage: Sendable {
+    public var method = ""
+    public var target = ""
+    public var status = 0
+    public var headers: [(String, String)] = []
+    public var body: [UInt8] = []
+
+    public init(method: String = "", target: String = "", status: Int = 0, headers: [(String, String)] = [], body: [UInt8] = []) {
+        self.method = method
+        self.target = target
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// A request the gateway sent to an upstream, and the upstream's name in the config.
+public struct UpstreamCall: Sendable {
+    public var upstream: String
+    public var request: SimulatedMessage
+}
+
+/// Why a simulated exchange could not complete.
+public struct SimulationError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// The gateway's data plane without sockets, for `moongate test`: the same workers, handlers,
+/// parser, policies and Lua states as production, on NIO's embedded channels. A request
+/// goes in as bytes on a client channel; each upstream connection is a channel whose bytes
+/// are parsed and answered by a stub; the client's bytes come back out as the response.
+/// Time stands still unless the test moves it (the scripts' clock is the program's).
+public final class SimulatedGateway {
+    public let generation: ProxyGeneration
+    let loop = EmbeddedEventLoop()
+    let connector: StubConnector
+    let worker: ProxyWorker
+    private var nextClientPort = 40000
+
+    public init(generation: ProxyGeneration, logger: Logger) {
+        self.generation = generation
+        connector = StubConnector(loop: loop)
+        worker = ProxyWorker(eventLoop: loop, generation: generation, logger: logger, connector: connector)
+    }
+
+    /// Sends `request` through the gateway; `stub` answers each upstream request. Returns the
+    /// client's response and the upstream requests, in order.
+    public func send(
+        _ request: SimulatedMessage, client: String = "127.0.0.1", listener: String? = nil,
+        stub: (UpstreamCall) -> SimulatedMessage
+    ) throws -> (response: SimulatedMessage, upstream: [UpstreamCall]) {
+        let channel = EmbeddedChannel(loop: loop)
+        nextClientPort = nextClientPort == 65000 ? 40000 : nextClientPort + 1
+        channel.remoteAddress = try SocketAddress(ipAddress: client, port: nextClientPort)
+        let name = listener ?? generation.config.listeners.first?.name ?? "test"
+        try worker.accept(channel, listener: ListenerHandle(name: name))
+        defer { channel.close(promise: nil) }
+        try channel.writeInbound(ByteBuffer(bytes: Self.serialize(request)))
+
+        var calls: [UpstreamCall] = []
+        var clientBytes = ByteBuffer()
+        for _ in 0..<10_000 {
+            loop.run()
+            var progressed = false
+            for upstream in connector.channels {
+                while let bytes = try upstream.channel.readOutbound(as: ByteBuffer.self) {
+                    upstream.received.writeImmutableBuffer(bytes)
+                    progressed = true
+                }
+                if let sent = try Self.parse(&upstream.received, request: true, closed: false, isHEAD: false) {
+                    let handler = try channel.pipeline.syncOperations.handler(type: DownstreamConnectionHandler.self)
+                    let index = handler.edits.upstream ?? handler.route?.upstream ?? 0
+                    let call = UpstreamCall(upstream: generation.config.upstreams[index].name, request: sent)
+                    calls.append(call)
+                    let answer = stub(call)
+                    if upstream.channel.isActive { try upstream.channel.writeInbound(ByteBuffer(bytes: Self.serialize(answer))) }
+                    progressed = true
+                }
+            }
+            while let bytes = try channel.readOutbound(as: ByteBuffer.self) {
+                clientBytes.writeImmutableBuffer(bytes)
+                progressed = true
+            }
+            if let response = try Self.parse(&clientBytes, request: false, closed: !channel.isActive, isHEAD: request.method == "HEAD") {
+                return (response, calls)
+            }
+            if !progressed { break }
+        }
+        throw SimulationError(description: "the gateway gave no complete response (\(clientBytes.readableBytes) bytes of one)")
+    }
+
+    // MARK: bytes
+
+    /// The message as bytes on the wire; a body gets a Content-Length unless framing is given.
+    static func serialize(_ m: SimulatedMessage) -> [UInt8] {
+        var text = m.status > 0 ? "HTTP/1.1 \(m.status) \(DownstreamConnectionHandler.reason(m.status))\r\n" : "\(m.method) \(m.target) HTTP/1.1\r\n"
+        var framed = false
+        var host = false
+        for (name, value) in m.headers {
+            let lower = name.lowercased()
+            if lower == "content-length" || lower == "transfer-encoding" { framed = true }
+            if lower == "host" { host = true }
+            text += "\(name): \(value)\r\n"
+        }
+        if m.status == 0, !host { text += "Host: localhost\r\n" }
+        if !framed, !m.body.isEmpty || m.status > 0 { text += "Content-Length: \(m.body.count)\r\n" }
+        return Array((text + "\r\n").utf8) + m.body
+    }
+
+    /// Takes one complete message from the front of `buffer`, or nil when more bytes are needed.
+    /// Interim (1xx) responses are skipped.
+    static func parse(_ buffer: inout ByteBuffer, request: Bool, closed: Bool, isHEAD: Bool) throws -> SimulatedMessage? {
+        while true {
+            var work = buffer
+            guard let end = work.withUnsafeReadableBytes({ HeadParser.findEnd($0, from: 0) }) else { return nil }
+            let head = work.readSlice(length: end)!
+            let limits = HeadLimits(maxHeaderBytes: 1 << 20, maxHeaderCount: 10_000, maxURIBytes: 1 << 20)
+            var message = SimulatedMessage()
+            var framing = BodyFraming.none
+            var fields: [HeaderField] = []
+            do throws(HeadError) {
+                try head.withUnsafeReadableBytes { (p) throws(HeadError) in
+                    if request {
+                        var parsed = RequestHead()
+                        try HeadParser.parseRequest(p, into: &parsed, limits: limits)
+                        message.method = String(decoding: slice(p, parsed.method), as: UTF8.self)
+                        message.target = String(decoding: slice(p, parsed.target), as: UTF8.self)
+                        framing = parsed.framing
+                        fields = parsed.headers.fields
+                    } else {
+                        var parsed = ResponseHead()
+                        try HeadParser.parseResponse(p, into: &parsed, limits: limits)
+                        message.status = parsed.status
+                        fields = parsed.headers.fields
+                        if isHEAD || parsed.status == 204 || parsed.status == 304 || parsed.status < 200 {
+                            framing = .none
+                        } else if parsed.headers.chunked {
+                            framing = .chunked
+                        } else if let length = parsed.headers.contentLength {
+                            framing = .contentLength(length)
+                        } else {
+                            framing = .untilClose
+                        }
+                    }
+                    message.headers = fields.map {
+                        (String(decoding: slice(p, $0.name), as: UTF8.self), String(decoding: slice(p, $0.value), as: UTF8.self))
+                    }
+                }
+            } catch {
+                throw SimulationError(description: "unparseable \(request ? "upstream request" : "response"): \(error.message)")
+            }
+            switch framing {
+            case .none:
+                break
+            case .contentLength(let length):
+                guard let body = work.readBytes(length: length) else { return nil }
+                message.body = body
+            case .chunked:
+                var decoder = ChunkedDecoder()
+                guard case .done(let body) = decoder.collect(&work, max: .max) else { return nil }
+                message.body = Array(body.readableBytesView)
+            case .untilClose:
+                guard closed else { return nil }
+                message.body = work.readBytes(length: work.readableBytes) ?? []
+            }
+            buffer = work
+            if !request, message.status < 200 { continue }
+            return message
+        }
+    }
+}
+
+/// Upstream connections as embedded channels, kept so the simulation can answer them.
+final class StubConnector: UpstreamConnector {
+    final class Upstream {
+        let channel: EmbeddedChannel
+        var received = ByteBuffer()
+
+        init(channel: EmbeddedChannel) { self.channel = channel }
+    }
+
+    let loop: EmbeddedEventLoop
+    private(set) var channels: [Upstream] = []
+
+    init(loop: EmbeddedEventLoop) { self.loop = loop }
+
+    func connect(_ pool: TargetPool, handler: UpstreamConnectionHandler) -> EventLoopFuture<Void> {
+        let channel = EmbeddedChannel(loop: loop)
+        channels.removeAll { !$0.channel.isActive }
+        do {
+            try channel.pipeline.syncOperations.addHandler(handler)
+        } catch {
+            return loop.makeFailedFuture(error)
+        }
+        channels.append(Upstream(channel: channel))
+        return channel.connect(to: pool.address)
+    }
+}
+
+@available(*, unavailable)
+extension SimulatedGateway: Sendable {}
+
+@available(*, unavailable)
+extension StubConnector: Sendable {}

@@ -144,10 +144,14 @@ public enum CoverageReport {
             if line.isEmpty { continue }
             let lone: Set<String> = ["end", "end)", "end,", "end}", "else", "do", "then", "}", "},", "})", ")", "),", "{", "repeat", "end;"]
             if lone.contains(line) { continue }
+            // A function's header holds no instruction: its closure is made on its `end` line.
+            if line.range(of: functionHeader, options: .regularExpression) != nil { continue }
             lines.insert(i + 1)
         }
         return lines
     }
+
+    static let functionHeader = #"^(local\s+)?(function\s+[\w.:]+\s*\(.*\)|[\w.\[\]"']+\s*=\s*function\s*\(.*\)|function\s*\(.*\))$"#
 
     public static func text(_ recorder: CoverageRecorder, scripts: [(path: String, source: String)]) -> String {
         let hits = recorder.hits

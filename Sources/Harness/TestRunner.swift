@@ -72,7 +72,7 @@ public final class TestRunner {
                 found.append(path.hasSuffix("/") ? path + relative : path + "/" + relative)
             }
         }
-        return Array(Set(found)).sorted()
+        return Array(Set(found.map(ScriptSet.shortPath))).sorted()
     }
 
     /// Runs every test of `files` whose full name contains `filter`.

@@ -44,7 +44,7 @@ public struct ScriptSet: Sendable, Equatable {
         var files: [ScriptFile] = []
         let relativePaths = ((fm.enumerator(atPath: directory)?.allObjects as? [String]) ?? []).sorted()
         for relative in relativePaths where relative.hasSuffix(".lua") && !relative.hasSuffix("_test.lua") {
-            let display = directory.hasSuffix("/") ? directory + relative : directory + "/" + relative
+            let display = Self.shortPath(directory.hasSuffix("/") ? directory + relative : directory + "/" + relative)
             guard let module = moduleName(relative) else {
                 errors.append(ScriptError(file: display, line: nil, message: "a script's path must be made of names such as lib/auth_util.lua (letters, digits, _)"))
                 continue
@@ -65,6 +65,15 @@ public struct ScriptSet: Sendable, Equatable {
         }
         if !errors.isEmpty { throw ScriptErrors(errors) }
         return ScriptSet(directory: directory, files: files)
+    }
+
+    /// `path` relative to the working directory when it is inside it: Lua keeps only the
+    /// last 60 characters of a script's path in messages, so shorter is clearer.
+    public static func shortPath(_ path: String) -> String {
+        guard path.hasPrefix("/") else { return path }
+        let cwd = FileManager.default.currentDirectoryPath
+        let prefix = cwd.hasSuffix("/") ? cwd : cwd + "/"
+        return path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : path
     }
 
     /// `lib/util.lua` → `lib.util`; nil for names `require` could not spell.

@@ -46,6 +46,7 @@ extension Moongate {
                 let directories = [(try? ConfigLoader.load(path: configPath).scripts.directory)].compactMap { $0 } + paths
                 let watcher = try FileWatcher(paths: [configPath], directories: directories.filter { FileManager.default.fileExists(atPath: $0) })
                 print("watching for changes (Ctrl-C stops)")
+                fflush(nil)
                 for await _ in watcher.changes { break }
                 watcher.stop()
                 print("\nchanged: running again")
@@ -78,6 +79,8 @@ extension Moongate {
                 let scripts = (try? ScriptSetReader.policySources(config.scripts.directory)) ?? []
                 print(CoverageReport.text(recorder, scripts: scripts), terminator: "")
             }
+            // Piped output (CI, --watch under a log) must not wait in a buffer.
+            fflush(nil)
             return TestReport.totals(results).ok
         }
 

@@ -37,6 +37,10 @@ let package = Package(
             name: "CLuaRuntime",
             dependencies: ["CLua"]),
 
+        // JOSE signatures on OpenSSL's EVP interfaces (verify, test signing, keys from PEM and JWK).
+        .target(
+            name: "CJOSE",
+            dependencies: ["COpenSSL"]),
         // The YAML model, validation with file:line:path, env interpolation, file watching.
         .target(
             name: "Config",
@@ -66,6 +70,13 @@ let package = Package(
                 "Config", "CLuaRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // Authenticators for scripts: `jwt` (HS/RS/PS/ES/EdDSA, keysets, claims).
+        .target(
+            name: "Auth",
+            dependencies: [
+                "Config", "Scripting", "CLuaRuntime", "CJOSE",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // `moongate test`: runs *_test.lua files against a simulated gateway (describe/it,
         // assert, harness.request, upstream stubs, fake clock, captured logs), and reports.
         .target(
@@ -78,7 +89,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Config", "Proxy",
+                "Config", "Proxy", "Auth", "Scripting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -97,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "moongate",
             dependencies: [
-                "Config", "Gateway", "Proxy", "Scripting", "Harness", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
+                "Config", "Gateway", "Proxy", "Scripting", "Harness", "Auth", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -105,6 +116,10 @@ let package = Package(
         .testTarget(
             name: "HarnessTests",
             dependencies: ["Harness", "Config"]),
+        .testTarget(
+            name: "AuthTests",
+            dependencies: ["Auth", "Harness", "Config", "Scripting"],
+            resources: [.copy("Fixtures")]),
         .testTarget(
             name: "ScriptingTests",
             dependencies: ["Scripting", "Config"]),

@@ -210,6 +210,8 @@ typedef struct {
     const char *start, *p, *end;
     const char *error;
     int depth;
+    /// Whether work is charged to the budget (which may raise: never from Swift callers).
+    int charge;
 } decoder;
 
 static int fail(decoder *d, const char *why) {
@@ -255,7 +257,7 @@ static int decode_string(decoder *d) {
     // Fast path: no escapes.
     while (s < d->end && *s != '"' && *s != '\\' && (unsigned char)*s >= 0x20) s++;
     if (s < d->end && *s == '"') {
-        mg_charge(d->L, 1 + (s - d->p) / 16);
+        if (d->charge) mg_charge(d->L, 1 + (s - d->p) / 16);
         lua_pushlstring(d->L, d->p, (size_t)(s - d->p));
         d->p = s + 1;
         return 1;
@@ -266,7 +268,7 @@ static int decode_string(decoder *d) {
     while (s < d->end) {
         unsigned char c = (unsigned char)*s;
         if (c == '"') {
-            mg_charge(d->L, 1 + (s - d->p) / 16);
+            if (d->charge) mg_charge(d->L, 1 + (s - d->p) / 16);
             d->p = s + 1;
             luaL_pushresult(&b);
             return 1;
@@ -410,7 +412,7 @@ static int decode_value(decoder *d) {
     skip_space(d);
     if (d->p >= d->end) return fail(d, "unexpected end of input");
     if (!lua_checkstack(L, 4)) return fail(d, "nesting too deep");
-    mg_charge(L, 1);
+    if (d->charge) mg_charge(L, 1);
     switch (*d->p) {
     case '{':
     case '[': {
@@ -434,7 +436,7 @@ static int l_decode(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     lua_settop(L, 1);
-    decoder d = {L, s, s, s + len, NULL, 0};
+    decoder d = {L, s, s, s + len, NULL, 0, 1};
     int ok = decode_value(&d);
     if (ok) {
         skip_space(&d);
@@ -447,6 +449,18 @@ static int l_decode(lua_State *L) {
         return 2;
     }
     return 1;
+}
+
+int mg_json_push(lua_State *L, const char *s, size_t len) {
+    int top = lua_gettop(L);
+    decoder d = {L, s, s, s + len, NULL, 0, 0};
+    int ok = decode_value(&d);
+    if (ok) {
+        skip_space(&d);
+        ok = d.p == d.end;
+    }
+    if (!ok) lua_settop(L, top);
+    return ok;
 }
 
 int mg_open_json(lua_State *L) {

@@ -13,7 +13,7 @@ struct ConfigDecoder {
         guard
             let top = r.mapping(
                 root, "",
-                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts"])
+                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets"])
         else { return nil }
 
         var workers: Int?
@@ -39,12 +39,91 @@ struct ConfigDecoder {
         let timeouts = top["timeouts"].map { decodeTimeouts($0.value) } ?? Timeouts()
         let upstreams = top["upstreams"].map { decodeUpstreams($0.value) } ?? []
         let scripts = top["scripts"].map { decodeScripts($0.value) } ?? ScriptsConfig()
+        let keysets = top["keysets"].map { decodeKeysets($0.value) } ?? []
         let routes = top["routes"].map { decodeRoutes($0.value, upstreams: upstreams, scripts: scripts) } ?? []
         if top["routes"] == nil { r.fail(root, "routes", "at least one route is required") }
 
         return GatewayConfig(
             workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
-            timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts)
+            timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets)
+    }
+
+    static let algorithms: Set<String> = [
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    ]
+
+    private func decodeKeysets(_ node: Node) -> [Keyset] {
+        let r = reader
+        guard case .mapping(let mapping) = node else {
+            r.fail(node, "keysets", "expected a mapping of keyset names to their keys")
+            return []
+        }
+        var out: [Keyset] = []
+        for (key, value) in mapping {
+            guard let name = r.string(key, "keysets") else { continue }
+            let path = r.join("keysets", name)
+            guard
+                let map = r.mapping(
+                    value, path,
+                    allowed: [
+                        "algorithms", "secret", "secret_file", "keys", "jwks_file", "issuer", "audience", "leeway", "max_age",
+                        "required_claims",
+                    ])
+            else { continue }
+            var algorithms: [String] = []
+            if let a = map["algorithms"]?.value, let list = r.sequence(a, r.join(path, "algorithms")) {
+                for (i, item) in list.enumerated() {
+                    guard let alg = r.string(item, r.join(r.join(path, "algorithms"), i)) else { continue }
+                    if alg.lowercased() == "none" {
+                        r.fail(item, r.join(r.join(path, "algorithms"), i), "alg \"none\" is never allowed")
+                    } else if !Self.algorithms.contains(alg) {
+                        r.fail(item, r.join(r.join(path, "algorithms"), i), "unknown algorithm \"\(alg)\" (expected one of \(Self.algorithms.sorted().joined(separator: ", ")))")
+                    } else {
+                        algorithms.append(alg)
+                    }
+                }
+            } else if map["algorithms"] == nil {
+                r.fail(value, r.join(path, "algorithms"), "required (the algorithms this keyset's tokens may use)")
+            }
+            var keys: [KeySource] = []
+            if let n = map["secret"]?.value, let v = r.string(n, r.join(path, "secret")) { keys.append(KeySource(kid: nil, kind: .secret, value: v, file: nil)) }
+            if let n = map["secret_file"]?.value, let v = r.string(n, r.join(path, "secret_file")) {
+                keys.append(KeySource(kid: nil, kind: .secret, value: nil, file: v))
+            }
+            if let k = map["keys"]?.value, let list = r.sequence(k, r.join(path, "keys")) {
+                for (i, item) in list.enumerated() {
+                    let keyPath = r.join(r.join(path, "keys"), i)
+                    guard let entry = r.mapping(item, keyPath, allowed: ["kid", "secret", "secret_file", "pem", "pem_file"]) else { continue }
+                    let kid = entry["kid"].flatMap { r.string($0.value, r.join(keyPath, "kid")) }
+                    let given = ["secret", "secret_file", "pem", "pem_file"].filter { entry[$0] != nil }
+                    guard given.count == 1, let field = given.first, let v = r.string(entry[field]!.value, r.join(keyPath, field)) else {
+                        r.fail(item, keyPath, "give exactly one of secret, secret_file, pem, pem_file")
+                        continue
+                    }
+                    let kind: KeySource.Kind = field.hasPrefix("secret") ? .secret : .pem
+                    let isFile = field.hasSuffix("_file")
+                    keys.append(KeySource(kid: kid, kind: kind, value: isFile ? nil : v, file: isFile ? v : nil))
+                }
+            }
+            var keyset = Keyset(name: name, algorithms: algorithms, keys: keys)
+            if let n = map["jwks_file"]?.value { keyset.jwksFile = r.string(n, r.join(path, "jwks_file")) }
+            if keys.isEmpty, keyset.jwksFile == nil { r.fail(value, path, "no keys: give secret, secret_file, keys or jwks_file") }
+            if let n = map["issuer"]?.value { keyset.issuer = r.string(n, r.join(path, "issuer")) }
+            if let n = map["audience"]?.value {
+                if case .scalar = n {
+                    keyset.audience = r.string(n, r.join(path, "audience")).map { [$0] } ?? []
+                } else if let list = r.sequence(n, r.join(path, "audience")) {
+                    keyset.audience = list.enumerated().compactMap { r.string($0.element, r.join(r.join(path, "audience"), $0.offset)) }
+                }
+            }
+            if let n = map["leeway"]?.value, let v = r.duration(n, r.join(path, "leeway")) { keyset.leeway = v }
+            if let n = map["max_age"]?.value, let v = positive(n, r.join(path, "max_age")) { keyset.maxAge = v }
+            if let n = map["required_claims"]?.value, let list = r.sequence(n, r.join(path, "required_claims")) {
+                keyset.requiredClaims = list.enumerated().compactMap { r.string($0.element, r.join(r.join(path, "required_claims"), $0.offset)) }
+            }
+            out.append(keyset)
+        }
+        return out
     }
 
     private func decodeScripts(_ node: Node) -> ScriptsConfig {

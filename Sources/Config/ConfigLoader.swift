@@ -20,6 +20,12 @@ public enum ConfigLoader {
             let folder = (path as NSString).deletingLastPathComponent
             config.scripts.directory = folder.isEmpty ? config.scripts.directory : folder + "/" + config.scripts.directory
         }
+        let folder = (path as NSString).deletingLastPathComponent
+        func resolve(_ file: String) -> String { file.hasPrefix("/") || folder.isEmpty ? file : folder + "/" + file }
+        for i in config.keysets.indices {
+            config.keysets[i].jwksFile = config.keysets[i].jwksFile.map(resolve)
+            for k in config.keysets[i].keys.indices { config.keysets[i].keys[k].file = config.keysets[i].keys[k].file.map(resolve) }
+        }
         return config
     }
 

@@ -15,13 +15,16 @@ public struct GatewayConfig: Sendable, Equatable {
     public var routes: [Route]
     /// The Lua policy scripts: where they are, their pool and default budgets.
     public var scripts: ScriptsConfig
+    /// Keys that `jwt.verify(token, name)` checks tokens against, by name.
+    public var keysets: [Keyset] = []
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,
         limits: Limits = Limits(), timeouts: Timeouts = Timeouts(), upstreams: [Upstream], routes: [Route],
-        scripts: ScriptsConfig = ScriptsConfig()
+        scripts: ScriptsConfig = ScriptsConfig(), keysets: [Keyset] = []
     ) {
         self.scripts = scripts
+        self.keysets = keysets
         self.workers = workers
         self.logLevel = logLevel
         self.listeners = listeners
@@ -217,4 +220,51 @@ public struct ScriptBudget: Sendable, Equatable {
     public var coroutines: Int = 16
 
     public init() {}
+}
+
+/// Keys for verifying JWTs, with the algorithms they may be used with and default claim checks.
+public struct Keyset: Sendable, Equatable {
+    public var name: String
+    /// Allowed `alg` values (`none` is never allowed).
+    public var algorithms: [String]
+    public var keys: [KeySource]
+    /// A JWKS document on disk.
+    public var jwksFile: String?
+    /// Required `iss`, if set.
+    public var issuer: String?
+    /// Accepted `aud` values; the token's (string or list) must name one. Empty: not checked.
+    public var audience: [String] = []
+    /// Slack for `exp`, `nbf` and `iat` against the clock. Default 0.
+    public var leeway: Duration = .zero
+    /// Tokens issued (`iat`) longer ago are refused, if set.
+    public var maxAge: Duration?
+    /// Claims that must be present.
+    public var requiredClaims: [String] = []
+
+    public init(name: String, algorithms: [String], keys: [KeySource]) {
+        self.name = name
+        self.algorithms = algorithms
+        self.keys = keys
+    }
+}
+
+/// One key of a keyset: an HMAC secret or a PEM public key, inline or in a file.
+public struct KeySource: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        case secret
+        case pem
+    }
+
+    public var kid: String?
+    public var kind: Kind
+    /// The secret or PEM itself (from the file, if `file` was given; never logged).
+    public var value: String?
+    public var file: String?
+
+    public init(kid: String?, kind: Kind, value: String?, file: String?) {
+        self.kid = kid
+        self.kind = kind
+        self.value = value
+        self.file = file
+    }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Auth
 import Config
 import Foundation
 import Logging
@@ -53,7 +54,7 @@ public actor Gateway {
     public func start() async throws {
         lastReadAt = Date()
         let config = try ConfigLoader.load(path: configPath, environment: environment)
-        let generation = try ProxyGeneration(id: nextGenerationID, config: config, logger: logger)
+        let generation = try ProxyGeneration(id: nextGenerationID, config: config, modules: try AuthModules.make(config), logger: logger)
         nextGenerationID += 1
         let count = workerOverride ?? config.workers ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
@@ -98,11 +99,13 @@ public actor Gateway {
         let next: ProxyGeneration
         do {
             config = try ConfigLoader.load(path: configPath, environment: environment)
-            next = try ProxyGeneration(id: nextGenerationID, config: config, logger: logger)
+            next = try ProxyGeneration(id: nextGenerationID, config: config, modules: try AuthModules.make(config), logger: logger)
         } catch let error as ConfigError {
             return rejected(current, error.diagnostics.map(\.description))
         } catch let error as ScriptErrors {
             return rejected(current, error.errors.map(\.description))
+        } catch let error as KeysetError {
+            return rejected(current, ["\(configPath): \(error)"])
         } catch {
             return rejected(current, ["\(configPath): \(error)"])
         }

@@ -100,6 +100,11 @@ public enum Lua {
         mg_budget_of(L).pointee.current
     }
 
+    /// The runtime's clock as scripts see it (`now()`): the harness's fake one under test.
+    public static func now(_ L: OpaquePointer) -> Double {
+        owner(L).program.clock.now()
+    }
+
     /// The state object that owns `L`.
     static func owner(_ L: OpaquePointer) -> LuaState {
         Unmanaged<LuaState>.fromOpaque(mg_budget_of(L).pointee.owner).takeUnretainedValue()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Auth
 import CHiredis
 import CLua
 import COpenSSL
@@ -97,7 +98,8 @@ extension Moongate {
         func run() throws {
             do {
                 let loaded = try ConfigLoader.load(path: config)
-                if let program = try ProxyGeneration.loadScripts(loaded) {
+                let modules = try AuthModules.make(loaded)
+                if let program = try ProxyGeneration.loadScripts(loaded, modules: modules) {
                     let bytes = try program.validate()
                     print("\(loaded.scripts.directory): OK (\(program.policies.count) policies, \(program.scripts.files.count) scripts, \(bytes / 1024) KiB per Lua state)")
                 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Auth
 import Config
 import Foundation
 import Harness
@@ -64,7 +65,14 @@ extension Moongate {
                 return false
             }
             let files = TestRunner.discover(paths.isEmpty ? [config.scripts.directory] : paths)
-            let runner = TestRunner(config: config, coverage: coverage)
+            let runner: TestRunner
+            do {
+                runner = TestRunner(
+                    config: config, modules: try AuthModules.make(config), helpers: try AuthModules.helpers(config), coverage: coverage)
+            } catch {
+                FileHandle.standardError.write(Data("\(configPath): \(error)\n".utf8))
+                return false
+            }
             let results = runner.run(files, filter: filter)
             print(tap ? TestReport.tap(results) : TestReport.text(results), terminator: "")
             if let junit {

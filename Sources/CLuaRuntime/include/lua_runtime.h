@@ -94,6 +94,10 @@ void mg_push_swift_function(lua_State *L, mg_swift_function f);
 /// Whether an error caught by `pcall` must be raised again (a budget was exceeded).
 int mg_must_rethrow(lua_State *L);
 
+/// Decodes JSON text and pushes the value (1), or pushes nothing (0). Charges nothing to
+/// the budget, so it never raises for the budget: for Swift callers with bounded input.
+int mg_json_push(lua_State *L, const char *s, size_t len);
+
 /// Opens the `json` module (encode, decode, null) and leaves it on the stack.
 int mg_open_json(lua_State *L);
 

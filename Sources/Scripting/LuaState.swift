@@ -82,10 +82,12 @@ public final class LuaState {
     /// A request that grew the heap by more than this has its garbage collected when it ends
     /// (a young-generation step: about 150 ns, measured; requests that allocate little skip it).
     static let collectAfter = 8 * 1024
-    /// Heap growth above the footprint after which a full collection runs.
+    /// Growth over twice the live heap after which a full collection runs.
     static let collectAbove = 64 * 1024
     /// Heap bytes when the current request began.
     private var usedAtBegin = 0
+    /// Heap bytes after the last full collection (the footprint at first).
+    private var liveAfterCollect = 0
 
     /// Creates a state and loads every policy of `program` (running their module code).
     public init(program: ScriptProgram) throws(ScriptError) {
@@ -162,6 +164,7 @@ public final class LuaState {
         lua_settop(L, 0)
         mg_gc(L, LUA_GCCOLLECT, 0)
         footprint = budget.pointee.used
+        liveAfterCollect = footprint
     }
 
     /// Budgets for loading a module: generous, but a module that loops forever at load
@@ -367,10 +370,14 @@ public final class LuaState {
             if mg_pcall(L, 0, 0, 0) != LUA_OK { broken = true }
             lua_settop(L, 0)
         }
-        let used = budget.pointee.used
-        if used > usedAtBegin + Self.collectAfter || used > footprint + Self.collectAbove {
+        if budget.pointee.used > usedAtBegin + Self.collectAfter {
             mg_gc(L, LUA_GCSTEP, 0)
-            if budget.pointee.used > 2 * footprint + Self.collectAbove { mg_gc(L, LUA_GCCOLLECT, 0) }
+        }
+        // A full collection when the heap doubles since the last one: live data a module keeps
+        // (caches, counters) moves the mark up, so it is not collected again on every request.
+        if budget.pointee.used > 2 * liveAfterCollect + Self.collectAbove {
+            mg_gc(L, LUA_GCCOLLECT, 0)
+            liveAfterCollect = budget.pointee.used
         }
     }
 

@@ -69,6 +69,10 @@ let package = Package(
             dependencies: [
                 "Config", "CLuaRuntime",
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [
+                // Per request (state checkout, phases, API calls); loop-confined classes, as in Proxy.
+                .unsafeFlags(["-enforce-exclusivity=unchecked"])
             ]),
         // Authenticators for scripts: `jwt` (HS/RS/PS/ES/EdDSA, keysets, claims).
         .target(
@@ -76,6 +80,10 @@ let package = Package(
             dependencies: [
                 "Config", "Scripting", "CLuaRuntime", "CJOSE",
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [
+                // jwt.verify runs per request; no shared mutable state in it.
+                .unsafeFlags(["-enforce-exclusivity=unchecked"])
             ]),
         // `moongate test`: runs *_test.lua files against a simulated gateway (describe/it,
         // assert, harness.request, upstream stubs, fake clock, captured logs), and reports.

@@ -83,6 +83,11 @@ extension DownstreamConnectionHandler {
         responseBody = framing
         if !response.keepAlive { upstreamReusable = false }
         if case .untilClose = framing { upstreamReusable = false }
+        if laterResponse, lua == nil, reborrow() == nil {
+            upstreamReusable = false
+            upstreamFailed(503, "no Lua state free")
+            return false
+        }
         if let lua, let route, lua.has(.response, policy: route.policy) {
             responseHeadKept = head
             // The script may read the body: it waits here, in `responseRest`, until the phase ends.

@@ -95,6 +95,10 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var requestHead: ByteBuffer?
     /// The response head, kept while a script may read it.
     var responseHeadKept: ByteBuffer?
+    /// The state went back after `access` (its `ctx` was empty): the response and log phases
+    /// borrow one again when they come.
+    var laterResponse = false
+    var laterLog = false
     /// A request waiting for a free Lua state: its place in line and its deadline.
     var poolWait: (id: Int, timer: Scheduled<Void>)?
     /// The status the client got (for the log phase).

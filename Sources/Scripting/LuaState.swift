@@ -284,6 +284,15 @@ public final class LuaState {
         lua_rawseti(L, mg_registry_index(), lua_Integer(ctxRef))
     }
 
+    /// Whether the request's `ctx` holds nothing: its later phases can then run on any state.
+    public func ctxIsEmpty() -> Bool {
+        lua_rawgeti(L, mg_registry_index(), lua_Integer(ctxRef))
+        lua_pushnil(L)
+        let empty = lua_next(L, -2) == 0
+        lua_settop(L, 0)
+        return empty
+    }
+
     /// Runs `phase` of `policy` with `ctx`; `current` is what API functions get from `Lua.current`.
     public func run(_ phase: Phase, policy: Int, budget b: ScriptBudget, current: UnsafeMutableRawPointer) -> RunResult {
         let ref = phases[policy][phase.rawValue]

@@ -14,9 +14,11 @@ public final class LuaStatePool {
     }
 
     /// A state for a request, made if none is idle and the cap allows; nil when all are lent.
-    public func checkout() throws(ScriptError) -> LuaState? {
+    /// `overflow` lets the count go to twice the cap: for a request's later phases, which
+    /// cannot wait in line (their state went back after `access`, see `LuaState.ctxIsEmpty`).
+    public func checkout(overflow: Bool = false) throws(ScriptError) -> LuaState? {
         if let state = idle.popLast() { return state }
-        guard count < program.settings.maxStates else { return nil }
+        guard count < program.settings.maxStates * (overflow ? 2 : 1) else { return nil }
         let state = try LuaState(program: program)
         count += 1
         return state

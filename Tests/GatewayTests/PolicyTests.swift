@@ -398,6 +398,27 @@ import Testing
         }
     }
 
+    /// A request whose ctx is empty after access gives its state back during the upstream wait
+    /// and borrows one again for its response phase: three slow requests through a route with
+    /// a response phase all pass with two states per worker.
+    @Test func emptyCtxFreesTheStateDuringTheUpstreamWait() async throws {
+        try await withGateway(Self.config, workers: 1, scripts: Self.scripts) { gw in
+            let statuses = LockedCounter()
+            let threads = (0..<3).map { _ in
+                Thread {
+                    if (try? RawClient(port: gw.port).request("GET", "/transform/delay/300", headers: [("X-Mode", "replace")]))?.text == "replaced" {
+                        statuses.add()
+                    }
+                }
+            }
+            threads.forEach { $0.start() }
+            try await Task.sleep(for: .milliseconds(150))
+            #expect(await gw.gateway.luaStats().states == 1, "one state serves all three while they wait")
+            while threads.contains(where: { $0.isExecuting }) { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(statuses.value == 3)
+        }
+    }
+
     /// A policy with response and log phases holds its state across the upstream wait: with
     /// two states per worker, a third concurrent request waits 50 ms, then gets `503`.
     @Test func exhaustedPoolAnswers503() async throws {

@@ -6,9 +6,10 @@ import Scripting
 
 /// The Lua modules this module provides, built for one config generation.
 public enum AuthModules {
-    /// `jwt` with the config's keysets (parsed now: call it off the event loops).
+    /// `jwt` with the config's keysets and `apikey` with its key sets (parsed now: call it
+    /// off the event loops).
     public static func make(_ config: GatewayConfig) throws(KeysetError) -> [any LuaModule] {
-        [JWTModule(keysets: try Keysets(config.keysets))]
+        [JWTModule(keysets: try Keysets(config.keysets)), try APIKeyModule(config.apiKeys)]
     }
 
     /// Their test helpers, for `moongate test`: `harness.jwt`.

@@ -13,7 +13,7 @@ struct ConfigDecoder {
         guard
             let top = r.mapping(
                 root, "",
-                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets"])
+                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys"])
         else { return nil }
 
         var workers: Int?
@@ -40,12 +40,52 @@ struct ConfigDecoder {
         let upstreams = top["upstreams"].map { decodeUpstreams($0.value) } ?? []
         let scripts = top["scripts"].map { decodeScripts($0.value) } ?? ScriptsConfig()
         let keysets = top["keysets"].map { decodeKeysets($0.value) } ?? []
+        let apiKeys = top["apikeys"].map { decodeAPIKeys($0.value) } ?? []
         let routes = top["routes"].map { decodeRoutes($0.value, upstreams: upstreams, scripts: scripts) } ?? []
         if top["routes"] == nil { r.fail(root, "routes", "at least one route is required") }
 
         return GatewayConfig(
             workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
-            timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets)
+            timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys)
+    }
+
+    private func decodeAPIKeys(_ node: Node) -> [APIKeySet] {
+        let r = reader
+        guard case .mapping(let mapping) = node else {
+            r.fail(node, "apikeys", "expected a mapping of key set names to their keys")
+            return []
+        }
+        var out: [APIKeySet] = []
+        for (key, value) in mapping {
+            guard let name = r.string(key, "apikeys") else { continue }
+            let path = r.join("apikeys", name)
+            guard let map = r.mapping(value, path, allowed: ["keys", "keys_file"]) else { continue }
+            var entries: [APIKeySet.Entry] = []
+            if let k = map["keys"]?.value, let list = r.sequence(k, r.join(path, "keys")) {
+                for (i, item) in list.enumerated() {
+                    let itemPath = r.join(r.join(path, "keys"), i)
+                    guard let entry = r.mapping(item, itemPath, allowed: ["sha256", "consumer", "scopes"]) else { continue }
+                    guard let hexNode = entry["sha256"]?.value, let hex = r.string(hexNode, r.join(itemPath, "sha256")) else {
+                        r.fail(item, r.join(itemPath, "sha256"), "required: the key's SHA-256 in hex (keys themselves are never stored)")
+                        continue
+                    }
+                    guard let digest = APIKeySet.digest(hex: hex) else {
+                        r.fail(hexNode, r.join(itemPath, "sha256"), "expected 64 hex digits")
+                        continue
+                    }
+                    let consumer = entry["consumer"].flatMap { r.string($0.value, r.join(itemPath, "consumer")) } ?? ""
+                    var scopes: [String] = []
+                    if let s = entry["scopes"]?.value, let list = r.sequence(s, r.join(itemPath, "scopes")) {
+                        scopes = list.enumerated().compactMap { r.string($0.element, r.join(r.join(itemPath, "scopes"), $0.offset)) }
+                    }
+                    entries.append(APIKeySet.Entry(digest: digest, consumer: consumer, scopes: scopes))
+                }
+            }
+            let file = map["keys_file"].flatMap { r.string($0.value, r.join(path, "keys_file")) }
+            if entries.isEmpty, file == nil { r.fail(value, path, "no keys: give keys or keys_file") }
+            out.append(APIKeySet(name: name, keys: entries, file: file))
+        }
+        return out
     }
 
     static let algorithms: Set<String> = [

@@ -26,6 +26,7 @@ public enum ConfigLoader {
             config.keysets[i].jwksFile = config.keysets[i].jwksFile.map(resolve)
             for k in config.keysets[i].keys.indices { config.keysets[i].keys[k].file = config.keysets[i].keys[k].file.map(resolve) }
         }
+        for i in config.apiKeys.indices { config.apiKeys[i].file = config.apiKeys[i].file.map(resolve) }
         return config
     }
 

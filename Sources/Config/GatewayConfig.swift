@@ -17,14 +17,17 @@ public struct GatewayConfig: Sendable, Equatable {
     public var scripts: ScriptsConfig
     /// Keys that `jwt.verify(token, name)` checks tokens against, by name.
     public var keysets: [Keyset] = []
+    /// API key sets that `apikey.verify(key, name)` looks keys up in.
+    public var apiKeys: [APIKeySet] = []
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,
         limits: Limits = Limits(), timeouts: Timeouts = Timeouts(), upstreams: [Upstream], routes: [Route],
-        scripts: ScriptsConfig = ScriptsConfig(), keysets: [Keyset] = []
+        scripts: ScriptsConfig = ScriptsConfig(), keysets: [Keyset] = [], apiKeys: [APIKeySet] = []
     ) {
         self.scripts = scripts
         self.keysets = keysets
+        self.apiKeys = apiKeys
         self.workers = workers
         self.logLevel = logLevel
         self.listeners = listeners
@@ -266,5 +269,52 @@ public struct KeySource: Sendable, Equatable {
         self.kind = kind
         self.value = value
         self.file = file
+    }
+}
+
+/// API keys, stored as their SHA-256 digests with who they belong to.
+public struct APIKeySet: Sendable, Equatable {
+    public struct Entry: Sendable, Equatable {
+        /// SHA-256 of the key, 32 bytes.
+        public var digest: [UInt8]
+        public var consumer: String
+        public var scopes: [String]
+
+        public init(digest: [UInt8], consumer: String, scopes: [String]) {
+            self.digest = digest
+            self.consumer = consumer
+            self.scopes = scopes
+        }
+    }
+
+    public var name: String
+    public var keys: [Entry]
+    /// A file of more entries, a line each: `sha256-hex consumer [scope,scope...]`.
+    public var file: String?
+
+    public init(name: String, keys: [Entry], file: String? = nil) {
+        self.name = name
+        self.keys = keys
+        self.file = file
+    }
+
+    /// 64 hex digits → 32 bytes.
+    public static func digest(hex: String) -> [UInt8]? {
+        let chars = Array(hex.lowercased().utf8)
+        guard chars.count == 64 else { return nil }
+        var out: [UInt8] = []
+        for i in stride(from: 0, to: 64, by: 2) {
+            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+        }
+        return out
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: return c - 48
+        case 97...102: return c - 87
+        default: return nil
+        }
     }
 }

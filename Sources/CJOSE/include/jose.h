@@ -67,6 +67,12 @@ size_t mg_public_pem(EVP_PKEY *key, char *out, size_t cap);
 
 mg_key_kind mg_key_kind_of(EVP_PKEY *key);
 
+/// SHA-256 of `len` bytes into `out` (32 bytes).
+void mg_sha256(const uint8_t *in, size_t len, uint8_t *out);
+
+/// Constant-time comparison of two 32-byte digests: 1 if equal.
+int mg_digest_equal(const uint8_t *a, const uint8_t *b);
+
 void mg_key_free(EVP_PKEY *key);
 
 #endif

@@ -54,7 +54,8 @@ struct JWTTestHelpers: LuaModule {
         var header = "{\"alg\":\"\(algName)\",\"typ\":\"JWT\""
         if let kid { header += ",\"kid\":\"\(kid)\"" }
         header += "}"
-        guard let payload = encodeClaims(L) else { return Lua.raise(L, "harness.jwt.sign: claims must be a table of strings, numbers, booleans and tables") }
+        lua_settop(L, 3)
+        guard let payload = encodeClaims(L) else { return Lua.raise(L, "harness.jwt.sign: claims must be a table json.encode can encode") }
         let input = Base64URL.encode(Array(header.utf8)) + "." + Base64URL.encode(payload)
         var signature = [UInt8](repeating: 0, count: 1024)
         var length = 0
@@ -75,54 +76,12 @@ struct JWTTestHelpers: LuaModule {
         return 1
     }
 
-    /// The claims table at 1 as compact JSON (keys sorted, for stable tokens).
+    /// The claims table at 1 as JSON, by the `json` module's own encoder (called protected).
     static func encodeClaims(_ L: OpaquePointer) -> [UInt8]? {
-        func value(_ index: Int32, depth: Int) -> String? {
-            switch lua_type(L, index) {
-            case LUA_TSTRING: return quote(Lua.string(L, index)!)
-            case LUA_TNUMBER: return Lua.integer(L, index).map(String.init) ?? String(lua_tonumberx(L, index, nil))
-            case LUA_TBOOLEAN: return lua_toboolean(L, index) != 0 ? "true" : "false"
-            case LUA_TTABLE:
-                guard depth < 8 else { return nil }
-                let n = Int(lua_rawlen(L, index))
-                var parts: [String] = []
-                if n > 0 {
-                    for i in 1...n {
-                        lua_rawgeti(L, index, lua_Integer(i))
-                        defer { mg_pop(L, 1) }
-                        guard let v = value(lua_gettop(L), depth: depth + 1) else { return nil }
-                        parts.append(v)
-                    }
-                    return "[" + parts.joined(separator: ",") + "]"
-                }
-                var pairs: [(String, String)] = []
-                lua_pushnil(L)
-                while lua_next(L, index) != 0 {
-                    guard let key = Lua.string(L, -2), let v = value(lua_gettop(L), depth: depth + 1) else {
-                        lua_settop(L, index)
-                        return nil
-                    }
-                    pairs.append((key, v))
-                    mg_pop(L, 1)
-                }
-                return "{" + pairs.sorted { $0.0 < $1.0 }.map { "\(quote($0.0)):\($0.1)" }.joined(separator: ",") + "}"
-            default: return nil
-            }
-        }
-        return value(1, depth: 0).map { Array($0.utf8) }
-    }
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            default:
-                if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
-            }
-        }
-        return out + "\""
+        lua_pushcclosure(L, mg_json_encode, 0)
+        lua_pushvalue(L, 1)
+        defer { lua_settop(L, 3) }
+        guard mg_pcall(L, 1, 1, 0) == LUA_OK, let bytes = Lua.bytes(L, -1) else { return nil }
+        return Array(bytes)
     }
 }

@@ -193,7 +193,7 @@ static void encode_value(encoder *e, int index) {
 }
 
 /// json.encode(value) -> string
-static int l_encode(lua_State *L) {
+int mg_json_encode(lua_State *L) {
     luaL_checkany(L, 1);
     lua_settop(L, 1);
     encoder e = {L, 2, NULL, 0, 256, 0};
@@ -465,7 +465,7 @@ int mg_json_push(lua_State *L, const char *s, size_t len) {
 
 int mg_open_json(lua_State *L) {
     lua_createtable(L, 0, 4);
-    lua_pushcfunction(L, l_encode);
+    lua_pushcfunction(L, mg_json_encode);
     lua_setfield(L, -2, "encode");
     lua_pushcfunction(L, l_decode);
     lua_setfield(L, -2, "decode");

@@ -98,6 +98,9 @@ int mg_must_rethrow(lua_State *L);
 /// the budget, so it never raises for the budget: for Swift callers with bounded input.
 int mg_json_push(lua_State *L, const char *s, size_t len);
 
+/// `json.encode(value)`, as a lua_CFunction (call it protected: it raises on bad values).
+int mg_json_encode(lua_State *L);
+
 /// Opens the `json` module (encode, decode, null) and leaves it on the stack.
 int mg_open_json(lua_State *L);
 

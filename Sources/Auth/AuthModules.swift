@@ -42,11 +42,11 @@ struct JWTTestHelpers: LuaModule {
         var kid: String?
         var privateKey: String?
         if lua_type(L, 3) == LUA_TTABLE {
-            lua_getfield(L, 3, "alg")
+            Lua.rawField(L, 3, "alg")
             if let a = Lua.string(L, -1) { algName = a }
-            lua_getfield(L, 3, "kid")
+            Lua.rawField(L, 3, "kid")
             kid = Lua.string(L, -1)
-            lua_getfield(L, 3, "private_key")
+            Lua.rawField(L, 3, "private_key")
             privateKey = Lua.string(L, -1)
             lua_settop(L, 3)
         }

@@ -118,21 +118,21 @@ public struct JWTModule: LuaModule {
         var audience = keyset.audience
         var required = keyset.requiredClaims
         if let options {
-            lua_getfield(L, options, "leeway")
+            Lua.rawField(L, options, "leeway")
             if lua_type(L, -1) == LUA_TNUMBER { leeway = lua_tonumberx(L, -1, nil) }
-            lua_getfield(L, options, "max_age")
+            Lua.rawField(L, options, "max_age")
             if lua_type(L, -1) == LUA_TNUMBER { maxAge = lua_tonumberx(L, -1, nil) }
-            lua_getfield(L, options, "issuer")
+            Lua.rawField(L, options, "issuer")
             if let s = Lua.string(L, -1) { issuer = s }
-            lua_getfield(L, options, "audience")
+            Lua.rawField(L, options, "audience")
             if let s = Lua.string(L, -1) { audience = [s] } else if lua_type(L, -1) == LUA_TTABLE { audience = strings(L, lua_gettop(L)) }
-            lua_getfield(L, options, "required")
+            Lua.rawField(L, options, "required")
             if lua_type(L, -1) == LUA_TTABLE { required += strings(L, lua_gettop(L)) }
             lua_settop(L, claims)
         }
         let now = Lua.now(L)
         func number(_ field: String) -> (present: Bool, value: Double?) {
-            lua_getfield(L, claims, field)
+            Lua.rawField(L, claims, field)
             defer { mg_pop(L, 1) }
             let type = lua_type(L, -1)
             return (type != LUA_TNIL, type == LUA_TNUMBER ? lua_tonumberx(L, -1, nil) : nil)
@@ -147,19 +147,19 @@ public struct JWTModule: LuaModule {
             if now - i > maxAge + leeway { return "too_old" }
         }
         if let issuer {
-            lua_getfield(L, claims, "iss")
+            Lua.rawField(L, claims, "iss")
             let iss = Lua.string(L, -1)
             mg_pop(L, 1)
             if iss != issuer { return "wrong_issuer" }
         }
         if !audience.isEmpty {
-            lua_getfield(L, claims, "aud")
+            Lua.rawField(L, claims, "aud")
             let given: [String] = Lua.string(L, -1).map { [$0] } ?? (lua_type(L, -1) == LUA_TTABLE ? strings(L, lua_gettop(L)) : [])
             mg_pop(L, 1)
             if !given.contains(where: { audience.contains($0) }) { return "wrong_audience" }
         }
         for claim in required {
-            lua_getfield(L, claims, claim)
+            Lua.rawField(L, claims, claim)
             let missing = lua_type(L, -1) == LUA_TNIL
             mg_pop(L, 1)
             if missing { return "missing_claim" }

@@ -125,7 +125,7 @@ private func harnessRequest(_ L: OpaquePointer) -> Int32 {
     request.body = Array((field(L, "body") ?? "").utf8)
     let client = field(L, "client") ?? "127.0.0.1"
     let listener = field(L, "listener")
-    lua_getfield(L, 1, "headers")
+    Lua.rawField(L, 1, "headers")
     if lua_type(L, -1) == LUA_TTABLE {
         guard let headers = readHeaders(L, lua_gettop(L)) else { return Lua.raise(L, "harness.request: headers must map names to strings or lists of strings") }
         request.headers = headers
@@ -151,11 +151,11 @@ private func harnessRequest(_ L: OpaquePointer) -> Int32 {
             }
             let answer = lua_gettop(L)
             var response = SimulatedMessage(status: 200)
-            lua_getfield(L, answer, "status")
+            Lua.rawField(L, answer, "status")
             if let status = Lua.integer(L, -1) { response.status = status }
-            lua_getfield(L, answer, "body")
+            Lua.rawField(L, answer, "body")
             response.body = Array((Lua.string(L, -1) ?? "").utf8)
-            lua_getfield(L, answer, "headers")
+            Lua.rawField(L, answer, "headers")
             if lua_type(L, -1) == LUA_TTABLE { response.headers = readHeaders(L, lua_gettop(L)) ?? [] }
             if !(100...599).contains(response.status) {
                 stubFailure = "the stub for upstream \"\(call.upstream)\" returned status \(response.status)"
@@ -182,7 +182,7 @@ private func harnessRequest(_ L: OpaquePointer) -> Int32 {
 }
 
 private func field(_ L: OpaquePointer, _ name: String) -> String? {
-    lua_getfield(L, 1, name)
+    Lua.rawField(L, 1, name)
     defer { mg_pop(L, 1) }
     return Lua.string(L, -1)
 }

@@ -77,6 +77,16 @@ public enum Lua {
         return ok != 0 ? Int(v) : nil
     }
 
+    /// Pushes `t[name]` of the table at `index` without metamethods: a script's table may
+    /// carry an `__index` function, which must not run (and maybe raise) inside Swift.
+    /// Returns the value's type.
+    @discardableResult
+    public static func rawField(_ L: OpaquePointer, _ index: Int32, _ name: String) -> Int32 {
+        let table = lua_absindex(L, index)
+        push(L, name)
+        return lua_rawget(L, table)
+    }
+
     public static func isNoneOrNil(_ L: OpaquePointer, _ index: Int32) -> Bool {
         lua_type(L, index) <= LUA_TNIL
     }

@@ -9,7 +9,7 @@ import Testing
           - name: test
             address: 127.0.0.1:@PORT@
         timeouts:
-          request: 5s
+          request: 30s
         scripts:
           max_states: 2
           pool_wait: 50ms
@@ -237,19 +237,21 @@ import Testing
             #expect(r.echoed("X-Body-Head") == ["hello body"])
             #expect(r.json["body_bytes"] as? Int == 10)
             #expect(r.json["body_checksum"] as? String == Self.fnv("hello body"))
-            // Arriving after the head: the script waits without blocking the loop.
+            // Arriving after the head: the script waits without blocking the loop. (The pauses
+            // block the thread: a Task.sleep can wait seconds for a cooperative thread while
+            // other suites' blocking clients hold them, and the body would then come too late.)
             try c.send("POST /body HTTP/1.1\r\nHost: a\r\nX-Mode: read\r\nContent-Length: 2000\r\n\r\n")
-            try await Task.sleep(for: .milliseconds(100))
+            pause(0.1)
             #expect(try gw.client().request("GET", "/body").status == 200, "the loop serves others meanwhile")
             try c.send(String(repeating: "x", count: 1000))
-            try await Task.sleep(for: .milliseconds(50))
+            pause(0.05)
             try c.send(String(repeating: "y", count: 1000))
             let late = try c.readResponse()
-            #expect(late.echoed("X-Body-Length") == ["2000"])
+            #expect(late.echoed("X-Body-Length") == ["2000"], "\(late.status) \(late.text)")
             #expect(late.json["body_bytes"] as? Int == 2000)
             // Chunked, in pieces: read, then sent upstream with a Content-Length.
             try c.send("POST /body HTTP/1.1\r\nHost: a\r\nX-Mode: upper\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-            try await Task.sleep(for: .milliseconds(50))
+            pause(0.05)
             try c.send("6\r\n world\r\n0\r\n\r\n")
             let chunked = try c.readResponse()
             #expect(chunked.json["body_bytes"] as? Int == 11)
@@ -429,13 +431,13 @@ import Testing
                 }
             }
             slow.forEach { $0.start() }
-            try await Task.sleep(for: .milliseconds(200))
+            pause(0.2)
             let start = Date()
             let r = try gw.client().request("GET", "/phases/fast")
             #expect(r.status == 503)
             #expect(Date().timeIntervalSince(start) < 0.5)
             #expect(try gw.client().request("GET", "/api/echo").status == 503, "every state is still lent")
-            try await Task.sleep(for: .milliseconds(700))
+            pause(0.7)
             #expect(try gw.client().request("GET", "/phases/fast").status == 200)
         }
     }

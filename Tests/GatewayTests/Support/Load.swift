@@ -33,3 +33,10 @@ final class Load {
         while threads.contains(where: { $0.isExecuting }) { try await Task.sleep(for: .milliseconds(20)) }
     }
 }
+
+/// Blocks the calling thread for `seconds`. For pauses between a client's writes in an async
+/// test: a `Task.sleep` resumes only when a cooperative thread is free, which can take seconds
+/// while other suites' blocking clients hold them all.
+func pause(_ seconds: Double) {
+    usleep(useconds_t(seconds * 1_000_000))
+}

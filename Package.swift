@@ -126,7 +126,7 @@ let package = Package(
             dependencies: ["Harness", "Config"]),
         .testTarget(
             name: "AuthTests",
-            dependencies: ["Auth", "Harness", "Config", "Scripting"],
+            dependencies: ["Auth", "Harness", "Config", "Scripting", "CJOSE"],
             resources: [.copy("Fixtures")]),
         .testTarget(
             name: "ScriptingTests",

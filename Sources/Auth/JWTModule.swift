@@ -16,6 +16,8 @@ public struct JWTModule: LuaModule {
     static let registryKey = "moongate.jwt.keysets"
     /// Longest token looked at: anything longer is refused unread.
     static let maxTokenBytes = 16 * 1024
+    /// Longest token kept in the cache of verified tokens (bounds its memory).
+    static let maxCachedTokenBytes = 4 * 1024
 
     public func register(_ L: OpaquePointer) {
         // The program that holds this module outlives its states: an unretained pointer is safe.
@@ -48,6 +50,19 @@ public struct JWTModule: LuaModule {
         else { return refuse(L, "malformed") }
         let options = Lua.isNoneOrNil(L, 3) ? nil : Int32(3)
         if let options, lua_type(L, options) != LUA_TTABLE { return Lua.raise(L, "jwt.verify: options must be a table") }
+
+        // A token verified before on this worker: its payload, without the signature check.
+        let cache = token.count <= maxCachedTokenBytes ? keyset.cache() : nil
+        let cacheKey = cache == nil ? [] : Array(token)
+        if let cache, let payload = cache.lookup(cacheKey, now: Lua.now(L)) {
+            let pushed = payload.withUnsafeBytes { mg_json_push(L, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+            guard pushed == 1 else { return refuse(L, "bad_claims") }
+            if let reason = checkClaims(L, lua_gettop(L), keyset, options: options) {
+                lua_settop(L, 3)
+                return refuse(L, reason)
+            }
+            return 1
+        }
 
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: token.count + 8) { scratch in
             let out = scratch.baseAddress!
@@ -105,6 +120,14 @@ public struct JWTModule: LuaModule {
             if let reason = checkClaims(L, claims, keyset, options: options) {
                 lua_settop(L, 3)
                 return refuse(L, reason)
+            }
+            if let cache {
+                // Kept until its exp (a token without one is not kept).
+                if Lua.rawField(L, claims, "exp") == LUA_TNUMBER {
+                    let expires = lua_tonumberx(L, -1, nil)
+                    cache.insert(cacheKey, payload: Array(UnsafeBufferPointer(start: out, count: payloadLength)), expires: expires, now: Lua.now(L), limit: keyset.cacheEntries)
+                }
+                mg_pop(L, 1)
             }
             return 1
         }

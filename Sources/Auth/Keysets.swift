@@ -54,6 +54,10 @@ public final class CompiledKeyset: @unchecked Sendable {
     let leeway: Double
     let maxAge: Double?
     let requiredClaims: [String]
+    let cacheEntries: Int
+    /// Verified tokens, one shard per worker thread (see `cache()`).
+    private let shards: [TokenCache]
+    static let cacheShards = 64
 
     public init(_ keyset: Keyset) throws(KeysetError) {
         name = keyset.name
@@ -63,6 +67,8 @@ public final class CompiledKeyset: @unchecked Sendable {
         leeway = Self.seconds(keyset.leeway)
         maxAge = keyset.maxAge.map(Self.seconds)
         requiredClaims = keyset.requiredClaims
+        cacheEntries = keyset.cacheEntries
+        shards = keyset.cacheEntries > 0 ? (0..<Self.cacheShards).map { _ in TokenCache() } : []
         var keys: [Key] = []
         for source in keyset.keys {
             let text: String
@@ -106,6 +112,18 @@ public final class CompiledKeyset: @unchecked Sendable {
     deinit {
         for key in keys { mg_key_free(key.pkey) }
     }
+
+    /// The calling thread's cache, or nil (caching off, or more threads than shards). Each
+    /// shard is only ever touched by one thread, so no lock is needed; the shards live and
+    /// die with this keyset, so a reload that changes the keys drops what they verified.
+    func cache() -> TokenCache? {
+        guard !shards.isEmpty else { return nil }
+        let index = Int(mg_thread_index())
+        return index < shards.count ? shards[index] : nil
+    }
+
+    /// Cache hits across threads, for tests.
+    var cacheHits: Int { shards.reduce(0) { $0 + $1.hits } }
 
     static func seconds(_ d: Duration) -> Double {
         Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
@@ -199,5 +217,35 @@ extension String {
         var end = endIndex
         while end > startIndex, predicate(self[index(before: end)]) { end = index(before: end) }
         return self[startIndex..<end]
+    }
+}
+
+/// Verified tokens of one keyset on one thread: the token's payload JSON until its `exp`.
+final class TokenCache: @unchecked Sendable {
+    struct Entry {
+        var payload: [UInt8]
+        var expires: Double
+    }
+
+    private var entries: [[UInt8]: Entry] = [:]
+    private(set) var hits = 0
+
+    func lookup(_ token: [UInt8], now: Double) -> [UInt8]? {
+        guard let entry = entries[token] else { return nil }
+        guard now < entry.expires else {
+            entries[token] = nil
+            return nil
+        }
+        hits += 1
+        return entry.payload
+    }
+
+    /// Keeps at most `limit` entries: when full, expired ones go first, then all.
+    func insert(_ token: [UInt8], payload: [UInt8], expires: Double, now: Double, limit: Int) {
+        if entries.count >= limit {
+            entries = entries.filter { $0.value.expires > now }
+            if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
+        }
+        entries[token] = Entry(payload: payload, expires: expires)
     }
 }

@@ -312,3 +312,10 @@ void mg_sha256(const uint8_t *in, size_t len, uint8_t *out) {
 }
 
 int mg_digest_equal(const uint8_t *a, const uint8_t *b) { return CRYPTO_memcmp(a, b, 32) == 0; }
+
+int mg_thread_index(void) {
+    static _Thread_local int index = -1;
+    static int next = 0;
+    if (index < 0) index = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+    return index;
+}

@@ -107,7 +107,7 @@ struct ConfigDecoder {
                     value, path,
                     allowed: [
                         "algorithms", "secret", "secret_file", "keys", "jwks_file", "issuer", "audience", "leeway", "max_age",
-                        "required_claims",
+                        "required_claims", "cache_entries",
                     ])
             else { continue }
             var algorithms: [String] = []
@@ -158,6 +158,7 @@ struct ConfigDecoder {
             }
             if let n = map["leeway"]?.value, let v = r.duration(n, r.join(path, "leeway")) { keyset.leeway = v }
             if let n = map["max_age"]?.value, let v = positive(n, r.join(path, "max_age")) { keyset.maxAge = v }
+            if let n = map["cache_entries"]?.value, let v = r.int(n, r.join(path, "cache_entries"), range: 0...1_000_000) { keyset.cacheEntries = v }
             if let n = map["required_claims"]?.value, let list = r.sequence(n, r.join(path, "required_claims")) {
                 keyset.requiredClaims = list.enumerated().compactMap { r.string($0.element, r.join(r.join(path, "required_claims"), $0.offset)) }
             }

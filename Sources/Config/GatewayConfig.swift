@@ -243,6 +243,9 @@ public struct Keyset: Sendable, Equatable {
     public var maxAge: Duration?
     /// Claims that must be present.
     public var requiredClaims: [String] = []
+    /// Verified tokens kept per worker, until their `exp`, so that a repeated token skips the
+    /// signature check. 0 (the default) keeps none.
+    public var cacheEntries = 0
 
     public init(name: String, algorithms: [String], keys: [KeySource]) {
         self.name = name

@@ -67,6 +67,10 @@ size_t mg_public_pem(EVP_PKEY *key, char *out, size_t cap);
 
 mg_key_kind mg_key_kind_of(EVP_PKEY *key);
 
+/// A small number for the calling thread, the same for its life, from 0 up in the order
+/// threads first ask: lets per-thread caches be plain arrays without locks.
+int mg_thread_index(void);
+
 /// SHA-256 of `len` bytes into `out` (32 bytes).
 void mg_sha256(const uint8_t *in, size_t len, uint8_t *out);
 

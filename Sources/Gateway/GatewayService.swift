@@ -32,19 +32,23 @@ public struct GatewayService: Service {
         settle()
     }
 
-    /// Reloads when the config file or a script changes. A reload that moves the scripts
-    /// directory moves the watch with it.
+    /// Reloads when the config file, a script, or a key file the config names (JWKS, PEM,
+    /// secret, API keys) changes: rotating a key is saving its file. A reload that changes
+    /// what is watched moves the watch with it.
     private func watchFiles() async {
         while !Task.isCancelled {
-            let scripts = await gateway.generation?.config.scripts.directory
+            let config = await gateway.generation?.config
+            let scripts = config?.scripts.directory
             let directories = scripts.map { [$0] }?.filter { FileManager.default.fileExists(atPath: $0) } ?? []
-            guard let watcher = try? FileWatcher(paths: [gateway.configPath], directories: directories) else {
+            let keyFiles = config.map(Self.keyFiles) ?? []
+            let paths = [gateway.configPath] + keyFiles
+            guard let watcher = try? FileWatcher(paths: paths, directories: directories) else {
                 logger.warning("cannot watch the config file; reload with SIGHUP")
                 return
             }
             // A change made after the files were read but before the watch began is not an
             // event: look for one.
-            if Self.modified(since: await gateway.lastReadAt, paths: [gateway.configPath], directories: directories) {
+            if Self.modified(since: await gateway.lastReadAt, paths: paths, directories: directories) {
                 logger.info("config or scripts changed: reloading")
                 await reload()
             }
@@ -52,13 +56,20 @@ public struct GatewayService: Service {
                 for await _ in watcher.changes {
                     logger.info("config or scripts changed: reloading")
                     await reload()
-                    if await gateway.generation?.config.scripts.directory != scripts { break }
+                    let now = await gateway.generation?.config
+                    if now?.scripts.directory != scripts || now.map(Self.keyFiles) != keyFiles { break }
                 }
             } onCancel: {
                 watcher.stop()
             }
             watcher.stop()
         }
+    }
+
+    /// The key files `config` reads.
+    static func keyFiles(_ config: GatewayConfig) -> [String] {
+        config.keysets.flatMap { keyset in keyset.keys.compactMap(\.file) + (keyset.jwksFile.map { [$0] } ?? []) }
+            + config.apiKeys.compactMap(\.file)
     }
 
     /// Whether any of `paths`, or any file under `directories`, changed after `date`.

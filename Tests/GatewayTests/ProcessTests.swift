@@ -1,3 +1,5 @@
+import Auth
+import CJOSE
 import EchoUpstream
 import Foundation
 import NIOPosix
@@ -204,6 +206,58 @@ import Testing
             #expect(version == "two", "\(child.log)")
             #expect(Date().timeIntervalSince(written) < 1, "a script change takes effect within a second")
         }
+    }
+
+    /// Rotating a key is saving its file: the gateway reloads the keyset, a token signed with
+    /// the new secret passes and one signed with the old is refused.
+    @Test func reloadsWhenAKeyFileChanges() async throws {
+        try await withEcho { echoPort in
+            let config: (Int, Int) -> String = { port, echo in
+                """
+                listeners:
+                  - address: 127.0.0.1:\(port)
+                keysets:
+                  users: { algorithms: [HS256], secret_file: jwt.secret }
+                upstreams:
+                  echo:
+                    targets: [ "127.0.0.1:\(echo)" ]
+                routes:
+                  - match: { path_prefix: / }
+                    upstream: echo
+                    policy: auth.lua
+                """
+            }
+            let child = try Child(config: config, echoPort: echoPort) { folder in
+                try "first-secret\n".write(toFile: folder + "/jwt.secret", atomically: true, encoding: .utf8)
+                try FileManager.default.createDirectory(atPath: folder + "/policies", withIntermediateDirectories: true)
+                try """
+                return { access = function()
+                  local claims, reason = jwt.verify((request.header("Authorization") or ""):match("^Bearer (.+)$"), "users")
+                  if not claims then request.respond(401, reason) end
+                end }
+                """.write(toFile: folder + "/policies/auth.lua", atomically: true, encoding: .utf8)
+            }
+            func status(_ secret: String) throws -> Int {
+                try RawClient(port: child.port).request("GET", "/", headers: [("Authorization", "Bearer " + Self.token(secret: secret))]).status
+            }
+            #expect(try status("first-secret") == 200)
+            #expect(try status("second-secret") == 401)
+            try "second-secret\n".write(toFile: child.folder.appendingPathComponent("jwt.secret").path, atomically: true, encoding: .utf8)
+            let written = Date()
+            while try status("second-secret") != 200, Date().timeIntervalSince(written) < 3 { Thread.sleep(forTimeInterval: 0.02) }
+            #expect(try status("second-secret") == 200, "\(child.log)")
+            #expect(try status("first-secret") == 401)
+        }
+    }
+
+    /// An HS256 token with a far exp, signed with `secret`.
+    static func token(secret: String) -> String {
+        let input = Base64URL.encode(Array(#"{"alg":"HS256"}"#.utf8)) + "." + Base64URL.encode(Array(#"{"sub":"a","exp":4102444800}"#.utf8))
+        var mac = [UInt8](repeating: 0, count: 64)
+        let n = Array(input.utf8).withUnsafeBufferPointer { p in
+            Array(secret.utf8).withUnsafeBufferPointer { s in mg_hmac(MG_ALG_HS256, s.baseAddress, s.count, p.baseAddress, p.count, &mac) }
+        }
+        return input + "." + Base64URL.encode(Array(mac[0..<n]))
     }
 
     /// 100 MB up and 100 MB down: the gateway's peak memory must not grow with the body.

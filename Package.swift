@@ -80,6 +80,9 @@ let package = Package(
             dependencies: [
                 "Config", "Scripting", "CLuaRuntime", "CJOSE",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: [
                 // jwt.verify runs per request; no shared mutable state in it.
@@ -147,6 +150,7 @@ let package = Package(
                 "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
     ],
     swiftLanguageModes: [.v6]

@@ -7,7 +7,7 @@ import Scripting
 /// payload is looked at; the header's `alg` must be allowed by the keyset and fit the key.
 public struct JWTModule: LuaModule {
     public let name = "jwt"
-    let keysets: Keysets
+    public let keysets: Keysets
 
     public init(keysets: Keysets) {
         self.keysets = keysets
@@ -95,18 +95,29 @@ public struct JWTModule: LuaModule {
             guard signatureLength > 0, signatureLength <= 1024 else { return refuse(L, signatureLength < 0 ? "bad_base64" : "bad_signature") }
             var named = false
             var verified = false
-            for key in keyset.keys where kid == nil || key.kid == kid {
-                named = true
-                guard Algorithm.fits(alg, key) else { continue }
-                let ok = (key.secret ?? []).withUnsafeBufferPointer { secret in
-                    mg_jws_verify(alg, key.pkey, secret.baseAddress, secret.count, token.baseAddress!.assumingMemoryBound(to: UInt8.self), dot2, out, signatureLength)
-                }
-                if ok == 1 {
-                    verified = true
-                    break
+            // The configured keys, then those the worker last got from the JWKS URL.
+            func check(_ keys: [CompiledKeyset.Key]) {
+                for key in keys where kid == nil || key.kid == kid {
+                    named = true
+                    guard Algorithm.fits(alg, key) else { continue }
+                    let ok = (key.secret ?? []).withUnsafeBufferPointer { secret in
+                        mg_jws_verify(
+                            alg, key.pkey, secret.baseAddress, secret.count, token.baseAddress!.assumingMemoryBound(to: UInt8.self), dot2, out,
+                            signatureLength)
+                    }
+                    if ok == 1 {
+                        verified = true
+                        return
+                    }
                 }
             }
-            if kid != nil, !named { return refuse(L, "unknown_kid") }
+            check(keyset.keys)
+            if !verified, let remote = keyset.remote?.current { check(remote.keys) }
+            if kid != nil, !named {
+                // Perhaps the provider rotated: the fetcher looks again (rate-limited).
+                keyset.remote?.requestRefetch()
+                return refuse(L, "unknown_kid")
+            }
             guard verified else { return refuse(L, "bad_signature") }
 
             // The claims, only now that the signature holds.

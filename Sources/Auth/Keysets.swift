@@ -58,6 +58,8 @@ public final class CompiledKeyset: @unchecked Sendable {
     /// Verified tokens, one shard per worker thread (see `cache()`).
     private let shards: [TokenCache]
     static let cacheShards = 64
+    /// Keys from a JWKS URL, as each worker last received them (nil without a URL).
+    public let remote: RemoteKeys?
 
     public init(_ keyset: Keyset) throws(KeysetError) {
         name = keyset.name
@@ -69,6 +71,7 @@ public final class CompiledKeyset: @unchecked Sendable {
         requiredClaims = keyset.requiredClaims
         cacheEntries = keyset.cacheEntries
         shards = keyset.cacheEntries > 0 ? (0..<Self.cacheShards).map { _ in TokenCache() } : []
+        remote = keyset.jwksURL.map { RemoteKeys(url: $0, keyset: keyset.name) }
         var keys: [Key] = []
         for source in keyset.keys {
             let text: String
@@ -100,7 +103,7 @@ public final class CompiledKeyset: @unchecked Sendable {
             guard let data = FileManager.default.contents(atPath: file) else { throw KeysetError(description: "keyset \(keyset.name): cannot read \(file)") }
             keys += try JWKS.parse(data, keyset: keyset.name, source: file)
         }
-        for alg in keyset.algorithms {
+        for alg in keyset.algorithms where keyset.jwksURL == nil {
             guard let a = Algorithm.byName[alg] else { continue }
             if !keys.contains(where: { Algorithm.fits(a, $0) }) {
                 throw KeysetError(description: "keyset \(keyset.name): no key can check \(alg) tokens")
@@ -133,6 +136,9 @@ public final class CompiledKeyset: @unchecked Sendable {
 /// The keysets of a generation, by name.
 public final class Keysets: Sendable {
     let byName: [String: CompiledKeyset]
+
+    /// The keysets with a JWKS URL, for the fetcher.
+    public var remotes: [RemoteKeys] { byName.values.compactMap(\.remote).sorted { $0.keyset < $1.keyset } }
 
     public init(_ keysets: [Keyset]) throws(KeysetError) {
         var byName: [String: CompiledKeyset] = [:]
@@ -248,4 +254,64 @@ final class TokenCache: @unchecked Sendable {
         }
         entries[token] = Entry(payload: payload, expires: expires)
     }
+}
+
+/// Parsed keys that come and go together (one JWKS fetch); freed when no worker holds them.
+public final class KeyList: @unchecked Sendable {
+    let keys: [CompiledKeyset.Key]
+
+    init(_ keys: [CompiledKeyset.Key]) { self.keys = keys }
+
+    deinit {
+        for key in keys { mg_key_free(key.pkey) }
+    }
+
+    /// Parses a JWKS document.
+    public static func parse(jwks data: [UInt8], keyset: String, source: String) throws(KeysetError) -> KeyList {
+        KeyList(try JWKS.parse(Data(data), keyset: keyset, source: source))
+    }
+
+    public var count: Int { keys.count }
+}
+
+/// A keyset's JWKS URL and the keys fetched from it. The gateway's control plane fetches
+/// and publishes; each worker keeps its own reference (one slot per worker thread, written
+/// only on that thread), so verification reads keys without a lock.
+public final class RemoteKeys: @unchecked Sendable {
+    public let url: JWKSURL
+    public let keyset: String
+    private let slots: [Slot]
+    /// Set by a worker that met an unknown kid; taken by the fetcher.
+    private let refetchFlag = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+
+    final class Slot {
+        var keys: KeyList?
+    }
+
+    init(url: JWKSURL, keyset: String) {
+        self.url = url
+        self.keyset = keyset
+        slots = (0..<CompiledKeyset.cacheShards).map { _ in Slot() }
+        refetchFlag.initialize(to: 0)
+    }
+
+    deinit { refetchFlag.deallocate() }
+
+    /// The calling worker's keys.
+    var current: KeyList? {
+        let index = Int(mg_thread_index())
+        return index < slots.count ? slots[index].keys : nil
+    }
+
+    /// Installs `keys` for the calling thread: call it on each worker's event loop.
+    public func publish(_ keys: KeyList) {
+        let index = Int(mg_thread_index())
+        if index < slots.count { slots[index].keys = keys }
+    }
+
+    /// A worker met a kid it does not know: the fetcher should look again (rate-limited).
+    func requestRefetch() { _ = mg_atomic_exchange(refetchFlag, 1) }
+
+    /// Whether a refetch was asked for since the last call.
+    public func takeRefetchRequest() -> Bool { mg_atomic_exchange(refetchFlag, 0) == 1 }
 }

@@ -319,3 +319,5 @@ int mg_thread_index(void) {
     if (index < 0) index = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
     return index;
 }
+
+int mg_atomic_exchange(int *flag, int value) { return __atomic_exchange_n(flag, value, __ATOMIC_ACQ_REL); }

@@ -233,6 +233,8 @@ public struct Keyset: Sendable, Equatable {
     public var keys: [KeySource]
     /// A JWKS document on disk.
     public var jwksFile: String?
+    /// A JWKS document served over HTTP, fetched in the background (never on a request).
+    public var jwksURL: JWKSURL?
     /// Required `iss`, if set.
     public var issuer: String?
     /// Accepted `aud` values; the token's (string or list) must name one. Empty: not checked.
@@ -318,6 +320,39 @@ public struct APIKeySet: Sendable, Equatable {
         case 48...57: return c - 48
         case 97...102: return c - 87
         default: return nil
+        }
+    }
+}
+
+/// Where a keyset's JWKS is fetched from, and how often.
+public struct JWKSURL: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public var path: String
+    /// Refetched after this, unless the answer's `Cache-Control: max-age` says otherwise.
+    public var refresh: Duration = .seconds(300)
+    /// A token naming an unknown kid asks for a refetch, at most this often.
+    public var minRefetch: Duration = .seconds(30)
+
+    public init(host: String, port: Int, path: String) {
+        self.host = host
+        self.port = port
+        self.path = path
+    }
+
+    /// `http://host[:port]/path`; nil otherwise.
+    public init?(parsing text: String) {
+        guard text.hasPrefix("http://") else { return nil }
+        let rest = text.dropFirst(7)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = rest[..<slash]
+        let path = rest[slash...]
+        guard !authority.isEmpty else { return nil }
+        if let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]), (1...65535).contains(port) {
+            self.init(host: String(authority[..<colon]), port: port, path: path.isEmpty ? "/" : String(path))
+        } else {
+            guard !authority.contains(":") else { return nil }
+            self.init(host: String(authority), port: 80, path: path.isEmpty ? "/" : String(path))
         }
     }
 }

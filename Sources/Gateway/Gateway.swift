@@ -34,6 +34,10 @@ public actor Gateway {
     private(set) public var lastReload: ReloadResult?
     /// When the files of the last attempted load were read (before reading them).
     private(set) public var lastReadAt = Date.distantPast
+    /// Background fetches of JWKS URLs, for the current generation's keysets.
+    private var jwksTasks: [Task<Void, Never>] = []
+    /// The last keys each JWKS URL gave, kept across reloads.
+    private var lastJWKS: [String: KeyList] = [:]
     private var nextGenerationID = 1
 
     private struct RunningListener {
@@ -54,7 +58,8 @@ public actor Gateway {
     public func start() async throws {
         lastReadAt = Date()
         let config = try ConfigLoader.load(path: configPath, environment: environment)
-        let generation = try ProxyGeneration(id: nextGenerationID, config: config, modules: try AuthModules.make(config), logger: logger)
+        let modules = try AuthModules.make(config)
+        let generation = try ProxyGeneration(id: nextGenerationID, config: config, modules: modules, logger: logger)
         nextGenerationID += 1
         let count = workerOverride ?? config.workers ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
@@ -68,6 +73,9 @@ public actor Gateway {
             workers.append(worker)
         }
         self.workers = workers
+        // Keys from JWKS URLs before the first request (a provider that does not answer in
+        // time leaves those keysets empty until the background fetch succeeds).
+        await startJWKS(Self.remotes(modules), initialFetch: true)
         for listener in config.listeners {
             listeners[listener.address] = try await bind(listener)
         }
@@ -97,9 +105,11 @@ public actor Gateway {
         lastReadAt = Date()
         let config: GatewayConfig
         let next: ProxyGeneration
+        let nextModules: [any LuaModule]
         do {
             config = try ConfigLoader.load(path: configPath, environment: environment)
-            next = try ProxyGeneration(id: nextGenerationID, config: config, modules: try AuthModules.make(config), logger: logger)
+            nextModules = try AuthModules.make(config)
+            next = try ProxyGeneration(id: nextGenerationID, config: config, modules: nextModules, logger: logger)
         } catch let error as ConfigError {
             return rejected(current, error.diagnostics.map(\.description))
         } catch let error as ScriptErrors {
@@ -122,6 +132,9 @@ public actor Gateway {
             }
         }
         nextGenerationID += 1
+        // The new keysets start with the keys last fetched for their URL, so no request
+        // finds them empty; then the workers switch.
+        await startJWKS(Self.remotes(nextModules), initialFetch: false)
         for worker in workers {
             try? await worker.eventLoop.submit { worker.value.install(next) }.get()
         }
@@ -158,6 +171,8 @@ public actor Gateway {
     /// everything and stops the event loops.
     public func shutdown() async {
         guard let group else { return }
+        for task in jwksTasks { task.cancel() }
+        jwksTasks = []
         let drain = TimeAmount(generation?.config.timeouts.drain ?? .seconds(10))
         for running in listeners.values { for channel in running.channels { try? await channel.close() } }
         listeners = [:]
@@ -190,6 +205,68 @@ public actor Gateway {
             bytes += b
         }
         return (states, bytes)
+    }
+
+    // MARK: JWKS URLs
+
+    static func remotes(_ modules: [any LuaModule]) -> [RemoteKeys] {
+        modules.compactMap { ($0 as? JWTModule)?.keysets.remotes }.flatMap { $0 }
+    }
+
+    static func key(_ url: JWKSURL) -> String { "\(url.host):\(url.port)\(url.path)" }
+
+    /// Gives `remotes` the last keys of their URLs (or fetches them first), then keeps them
+    /// fresh in the background, replacing the previous generation's fetchers.
+    private func startJWKS(_ remotes: [RemoteKeys], initialFetch: Bool) async {
+        for task in jwksTasks { task.cancel() }
+        jwksTasks = []
+        for remote in remotes {
+            let key = Self.key(remote.url)
+            if lastJWKS[key] == nil, initialFetch { _ = await fetchJWKS(remote) }
+            if let keys = lastJWKS[key] { await publish(keys, to: remote) }
+            let refresh = remote.url.refresh
+            jwksTasks.append(Task { [weak self] in
+                var due = ContinuousClock.now + refresh
+                var last = ContinuousClock.now
+                while !Task.isCancelled {
+                    let now = ContinuousClock.now
+                    let asked = remote.takeRefetchRequest() && now - last >= remote.url.minRefetch
+                    if now >= due || asked {
+                        last = now
+                        let next = await self?.fetchJWKS(remote) ?? nil
+                        due = ContinuousClock.now + (next ?? min(refresh, .seconds(30)))
+                    }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            })
+        }
+    }
+
+    /// Fetches, parses and publishes a JWKS; returns how long it may be kept (nil: failed,
+    /// and the last good keys keep serving).
+    private func fetchJWKS(_ remote: RemoteKeys) async -> Duration? {
+        guard let group else { return nil }
+        let url = remote.url
+        do {
+            let answer = try await HTTPFetch.get(host: url.host, port: url.port, path: url.path, group: group)
+            guard answer.status == 200 else { throw HTTPFetch.Failure(description: "status \(answer.status)") }
+            let keys = try KeyList.parse(jwks: answer.body, keyset: remote.keyset, source: "http://\(Self.key(url))")
+            lastJWKS[Self.key(url)] = keys
+            await publish(keys, to: remote)
+            logger.info("JWKS fetched", metadata: ["keyset": "\(remote.keyset)", "keys": "\(keys.count)"])
+            return HTTPFetch.maxAge(answer.cacheControl).map { .seconds($0) } ?? url.refresh
+        } catch {
+            logger.warning(
+                "JWKS fetch failed; the last good keys keep serving",
+                metadata: ["keyset": "\(remote.keyset)", "url": "http://\(Self.key(url))", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func publish(_ keys: KeyList, to remote: RemoteKeys) async {
+        for worker in workers {
+            try? await worker.eventLoop.submit { remote.publish(keys) }.get()
+        }
     }
 
     /// Client and upstream connections open across workers, for tests.

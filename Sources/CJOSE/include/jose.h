@@ -71,6 +71,9 @@ mg_key_kind mg_key_kind_of(EVP_PKEY *key);
 /// threads first ask: lets per-thread caches be plain arrays without locks.
 int mg_thread_index(void);
 
+/// Atomically sets `*flag` to `value` and returns what it was (a flag shared by threads).
+int mg_atomic_exchange(int *flag, int value);
+
 /// SHA-256 of `len` bytes into `out` (32 bytes).
 void mg_sha256(const uint8_t *in, size_t len, uint8_t *out);
 

@@ -1,0 +1,165 @@
+import Auth
+import CJOSE
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+
+/// A keyset with a JWKS URL, against a real local HTTP server: rotation picked up on an
+/// unknown kid, removed keys gone after the refetch, the last good keys kept when the
+/// provider is down.
+@Suite(.serialized) struct JWKSTests {
+    /// Serves `document` at any path, counting fetches; `stop()` takes it down.
+    final class JWKSServer: @unchecked Sendable {
+        private let lock = NSLock()
+        private var current: String
+        private(set) var port = 0
+        private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        private var channel: Channel?
+
+        var document: String {
+            get { lock.withLock { current } }
+            set { lock.withLock { current = newValue } }
+        }
+
+        init(_ document: String) async throws {
+            current = document
+            let server = self
+            channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                        try channel.pipeline.syncOperations.addHandler(Responder(server: server))
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).get()
+            port = channel!.localAddress!.port!
+        }
+
+        private var stopped = false
+
+        /// Takes the provider down (once; later calls do nothing).
+        func stop() async {
+            let first = lock.withLock { () -> Bool in
+                defer { stopped = true }
+                return !stopped
+            }
+            guard first else { return }
+            try? await channel?.close()
+            try? await group.shutdownGracefully()
+        }
+
+        final class Responder: ChannelInboundHandler {
+            typealias InboundIn = HTTPServerRequestPart
+            typealias OutboundOut = HTTPServerResponsePart
+            let server: JWKSServer
+
+            init(server: JWKSServer) { self.server = server }
+
+            func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+                guard case .end = unwrapInboundIn(data) else { return }
+                let body = ByteBuffer(string: server.document)
+                var head = HTTPResponseHead(version: .http1_1, status: .ok)
+                head.headers.add(name: "Content-Type", value: "application/json")
+                head.headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+                head.headers.add(name: "Connection", value: "close")
+                context.write(wrapOutboundOut(.head(head)), promise: nil)
+                context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            }
+        }
+    }
+
+    static func jwks(_ keys: [(kid: String, secret: String)]) -> String {
+        let entries = keys.map { #"{"kty":"oct","kid":"\#($0.kid)","k":"\#(Base64URL.encode(Array($0.secret.utf8)))"}"# }
+        return #"{"keys":[\#(entries.joined(separator: ","))]}"#
+    }
+
+    static func token(kid: String, secret: String) -> String {
+        let header = #"{"alg":"HS256","kid":"\#(kid)"}"#
+        let input = Base64URL.encode(Array(header.utf8)) + "." + Base64URL.encode(Array(#"{"sub":"a","exp":4102444800}"#.utf8))
+        var mac = [UInt8](repeating: 0, count: 64)
+        let n = Array(input.utf8).withUnsafeBufferPointer { p in
+            Array(secret.utf8).withUnsafeBufferPointer { s in mg_hmac(MG_ALG_HS256, s.baseAddress, s.count, p.baseAddress, p.count, &mac) }
+        }
+        return input + "." + Base64URL.encode(Array(mac[0..<n]))
+    }
+
+    static func config(jwksPort: Int) -> String {
+        """
+        listeners:
+          - name: test
+            address: 127.0.0.1:@PORT@
+        keysets:
+          idp: { algorithms: [HS256], jwks_url: "http://127.0.0.1:\(jwksPort)/jwks", jwks_refresh: 1h, jwks_min_refetch: 0s }
+        upstreams:
+          echo:
+            targets: [ "@ECHO@" ]
+        routes:
+          - match: { path_prefix: / }
+            upstream: echo
+            policy: auth.lua
+        """
+    }
+
+    static let policy = """
+        return { access = function()
+          local claims, reason = jwt.verify((request.header("Authorization") or ""):match("^Bearer (.+)$"), "idp")
+          if not claims then request.respond(401, reason) end
+        end }
+        """
+
+    @Test func rotationAndAProviderThatGoesDown() async throws {
+        let server = try await JWKSServer(Self.jwks([("a", "secret-a")]))
+        try await withGateway(Self.config(jwksPort: server.port), workers: 2, scripts: ["auth.lua": Self.policy]) { gw in
+            func answer(_ kid: String, _ secret: String) throws -> RawClient.Response {
+                try gw.client().request("GET", "/", headers: [("Authorization", "Bearer " + Self.token(kid: kid, secret: secret))])
+            }
+            /// Keeps asking until the gateway answers `status`, for up to 3 s.
+            func eventually(_ kid: String, _ secret: String, _ status: Int) throws -> Int {
+                let start = Date()
+                var got = try answer(kid, secret).status
+                while got != status, Date().timeIntervalSince(start) < 3 {
+                    pause(0.05)
+                    got = try answer(kid, secret).status
+                }
+                return got
+            }
+            // Fetched before the first request.
+            #expect(try answer("a", "secret-a").status == 200)
+            // The provider rotates: the unknown kid asks for a refetch, then verifies.
+            server.document = Self.jwks([("b", "secret-b")])
+            let first = try answer("b", "secret-b")
+            #expect(first.status == 401 && first.text == "unknown_kid")
+            #expect(try eventually("b", "secret-b", 200) == 200)
+            #expect(try answer("a", "secret-a").text == "unknown_kid", "a removed key stops verifying")
+            // The provider goes down: the last good keys keep serving.
+            await server.stop()
+            _ = try answer("c", "secret-c")  // asks for a refetch, which fails
+            pause(0.3)
+            #expect(try answer("b", "secret-b").status == 200)
+        }
+        await server.stop()
+    }
+
+    @Test func httpsURLsAreRefusedClearly() throws {
+        #expect(throws: (any Error).self) {
+            try ConfigLoaderShim.parse(
+                """
+                listeners: [ { address: "127.0.0.1:8080" } ]
+                upstreams: { app: { targets: [ "127.0.0.1:9" ] } }
+                routes: [ { match: { path_prefix: / }, upstream: app } ]
+                keysets: { idp: { algorithms: [RS256], jwks_url: "https://id.example.com/jwks" } }
+                """)
+        }
+    }
+}
+
+import Config
+
+enum ConfigLoaderShim {
+    static func parse(_ text: String) throws { _ = try ConfigLoader.parse(text, file: "g.yaml") }
+}

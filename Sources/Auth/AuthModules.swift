@@ -13,8 +13,10 @@ public enum AuthModules {
     }
 
     /// Their test helpers, for `moongate test`: `harness.jwt`.
-    public static func helpers(_ config: GatewayConfig) throws(KeysetError) -> [any LuaModule] {
-        [JWTTestHelpers(keysets: try Keysets(config.keysets))]
+    /// `modules`' test helpers, for `moongate test`: `harness.jwt`, on the same keysets the
+    /// policies verify with (so a test can give a JWKS URL's keyset its keys).
+    public static func helpers(for modules: [any LuaModule]) -> [any LuaModule] {
+        modules.compactMap { $0 as? JWTModule }.map { JWTTestHelpers(keysets: $0.keysets) }
     }
 }
 
@@ -28,6 +30,7 @@ struct JWTTestHelpers: LuaModule {
         lua_pushlightuserdata(L, Unmanaged.passUnretained(keysets).toOpaque())
         lua_setfield(L, mg_registry_index(), "moongate.jwt.test-keysets")
         Lua.setFunction(L, "sign") { L in JWTTestHelpers.sign(L!) }
+        Lua.setFunction(L, "jwks") { L in JWTTestHelpers.jwks(L!) }
     }
 
     static func sign(_ L: OpaquePointer) -> Int32 {
@@ -60,7 +63,8 @@ struct JWTTestHelpers: LuaModule {
         var signature = [UInt8](repeating: 0, count: 1024)
         var length = 0
         if Algorithm.isHMAC(alg) {
-            guard let secret = keyset.keys.first(where: { $0.secret != nil && (kid == nil || $0.kid == kid) })?.secret else {
+            let candidates = keyset.keys + (keyset.remote?.current?.keys ?? [])
+            guard let secret = candidates.first(where: { $0.secret != nil && (kid == nil || $0.kid == kid) })?.secret else {
                 return Lua.raise(L, "harness.jwt.sign: keyset \"\(name)\" has no secret")
             }
             length = Array(input.utf8).withUnsafeBufferPointer { mg_hmac(alg, secret, secret.count, $0.baseAddress, $0.count, &signature) }
@@ -74,6 +78,24 @@ struct JWTTestHelpers: LuaModule {
         guard length > 0 else { return Lua.raise(L, "harness.jwt.sign: signing failed") }
         Lua.push(L, input + "." + Base64URL.encode(Array(signature[0..<length])))
         return 1
+    }
+
+    /// `harness.jwt.jwks(keyset, document)`: the keys a keyset with a JWKS URL has, as if its
+    /// provider had served `document` (a JWKS as JSON text); no network in tests.
+    static func jwks(_ L: OpaquePointer) -> Int32 {
+        guard let name = Lua.string(L, 1), let document = Lua.bytes(L, 2) else {
+            return Lua.raise(L, "harness.jwt.jwks(keyset, jwks_json)")
+        }
+        lua_getfield(L, mg_registry_index(), "moongate.jwt.test-keysets")
+        let keysets = lua_touserdata(L, -1).map { Unmanaged<Keysets>.fromOpaque($0).takeUnretainedValue() }
+        mg_pop(L, 1)
+        guard let remote = keysets?[name]?.remote else { return Lua.raise(L, "harness.jwt.jwks: keyset \"\(name)\" has no jwks_url") }
+        do {
+            remote.publish(try KeyList.parse(jwks: Array(document), keyset: name, source: "harness.jwt.jwks"))
+        } catch {
+            return Lua.raise(L, "harness.jwt.jwks: \(error)")
+        }
+        return 0
     }
 
     /// The claims table at 1 as JSON, by the `json` module's own encoder (called protected).

@@ -67,8 +67,8 @@ extension Moongate {
             let files = TestRunner.discover(paths.isEmpty ? [config.scripts.directory] : paths)
             let runner: TestRunner
             do {
-                runner = TestRunner(
-                    config: config, modules: try AuthModules.make(config), helpers: try AuthModules.helpers(config), coverage: coverage)
+                let modules = try AuthModules.make(config)
+                runner = TestRunner(config: config, modules: modules, helpers: AuthModules.helpers(for: modules), coverage: coverage)
             } catch {
                 FileHandle.standardError.write(Data("\(configPath): \(error)\n".utf8))
                 return false

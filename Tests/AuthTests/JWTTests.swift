@@ -48,6 +48,7 @@ import Testing
           mixed: { algorithms: [HS256, RS256], secret: another-secret, keys: [ { kid: rs256, pem_file: rs256.pem } ] }
           p256: { algorithms: [ES256, ES384], keys: [ { kid: es256, pem_file: es256.pem }, { kid: es384, pem_file: es384.pem } ] }
           hs: { algorithms: [HS256], secret: test-secret, issuer: bench, required_claims: [sub], max_age: 1h }
+          idp: { algorithms: [HS256], jwks_url: "http://127.0.0.1:9/jwks" }
         """.write(toFile: folder + "/gateway.yaml", atomically: true, encoding: .utf8)
         try """
         return { access = function()
@@ -58,7 +59,8 @@ import Testing
         """.write(toFile: folder + "/policies/auth.lua", atomically: true, encoding: .utf8)
         try tests.write(toFile: folder + "/policies/jwt_test.lua", atomically: true, encoding: .utf8)
         let config = try ConfigLoader.load(path: folder + "/gateway.yaml")
-        let runner = TestRunner(config: config, modules: try AuthModules.make(config), helpers: try AuthModules.helpers(config))
+        let modules = try AuthModules.make(config)
+        let runner = TestRunner(config: config, modules: modules, helpers: AuthModules.helpers(for: modules))
         let results = runner.run(TestRunner.discover([folder + "/policies"]))
         let totals = TestReport.totals(results)
         #expect(totals.passed > 0, "\(TestReport.text(results))")
@@ -246,6 +248,23 @@ import Testing
               assert.same({nil, "too_old"}, {jwt.verify(old, "hs")})
               local anonymous = harness.jwt.sign({iss = "bench", iat = harness.clock.now()}, "hs")
               assert.same({nil, "missing_claim"}, {jwt.verify(anonymous, "hs")})
+            end)
+            """)
+        #expect(failures.isEmpty, "\(failures)")
+    }
+
+    /// A keyset with a JWKS URL gets its keys from the test, with no network.
+    @Test func harnessServesATestJWKS() throws {
+        let failures = try run("""
+            it("verifies against the test's JWKS", function()
+              harness.jwt.jwks("idp", json.encode({keys = {{kty = "oct", kid = "k1", k = "c2VjcmV0LW9uZQ"}}}))
+              local token = harness.jwt.sign({sub = "a", exp = harness.clock.now() + 60}, "idp", {kid = "k1"})
+              assert.equals("a", jwt.verify(token, "idp").sub)
+              harness.jwt.jwks("idp", json.encode({keys = {{kty = "oct", kid = "k2", k = "c2VjcmV0LXR3bw"}}}))
+              assert.same({nil, "unknown_kid"}, {jwt.verify(token, "idp")})
+            end)
+            it("refuses a keyset without a URL", function()
+              assert.error_matches(function() harness.jwt.jwks("hs", "{}") end, "has no jwks_url")
             end)
             """)
         #expect(failures.isEmpty, "\(failures)")

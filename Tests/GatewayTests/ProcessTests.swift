@@ -166,23 +166,29 @@ import Testing
         }
     }
 
+    /// A gateway whose one route runs `policy`, with `extra` config at the top level.
+    static func policyConfig(_ policy: String, extra: String = "") -> (Int, Int) -> String {
+        { port, echo in
+            """
+            listeners:
+              - address: 127.0.0.1:\(port)
+            upstreams:
+              echo:
+                targets: [ "127.0.0.1:\(echo)" ]
+            routes:
+              - match: { path_prefix: / }
+                upstream: echo
+                policy: \(policy)
+
+            """ + extra
+        }
+    }
+
     /// Saving a script reloads it within a second, with no restart; a broken save is
     /// reported with its line and changes nothing.
     @Test func reloadsWhenAScriptChanges() async throws {
         try await withEcho { echoPort in
-            let config: (Int, Int) -> String = { port, echo in
-                """
-                listeners:
-                  - address: 127.0.0.1:\(port)
-                upstreams:
-                  echo:
-                    targets: [ "127.0.0.1:\(echo)" ]
-                routes:
-                  - match: { path_prefix: / }
-                    upstream: echo
-                    policy: tag.lua
-                """
-            }
+            let config = Self.policyConfig("tag.lua")
             let policy = { (v: String) in "return { access = function() request.set_header('X-Version', '\(v)') end }" }
             let child = try Child(config: config, echoPort: echoPort) { folder in
                 try FileManager.default.createDirectory(atPath: folder + "/policies", withIntermediateDirectories: true)
@@ -212,21 +218,7 @@ import Testing
     /// the new secret passes and one signed with the old is refused.
     @Test func reloadsWhenAKeyFileChanges() async throws {
         try await withEcho { echoPort in
-            let config: (Int, Int) -> String = { port, echo in
-                """
-                listeners:
-                  - address: 127.0.0.1:\(port)
-                keysets:
-                  users: { algorithms: [HS256], secret_file: jwt.secret }
-                upstreams:
-                  echo:
-                    targets: [ "127.0.0.1:\(echo)" ]
-                routes:
-                  - match: { path_prefix: / }
-                    upstream: echo
-                    policy: auth.lua
-                """
-            }
+            let config = Self.policyConfig("auth.lua", extra: "keysets:\n  users: { algorithms: [HS256], secret_file: jwt.secret }\n")
             let child = try Child(config: config, echoPort: echoPort) { folder in
                 try "first-secret\n".write(toFile: folder + "/jwt.secret", atomically: true, encoding: .utf8)
                 try FileManager.default.createDirectory(atPath: folder + "/policies", withIntermediateDirectories: true)

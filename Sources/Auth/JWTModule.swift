@@ -84,7 +84,8 @@ public struct JWTModule: LuaModule {
             let crit = lua_type(L, -1) != LUA_TNIL
             lua_settop(L, header - 1)
             guard let algName else { return refuse(L, "bad_header") }
-            if algName.lowercased() == "none" { return refuse(L, "alg_none") }
+            // Any spelling of "none" (a lowercased copy only for 4-letter names: this runs per request).
+            if algName.utf8.count == 4, algName.lowercased() == "none" { return refuse(L, "alg_none") }
             guard let alg = Algorithm.byName[algName], keyset.algorithms.contains(alg.rawValue) else { return refuse(L, "alg_not_allowed") }
             // No extension of JWS is understood here, so none may be critical (RFC 7515 4.1.11).
             if crit { return refuse(L, "unsupported_crit") }
@@ -93,26 +94,15 @@ public struct JWTModule: LuaModule {
             // The signature, against each key that may check it (the one named by kid).
             let signatureLength = decode(dot2 + 1, token.count)
             guard signatureLength > 0, signatureLength <= 1024 else { return refuse(L, signatureLength < 0 ? "bad_base64" : "bad_signature") }
-            var named = false
-            var verified = false
             // The configured keys, then those the worker last got from the JWKS URL.
-            func check(_ keys: [CompiledKeyset.Key]) {
-                for key in keys where kid == nil || key.kid == kid {
-                    named = true
-                    guard Algorithm.fits(alg, key) else { continue }
-                    let ok = (key.secret ?? []).withUnsafeBufferPointer { secret in
-                        mg_jws_verify(
-                            alg, key.pkey, secret.baseAddress, secret.count, token.baseAddress!.assumingMemoryBound(to: UInt8.self), dot2, out,
-                            signatureLength)
-                    }
-                    if ok == 1 {
-                        verified = true
-                        return
-                    }
-                }
+            let input = UnsafeRawBufferPointer(start: token.baseAddress, count: dot2)
+            let signature = UnsafeRawBufferPointer(start: out, count: signatureLength)
+            var (named, verified) = check(keyset.keys, alg: alg, kid: kid, input: input, signature: signature)
+            if !verified, let remote = keyset.remote?.current {
+                let more = check(remote.keys, alg: alg, kid: kid, input: input, signature: signature)
+                named = named || more.named
+                verified = more.verified
             }
-            check(keyset.keys)
-            if !verified, let remote = keyset.remote?.current { check(remote.keys) }
             if kid != nil, !named {
                 // Perhaps the provider rotated: the fetcher looks again (rate-limited).
                 keyset.remote?.requestRefetch()
@@ -142,6 +132,25 @@ public struct JWTModule: LuaModule {
             }
             return 1
         }
+    }
+
+    /// Tries each key that `kid` selects (all of them without a kid) and that fits `alg`:
+    /// whether any was selected, and whether one verified `signature` over `input`.
+    static func check(
+        _ keys: [CompiledKeyset.Key], alg: mg_alg, kid: String?, input: UnsafeRawBufferPointer, signature: UnsafeRawBufferPointer
+    ) -> (named: Bool, verified: Bool) {
+        var named = false
+        for key in keys where kid == nil || key.kid == kid {
+            named = true
+            guard Algorithm.fits(alg, key) else { continue }
+            let ok = (key.secret ?? []).withUnsafeBufferPointer { secret in
+                mg_jws_verify(
+                    alg, key.pkey, secret.baseAddress, secret.count, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count,
+                    signature.baseAddress?.assumingMemoryBound(to: UInt8.self), signature.count)
+            }
+            if ok == 1 { return (true, true) }
+        }
+        return (named, false)
     }
 
     /// `exp`, `nbf`, `iat` (with leeway and max age), `iss`, `aud`, required claims.

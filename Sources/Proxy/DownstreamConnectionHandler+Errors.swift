@@ -28,13 +28,15 @@ extension DownstreamConnectionHandler {
     }
 
     /// Answers the request from the gateway itself (an error, or a script's early answer).
+    /// `close` forces the connection closed (a broken request); otherwise it stays open if
+    /// what is left of the request body has arrived and can be dropped.
     func writeLocalResponse(_ status: Int, headers: HeaderEdits?, json: Bool, body: ByteBuffer, close: Bool) {
         if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
         responseStarted = true
         responsePhase = .done
         upstreamHead = nil
         sentStatus = status
-        let closing = close || !keepAliveClient || closeAfterResponse
+        let closing = close || !keepAliveClient || closeAfterResponse || !dropBufferedBody()
         var head = allocator.buffer(capacity: 192)
         head.writeStaticString("HTTP/1.1 ")
         head.writeString(String(status))
@@ -69,6 +71,29 @@ extension DownstreamConnectionHandler {
     }
 
     static let requestIDName: [UInt8] = Array("x-request-id".utf8)
+
+    /// Drops an unread request body that has fully arrived, so that an early answer need
+    /// not close the connection; false if some of it is still to come.
+    func dropBufferedBody() -> Bool {
+        if requestBodyDone { return true }
+        switch requestBody {
+        case .none, .untilClose:
+            return true
+        case .length(let remaining):
+            if remaining == 0 { return true }
+            guard var buffer = inbound, buffer.readableBytes >= remaining else { return false }
+            buffer.moveReaderIndex(forwardBy: remaining)
+            inbound = buffer.readableBytes > 0 ? buffer : nil
+        case .chunked(var decoder):
+            // `inbound` is bounded (reads pause past `maxBufferedInbound`), so this is too.
+            guard var buffer = inbound, case .done = decoder.collect(&buffer, max: .max) else { return false }
+            inbound = buffer.readableBytes > 0 ? buffer : nil
+        }
+        requestBody = .none
+        requestBodyDone = true
+        return true
+    }
+
 
     static func reason(_ status: Int) -> String {
         switch status {

@@ -105,7 +105,7 @@ extension DownstreamConnectionHandler {
             }
         }
         guard let route = chosen else {
-            respondError(404, "no route", close: request.framing != .none)
+            respondError(404, "no route", close: false)
             return
         }
         self.route = route
@@ -159,9 +159,9 @@ extension DownstreamConnectionHandler {
             case .failure(let error):
                 guard state == .connecting, requestSerial == serial else { return }
                 if case ChannelError.connectTimeout = error {
-                    respondError(504, "upstream connect timeout", close: !requestBodyDone)
+                    respondError(504, "upstream connect timeout", close: false)
                 } else {
-                    respondError(502, "upstream unreachable", close: !requestBodyDone)
+                    respondError(502, "upstream unreachable", close: false)
                 }
             }
         }

@@ -282,7 +282,7 @@ extension DownstreamConnectionHandler {
             self.upstream = nil
             upstream.close()
         }
-        respondError(status, message, close: !requestBodyDone)
+        respondError(status, message, close: false)
     }
 
     /// The response head as the client gets it: hop-by-hop fields removed, framing re-stated.

@@ -43,6 +43,14 @@ enum HTTPBytes {
         return true
     }
 
+    /// `a[aStart..<aStart+count]` and `b[bStart..<bStart+count]` equal, ignoring ASCII case
+    /// (field names, RFC 9110 5.1).
+    @inline(__always)
+    static func equalsIgnoringCase(_ a: UnsafeRawBufferPointer, _ aStart: Int, _ b: UnsafeRawBufferPointer, _ bStart: Int, _ count: Int) -> Bool {
+        for i in 0..<count where lower(a[aStart + i]) != lower(b[bStart + i]) { return false }
+        return true
+    }
+
     /// Exact (case-sensitive) comparison, as for methods (RFC 9110 9.1).
     @inline(__always)
     static func equals(_ p: UnsafeRawBufferPointer, _ start: Int, _ count: Int, _ text: StaticString) -> Bool {

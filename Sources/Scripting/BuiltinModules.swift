@@ -60,7 +60,7 @@ enum BuiltinModules {
         }
         var message = ""
         let count = lua_gettop(L)
-        for i in 1...max(count, 1) where i <= count {
+        for i in stride(from: Int32(1), through: count, by: 1) {
             if i > 1 { message += " " }
             switch lua_type(L, i) {
             case LUA_TSTRING: message += Lua.string(L, i)!

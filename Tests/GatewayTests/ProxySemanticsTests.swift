@@ -132,6 +132,10 @@ import Testing
             #expect(r.header("Content-Type") == "application/json")
             #expect(r.json["error"] as? String == "no route")
             #expect((r.json["request_id"] as? String)?.count == 32)
+            // A body that came with it is dropped, and the connection stays usable.
+            let c = try gw.client()
+            #expect(try c.request("POST", "/nowhere", body: Array("some body".utf8)).status == 404)
+            #expect(try c.request("GET", "/exact").status == 200)
         }
     }
 

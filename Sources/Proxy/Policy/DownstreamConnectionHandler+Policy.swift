@@ -16,7 +16,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             return
         }
         guard let pool = generation?.luaPool() else {
-            respondError(500, "policy unavailable", close: !dropBufferedBody())
+            respondError(500, "policy unavailable", close: false)
             return
         }
         luaPool = pool
@@ -25,7 +25,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             state = try pool.checkout()
         } catch {
             worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)", "route": "\(route.name)"])
-            respondError(500, "policy unavailable", close: !dropBufferedBody())
+            respondError(500, "policy unavailable", close: false)
             return
         }
         if let state {
@@ -48,7 +48,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             guard let wait = poolWait, wait.id == id else { return }
             poolWait = nil
             pool.cancel(id)
-            respondError(503, "no Lua state free", close: !dropBufferedBody())
+            respondError(503, "no Lua state free", close: false)
         }
         poolWait = (id, timer)
     }
@@ -87,7 +87,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             }
         }
         if let early = edits.early {
-            writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: !dropBufferedBody())
+            writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: false)
             return
         }
         guard state == .policy, let head = requestHead else { return }
@@ -108,7 +108,7 @@ extension DownstreamConnectionHandler: ScriptHost {
     /// route it picks has a policy.
     func runRouter(_ head: ByteBuffer, router: Int) -> RouterOutcome {
         guard let generation, let pool = generation.luaPool() else {
-            respondError(500, "policy unavailable", close: !dropBufferedBody())
+            respondError(500, "policy unavailable", close: false)
             return .answered
         }
         requestHead = head
@@ -120,11 +120,11 @@ extension DownstreamConnectionHandler: ScriptHost {
             checkedOut = try pool.checkout()
         } catch {
             worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)"])
-            respondError(500, "policy unavailable", close: !dropBufferedBody())
+            respondError(500, "policy unavailable", close: false)
             return .answered
         }
         guard let state = checkedOut else {
-            respondError(503, "no Lua state free", close: !dropBufferedBody())
+            respondError(503, "no Lua state free", close: false)
             return .answered
         }
         luaPool = pool
@@ -138,15 +138,15 @@ extension DownstreamConnectionHandler: ScriptHost {
             if let picked = generation.shared.routesByName[name] { return .route(picked) }
             worker.logger.error("the router returned an unknown route", metadata: ["route": "\(name)", "request_id": "\(String(buffer: requestID))"])
             releaseScript()
-            respondError(500, "script error", close: !dropBufferedBody())
+            respondError(500, "script error", close: false)
             return .answered
         case .waiting:
             state.abandon()
             if let early = edits.early {
-                writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: !dropBufferedBody())
+                writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: false)
             } else {
                 releaseScript()
-                respondError(500, "script error", close: !dropBufferedBody())
+                respondError(500, "script error", close: false)
             }
             return .answered
         case .failed(let failure):
@@ -182,34 +182,16 @@ extension DownstreamConnectionHandler: ScriptHost {
         }
     }
 
-    /// Drops an unread request body that has fully arrived, so that an early answer need
-    /// not close the connection; false if some of it is still to come.
-    func dropBufferedBody() -> Bool {
-        switch requestBody {
-        case .none, .untilClose:
-            return true
-        case .length(let remaining):
-            if remaining == 0 { return true }
-            guard var buffer = inbound, buffer.readableBytes >= remaining else { return false }
-            buffer.moveReaderIndex(forwardBy: remaining)
-            inbound = buffer.readableBytes > 0 ? buffer : nil
-        case .chunked(var decoder):
-            // Bounded by the route's body limit, which the bytes here already respect.
-            guard var buffer = inbound, case .done = decoder.collect(&buffer, max: .max) else { return false }
-            inbound = buffer.readableBytes > 0 ? buffer : nil
-        }
-        requestBody = .none
-        requestBodyDone = true
-        return true
-    }
-
     private func bodyCollected(_ body: ByteBuffer) {
         edits.body = body
         requestBody = .none
         requestBodyDone = true
         // The upstream gets the body with the head: there is no `100 Continue` to wait for.
-        edits.headers.set(Array("Expect".utf8), lower: Array("expect".utf8), nil)
+        edits.headers.set(Self.expectName, lower: Self.expectLower, nil)
     }
+
+    static let expectName: [UInt8] = Array("Expect".utf8)
+    static let expectLower: [UInt8] = Array("expect".utf8)
 
     /// Suspends the script until the body is in (`request.body`, `request.set_body`).
     func waitForBody(_ wait: BodyWait) {
@@ -322,7 +304,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         logFailure(failure, route: route)
         releaseScript()
         // The client learns only that the policy failed; the details are in the log.
-        respondError(500, failure.budget != nil ? "script budget exceeded" : "script error", close: !dropBufferedBody())
+        respondError(500, failure.budget != nil ? "script budget exceeded" : "script error", close: false)
     }
 
     private func logFailure(_ failure: ScriptFailure, route: CompiledRoute?) {

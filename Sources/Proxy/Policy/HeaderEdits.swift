@@ -35,6 +35,13 @@ struct HeaderEdits {
         entries.first { $0.lower == lower }
     }
 
+    /// The entry for `name`, in any case (no lowered copy: reads happen per request).
+    func entry(named name: UnsafeRawBufferPointer) -> Entry? {
+        entries.first { e in
+            e.lower.count == name.count && e.lower.withUnsafeBytes { HTTPBytes.equalsIgnoringCase($0, 0, name, 0, name.count) }
+        }
+    }
+
     /// Replaces every field of this name with `value` (none when nil).
     mutating func set(_ name: [UInt8], lower: [UInt8], _ value: [UInt8]?) {
         bytes += name.count + (value?.count ?? 0) + 4
@@ -86,6 +93,9 @@ enum HeaderCheck {
     /// Request fields the gateway sets for the upstream's trust in them.
     static let forwarding: Set<[UInt8]> = Set(
         ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"].map { Array($0.utf8) })
+
+    /// `Proxy-*` fields are hop-by-hop (RFC 9110 7.6.1).
+    static let proxyPrefix: [UInt8] = Array("proxy-".utf8)
 
     static func name(_ bytes: UnsafeRawBufferPointer) -> String? {
         if bytes.isEmpty { return "empty header name" }

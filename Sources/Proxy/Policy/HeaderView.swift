@@ -7,11 +7,11 @@ struct HeaderView {
     let fields: [HeaderField]
     let edits: HeaderEdits
 
-    /// Calls `body` with each value of the field named `lower`, in order, until it returns false.
-    func forEach(_ lower: [UInt8], _ body: (UnsafeRawBufferPointer) -> Bool) {
-        let entry = edits.entry(lower)
+    /// Calls `body` with each value of the field `name` (any case), in order, until it returns false.
+    func forEach(_ name: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Bool) {
+        let entry = edits.entry(named: name)
         if entry?.replaces != true {
-            for field in fields where field.name.count == lower.count && matches(field.name, lower) {
+            for field in fields where field.name.count == name.count && HTTPBytes.equalsIgnoringCase(p, field.name.lower, name, 0, name.count) {
                 if !body(UnsafeRawBufferPointer(rebasing: p[field.value.lower..<field.value.upper])) { return }
             }
         }
@@ -21,15 +21,10 @@ struct HeaderView {
         }
     }
 
-    private func matches(_ name: ByteRange, _ lower: [UInt8]) -> Bool {
-        for k in 0..<lower.count where HTTPBytes.lower(p[name.lower + k]) != lower[k] { return false }
-        return true
-    }
-
     /// Pushes the first value, or nil.
-    func pushFirst(_ L: OpaquePointer, _ lower: [UInt8]) {
+    func pushFirst(_ L: OpaquePointer, _ name: UnsafeRawBufferPointer) {
         var found = false
-        forEach(lower) { value in
+        forEach(name) { value in
             Lua.push(L, bytes: value)
             found = true
             return false
@@ -38,10 +33,10 @@ struct HeaderView {
     }
 
     /// Pushes a list of every value.
-    func pushAll(_ L: OpaquePointer, _ lower: [UInt8]) {
+    func pushAll(_ L: OpaquePointer, _ name: UnsafeRawBufferPointer) {
         lua_createtable(L, 2, 0)
         var n: lua_Integer = 0
-        forEach(lower) { value in
+        forEach(name) { value in
             Lua.push(L, bytes: value)
             n += 1
             lua_rawseti(L, -2, n)
@@ -60,7 +55,7 @@ struct HeaderView {
         lua_createtable(L, 0, Int32(names.count))
         for name in names {
             var values: [[UInt8]] = []
-            forEach(name) { values.append(Array($0)); return true }
+            name.withUnsafeBytes { n in forEach(n) { values.append(Array($0)); return true } }
             if values.isEmpty { continue }
             name.withUnsafeBytes { Lua.push(L, bytes: $0) }
             if values.count == 1 {
@@ -83,15 +78,16 @@ enum HeaderRead {
 
     /// Reads the name argument (but for `.table`) and pushes from the view `withView` lends.
     func push(_ L: OpaquePointer, _ function: String, _ withView: ((HeaderView) -> Void) -> Void) -> Int32 {
-        var lower: [UInt8] = []
+        var name = UnsafeRawBufferPointer(start: nil, count: 0)
         if self != .table {
-            guard let name = Lua.bytes(L, 1) else { return Lua.raise(L, "\(function): the name must be a string") }
-            lower = HeaderCheck.lowered(name)
+            // Valid while the argument stays on the stack, which it does for this call.
+            guard let bytes = Lua.bytes(L, 1) else { return Lua.raise(L, "\(function): the name must be a string") }
+            name = bytes
         }
         withView { view in
             switch self {
-            case .first: view.pushFirst(L, lower)
-            case .all: view.pushAll(L, lower)
+            case .first: view.pushFirst(L, name)
+            case .all: view.pushAll(L, name)
             case .table: view.pushTable(L)
             }
         }

@@ -134,7 +134,7 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "host") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.host") }
-            h.withRequestHeaders { $0.pushFirst(L, DownstreamConnectionHandler.hostName) }
+            DownstreamConnectionHandler.hostName.withUnsafeBytes { host in h.withRequestHeaders { $0.pushFirst(L, host) } }
             return 1
         }
         Lua.setFunction(L, "set_header") { L in editHeader(L!, "request.set_header", add: false) }
@@ -282,7 +282,7 @@ func checkedHeader(
     guard let name = Lua.bytes(L, 1) else { return .failure(ScriptMessage(text: "\(function): the name must be a string")) }
     if let problem = HeaderCheck.name(name) { return .failure(ScriptMessage(text: "\(function): \(problem)")) }
     let lower = HeaderCheck.lowered(name)
-    if HeaderCheck.framing.contains(lower) || managed.contains(lower) || lower.starts(with: Array("proxy-".utf8)) {
+    if HeaderCheck.framing.contains(lower) || managed.contains(lower) || lower.starts(with: HeaderCheck.proxyPrefix) {
         return .failure(ScriptMessage(text: "\(function): \(String(decoding: name, as: UTF8.self)) is managed by the gateway"))
     }
     switch lua_type(L, 2) {

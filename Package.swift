@@ -41,6 +41,33 @@ let package = Package(
         .target(
             name: "CJOSE",
             dependencies: ["COpenSSL"]),
+        // The local rate-limit table: token buckets shared by every event loop, updated with a
+        // 128-bit compare-and-swap (C: Swift has no double-word atomics on Linux).
+        .target(name: "CBuckets"),
+        // A Redis client for the event loops: hiredis's protocol code over a SwiftNIO connection
+        // per loop, pipelined, with timeouts, reconnects and a circuit breaker.
+        .target(
+            name: "Redis",
+            dependencies: [
+                "Config", "CHiredis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // `redis_bucket`: token buckets in the local store or in Redis (an atomic Lua script),
+        // the failure modes, and the harness's stand-ins.
+        .target(
+            name: "RateLimit",
+            dependencies: [
+                "Config", "Scripting", "CLuaRuntime", "CBuckets", "Redis", "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [
+                // take runs per request; no shared mutable state outside the C table and atomics.
+                .unsafeFlags(["-enforce-exclusivity=unchecked"])
+            ]),
         // The YAML model, validation with file:line:path, env interpolation, file watching.
         .target(
             name: "Config",
@@ -93,14 +120,14 @@ let package = Package(
         .target(
             name: "Harness",
             dependencies: [
-                "Config", "Scripting", "Proxy", "CLuaRuntime",
+                "Config", "Scripting", "Proxy", "CLuaRuntime", "Auth", "RateLimit",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Workers, listeners, config generations, reload and graceful shutdown.
         .target(
             name: "Gateway",
             dependencies: [
-                "Config", "Proxy", "Auth", "Scripting",
+                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -119,10 +146,22 @@ let package = Package(
         .executableTarget(
             name: "moongate",
             dependencies: [
-                "Config", "Gateway", "Proxy", "Scripting", "Harness", "Auth", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
+                "Config", "Gateway", "Proxy", "Scripting", "Harness", "Auth", "RateLimit", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
+        // A real redis-server for the tests that need one (started on a free port, killable).
+        .target(
+            name: "RedisTestServer",
+            dependencies: ["Redis"],
+            path: "Tests/RedisTestServer"),
+        .testTarget(
+            name: "RateLimitTests",
+            dependencies: [
+                "RateLimit", "Redis", "RedisTestServer", "Config", "Harness", "Scripting", "CBuckets",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]),
         .testTarget(
             name: "HarnessTests",
@@ -147,7 +186,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE",
+                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -13,7 +13,7 @@ struct ConfigDecoder {
         guard
             let top = r.mapping(
                 root, "",
-                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys"])
+                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit"])
         else { return nil }
 
         var workers: Int?
@@ -41,12 +41,15 @@ struct ConfigDecoder {
         let scripts = top["scripts"].map { decodeScripts($0.value) } ?? ScriptsConfig()
         let keysets = top["keysets"].map { decodeKeysets($0.value) } ?? []
         let apiKeys = top["apikeys"].map { decodeAPIKeys($0.value) } ?? []
+        let redis = top["redis"].map { decodeRedis($0.value) } ?? []
+        let rateLimit = decodeRateLimit(top["rate_limit"]?.value, redis: redis)
         let routes = top["routes"].map { decodeRoutes($0.value, upstreams: upstreams, scripts: scripts) } ?? []
         if top["routes"] == nil { r.fail(root, "routes", "at least one route is required") }
 
         return GatewayConfig(
             workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
-            timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys)
+            timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys,
+            redis: redis, rateLimit: rateLimit)
     }
 
     private func decodeAPIKeys(_ node: Node) -> [APIKeySet] {
@@ -280,7 +283,7 @@ struct ConfigDecoder {
         return timeouts
     }
 
-    private func positive(_ node: Node, _ path: String) -> Duration? {
+    func positive(_ node: Node, _ path: String) -> Duration? {
         guard let d = reader.duration(node, path) else { return nil }
         guard d > .zero else {
             reader.fail(node, path, "must be greater than zero")
@@ -355,7 +358,7 @@ struct ConfigDecoder {
             guard
                 let map = r.mapping(
                     item, path,
-                    allowed: ["name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy", "budget"])
+                    allowed: ["name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy", "budget", "rate_limit_failure"])
             else { continue }
             let name = map["name"].flatMap { r.string($0.value, r.join(path, "name")) } ?? "route\(i)"
             if !names.insert(name).inserted { r.fail(map["name"]?.value ?? item, r.join(path, "name"), "duplicate route name \"\(name)\"") }
@@ -416,6 +419,13 @@ struct ConfigDecoder {
             if let n = map["budget"]?.value {
                 if map["policy"] == nil { r.fail(n, r.join(path, "budget"), "a budget needs a policy") }
                 route.budget = decodeBudget(n, r.join(path, "budget"), base: scripts.budget)
+            }
+            if let n = map["rate_limit_failure"]?.value, let v = r.string(n, r.join(path, "rate_limit_failure")) {
+                if let mode = RateLimitFailure(rawValue: v) {
+                    route.rateLimitFailure = mode
+                } else {
+                    r.fail(n, r.join(path, "rate_limit_failure"), "expected open (let requests through) or closed (answer 429)")
+                }
             }
             out.append(route)
         }

@@ -19,12 +19,19 @@ public struct GatewayConfig: Sendable, Equatable {
     public var keysets: [Keyset] = []
     /// API key sets that `apikey.verify(key, name)` looks keys up in.
     public var apiKeys: [APIKeySet] = []
+    /// Redis servers rate-limit buckets may be kept in, by name.
+    public var redis: [RedisServer] = []
+    /// The local bucket store and the default store.
+    public var rateLimit = RateLimitConfig()
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,
         limits: Limits = Limits(), timeouts: Timeouts = Timeouts(), upstreams: [Upstream], routes: [Route],
-        scripts: ScriptsConfig = ScriptsConfig(), keysets: [Keyset] = [], apiKeys: [APIKeySet] = []
+        scripts: ScriptsConfig = ScriptsConfig(), keysets: [Keyset] = [], apiKeys: [APIKeySet] = [],
+        redis: [RedisServer] = [], rateLimit: RateLimitConfig = RateLimitConfig()
     ) {
+        self.redis = redis
+        self.rateLimit = rateLimit
         self.scripts = scripts
         self.keysets = keysets
         self.apiKeys = apiKeys
@@ -167,6 +174,8 @@ public struct Route: Sendable, Equatable {
     public var policy: String?
     /// This route's script budgets: `scripts.budget` with the route's overrides applied.
     public var budget: ScriptBudget = ScriptBudget()
+    /// What `redis_bucket.take` does on this route when Redis cannot answer. Default open.
+    public var rateLimitFailure: RateLimitFailure = .open
 
     public init(name: String, host: String? = nil, path: PathMatch, methods: [String] = [], upstream: Int) {
         self.name = name

@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Proxy
+import RateLimit
 import Scripting
 
 /// The running gateway: one event loop per worker, each with its own `ProxyWorker`, and the
@@ -39,6 +40,10 @@ public actor Gateway {
     /// The last keys each JWKS URL gave, kept across reloads.
     private var lastJWKS: [String: KeyList] = [:]
     private var nextGenerationID = 1
+    /// The local rate-limit store: the process's, kept across reloads.
+    private var localBuckets: LocalBuckets?
+    /// Clients for the config's Redis servers, kept across reloads that keep the servers.
+    private var redisBuckets: RedisBuckets?
 
     private struct RunningListener {
         let listener: Listener
@@ -58,11 +63,23 @@ public actor Gateway {
     public func start() async throws {
         lastReadAt = Date()
         let config = try ConfigLoader.load(path: configPath, environment: environment)
-        let modules = try AuthModules.make(config)
-        let generation = try ProxyGeneration(id: nextGenerationID, config: config, modules: modules, logger: logger)
-        nextGenerationID += 1
         let count = workerOverride ?? config.workers ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
+        let modules: [any LuaModule]
+        let generation: ProxyGeneration
+        do {
+            modules = try AuthModules.make(config)
+            let local = LocalBuckets(slots: config.rateLimit.localKeys)
+            let redis = config.redis.isEmpty ? nil : try await RedisBuckets.make(servers: config.redis, group: group, logger: logger)
+            localBuckets = local
+            redisBuckets = redis
+            let buckets = RateLimitModules.make(config: config, local: local, redis: redis, logger: logger)
+            generation = try ProxyGeneration(id: nextGenerationID, config: config, modules: modules + buckets, logger: logger)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        nextGenerationID += 1
         self.group = group
         var workers: [NIOLoopBound<ProxyWorker>] = []
         for loop in group.makeIterator() {
@@ -106,18 +123,25 @@ public actor Gateway {
         let config: GatewayConfig
         let next: ProxyGeneration
         let nextModules: [any LuaModule]
+        var nextRedis = redisBuckets
         do {
             config = try ConfigLoader.load(path: configPath, environment: environment)
             nextModules = try AuthModules.make(config)
-            next = try ProxyGeneration(id: nextGenerationID, config: config, modules: nextModules, logger: logger)
-        } catch let error as ConfigError {
-            return rejected(current, error.diagnostics.map(\.description))
-        } catch let error as ScriptErrors {
-            return rejected(current, error.errors.map(\.description))
-        } catch let error as KeysetError {
-            return rejected(current, ["\(configPath): \(error)"])
+            if config.redis.isEmpty {
+                nextRedis = nil
+            } else if let group, redisBuckets?.serves(config.redis) != true {
+                nextRedis = try await RedisBuckets.make(servers: config.redis, group: group, logger: logger)
+            }
+            guard let local = localBuckets else { return ReloadResult(generation: 0, errors: ["not started"]) }
+            let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, logger: logger)
+            next = try ProxyGeneration(id: nextGenerationID, config: config, modules: nextModules + buckets, logger: logger)
         } catch {
-            return rejected(current, ["\(configPath): \(error)"])
+            if let nextRedis, nextRedis !== redisBuckets { await nextRedis.close() }
+            switch error {
+            case let error as ConfigError: return rejected(current, error.diagnostics.map(\.description))
+            case let error as ScriptErrors: return rejected(current, error.errors.map(\.description))
+            default: return rejected(current, ["\(configPath): \(error)"])
+            }
         }
 
         // Open new listeners first: if one cannot bind, nothing has changed yet.
@@ -151,6 +175,18 @@ public actor Gateway {
         let effectiveWorkers = workerOverride ?? config.workers ?? System.coreCount
         if effectiveWorkers != workers.count {
             logger.warning("workers changed in the config; takes effect on restart", metadata: ["running": "\(workers.count)"])
+        }
+        if let old = redisBuckets, old !== nextRedis {
+            // Commands in flight on the old connections get their answers first.
+            let grace = (old.servers.map(\.commandTimeout).max() ?? .zero) * 4
+            Task {
+                try? await Task.sleep(for: grace)
+                await old.close()
+            }
+        }
+        redisBuckets = nextRedis
+        if config.rateLimit.localKeys != current.config.rateLimit.localKeys {
+            logger.warning("rate_limit.local_keys changed in the config; takes effect on restart")
         }
         generation = next
         let result = ReloadResult(generation: next.id, errors: [])
@@ -190,6 +226,8 @@ public actor Gateway {
             try? await Task.sleep(for: .milliseconds(20))
         }
         for worker in workers { try? await worker.eventLoop.submit { worker.value.closeAll() }.get() }
+        await redisBuckets?.close()
+        redisBuckets = nil
         self.workers = []
         self.group = nil
         try? await group.shutdownGracefully()

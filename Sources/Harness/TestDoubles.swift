@@ -8,13 +8,21 @@ public final class FakeClock: ScriptClock, @unchecked Sendable {
     /// 2023-11-14T22:13:20Z.
     public static let start = 1_700_000_000.0
     private let lock = NSLock()
-    private var value = FakeClock.start
+    /// Kept in whole nanoseconds, so that advancing by 0.1 s ten times is exactly one second
+    /// (a bucket's refill depends on it).
+    private var nanos = Int64(FakeClock.start) * 1_000_000_000
 
     public init() {}
 
-    public func now() -> Double { lock.withLock { value } }
-    public func set(_ seconds: Double) { lock.withLock { value = seconds } }
-    public func advance(_ seconds: Double) { lock.withLock { value += seconds } }
+    public func now() -> Double { Double(nanoseconds()) / 1e9 }
+    public func nanoseconds() -> Int64 { lock.withLock { nanos } }
+    /// Sets the time, to the microsecond.
+    public func set(_ seconds: Double) {
+        let whole = seconds.rounded(.down)
+        let micros = ((seconds - whole) * 1e6).rounded()
+        lock.withLock { nanos = Int64(whole) * 1_000_000_000 + Int64(micros) * 1000 }
+    }
+    public func advance(_ seconds: Double) { lock.withLock { nanos += Int64((seconds * 1e9).rounded()) } }
     public func reset() { set(Self.start) }
 }
 

@@ -37,6 +37,9 @@ public final class TestRunner {
     let modules: [any LuaModule]
     let helpers: [any LuaModule]
     public let coverage: CoverageRecorder?
+    /// The time every simulated gateway and test sees; reset before each test.
+    public let clock: FakeClock
+    let beforeEach: () -> Void
 
     /// What one test may use: generous, but a test that loops forever still ends.
     static let testBudget: ScriptBudget = {
@@ -48,10 +51,16 @@ public final class TestRunner {
         return b
     }()
 
-    /// `modules`: Lua modules beyond `request` and `response` (for policies and tests alike);
-    /// `helpers`: their test helpers, each as `harness.<name>`.
-    public init(config: GatewayConfig, modules: [any LuaModule] = [], helpers: [any LuaModule] = [], coverage: Bool = false) {
+    /// `modules`: Lua modules beyond `request` and `response` (for policies and tests alike),
+    /// made with `clock` if they keep time (bucket refill); `helpers`: their test helpers, each
+    /// as `harness.<name>`; `beforeEach`: what modules reset between tests (their stores).
+    public init(
+        config: GatewayConfig, clock: FakeClock = FakeClock(), modules: [any LuaModule] = [], helpers: [any LuaModule] = [],
+        coverage: Bool = false, beforeEach: @escaping () -> Void = {}
+    ) {
         self.config = config
+        self.clock = clock
+        self.beforeEach = beforeEach
         self.modules = modules
         self.helpers = helpers
         self.coverage = coverage ? CoverageRecorder() : nil
@@ -86,7 +95,6 @@ public final class TestRunner {
             FileResult(path: file, tests: tests, loadError: error, seconds: seconds(since: started))
         }
         guard let source = FileManager.default.contents(atPath: file) else { return finish([], "\(file): cannot read the file") }
-        let clock = FakeClock()
         let logs = LogStore()
         let simulation: SimulatedGateway
         let scripts: ScriptSet
@@ -125,6 +133,7 @@ public final class TestRunner {
                 continue
             }
             context.reset(state.L)
+            beforeEach()
             let testStarted = ContinuousClock.now
             var outcome = "fail"
             var message: String?

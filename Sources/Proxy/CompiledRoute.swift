@@ -26,8 +26,11 @@ final class CompiledRoute: Sendable {
     /// Index of the route's policy in the generation's `ScriptProgram`, or -1 for none.
     let policy: Int
     let budget: ScriptBudget
+    /// Position in the config's routes.
+    let index: Int
 
-    init(_ route: Route, defaultMaxBody: Int, policy: Int) {
+    init(_ route: Route, index: Int, defaultMaxBody: Int, policy: Int) {
+        self.index = index
         self.policy = policy
         budget = route.budget
         name = route.name

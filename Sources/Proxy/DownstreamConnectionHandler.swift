@@ -105,6 +105,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var sentStatus = 0
     /// A script waits for the request body (`request.body`, `request.set_body`).
     var bodyWait: BodyWait?
+    /// A script waits for an API call (`redis_bucket.take` on a Redis store).
+    var apiWait = false
     /// A response phase waits for the upstream's body (`response.body`, `response.set_body`).
     var responseWait: BodyWait?
     /// Upstream bytes after the response head, held while a response phase may read them.

@@ -41,8 +41,8 @@ public final class ProxyGeneration: Sendable {
             maxURIBytes: config.limits.maxURIBytes)
         self.clientIdleTimeout = TimeAmount(config.timeouts.clientIdle)
         self.requestTimeout = TimeAmount(config.timeouts.request)
-        self.routes = config.routes.map { route in
-            CompiledRoute(route, defaultMaxBody: config.limits.maxBodyBytes, policy: route.policy.flatMap { program?.policyIndex($0) } ?? -1)
+        self.routes = config.routes.enumerated().map { index, route in
+            CompiledRoute(route, index: index, defaultMaxBody: config.limits.maxBodyBytes, policy: route.policy.flatMap { program?.policyIndex($0) } ?? -1)
         }
         self.routesByName = Dictionary(routes.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var routers: [String: Int] = [:]

@@ -1,16 +1,13 @@
 import CLuaRuntime
 import Logging
 
-/// Receives what a running script reports about its request.
-public protocol ScriptHost: AnyObject {
-    /// A line a script logs (`log.info(...)`, `print(...)`), with its `file:line`.
-    func scriptLog(_ level: Logger.Level, _ message: String, location: String?)
-}
-
 /// The time scripts see through `now()`: the real clock in the gateway, a fake one in tests.
 public protocol ScriptClock: Sendable {
     /// Seconds since the Unix epoch.
     func now() -> Double
+    /// Nanoseconds that only move forward, for measuring intervals (token refill): the
+    /// monotonic clock in the gateway, the fake time since the epoch in tests.
+    func nanoseconds() -> Int64
 }
 
 /// The wall clock.
@@ -22,6 +19,8 @@ public struct SystemClock: ScriptClock {
         clock_gettime(CLOCK_REALTIME, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
+
+    public func nanoseconds() -> Int64 { Int64(mg_now_ns()) }
 }
 
 /// `log`, `print` and `now`, which every state has.

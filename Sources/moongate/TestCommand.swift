@@ -1,5 +1,4 @@
 import ArgumentParser
-import Auth
 import Config
 import Foundation
 import Harness
@@ -32,6 +31,9 @@ extension Moongate {
 
         @Flag(help: "Print each policy script's line coverage.")
         var coverage = false
+
+        @Option(help: "Keep the Redis stores' buckets in this real redis-server (host:port) instead of in memory.")
+        var redis: String?
 
         @Flag(help: "Run again whenever a script, test or the config changes.")
         var watch = false
@@ -67,8 +69,12 @@ extension Moongate {
             let files = TestRunner.discover(paths.isEmpty ? [config.scripts.directory] : paths)
             let runner: TestRunner
             do {
-                let modules = try AuthModules.make(config)
-                runner = TestRunner(config: config, modules: modules, helpers: AuthModules.helpers(for: modules), coverage: coverage)
+                var address: SocketAddressSpec?
+                if let redis {
+                    guard let a = SocketAddressSpec(parsing: redis) else { throw ValidationError("--redis: expected host:port, got \(redis)") }
+                    address = a
+                }
+                runner = try TestRunner.forGateway(config: config, redis: address, coverage: coverage)
             } catch {
                 FileHandle.standardError.write(Data("\(configPath): \(error)\n".utf8))
                 return false

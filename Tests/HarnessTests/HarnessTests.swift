@@ -196,7 +196,7 @@ import FoundationXML
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let config = try ConfigLoader.load(path: root.appendingPathComponent("sandbox/gateway.yaml").path)
         let start = ContinuousClock.now
-        let results = TestRunner(config: config).run(TestRunner.discover([config.scripts.directory]))
+        let results = try TestRunner.forGateway(config: config).run(TestRunner.discover([config.scripts.directory]))
         let elapsed = ContinuousClock.now - start
         let totals = TestReport.totals(results)
         #expect(totals.ok, "\(TestReport.text(results))")

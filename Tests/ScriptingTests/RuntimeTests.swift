@@ -125,7 +125,10 @@ import Testing
     }
 
     @Test func nowComesFromTheProgramClock() throws {
-        struct Fixed: ScriptClock { func now() -> Double { 1_700_000_000.5 } }
+        struct Fixed: ScriptClock {
+            func now() -> Double { 1_700_000_000.5 }
+            func nanoseconds() -> Int64 { 1_700_000_000_500_000_000 }
+        }
         let base = program(["policy": "return { access = function() probe.put(string.format('%.1f', now())) end }"])
         let p = ScriptProgram(scripts: base.scripts, policies: ["policy"], modules: base.modules, settings: base.settings, clock: Fixed())
         let r = Recorder()

@@ -268,6 +268,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             case .failed(let failure): logFailure(failure, route: route)
             }
         }
+        apiWait = false
         releaseScript()
         requestHead = nil
         responseHeadKept = nil
@@ -280,6 +281,7 @@ extension DownstreamConnectionHandler: ScriptHost {
 
     /// The connection went away mid-request: no log phase, the state goes back.
     func abandonScript() {
+        apiWait = false
         laterResponse = false
         laterLog = false
         bodyWait = nil
@@ -324,5 +326,42 @@ extension DownstreamConnectionHandler: ScriptHost {
         var metadata: Logger.Metadata = ["request_id": "\(String(buffer: requestID))", "route": "\(route?.name ?? "")"]
         if let location { metadata["script"] = "\(location)" }
         worker.logger.log(level: level, "\(message)", metadata: metadata)
+    }
+
+    var scriptRouteIndex: Int? { route?.index }
+
+    func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard responseEdits.headers.fits(bytes.count + value.utf8.count) else { return false }
+        responseEdits.headers.add(bytes, lower: Array(name.lowercased().utf8), Array(value.utf8))
+        return true
+    }
+
+    func scriptAnswer(_ answer: ScriptAnswer) {
+        var early = EarlyResponse(status: answer.status, body: errorBody(answer.message), json: true)
+        for (name, value) in answer.headers { early.headers.add(Array(name.utf8), lower: Array(name.lowercased().utf8), Array(value.utf8)) }
+        edits.early = early
+    }
+
+    /// Only the access phase of a route's policy waits: the router's answer is needed at
+    /// once, and later phases have an upstream answer in hand.
+    var scriptCanWait: Bool { scriptPhase == .access && route != nil && state == .policy }
+
+    func scriptSuspend() -> ScriptResumer {
+        let serial = requestSerial
+        apiWait = true
+        return ScriptResumer(
+            resume: { [self] push in
+                guard requestSerial == serial, apiWait, let lua, let route else { return }
+                apiWait = false
+                accessEnded(lua.resume(pushing: push), route: route)
+            },
+            answer: { [self] answer in
+                guard requestSerial == serial, apiWait, let lua, let route else { return }
+                apiWait = false
+                _ = lua
+                scriptAnswer(answer)
+                accessEnded(.waiting, route: route)  // abandons the script, writes the answer
+            })
     }
 }

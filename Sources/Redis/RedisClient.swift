@@ -149,6 +149,13 @@ public final class RedisClient {
     }
 
     private func connected(_ channel: Channel) {
+        if let old = self.channel {
+            // A connection that died before its close was seen: what was written to it will
+            // never be answered, and must not be matched with the new connection's replies.
+            self.channel = nil
+            old.close(promise: nil)
+            while let pending = inFlight.popFirst() { finish(pending, .failure(.unavailable("connection lost")), count: false) }
+        }
         self.channel = channel
         // Set-up commands go first on the wire; their replies are checked like any other.
         var setup: [RedisCommand] = []
@@ -164,6 +171,9 @@ public final class RedisClient {
                 { [self] result in
                     switch result {
                     case .success(.error(let message)):
+                        // Counts towards the circuit, so a wrong password does not mean a
+                        // reconnect per request.
+                        if circuit.failed(now: .now()) { logCircuitOpened(.protocolError(message)) }
                         logger.error("redis refused the connection set-up", metadata: ["redis": "\(server.name)", "error": "\(message)"])
                         channel.close(promise: nil)
                     default: break

@@ -44,6 +44,8 @@ public actor Gateway {
     private var localBuckets: LocalBuckets?
     /// Clients for the config's Redis servers, kept across reloads that keep the servers.
     private var redisBuckets: RedisBuckets?
+    /// Rate-limit decisions taken without Redis, since start.
+    private let bucketCounters = BucketCounters()
 
     private struct RunningListener {
         let listener: Listener
@@ -73,7 +75,7 @@ public actor Gateway {
             let redis = config.redis.isEmpty ? nil : try await RedisBuckets.make(servers: config.redis, group: group, logger: logger)
             localBuckets = local
             redisBuckets = redis
-            let buckets = RateLimitModules.make(config: config, local: local, redis: redis, logger: logger)
+            let buckets = RateLimitModules.make(config: config, local: local, redis: redis, counters: bucketCounters, logger: logger)
             generation = try ProxyGeneration(id: nextGenerationID, config: config, modules: modules + buckets, logger: logger)
         } catch {
             try? await group.shutdownGracefully()
@@ -133,7 +135,7 @@ public actor Gateway {
                 nextRedis = try await RedisBuckets.make(servers: config.redis, group: group, logger: logger)
             }
             guard let local = localBuckets else { return ReloadResult(generation: 0, errors: ["not started"]) }
-            let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, logger: logger)
+            let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, counters: bucketCounters, logger: logger)
             next = try ProxyGeneration(id: nextGenerationID, config: config, modules: nextModules + buckets, logger: logger)
         } catch {
             if let nextRedis, nextRedis !== redisBuckets { await nextRedis.close() }
@@ -233,6 +235,9 @@ public actor Gateway {
         try? await group.shutdownGracefully()
         logger.info("gateway stopped")
     }
+
+    /// Requests let through and refused since start because Redis could not answer.
+    public func rateLimitFailures() -> (open: Int, closed: Int) { bucketCounters.failures }
 
     /// Lua states across workers and the heap bytes of the idle ones, for tests and figures.
     public func luaStats() async -> (states: Int, idleBytes: Int) {

@@ -18,13 +18,11 @@ public struct BucketModule: LuaModule {
     public let name = "redis_bucket"
     let context: BucketContext
 
-    public init(local: LocalBuckets, redis: (any RedisBucketStore)?, config: GatewayConfig, logger: Logger) {
-        context = BucketContext(local: local, redis: redis, config: config, logger: logger)
-    }
-
-    /// Requests let through and refused because Redis could not answer, since start.
-    public var failures: (open: Int, closed: Int) {
-        (context.failOpen.load(ordering: .relaxed), context.failClosed.load(ordering: .relaxed))
+    public init(
+        local: LocalBuckets, redis: (any RedisBucketStore)?, config: GatewayConfig, counters: BucketCounters = BucketCounters(),
+        logger: Logger
+    ) {
+        context = BucketContext(local: local, redis: redis, config: config, counters: counters, logger: logger)
     }
 
     static let registryKey = "moongate.redis_bucket"
@@ -229,13 +227,10 @@ final class BucketContext: Sendable {
     let defaultStore: Int
     let failure: [RateLimitFailure]
     let logger: Logger
-    let failOpen = Atomic<Int>(0)
-    let failClosed = Atomic<Int>(0)
-    /// When the last failure was logged (ns), so that an outage logs once a second, not per request.
-    let lastLogged = Atomic<Int64>(0)
-    let unlogged = Atomic<Int>(0)
+    let counters: BucketCounters
 
-    init(local: LocalBuckets, redis: (any RedisBucketStore)?, config: GatewayConfig, logger: Logger) {
+    init(local: LocalBuckets, redis: (any RedisBucketStore)?, config: GatewayConfig, counters: BucketCounters, logger: Logger) {
+        self.counters = counters
         self.local = local
         self.redis = redis
         self.servers = config.redis.map { Array($0.name.utf8) }
@@ -257,7 +252,11 @@ final class BucketContext: Sendable {
             return BucketOutcome(
                 allowed: d.allowed, remaining: d.remaining, retryAfter: d.retryAfter, resetAfter: d.resetAfter, capacity: request.capacity)
         case .failure(let error):
-            if request.failOpen { failOpen.add(1, ordering: .relaxed) } else { failClosed.add(1, ordering: .relaxed) }
+            if request.failOpen {
+                counters.failOpen.add(1, ordering: .relaxed)
+            } else {
+                counters.failClosed.add(1, ordering: .relaxed)
+            }
             logFailure(error, request)
             return BucketOutcome(
                 allowed: request.failOpen, remaining: 0, retryAfter: request.failOpen ? 0 : 1, resetAfter: 0, capacity: request.capacity,
@@ -267,18 +266,36 @@ final class BucketContext: Sendable {
 
     private func logFailure(_ error: RedisError, _ request: BucketModule.Request) {
         let now = Int64(mg_now_ns())
-        let last = lastLogged.load(ordering: .relaxed)
-        guard now - last >= 1_000_000_000, lastLogged.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged else {
-            unlogged.add(1, ordering: .relaxed)
+        let c = counters
+        let last = c.lastLogged.load(ordering: .relaxed)
+        guard now - last >= 1_000_000_000, c.lastLogged.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged else {
+            c.unlogged.add(1, ordering: .relaxed)
             return
         }
-        let suppressed = unlogged.exchange(0, ordering: .relaxed)
+        let suppressed = c.unlogged.exchange(0, ordering: .relaxed)
         let server = request.store >= 0 && request.store < servers.count ? String(decoding: servers[request.store], as: UTF8.self) : "?"
         logger.warning(
             request.failOpen ? "rate limiter unavailable: letting requests through (fail open)" : "rate limiter unavailable: refusing requests (fail closed)",
             metadata: [
                 "redis": "\(server)", "error": "\(error)", "similar_since_last_line": "\(suppressed)",
-                "fail_open_total": "\(failOpen.load(ordering: .relaxed))", "fail_closed_total": "\(failClosed.load(ordering: .relaxed))",
+                "fail_open_total": "\(c.failOpen.load(ordering: .relaxed))", "fail_closed_total": "\(c.failClosed.load(ordering: .relaxed))",
             ])
+    }
+}
+
+/// Rate-limit decisions made without the store (Redis could not answer), for the process's
+/// life: kept by the gateway across reloads, for logs, tests and (later) metrics.
+public final class BucketCounters: Sendable {
+    let failOpen = Atomic<Int>(0)
+    let failClosed = Atomic<Int>(0)
+    /// When the last failure was logged (ns), so that an outage logs once a second, not per request.
+    let lastLogged = Atomic<Int64>(0)
+    let unlogged = Atomic<Int>(0)
+
+    public init() {}
+
+    /// Requests let through (`open`) and refused (`closed`) because the store did not answer.
+    public var failures: (open: Int, closed: Int) {
+        (failOpen.load(ordering: .relaxed), failClosed.load(ordering: .relaxed))
     }
 }

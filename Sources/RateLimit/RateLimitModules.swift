@@ -7,8 +7,10 @@ import Scripting
 public enum RateLimitModules {
     /// The gateway's module: `local` is the process's table (kept across reloads), `redis`
     /// the clients for `config.redis` (nil if it names no server).
-    public static func make(config: GatewayConfig, local: LocalBuckets, redis: RedisBuckets?, logger: Logger) -> [any LuaModule] {
-        [BucketModule(local: local, redis: redis, config: config, logger: logger)]
+    public static func make(
+        config: GatewayConfig, local: LocalBuckets, redis: RedisBuckets?, counters: BucketCounters, logger: Logger
+    ) -> [any LuaModule] {
+        [BucketModule(local: local, redis: redis, config: config, counters: counters, logger: logger)]
     }
 
     /// The harness's module, on `clock`: Redis stores in memory, or in the real server at

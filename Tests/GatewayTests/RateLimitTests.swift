@@ -138,6 +138,9 @@ import Testing
             #expect(closed == [429: 50], "fail closed: \(closed)")
             #expect(closedBody.contains("rate limiter unavailable"))
             #expect(slowest < 0.5, "a request pair took \(slowest) s")
+            // Every such decision is counted.
+            let failures = await gw.gateway.rateLimitFailures()
+            #expect(failures.open == 50 && failures.closed == 50, "\(failures)")
 
             try redis.start()
             // Within the circuit's longest open time, Redis is used again: the bucket is new

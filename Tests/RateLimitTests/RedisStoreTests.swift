@@ -157,8 +157,9 @@ import Testing
         let loop = group.next()
         var server = RedisServer(name: "r", address: SocketAddressSpec(host: "127.0.0.1", port: redis.port))
         server.circuitFailures = 2
-        server.circuitOpen = .milliseconds(100)
-        server.circuitMaxOpen = .milliseconds(200)
+        // Long enough that a loaded machine cannot let it half-open while the test looks.
+        server.circuitOpen = .seconds(1)
+        server.circuitMaxOpen = .seconds(1)
         let client = try await Self.client(server, on: loop)
         #expect(try await Self.send(client, on: loop, [RedisCommand("PING")])[0] == .success(.status("PONG")))
         redis.kill()
@@ -172,7 +173,7 @@ import Testing
         try redis.start()
         // It recovers by itself: within the longest open time, a probe gets through.
         var answered = false
-        let deadline = ContinuousClock.now + .seconds(3)
+        let deadline = ContinuousClock.now + .seconds(6)
         while !answered, ContinuousClock.now < deadline {
             answered = try await Self.send(client, on: loop, [RedisCommand("PING")])[0] == .success(.status("PONG"))
             if !answered { try await Task.sleep(for: .milliseconds(20)) }

@@ -6,17 +6,33 @@ import Scripting
 
 /// The Lua modules this module provides, built for one config generation.
 public enum AuthModules {
-    /// `jwt` with the config's keysets and `apikey` with its key sets (parsed now: call it
-    /// off the event loops).
-    public static func make(_ config: GatewayConfig) throws(KeysetError) -> [any LuaModule] {
-        [JWTModule(keysets: try Keysets(config.keysets)), try APIKeyModule(config.apiKeys)]
+    /// `jwt` with the config's keysets, `apikey` with its key sets and `oauth2` with its
+    /// introspection endpoints (parsed now: call it off the event loops). `introspection`
+    /// replaces the HTTP transport (the harness's `StubIntrospection`).
+    public static func make(_ config: GatewayConfig, introspection: (any IntrospectionTransport)? = nil) throws(KeysetError) -> [any LuaModule] {
+        [
+            JWTModule(keysets: try Keysets(config.keysets)), try APIKeyModule(config.apiKeys),
+            try OAuth2Module(config.introspection, transport: introspection),
+        ]
     }
 
-    /// Their test helpers, for `moongate test`: `harness.jwt`.
     /// `modules`' test helpers, for `moongate test`: `harness.jwt`, on the same keysets the
-    /// policies verify with (so a test can give a JWKS URL's keyset its keys).
+    /// policies verify with (so a test can give a JWKS URL's keyset its keys), and
+    /// `harness.oauth2` when introspection goes to a `StubIntrospection`.
     public static func helpers(for modules: [any LuaModule]) -> [any LuaModule] {
-        modules.compactMap { $0 as? JWTModule }.map { JWTTestHelpers(keysets: $0.keysets) }
+        var out: [any LuaModule] = modules.compactMap { $0 as? JWTModule }.map { JWTTestHelpers(keysets: $0.keysets) }
+        for case let module as OAuth2Module in modules {
+            if let stub = module.stub { out.append(OAuth2TestHelpers(stub: stub, servers: module.context.index)) }
+        }
+        return out
+    }
+
+    /// What the harness resets before each test: introspection answers and caches.
+    public static func reset(_ modules: [any LuaModule]) {
+        for case let module as OAuth2Module in modules {
+            module.stub?.reset()
+            module.clearCaches()
+        }
     }
 }
 
@@ -105,5 +121,76 @@ struct JWTTestHelpers: LuaModule {
         defer { lua_settop(L, 3) }
         guard mg_pcall(L, 1, 1, 0) == LUA_OK, let bytes = Lua.bytes(L, -1) else { return nil }
         return Array(bytes)
+    }
+}
+
+/// `harness.oauth2.answer(server, token, answer)`: what the introspection endpoint says of
+/// `token` (a table such as `{active = true, sub = "ann", exp = ...}`; nil: inactive), and
+/// `harness.oauth2.fail(server, "timeout" | "unavailable" | nil)`: the endpoint failing.
+struct OAuth2TestHelpers: LuaModule {
+    let name = "oauth2"
+    /// Held by the program that holds this module, which outlives its states.
+    let box: Box
+
+    init(stub: StubIntrospection, servers: [String: Int]) {
+        box = Box(stub, servers)
+    }
+
+    final class Box: @unchecked Sendable {
+        let stub: StubIntrospection
+        let servers: [String: Int]
+        init(_ stub: StubIntrospection, _ servers: [String: Int]) {
+            self.stub = stub
+            self.servers = servers
+        }
+    }
+
+    func register(_ L: OpaquePointer) {
+        lua_pushlightuserdata(L, Unmanaged.passUnretained(box).toOpaque())
+        lua_setfield(L, mg_registry_index(), "moongate.oauth2.test")
+        Lua.setFunction(L, "answer") { L in OAuth2TestHelpers.answer(L!) }
+        Lua.setFunction(L, "fail") { L in OAuth2TestHelpers.fail(L!) }
+    }
+
+    static func box(_ L: OpaquePointer) -> Box {
+        lua_getfield(L, mg_registry_index(), "moongate.oauth2.test")
+        defer { mg_pop(L, 1) }
+        return Unmanaged<Box>.fromOpaque(lua_touserdata(L, -1)!).takeUnretainedValue()
+    }
+
+    static func answer(_ L: OpaquePointer) -> Int32 {
+        let box = box(L)
+        guard let name = Lua.string(L, 1), let token = Lua.bytes(L, 2) else {
+            return Lua.raise(L, "harness.oauth2.answer(server, token, answer_table_or_nil)")
+        }
+        guard let server = box.servers[name] else { return Lua.raise(L, "harness.oauth2.answer: no introspection server \"\(name)\"") }
+        var body = Array(#"{"active":false}"#.utf8)
+        if lua_type(L, 3) == LUA_TTABLE {
+            lua_settop(L, 3)
+            lua_pushcclosure(L, mg_json_encode, 0)
+            lua_pushvalue(L, 3)
+            guard mg_pcall(L, 1, 1, 0) == LUA_OK, let bytes = Lua.bytes(L, -1) else {
+                return Lua.raise(L, "harness.oauth2.answer: the answer must be a table json.encode can encode")
+            }
+            body = Array(bytes)
+        } else if !Lua.isNoneOrNil(L, 3) {
+            return Lua.raise(L, "harness.oauth2.answer: the answer must be a table or nil")
+        }
+        box.stub.set(server: server, token: Array(token), answer: body)
+        return 0
+    }
+
+    static func fail(_ L: OpaquePointer) -> Int32 {
+        let box = box(L)
+        guard let name = Lua.string(L, 1), let server = box.servers[name] else {
+            return Lua.raise(L, "harness.oauth2.fail(server, \"timeout\" | \"unavailable\" | nil): unknown server")
+        }
+        switch Lua.string(L, 2) {
+        case "timeout": box.stub.fail(server: server, HTTPFetch.Failure(.timeout, "stub"))
+        case "unavailable": box.stub.fail(server: server, HTTPFetch.Failure(.connection, "stub"))
+        case nil: box.stub.fail(server: server, nil)
+        default: return Lua.raise(L, "harness.oauth2.fail: the failure must be \"timeout\", \"unavailable\" or nil")
+        }
+        return 0
     }
 }

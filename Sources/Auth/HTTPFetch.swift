@@ -2,8 +2,9 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// A small HTTP/1.1 GET on NIO, for the control plane (JWKS documents): never used on a
-/// request's path. Bounded in size and time.
+/// A small HTTP/1.1 client on NIO: one connection per request (`Connection: close`),
+/// bounded in size and time. The control plane fetches JWKS documents with it; the data plane
+/// asks introspection endpoints on a cache miss, from the request's own event loop.
 public enum HTTPFetch {
     public struct Response: Sendable {
         public var status: Int
@@ -12,16 +13,44 @@ public enum HTTPFetch {
     }
 
     public struct Failure: Error, CustomStringConvertible {
+        public enum Kind: Sendable {
+            /// No complete answer within the timeout.
+            case timeout
+            /// Could not connect, or the connection closed early.
+            case connection
+            /// The answer was larger than allowed.
+            case tooLarge
+            /// An answer, but not the one expected (its status).
+            case status
+        }
+
+        public var kind: Kind
         public var description: String
 
-        public init(description: String) { self.description = description }
+        public init(_ kind: Kind, _ description: String) {
+            self.kind = kind
+            self.description = description
+        }
     }
 
     public static func get(
         host: String, port: Int, path: String, group: EventLoopGroup, timeout: TimeAmount = .seconds(5), maxBytes: Int = 1 << 20
     ) async throws -> Response {
-        let promise = group.next().makePromise(of: Response.self)
-        let bootstrap = ClientBootstrap(group: group)
+        try await send(.GET, host: host, port: port, path: path, on: group.next(), timeout: timeout, maxBytes: maxBytes).get()
+    }
+
+    /// Sends one request on `loop`; the future completes on `loop` within `timeout`, with the
+    /// answer or a `Failure`.
+    public static func send(
+        _ method: HTTPMethod, host: String, port: Int, path: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
+        on loop: EventLoop, timeout: TimeAmount, maxBytes: Int
+    ) -> EventLoopFuture<Response> {
+        let promise = loop.makePromise(of: Response.self)
+        let timer = loop.scheduleTask(in: timeout) {
+            promise.fail(Failure(.timeout, "no complete answer within \(timeout.nanoseconds / 1_000_000) ms"))
+        }
+        promise.futureResult.whenComplete { _ in timer.cancel() }
+        ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -29,28 +58,25 @@ public enum HTTPFetch {
                     try channel.pipeline.syncOperations.addHandler(Collector(promise: promise, maxBytes: maxBytes))
                 }
             }
-        let channel: Channel
-        do {
-            channel = try await bootstrap.connect(host: host, port: port).get()
-        } catch {
-            promise.fail(error)
-            throw error
-        }
-        let timer = channel.eventLoop.scheduleTask(in: timeout) {
-            promise.fail(Failure(description: "no complete answer within \(timeout.nanoseconds / 1_000_000) ms"))
-            channel.close(promise: nil)
-        }
-        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
-        head.headers.add(name: "Host", value: port == 80 ? host : "\(host):\(port)")
-        head.headers.add(name: "Accept", value: "application/json")
-        head.headers.add(name: "Connection", value: "close")
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-        defer {
-            timer.cancel()
-            channel.close(promise: nil)
-        }
-        return try await promise.futureResult.get()
+            .connect(host: host, port: port)
+            .whenComplete { result in
+                switch result {
+                case .failure(let error):
+                    promise.fail(Failure(.connection, "\(error)"))
+                case .success(let channel):
+                    promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+                    var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
+                    head.headers.add(name: "Host", value: port == 80 ? host : "\(host):\(port)")
+                    head.headers.add(name: "Accept", value: "application/json")
+                    head.headers.add(name: "Connection", value: "close")
+                    for (name, value) in headers { head.headers.add(name: name, value: value) }
+                    if let body { head.headers.add(name: "Content-Length", value: "\(body.count)") }
+                    channel.write(HTTPClientRequestPart.head(head), promise: nil)
+                    if let body, !body.isEmpty { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
+                    channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+                }
+            }
+        return promise.futureResult
     }
 
     private final class Collector: ChannelInboundHandler {
@@ -63,7 +89,11 @@ public enum HTTPFetch {
         func finish(_ result: Result<Response, Error>) {
             guard !done else { return }
             done = true
-            promise.completeWith(result)
+            // The timer may have failed the promise already: completing twice is a no-op here.
+            switch result {
+            case .success(let r): promise.succeed(r)
+            case .failure(let e): promise.fail(e)
+            }
         }
 
         init(promise: EventLoopPromise<Response>, maxBytes: Int) {
@@ -78,7 +108,7 @@ public enum HTTPFetch {
                 response.cacheControl = head.headers.first(name: "Cache-Control")
             case .body(var buffer):
                 if response.body.count + buffer.readableBytes > maxBytes {
-                    finish(.failure(Failure(description: "answer larger than \(maxBytes) bytes")))
+                    finish(.failure(Failure(.tooLarge, "answer larger than \(maxBytes) bytes")))
                     context.close(promise: nil)
                     return
                 }
@@ -90,11 +120,11 @@ public enum HTTPFetch {
         }
 
         func channelInactive(context: ChannelHandlerContext) {
-            finish(.failure(Failure(description: "the connection closed before a complete answer")))
+            finish(.failure(Failure(.connection, "the connection closed before a complete answer")))
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {
-            finish(.failure(error))
+            finish(.failure(Failure(.connection, "\(error)")))
             context.close(promise: nil)
         }
     }

@@ -254,6 +254,9 @@ final class TokenCache: @unchecked Sendable {
         }
         entries[token] = Entry(payload: payload, expires: expires)
     }
+
+    /// Forgets everything (the harness, between tests).
+    func clear() { entries.removeAll() }
 }
 
 /// Parsed keys that come and go together (one JWKS fetch); freed when no worker holds them.

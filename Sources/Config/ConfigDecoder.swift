@@ -13,7 +13,7 @@ struct ConfigDecoder {
         guard
             let top = r.mapping(
                 root, "",
-                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit"])
+                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection"])
         else { return nil }
 
         var workers: Int?
@@ -49,7 +49,7 @@ struct ConfigDecoder {
         return GatewayConfig(
             workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
             timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys,
-            redis: redis, rateLimit: rateLimit)
+            redis: redis, rateLimit: rateLimit, introspection: top["introspection"].map { decodeIntrospection($0.value) } ?? [])
     }
 
     private func decodeAPIKeys(_ node: Node) -> [APIKeySet] {

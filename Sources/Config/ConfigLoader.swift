@@ -27,6 +27,9 @@ public enum ConfigLoader {
             for k in config.keysets[i].keys.indices { config.keysets[i].keys[k].file = config.keysets[i].keys[k].file.map(resolve) }
         }
         for i in config.apiKeys.indices { config.apiKeys[i].file = config.apiKeys[i].file.map(resolve) }
+        for i in config.introspection.indices {
+            config.introspection[i].clientSecretFile = config.introspection[i].clientSecretFile.map(resolve)
+        }
         for i in config.redis.indices { config.redis[i].passwordFile = config.redis[i].passwordFile.map(resolve) }
         return config
     }

@@ -23,13 +23,16 @@ public struct GatewayConfig: Sendable, Equatable {
     public var redis: [RedisServer] = []
     /// The local bucket store and the default store.
     public var rateLimit = RateLimitConfig()
+    /// OAuth2 token introspection endpoints (RFC 7662) `oauth2.introspect(token, name)` asks.
+    public var introspection: [IntrospectionServer] = []
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,
         limits: Limits = Limits(), timeouts: Timeouts = Timeouts(), upstreams: [Upstream], routes: [Route],
         scripts: ScriptsConfig = ScriptsConfig(), keysets: [Keyset] = [], apiKeys: [APIKeySet] = [],
-        redis: [RedisServer] = [], rateLimit: RateLimitConfig = RateLimitConfig()
+        redis: [RedisServer] = [], rateLimit: RateLimitConfig = RateLimitConfig(), introspection: [IntrospectionServer] = []
     ) {
+        self.introspection = introspection
         self.redis = redis
         self.rateLimit = rateLimit
         self.scripts = scripts
@@ -351,6 +354,25 @@ public struct JWKSURL: Sendable, Equatable {
 
     /// `http://host[:port]/path`; nil otherwise.
     public init?(parsing text: String) {
+        guard let e = HTTPEndpoint(parsing: text) else { return nil }
+        self.init(host: e.host, port: e.port, path: e.path)
+    }
+}
+
+/// Where an HTTP service of the control or data plane is: `http://host[:port]/path`.
+public struct HTTPEndpoint: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var path: String
+
+    public init(host: String, port: Int, path: String) {
+        self.host = host
+        self.port = port
+        self.path = path
+    }
+
+    /// `http://host[:port]/path`; nil otherwise.
+    public init?(parsing text: String) {
         guard text.hasPrefix("http://") else { return nil }
         let rest = text.dropFirst(7)
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
@@ -364,4 +386,6 @@ public struct JWKSURL: Sendable, Equatable {
             self.init(host: String(authority), port: 80, path: path.isEmpty ? "/" : String(path))
         }
     }
+
+    public var description: String { "http://\(host):\(port)\(path)" }
 }

@@ -292,7 +292,7 @@ public actor Gateway {
         let url = remote.url
         do {
             let answer = try await HTTPFetch.get(host: url.host, port: url.port, path: url.path, group: group)
-            guard answer.status == 200 else { throw HTTPFetch.Failure(description: "status \(answer.status)") }
+            guard answer.status == 200 else { throw HTTPFetch.Failure(.status, "status \(answer.status)") }
             let keys = try KeyList.parse(jwks: answer.body, keyset: remote.keyset, source: "http://\(Self.key(url))")
             lastJWKS[Self.key(url)] = keys
             await publish(keys, to: remote)

@@ -4,14 +4,18 @@ import RateLimit
 
 extension TestRunner {
     /// A runner with every API module the gateway gives scripts, as `moongate test` runs:
-    /// `jwt` and `apikey` on the config's keysets (with `harness.jwt`), and `redis_bucket`
+    /// `jwt`, `apikey` and `oauth2` on the config's keysets and endpoints (with `harness.jwt`
+    /// and `harness.oauth2`, whose answers stand in for the endpoints), and `redis_bucket`
     /// on the fake clock, its Redis stores in memory or in the real server at `redis`.
     public static func forGateway(config: GatewayConfig, redis: SocketAddressSpec? = nil, coverage: Bool = false) throws -> TestRunner {
-        let auth = try AuthModules.make(config)
+        let auth = try AuthModules.make(config, introspection: StubIntrospection())
         let clock = FakeClock()
         let buckets = try RateLimitModules.forTests(config: config, clock: clock, redis: redis)
         return TestRunner(
             config: config, clock: clock, modules: auth + buckets.modules, helpers: AuthModules.helpers(for: auth), coverage: coverage,
-            beforeEach: buckets.reset)
+            beforeEach: {
+                buckets.reset()
+                AuthModules.reset(auth)
+            })
     }
 }

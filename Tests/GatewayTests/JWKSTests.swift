@@ -11,66 +11,25 @@ import Testing
 /// provider is down.
 @Suite(.serialized) struct JWKSTests {
     /// Serves `document` at any path, counting fetches; `stop()` takes it down.
+    /// A JWKS provider whose document a test may change or take down.
     final class JWKSServer: @unchecked Sendable {
         private let lock = NSLock()
         private var current: String
-        private(set) var port = 0
-        private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        private var channel: Channel?
+        private var server: TestHTTPServer!
 
         var document: String {
             get { lock.withLock { current } }
             set { lock.withLock { current = newValue } }
         }
 
+        var port: Int { server.port }
+
         init(_ document: String) async throws {
             current = document
-            let server = self
-            channel = try await ServerBootstrap(group: group)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                        try channel.pipeline.syncOperations.addHandler(Responder(server: server))
-                    }
-                }
-                .bind(host: "127.0.0.1", port: 0).get()
-            port = channel!.localAddress!.port!
+            server = try await TestHTTPServer { [unowned self] _ in TestHTTPServer.Answer(body: self.document) }
         }
 
-        private var stopped = false
-
-        /// Takes the provider down (once; later calls do nothing).
-        func stop() async {
-            let first = lock.withLock { () -> Bool in
-                defer { stopped = true }
-                return !stopped
-            }
-            guard first else { return }
-            try? await channel?.close()
-            try? await group.shutdownGracefully()
-        }
-
-        final class Responder: ChannelInboundHandler {
-            typealias InboundIn = HTTPServerRequestPart
-            typealias OutboundOut = HTTPServerResponsePart
-            let server: JWKSServer
-
-            init(server: JWKSServer) { self.server = server }
-
-            func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-                guard case .end = unwrapInboundIn(data) else { return }
-                let body = ByteBuffer(string: server.document)
-                var head = HTTPResponseHead(version: .http1_1, status: .ok)
-                head.headers.add(name: "Content-Type", value: "application/json")
-                head.headers.add(name: "Content-Length", value: "\(body.readableBytes)")
-                head.headers.add(name: "Connection", value: "close")
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
-                context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-                let channel = context.channel
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
-            }
-        }
+        func stop() async { await server.stop() }
     }
 
     static func jwks(_ keys: [(kid: String, secret: String)]) -> String {

@@ -74,7 +74,7 @@ struct JWTTestHelpers: LuaModule {
         if let kid { header += ",\"kid\":\"\(kid)\"" }
         header += "}"
         lua_settop(L, 3)
-        guard let payload = encodeClaims(L) else { return Lua.raise(L, "harness.jwt.sign: claims must be a table json.encode can encode") }
+        guard let payload = encodeJSON(L, 1) else { return Lua.raise(L, "harness.jwt.sign: claims must be a table json.encode can encode") }
         let input = Base64URL.encode(Array(header.utf8)) + "." + Base64URL.encode(payload)
         var signature = [UInt8](repeating: 0, count: 1024)
         var length = 0
@@ -114,11 +114,12 @@ struct JWTTestHelpers: LuaModule {
         return 0
     }
 
-    /// The claims table at 1 as JSON, by the `json` module's own encoder (called protected).
-    static func encodeClaims(_ L: OpaquePointer) -> [UInt8]? {
+    /// The table at `index` as JSON, by the `json` module's own encoder (called protected).
+    static func encodeJSON(_ L: OpaquePointer, _ index: Int32) -> [UInt8]? {
+        let top = lua_gettop(L)
         lua_pushcclosure(L, mg_json_encode, 0)
-        lua_pushvalue(L, 1)
-        defer { lua_settop(L, 3) }
+        lua_pushvalue(L, index)
+        defer { lua_settop(L, top) }
         guard mg_pcall(L, 1, 1, 0) == LUA_OK, let bytes = Lua.bytes(L, -1) else { return nil }
         return Array(bytes)
     }
@@ -166,13 +167,10 @@ struct OAuth2TestHelpers: LuaModule {
         guard let server = box.servers[name] else { return Lua.raise(L, "harness.oauth2.answer: no introspection server \"\(name)\"") }
         var body = Array(#"{"active":false}"#.utf8)
         if lua_type(L, 3) == LUA_TTABLE {
-            lua_settop(L, 3)
-            lua_pushcclosure(L, mg_json_encode, 0)
-            lua_pushvalue(L, 3)
-            guard mg_pcall(L, 1, 1, 0) == LUA_OK, let bytes = Lua.bytes(L, -1) else {
+            guard let bytes = JWTTestHelpers.encodeJSON(L, 3) else {
                 return Lua.raise(L, "harness.oauth2.answer: the answer must be a table json.encode can encode")
             }
-            body = Array(bytes)
+            body = bytes
         } else if !Lua.isNoneOrNil(L, 3) {
             return Lua.raise(L, "harness.oauth2.answer: the answer must be a table or nil")
         }

@@ -60,13 +60,15 @@ import Testing
         }
     }
 
+    static func ask(_ client: RawClient, _ token: String) throws -> RawClient.Response {
+        try client.request("GET", "/", headers: [("Authorization", "Bearer " + token)])
+    }
+
     @Test func asksWithClientCredentialsAndCachesAnswers() async throws {
         let idp = try await TestHTTPServer(Self.provider)
         try await withGateway(Self.config(port: idp.port), workers: 1, scripts: ["auth.lua": Self.policy]) { gw in
             let client = try gw.client()
-            func ask(_ token: String) throws -> RawClient.Response {
-                try client.request("GET", "/", headers: [("Authorization", "Bearer " + token)])
-            }
+            func ask(_ token: String) throws -> RawClient.Response { try Self.ask(client, token) }
             let first = try ask("good/token")
             #expect(first.status == 200)
             #expect(first.echoed("X-User") == ["ann"] && first.echoed("X-Scope") == ["read write"])
@@ -92,9 +94,7 @@ import Testing
         let idp = try await TestHTTPServer(Self.provider)
         try await withGateway(Self.config(port: idp.port), workers: 1, scripts: ["auth.lua": Self.policy]) { gw in
             let client = try gw.client()
-            func ask(_ token: String) throws -> RawClient.Response {
-                try client.request("GET", "/", headers: [("Authorization", "Bearer " + token)])
-            }
+            func ask(_ token: String) throws -> RawClient.Response { try Self.ask(client, token) }
             // Slower than the 200 ms timeout.
             let started = Date()
             #expect(try ask("slow").text == "timeout")

@@ -1,6 +1,8 @@
+import Config
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A small HTTP/1.1 client on NIO: one connection per request (`Connection: close`),
 /// bounded in size and time. The control plane fetches JWKS documents with it; the data plane
@@ -33,18 +35,46 @@ public enum HTTPFetch {
         }
     }
 
-    public static func get(
-        host: String, port: Int, path: String, group: EventLoopGroup, timeout: TimeAmount = .seconds(5), maxBytes: Int = 1 << 20
-    ) async throws -> Response {
-        try await send(.GET, host: host, port: port, path: path, on: group.next(), timeout: timeout, maxBytes: maxBytes).get()
+    /// How to reach an endpoint: its address, and for https a TLS context made once (it
+    /// reads the trusted certificates: off the event loops).
+    public struct Target: Sendable {
+        public let endpoint: HTTPEndpoint
+        let tls: NIOSSLContext?
+
+        public init(_ endpoint: HTTPEndpoint) throws {
+            self.endpoint = endpoint
+            guard endpoint.tls else {
+                tls = nil
+                return
+            }
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.minimumTLSVersion = .tlsv12
+            if let ca = endpoint.caFile { configuration.trustRoots = .file(ca) }
+            tls = try NIOSSLContext(configuration: configuration)
+        }
+
+        /// SNI and the name the certificate must carry; an IP literal is checked as an address.
+        var serverHostname: String? {
+            let host = endpoint.host
+            if host.first == "[" || host.allSatisfy({ $0.isNumber || $0 == "." }) { return nil }
+            return host
+        }
+    }
+
+    public static func get(_ target: Target, group: EventLoopGroup, timeout: TimeAmount = .seconds(5), maxBytes: Int = 1 << 20) async throws
+        -> Response
+    {
+        try await send(.GET, target, on: group.next(), timeout: timeout, maxBytes: maxBytes).get()
     }
 
     /// Sends one request on `loop`; the future completes on `loop` within `timeout`, with the
     /// answer or a `Failure`.
     public static func send(
-        _ method: HTTPMethod, host: String, port: Int, path: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
+        _ method: HTTPMethod, _ target: Target, headers: [(String, String)] = [], body: [UInt8]? = nil,
         on loop: EventLoop, timeout: TimeAmount, maxBytes: Int
     ) -> EventLoopFuture<Response> {
+        let host = target.endpoint.host, port = target.endpoint.port, path = target.endpoint.path
+        let defaultPort = target.endpoint.tls ? 443 : 80
         let promise = loop.makePromise(of: Response.self)
         let timer = loop.scheduleTask(in: timeout) {
             promise.fail(Failure(.timeout, "no complete answer within \(timeout.nanoseconds / 1_000_000) ms"))
@@ -54,6 +84,9 @@ public enum HTTPFetch {
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls = target.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: target.serverHostname))
+                    }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(Collector(promise: promise, maxBytes: maxBytes))
                 }
@@ -66,7 +99,7 @@ public enum HTTPFetch {
                 case .success(let channel):
                     promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
                     var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
-                    head.headers.add(name: "Host", value: port == 80 ? host : "\(host):\(port)")
+                    head.headers.add(name: "Host", value: port == defaultPort ? host : "\(host):\(port)")
                     head.headers.add(name: "Accept", value: "application/json")
                     head.headers.add(name: "Connection", value: "close")
                     for (name, value) in headers { head.headers.add(name: name, value: value) }

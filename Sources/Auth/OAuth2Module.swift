@@ -176,13 +176,20 @@ final class IntrospectionContext: Sendable {
 /// one connection per cache miss, on the request's event loop.
 final class HTTPIntrospection: IntrospectionTransport {
     private let servers: [IntrospectionServer]
+    private let targets: [HTTPFetch.Target]
     /// `Basic base64(urlencode(id):urlencode(secret))` per server, made once.
     private let authorizations: [String]
 
     init(_ servers: [IntrospectionServer]) throws(KeysetError) {
         self.servers = servers
         var authorizations: [String] = []
+        var targets: [HTTPFetch.Target] = []
         for server in servers {
+            do {
+                targets.append(try HTTPFetch.Target(server.endpoint))
+            } catch {
+                throw KeysetError(description: "introspection.\(server.name): TLS: \(error)")
+            }
             var secret = server.clientSecret ?? ""
             if let file = server.clientSecretFile {
                 guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
@@ -194,6 +201,7 @@ final class HTTPIntrospection: IntrospectionTransport {
             authorizations.append("Basic " + Data(credentials.utf8).base64EncodedString())
         }
         self.authorizations = authorizations
+        self.targets = targets
     }
 
     func introspect(server: Int, token: [UInt8], completion: @escaping (Result<HTTPFetch.Response, HTTPFetch.Failure>) -> Void) {
@@ -205,7 +213,7 @@ final class HTTPIntrospection: IntrospectionTransport {
         let body = Array(("token=" + Self.formEncode(token) + "&token_type_hint=access_token").utf8)
         let timeout = TimeAmount.nanoseconds(Int64(s.timeout.components.seconds) * 1_000_000_000 + s.timeout.components.attoseconds / 1_000_000_000)
         HTTPFetch.send(
-            .POST, host: s.endpoint.host, port: s.endpoint.port, path: s.endpoint.path,
+            .POST, targets[server],
             headers: [("Authorization", authorizations[server]), ("Content-Type", "application/x-www-form-urlencoded")], body: body,
             on: loop, timeout: timeout, maxBytes: OAuth2Module.maxAnswerBytes
         ).assumeIsolatedUnsafeUnchecked().whenComplete { result in

@@ -110,7 +110,7 @@ struct ConfigDecoder {
                     value, path,
                     allowed: [
                         "algorithms", "secret", "secret_file", "keys", "jwks_file", "issuer", "audience", "leeway", "max_age",
-                        "required_claims", "cache_entries", "jwks_url", "jwks_refresh", "jwks_min_refetch",
+                        "required_claims", "cache_entries", "jwks_url", "jwks_refresh", "jwks_min_refetch", "jwks_ca_file",
                     ])
             else { continue }
             var algorithms: [String] = []
@@ -151,12 +151,17 @@ struct ConfigDecoder {
             var keyset = Keyset(name: name, algorithms: algorithms, keys: keys)
             if let n = map["jwks_file"]?.value { keyset.jwksFile = r.string(n, r.join(path, "jwks_file")) }
             if let n = map["jwks_url"]?.value, let text = r.string(n, r.join(path, "jwks_url")) {
-                if text.hasPrefix("https://") {
-                    r.fail(n, r.join(path, "jwks_url"), "https JWKS URLs need TLS, which this build does not have yet (use http:// on a trusted network, or jwks_file)")
-                } else if let url = JWKSURL(parsing: text) {
+                if let url = JWKSURL(parsing: text) {
                     keyset.jwksURL = url
                 } else {
-                    r.fail(n, r.join(path, "jwks_url"), "expected http://host[:port]/path")
+                    r.fail(n, r.join(path, "jwks_url"), "expected https://host[:port]/path (or http:// on a trusted network)")
+                }
+            }
+            if let n = map["jwks_ca_file"]?.value, let file = r.string(n, r.join(path, "jwks_ca_file")) {
+                if keyset.jwksURL?.endpoint.tls == true {
+                    keyset.jwksURL?.endpoint.caFile = file
+                } else {
+                    r.fail(n, r.join(path, "jwks_ca_file"), "needs an https jwks_url")
                 }
             }
             if let n = map["jwks_refresh"]?.value, let v = positive(n, r.join(path, "jwks_refresh")) { keyset.jwksURL?.refresh = v }

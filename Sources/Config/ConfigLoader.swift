@@ -24,11 +24,15 @@ public enum ConfigLoader {
         func resolve(_ file: String) -> String { file.hasPrefix("/") || folder.isEmpty ? file : folder + "/" + file }
         for i in config.keysets.indices {
             config.keysets[i].jwksFile = config.keysets[i].jwksFile.map(resolve)
+            let ca = config.keysets[i].jwksURL?.endpoint.caFile.map(resolve)
+            config.keysets[i].jwksURL?.endpoint.caFile = ca
             for k in config.keysets[i].keys.indices { config.keysets[i].keys[k].file = config.keysets[i].keys[k].file.map(resolve) }
         }
         for i in config.apiKeys.indices { config.apiKeys[i].file = config.apiKeys[i].file.map(resolve) }
         for i in config.introspection.indices {
             config.introspection[i].clientSecretFile = config.introspection[i].clientSecretFile.map(resolve)
+            let ca = config.introspection[i].endpoint.caFile.map(resolve)
+            config.introspection[i].endpoint.caFile = ca
         }
         for i in config.redis.indices { config.redis[i].passwordFile = config.redis[i].passwordFile.map(resolve) }
         return config

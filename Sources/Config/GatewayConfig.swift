@@ -338,54 +338,65 @@ public struct APIKeySet: Sendable, Equatable {
 
 /// Where a keyset's JWKS is fetched from, and how often.
 public struct JWKSURL: Sendable, Equatable {
-    public var host: String
-    public var port: Int
-    public var path: String
+    public var endpoint: HTTPEndpoint
     /// Refetched after this, unless the answer's `Cache-Control: max-age` says otherwise.
     public var refresh: Duration = .seconds(300)
     /// A token naming an unknown kid asks for a refetch, at most this often.
     public var minRefetch: Duration = .seconds(30)
 
-    public init(host: String, port: Int, path: String) {
-        self.host = host
-        self.port = port
-        self.path = path
+    public init(_ endpoint: HTTPEndpoint) {
+        self.endpoint = endpoint
     }
 
-    /// `http://host[:port]/path`; nil otherwise.
+    /// `http[s]://host[:port]/path`; nil otherwise.
     public init?(parsing text: String) {
         guard let e = HTTPEndpoint(parsing: text) else { return nil }
-        self.init(host: e.host, port: e.port, path: e.path)
+        self.init(e)
     }
 }
 
-/// Where an HTTP service of the control or data plane is: `http://host[:port]/path`.
+/// Where an HTTP service the gateway calls is: `http[s]://host[:port]/path`.
 public struct HTTPEndpoint: Sendable, Equatable, CustomStringConvertible {
     public var host: String
     public var port: Int
     public var path: String
+    /// https: TLS, with the server's certificate checked against `caFile` or the system's
+    /// trusted roots, and its name against `host`.
+    public var tls: Bool
+    /// PEM certificates to trust instead of the system's (a private CA).
+    public var caFile: String?
 
-    public init(host: String, port: Int, path: String) {
+    public init(host: String, port: Int, path: String, tls: Bool = false) {
         self.host = host
         self.port = port
         self.path = path
+        self.tls = tls
     }
 
-    /// `http://host[:port]/path`; nil otherwise.
+    /// `http[s]://host[:port]/path`; nil otherwise.
     public init?(parsing text: String) {
-        guard text.hasPrefix("http://") else { return nil }
-        let rest = text.dropFirst(7)
+        let tls: Bool
+        let rest: Substring
+        if text.hasPrefix("http://") {
+            tls = false
+            rest = text.dropFirst(7)
+        } else if text.hasPrefix("https://") {
+            tls = true
+            rest = text.dropFirst(8)
+        } else {
+            return nil
+        }
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
         let authority = rest[..<slash]
-        let path = rest[slash...]
-        guard !authority.isEmpty else { return nil }
+        let path = rest[slash...].isEmpty ? "/" : String(rest[slash...])
+        guard !authority.isEmpty, !authority.contains("@") else { return nil }
         if let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]), (1...65535).contains(port) {
-            self.init(host: String(authority[..<colon]), port: port, path: path.isEmpty ? "/" : String(path))
+            self.init(host: String(authority[..<colon]), port: port, path: path, tls: tls)
         } else {
             guard !authority.contains(":") else { return nil }
-            self.init(host: String(authority), port: 80, path: path.isEmpty ? "/" : String(path))
+            self.init(host: String(authority), port: tls ? 443 : 80, path: path, tls: tls)
         }
     }
 
-    public var description: String { "http://\(host):\(port)\(path)" }
+    public var description: String { "\(tls ? "https" : "http")://\(host):\(port)\(path)" }
 }

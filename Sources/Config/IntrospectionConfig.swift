@@ -41,19 +41,21 @@ extension ConfigDecoder {
             guard
                 let map = r.mapping(
                     value, path,
-                    allowed: ["url", "client_id", "client_secret", "client_secret_file", "timeout", "cache_entries", "max_cache", "negative_cache"])
+                    allowed: [
+                        "url", "ca_file", "client_id", "client_secret", "client_secret_file", "timeout", "cache_entries", "max_cache",
+                        "negative_cache",
+                    ])
             else { continue }
             guard let u = map["url"]?.value, let text = r.string(u, r.join(path, "url")) else {
                 r.fail(value, r.join(path, "url"), "required (http://host[:port]/path)")
                 continue
             }
-            guard let endpoint = HTTPEndpoint(parsing: text) else {
-                r.fail(
-                    u, r.join(path, "url"),
-                    text.hasPrefix("https://")
-                        ? "https needs TLS, which this build does not have yet (use http:// on a trusted network)"
-                        : "expected http://host[:port]/path")
+            guard var endpoint = HTTPEndpoint(parsing: text) else {
+                r.fail(u, r.join(path, "url"), "expected https://host[:port]/path (or http:// on a trusted network)")
                 continue
+            }
+            if let n = map["ca_file"]?.value, let file = r.string(n, r.join(path, "ca_file")) {
+                if endpoint.tls { endpoint.caFile = file } else { r.fail(n, r.join(path, "ca_file"), "needs an https url") }
             }
             guard let idNode = map["client_id"]?.value, let id = r.string(idNode, r.join(path, "client_id")) else {
                 r.fail(value, r.join(path, "client_id"), "required")

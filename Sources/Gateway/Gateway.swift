@@ -256,7 +256,7 @@ public actor Gateway {
         modules.compactMap { ($0 as? JWTModule)?.keysets.remotes }.flatMap { $0 }
     }
 
-    static func key(_ url: JWKSURL) -> String { "\(url.host):\(url.port)\(url.path)" }
+    static func key(_ url: JWKSURL) -> String { url.endpoint.description }
 
     /// Gives `remotes` the last keys of their URLs (or fetches them first), then keeps them
     /// fresh in the background, replacing the previous generation's fetchers.
@@ -291,9 +291,9 @@ public actor Gateway {
         guard let group else { return nil }
         let url = remote.url
         do {
-            let answer = try await HTTPFetch.get(host: url.host, port: url.port, path: url.path, group: group)
+            let answer = try await HTTPFetch.get(try HTTPFetch.Target(url.endpoint), group: group)
             guard answer.status == 200 else { throw HTTPFetch.Failure(.status, "status \(answer.status)") }
-            let keys = try KeyList.parse(jwks: answer.body, keyset: remote.keyset, source: "http://\(Self.key(url))")
+            let keys = try KeyList.parse(jwks: answer.body, keyset: remote.keyset, source: Self.key(url))
             lastJWKS[Self.key(url)] = keys
             await publish(keys, to: remote)
             logger.info("JWKS fetched", metadata: ["keyset": "\(remote.keyset)", "keys": "\(keys.count)"])
@@ -301,7 +301,7 @@ public actor Gateway {
         } catch {
             logger.warning(
                 "JWKS fetch failed; the last good keys keep serving",
-                metadata: ["keyset": "\(remote.keyset)", "url": "http://\(Self.key(url))", "error": "\(error)"])
+                metadata: ["keyset": "\(remote.keyset)", "url": "\(Self.key(url))", "error": "\(error)"])
             return nil
         }
     }

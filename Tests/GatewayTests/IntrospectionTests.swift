@@ -5,14 +5,15 @@ import Testing
 /// credentials and the form body, active and inactive answers and their caching, and every
 /// way the endpoint can fail, reported as reasons without blocking or hanging.
 @Suite(.serialized) struct IntrospectionTests {
-    static func config(port: Int) -> String {
+    static func config(port: Int, https ca: String? = nil) -> String {
         """
         listeners:
           - name: test
             address: 127.0.0.1:@PORT@
         introspection:
           idp:
-            url: http://127.0.0.1:\(port)/oauth2/introspect
+            url: \(ca == nil ? "http://127.0.0.1" : "https://localhost"):\(port)/oauth2/introspect
+            \(ca.map { "ca_file: \"\($0)\"" } ?? "")
             client_id: "gate way"
             client_secret: "s3cr:t"
             timeout: 200ms
@@ -86,6 +87,18 @@ import Testing
             #expect(idp.requests.count == 4, "the negative answer expired after negative_cache")
             // An answer that is not a JSON object.
             #expect(try ask("garbage").text == "bad_response")
+        }
+        await idp.stop()
+    }
+
+    @Test func overHTTPS() async throws {
+        let idp = try await TestHTTPServer(tls: (TestCertificates.server, TestCertificates.serverKey), Self.provider)
+        let ca = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-ca-\(UUID().uuidString).pem").path
+        try TestCertificates.ca.write(toFile: ca, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: ca) }
+        try await withGateway(Self.config(port: idp.port, https: ca), workers: 1, scripts: ["auth.lua": Self.policy]) { gw in
+            let answer = try Self.ask(try gw.client(), "good/token")
+            #expect(answer.status == 200 && answer.echoed("X-User") == ["ann"])
         }
         await idp.stop()
     }

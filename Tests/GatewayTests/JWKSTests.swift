@@ -24,9 +24,11 @@ import Testing
 
         var port: Int { server.port }
 
-        init(_ document: String) async throws {
+        init(_ document: String, tls: Bool = false) async throws {
             current = document
-            server = try await TestHTTPServer { [unowned self] _ in TestHTTPServer.Answer(body: self.document) }
+            server = try await TestHTTPServer(tls: tls ? (TestCertificates.server, TestCertificates.serverKey) : nil) { [unowned self] _ in
+                TestHTTPServer.Answer(body: self.document)
+            }
         }
 
         func stop() async { await server.stop() }
@@ -47,13 +49,18 @@ import Testing
         return input + "." + Base64URL.encode(Array(mac[0..<n]))
     }
 
-    static func config(jwksPort: Int) -> String {
+    static func config(jwksPort: Int, url: String? = nil, ca: String? = nil) -> String {
         """
         listeners:
           - name: test
             address: 127.0.0.1:@PORT@
         keysets:
-          idp: { algorithms: [HS256], jwks_url: "http://127.0.0.1:\(jwksPort)/jwks", jwks_refresh: 1h, jwks_min_refetch: 0s }
+          idp:
+            algorithms: [HS256]
+            jwks_url: "\(url ?? "http://127.0.0.1:\(jwksPort)/jwks")"
+            jwks_refresh: 1h
+            jwks_min_refetch: 0s
+        \(ca.map { "    jwks_ca_file: \"\($0)\"" } ?? "")
         upstreams:
           echo:
             targets: [ "@ECHO@" ]
@@ -106,16 +113,43 @@ import Testing
         await server.stop()
     }
 
-    @Test func httpsURLsAreRefusedClearly() throws {
+    /// An https provider: its certificate is checked against `jwks_ca_file` (a private CA) and
+    /// its name against the URL's host; a certificate from another CA gets no keys in.
+    @Test(arguments: [true, false]) func httpsWithAPrivateCA(trusted: Bool) async throws {
+        let server = try await JWKSServer(Self.jwks([("a", "secret-a")]), tls: true)
+        let ca = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-ca-\(UUID().uuidString).pem").path
+        try (trusted ? TestCertificates.ca : TestCertificates.otherCA).write(toFile: ca, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: ca) }
+        let config = Self.config(jwksPort: server.port, url: "https://localhost:\(server.port)/jwks", ca: ca)
+        try await withGateway(config, workers: 1, scripts: ["auth.lua": Self.policy]) { gw in
+            let answer = try gw.client().request(
+                "GET", "/", headers: [("Authorization", "Bearer " + Self.token(kid: "a", secret: "secret-a"))])
+            if trusted {
+                #expect(answer.status == 200)
+            } else {
+                #expect(answer.status == 401 && answer.text == "unknown_kid")
+            }
+        }
+        await server.stop()
+    }
+
+    @Test func aCAFileNeedsHTTPS() throws {
         #expect(throws: (any Error).self) {
             try ConfigLoaderShim.parse(
                 """
                 listeners: [ { address: "127.0.0.1:8080" } ]
                 upstreams: { app: { targets: [ "127.0.0.1:9" ] } }
                 routes: [ { match: { path_prefix: / }, upstream: app } ]
-                keysets: { idp: { algorithms: [RS256], jwks_url: "https://id.example.com/jwks" } }
+                keysets: { idp: { algorithms: [RS256], jwks_url: "http://id.example.com/jwks", jwks_ca_file: ca.pem } }
                 """)
         }
+        try ConfigLoaderShim.parse(
+            """
+            listeners: [ { address: "127.0.0.1:8080" } ]
+            upstreams: { app: { targets: [ "127.0.0.1:9" ] } }
+            routes: [ { match: { path_prefix: / }, upstream: app } ]
+            keysets: { idp: { algorithms: [RS256], jwks_url: "https://id.example.com/jwks" } }
+            """)
     }
 }
 

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A small real HTTP server for tests of what the gateway calls (JWKS providers,
 /// introspection endpoints): `respond` gets each request and returns its answer, after an
@@ -30,13 +31,21 @@ final class TestHTTPServer: @unchecked Sendable {
     private var channel: Channel?
     private var stopped = false
 
-    init(_ respond: @escaping @Sendable (Request) -> Answer) async throws {
+    /// `tls`: serve https with this certificate chain and key (PEM).
+    init(tls: (certificate: String, key: String)? = nil, _ respond: @escaping @Sendable (Request) -> Answer) async throws {
         self.respond = respond
         let server = self
+        let context = try tls.map { tls in
+            try NIOSSLContext(
+                configuration: .makeServerConfiguration(
+                    certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(tls.certificate.utf8)).map { .certificate($0) },
+                    privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(tls.key.utf8), format: .pem))))
+        }
         channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let context { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(Responder(server: server))
                 }

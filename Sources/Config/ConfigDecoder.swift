@@ -311,7 +311,14 @@ struct ConfigDecoder {
                 r.fail(key, path, "duplicate upstream \"\(name)\"")
                 continue
             }
-            guard let map = r.mapping(value, path, allowed: ["targets", "connect_timeout", "read_timeout", "pool"]) else { continue }
+            guard
+                let map = r.mapping(
+                    value, path,
+                    allowed: [
+                        "targets", "connect_timeout", "read_timeout", "pool", "balancer", "hash_key", "retries", "try_timeout", "retry_budget",
+                        "passive_health",
+                    ])
+            else { continue }
             var targets: [Upstream.Target] = []
             if let t = map["targets"]?.value, let items = r.sequence(t, r.join(path, "targets")) {
                 if items.isEmpty { r.fail(t, r.join(path, "targets"), "at least one target is required") }
@@ -331,6 +338,7 @@ struct ConfigDecoder {
                 }
                 if let n = pool["idle_timeout"]?.value, let v = positive(n, r.join(poolPath, "idle_timeout")) { upstream.idleTimeout = v }
             }
+            decodeResilience(map, path, into: &upstream)
             out.append(upstream)
         }
         return out
@@ -363,7 +371,10 @@ struct ConfigDecoder {
             guard
                 let map = r.mapping(
                     item, path,
-                    allowed: ["name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy", "budget", "rate_limit_failure"])
+                    allowed: [
+                        "name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy", "budget",
+                        "rate_limit_failure", "retry_non_idempotent",
+                    ])
             else { continue }
             let name = map["name"].flatMap { r.string($0.value, r.join(path, "name")) } ?? "route\(i)"
             if !names.insert(name).inserted { r.fail(map["name"]?.value ?? item, r.join(path, "name"), "duplicate route name \"\(name)\"") }
@@ -425,6 +436,7 @@ struct ConfigDecoder {
                 if map["policy"] == nil { r.fail(n, r.join(path, "budget"), "a budget needs a policy") }
                 route.budget = decodeBudget(n, r.join(path, "budget"), base: scripts.budget)
             }
+            if let n = map["retry_non_idempotent"]?.value, let v = r.bool(n, r.join(path, "retry_non_idempotent")) { route.retryNonIdempotent = v }
             if let n = map["rate_limit_failure"]?.value, let v = r.string(n, r.join(path, "rate_limit_failure")) {
                 if let mode = RateLimitFailure(rawValue: v) {
                     route.rateLimitFailure = mode

@@ -140,6 +140,40 @@ public struct Upstream: Sendable, Equatable {
     public var maxIdleConnections: Int = 64
     /// Pooled connections unused this long are closed. Default 60 s.
     public var idleTimeout: Duration = .seconds(60)
+    /// How a request's target is chosen. Default weighted round robin.
+    public var balancer: Balancer = .roundRobin
+    /// Further tries on another target after a try fails before any answer came (refused,
+    /// reset, timed out): only for idempotent requests unless the route allows it. Default 2.
+    public var retries = 2
+    /// Longest wait for a try's response head before it counts as failed (and is retried).
+    /// Default: `read_timeout`.
+    public var tryTimeout: Duration?
+    /// Retries allowed beyond `retryBudgetMin` per 10 s, as a share of the requests: so
+    /// retries cannot multiply an outage's load. Default 0.2.
+    public var retryBudget: Double = 0.2
+    public var retryBudgetMin = 3
+    /// Passive health: a target that fails this many tries in a row is ejected for
+    /// `ejectTime`, twice as long each time it fails again after coming back, up to
+    /// `maxEjectTime`. Defaults 3, 1 s, 30 s.
+    public var ejectAfter = 3
+    public var ejectTime: Duration = .seconds(1)
+    public var maxEjectTime: Duration = .seconds(30)
+
+    public enum Balancer: Sendable, Equatable {
+        /// Smooth weighted round robin.
+        case roundRobin
+        /// The less loaded of two random targets (power of two choices), by requests in flight per weight.
+        case leastRequest
+        /// Consistent hashing on a key: the same key goes to the same target, and adding or
+        /// removing a target moves about 1/N of the keys.
+        case hash(HashKey)
+    }
+
+    public enum HashKey: Sendable, Equatable {
+        case header(String)
+        case cookie(String)
+        case clientIP
+    }
 
     public init(name: String, targets: [Target]) {
         self.name = name
@@ -177,6 +211,8 @@ public struct Route: Sendable, Equatable {
     public var policy: String?
     /// This route's script budgets: `scripts.budget` with the route's overrides applied.
     public var budget: ScriptBudget = ScriptBudget()
+    /// Retry requests that are not idempotent (POST, PATCH) too. Default false.
+    public var retryNonIdempotent = false
     /// What `redis_bucket.take` does on this route when Redis cannot answer. Default open.
     public var rateLimitFailure: RateLimitFailure = .open
 

@@ -312,6 +312,16 @@ public actor Gateway {
         }
     }
 
+    /// Per target (`host:port`), how many workers have it ejected, for tests and the status page.
+    public func ejectedTargets() async -> [String: Int] {
+        var out: [String: Int] = [:]
+        for worker in workers {
+            let health = (try? await worker.eventLoop.submit { worker.value.targetHealth.mapValues(\.ejected) }.get()) ?? [:]
+            for (target, ejected) in health { out[target, default: 0] += ejected ? 1 : 0 }
+        }
+        return out
+    }
+
     /// Client and upstream connections open across workers, for tests.
     public func connectionCounts() async -> (clients: Int, upstreams: Int) {
         var clients = 0, upstreams = 0

@@ -28,9 +28,11 @@ final class CompiledRoute: Sendable {
     let budget: ScriptBudget
     /// Position in the config's routes.
     let index: Int
+    let retryNonIdempotent: Bool
 
     init(_ route: Route, index: Int, defaultMaxBody: Int, policy: Int) {
         self.index = index
+        retryNonIdempotent = route.retryNonIdempotent
         self.policy = policy
         budget = route.budget
         name = route.name

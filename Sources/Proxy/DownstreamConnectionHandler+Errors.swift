@@ -4,6 +4,7 @@ extension DownstreamConnectionHandler {
     /// Answers the request with `status` and `{"error": ..., "request_id": ...}`. If part of a
     /// response was already sent, the only honest move left is to cut the connection.
     func respondError(_ status: Int, _ message: String, close: Bool) {
+        finishTry()
         if let upstream {
             self.upstream = nil
             upstream.close()

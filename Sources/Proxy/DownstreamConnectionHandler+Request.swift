@@ -45,6 +45,8 @@ extension DownstreamConnectionHandler {
         self.generation = generation
         requestSerial &+= 1
         retriedStale = false
+        finishTry()
+        forwardedHead = nil
         responseStarted = false
         responsePhase = .head
         responseHeadBuffer = nil
@@ -133,17 +135,15 @@ extension DownstreamConnectionHandler {
     func forward(_ head: ByteBuffer, route: CompiledRoute) {
         guard let generation else { return }
         let balancer = generation.balancers[edits.upstream ?? route.upstream]
-        let targetIndex = balancer.next()
-        let pool = balancer.pool(targetIndex)
-        targetPool = pool
-        upstreamHead = makeUpstreamHead(head, route: route, pool: pool)
-        state = .connecting
-        armTimer()
-        if let connection = pool.takeIdle() {
-            begin(connection)
-        } else {
-            connectUpstream(pool)
-        }
+        self.balancer = balancer
+        triedTargets = 0
+        tries = 0
+        hashKey = requestHashKey(head, balancer.upstream.balancer)
+        forwardedHead = head
+        retryableBody = requestBodyDone
+        // The time the request's bytes were read: close enough, and no clock read per request.
+        balancer.countRequest(lastActivity)
+        startTry(route: route)
     }
 
     func connectUpstream(_ pool: TargetPool) {
@@ -159,18 +159,18 @@ extension DownstreamConnectionHandler {
             case .failure(let error):
                 guard state == .connecting, requestSerial == serial else { return }
                 if case ChannelError.connectTimeout = error {
-                    respondError(504, "upstream connect timeout", close: false)
+                    tryFailed(504, "upstream connect timeout")
                 } else {
-                    respondError(502, "upstream unreachable", close: false)
+                    tryFailed(502, "upstream unreachable")
                 }
             }
         }
     }
 
-    private func begin(_ connection: UpstreamConnectionHandler) {
+    func begin(_ connection: UpstreamConnectionHandler) {
         guard let targetPool else { return }
         upstream = connection
-        connection.attach(self, readTimeout: targetPool.settings.readTimeout, now: lastActivity)
+        connection.attach(self, readTimeout: balancer?.upstream.tryTimeout ?? targetPool.settings.readTimeout, now: lastActivity)
         if !downstreamWritable { connection.setReadsPaused(true) }
         state = .proxying
         connection.write(upstreamHead!)
@@ -263,7 +263,7 @@ extension DownstreamConnectionHandler {
 
     /// The request head as the upstream gets it: hop-by-hop fields removed, `X-Forwarded-*`
     /// and `X-Request-Id` set, `Host` as the route says, the body's framing re-stated.
-    private func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
+    func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
         out.clear(minimumCapacity: head.readableBytes + 192 + clientAddress.count + requestID.readableBytes)

@@ -59,6 +59,7 @@ extension DownstreamConnectionHandler {
             return false
         }
         upstreamHead = nil  // a response started: never retry this request
+        trySucceeded()
         let status = response.status
         if status >= 100, status < 200 {
             if status == 101 {
@@ -255,7 +256,7 @@ extension DownstreamConnectionHandler {
                 connectUpstream(pool)
                 return
             }
-            upstreamFailed(502, "upstream closed the connection")
+            tryFailed(502, "upstream closed the connection")
         case .body:
             if case .untilClose = responseBody {
                 responseFinished()
@@ -270,7 +271,9 @@ extension DownstreamConnectionHandler {
     func upstreamTimedOut() {
         upstream = nil
         upstreamReusable = false
-        if responsePhase == .head || responsePhase == .collecting {
+        if responsePhase == .head {
+            tryFailed(504, "upstream timeout")
+        } else if responsePhase == .collecting {
             upstreamFailed(504, "upstream timeout")
         } else {
             forceClose()

@@ -81,6 +81,19 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     let crlf = ByteBuffer(string: "\r\n")
     let lastChunk = ByteBuffer(string: "0\r\n\r\n")
     var retriedStale = false
+    // Tries of the current request (see `DownstreamConnectionHandler+Tries`).
+    var balancer: UpstreamBalancer?
+    /// A bit per target index already tried.
+    var triedTargets: UInt64 = 0
+    var tries = 0
+    var hashKey: UInt64?
+    /// The client's request head, kept until a response starts so a retry can rewrite it for
+    /// another target.
+    var forwardedHead: ByteBuffer?
+    /// The whole request went with the head (no body left to stream), so it can be sent again.
+    var retryableBody = false
+    /// `targetPool.health.inFlight` counts this request.
+    var tryPending = false
     var keepAliveClient = true
     var closeAfterResponse = false
 
@@ -159,6 +172,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     func channelInactive(context: ChannelHandlerContext) {
         let wasClosed = state == .closed
         state = .closed
+        finishTry()
         abandonScript()
         if let upstream {
             // The request did not finish: the upstream connection is mid-message, never reuse it.
@@ -280,6 +294,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
 
     /// Ends the connection at once (timeouts past the response head, errors, shutdown).
     func forceClose() {
+        finishTry()
         abandonScript()
         if let upstream {
             self.upstream = nil

@@ -91,7 +91,10 @@ enum HeadParser {
         guard i > 0, i < n, p[i] == HTTPBytes.sp else { throw .malformed("malformed request line") }
         head.method = ByteRange(0, i)
         head.isHEAD = i == 4 && p[0] == UInt8(ascii: "H") && p[1] == UInt8(ascii: "E") && p[2] == UInt8(ascii: "A") && p[3] == UInt8(ascii: "D")
-        head.isIdempotent = head.isHEAD || HTTPBytes.equals(p, 0, i, "GET") || HTTPBytes.equals(p, 0, i, "PUT")
+        // RFC 9110 9.2.2, less TRACE (a retry may resend a request; TRACE has no use for that).
+        head.isIdempotent =
+            head.isHEAD || HTTPBytes.equals(p, 0, i, "GET") || HTTPBytes.equals(p, 0, i, "PUT") || HTTPBytes.equals(p, 0, i, "DELETE")
+            || HTTPBytes.equals(p, 0, i, "OPTIONS")
             || HTTPBytes.equals(p, 0, i, "DELETE") || HTTPBytes.equals(p, 0, i, "OPTIONS") || HTTPBytes.equals(p, 0, i, "TRACE")
         i += 1
         // request-target SP

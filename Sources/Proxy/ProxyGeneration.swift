@@ -88,16 +88,28 @@ struct CompiledUpstream: Sendable {
     let name: String
     let targets: [Target]
     let settings: PoolSettings
+    let balancer: Upstream.Balancer
+    /// Tries per request at most (1 + retries).
+    let maxTries: Int
+    let tryTimeout: TimeAmount
+    let retryBudget: Double
+    let retryBudgetMin: Int
 
     init(_ upstream: Upstream) throws {
         self.name = upstream.name
+        self.balancer = upstream.balancer
+        self.maxTries = 1 + upstream.retries
+        self.tryTimeout = TimeAmount(upstream.tryTimeout ?? upstream.readTimeout)
+        self.retryBudget = upstream.retryBudget
+        self.retryBudgetMin = upstream.retryBudgetMin
         self.targets = try upstream.targets.map { t in
             let address = try SocketAddress.makeAddressResolvingHost(t.address.host, port: t.address.port)
             return Target(key: TargetKey(host: t.address.host, port: t.address.port), address: address, weight: t.weight)
         }
         self.settings = PoolSettings(
             connectTimeout: TimeAmount(upstream.connectTimeout), readTimeout: TimeAmount(upstream.readTimeout),
-            maxIdle: upstream.maxIdleConnections, idleTimeout: TimeAmount(upstream.idleTimeout))
+            maxIdle: upstream.maxIdleConnections, idleTimeout: TimeAmount(upstream.idleTimeout),
+            ejectAfter: upstream.ejectAfter, ejectTime: TimeAmount(upstream.ejectTime), maxEjectTime: TimeAmount(upstream.maxEjectTime))
     }
 }
 
@@ -113,6 +125,9 @@ struct PoolSettings: Sendable, Equatable {
     var readTimeout: TimeAmount
     var maxIdle: Int
     var idleTimeout: TimeAmount
+    var ejectAfter = 3
+    var ejectTime = TimeAmount.seconds(1)
+    var maxEjectTime = TimeAmount.seconds(30)
 }
 
 extension TimeAmount {

@@ -46,6 +46,7 @@ public final class ProxyWorker {
     private func makeBalancers(_ g: ProxyGeneration) -> [UpstreamBalancer] {
         g.upstreams.map { upstream in
             UpstreamBalancer(
+                upstream: upstream,
                 targets: upstream.targets.map { target in
                     let pool: TargetPool
                     if let existing = pools[target.key] {
@@ -71,6 +72,11 @@ public final class ProxyWorker {
 
     /// Lua states this loop holds for the current generation, and the heap bytes of the idle ones.
     public var luaStats: (states: Int, idleBytes: Int) { generation.luaStats }
+
+    /// This loop's view of each target: `host:port` → ejected by passive health, requests in flight.
+    public var targetHealth: [String: (ejected: Bool, inFlight: Int)] {
+        Dictionary(uniqueKeysWithValues: pools.values.map { ("\($0.key.host):\($0.key.port)", ($0.health.isEjected, $0.health.inFlight)) })
+    }
 
     /// Client connections open on this loop.
     public var connectionCount: Int { connections.count }
@@ -122,37 +128,6 @@ final class WorkerGeneration {
         self.shared = shared
         self.balancers = balancers
     }
-}
-
-/// Smooth weighted round robin (nginx's algorithm): spreads picks of heavier targets evenly
-/// instead of in bursts. Loop-owned; the fuller balancers arrive with the upstream issue.
-final class UpstreamBalancer {
-    private let pools: [TargetPool]
-    let targets: [CompiledUpstream.Target]
-    private var current: [Int]
-    private let totalWeight: Int
-
-    init(targets: [(TargetPool, CompiledUpstream.Target)]) {
-        self.pools = targets.map(\.0)
-        self.targets = targets.map(\.1)
-        self.current = Array(repeating: 0, count: targets.count)
-        self.totalWeight = targets.reduce(0) { $0 + $1.1.weight }
-    }
-
-    /// The next target's index.
-    @inline(__always)
-    func next() -> Int {
-        if pools.count == 1 { return 0 }
-        var best = 0
-        for i in 0..<current.count {
-            current[i] += targets[i].weight
-            if current[i] > current[best] { best = i }
-        }
-        current[best] -= totalWeight
-        return best
-    }
-
-    @inline(__always) func pool(_ index: Int) -> TargetPool { pools[index] }
 }
 
 /// Marks client connections with the listener they came through, so a removed listener's

@@ -16,6 +16,8 @@ final class TargetPool {
     let connector: UpstreamConnector?
     /// Connections open (idle or in use or connecting), for tests and the status page.
     private(set) var openConnections = 0
+    /// This loop's view of the target's health (passive: from the tries it sees).
+    var health = TargetHealth()
 
     init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, connector: UpstreamConnector? = nil) {
         self.connector = connector

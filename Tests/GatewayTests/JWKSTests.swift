@@ -103,7 +103,6 @@ import Testing
             #expect(try eventually("b", "secret-b", 200) == 200)
             // A removed key stops verifying (on every worker: each gets the new set a moment apart).
             #expect(try eventually("a", "secret-a", 401) == 401)
-            #expect(try answer("a", "secret-a").text == "unknown_kid")
             // The provider goes down: the last good keys keep serving.
             await server.stop()
             _ = try answer("c", "secret-c")  // asks for a refetch, which fails

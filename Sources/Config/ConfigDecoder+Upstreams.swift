@@ -1,0 +1,50 @@
+import Yams
+
+extension ConfigDecoder {
+    /// Balancing, retries and passive health of an upstream.
+    func decodeResilience(_ map: [String: (key: Node, value: Node)], _ path: String, into upstream: inout Upstream) {
+        let r = reader
+        if let n = map["balancer"]?.value, let v = r.string(n, r.join(path, "balancer")) {
+            switch v {
+            case "round_robin": upstream.balancer = .roundRobin
+            case "least_request": upstream.balancer = .leastRequest
+            case "hash":
+                guard let k = map["hash_key"]?.value, let text = r.string(k, r.join(path, "hash_key")) else {
+                    r.fail(n, r.join(path, "hash_key"), "required with balancer: hash (header:NAME, cookie:NAME or client_ip)")
+                    break
+                }
+                if text == "client_ip" {
+                    upstream.balancer = .hash(.clientIP)
+                } else if text.hasPrefix("header:"), text.count > 7 {
+                    upstream.balancer = .hash(.header(String(text.dropFirst(7))))
+                } else if text.hasPrefix("cookie:"), text.count > 7 {
+                    upstream.balancer = .hash(.cookie(String(text.dropFirst(7))))
+                } else {
+                    r.fail(k, r.join(path, "hash_key"), "expected header:NAME, cookie:NAME or client_ip")
+                }
+            default:
+                r.fail(n, r.join(path, "balancer"), "expected round_robin, least_request or hash")
+            }
+        }
+        if map["hash_key"] != nil, map["balancer"] == nil {
+            r.fail(map["hash_key"]!.value, r.join(path, "hash_key"), "needs balancer: hash")
+        }
+        if let n = map["retries"]?.value, let v = r.int(n, r.join(path, "retries"), range: 0...10) { upstream.retries = v }
+        if let n = map["try_timeout"]?.value, let v = positive(n, r.join(path, "try_timeout")) { upstream.tryTimeout = v }
+        if let b = map["retry_budget"]?.value, let budget = r.mapping(b, r.join(path, "retry_budget"), allowed: ["ratio", "min"]) {
+            let bp = r.join(path, "retry_budget")
+            if let n = budget["ratio"]?.value, let text = r.string(n, r.join(bp, "ratio")) {
+                if let v = Double(text), v >= 0, v <= 1 { upstream.retryBudget = v } else { r.fail(n, r.join(bp, "ratio"), "expected a number from 0 to 1") }
+            }
+            if let n = budget["min"]?.value, let v = r.int(n, r.join(bp, "min"), range: 0...10_000) { upstream.retryBudgetMin = v }
+        }
+        if let h = map["passive_health"]?.value,
+            let health = r.mapping(h, r.join(path, "passive_health"), allowed: ["failures", "eject", "max_eject"])
+        {
+            let hp = r.join(path, "passive_health")
+            if let n = health["failures"]?.value, let v = r.int(n, r.join(hp, "failures"), range: 1...1000) { upstream.ejectAfter = v }
+            if let n = health["eject"]?.value, let v = positive(n, r.join(hp, "eject")) { upstream.ejectTime = v }
+            if let n = health["max_eject"]?.value, let v = positive(n, r.join(hp, "max_eject")) { upstream.maxEjectTime = v }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import Config
+import NIOCore
+
+/// A request's tries: the balancer picks a target, passive health hears how each try went,
+/// and a try that fails before any answer came goes to another target while the request is
+/// safe to send again and the upstream's retry budget allows.
+extension DownstreamConnectionHandler {
+    /// Sends the request to the target the balancer picks (or `index`, picked already), or
+    /// answers `503` if every target is ejected.
+    func startTry(route: CompiledRoute, index picked: Int? = nil) {
+        guard let balancer, let head = forwardedHead else { return }
+        guard let index = picked ?? balancer.pick(tried: triedTargets, key: hashKey, now: lastActivity) else {
+            respondError(503, "no healthy upstream target", close: false)
+            return
+        }
+        if index < 64 { triedTargets |= 1 << UInt64(index) }
+        tries += 1
+        let pool = balancer.pool(index)
+        targetPool = pool
+        pool.health.inFlight += 1
+        tryPending = true
+        upstreamHead = makeUpstreamHead(head, route: route, pool: pool)
+        state = .connecting
+        armTimer()
+        if let connection = pool.takeIdle() {
+            begin(connection)
+        } else {
+            connectUpstream(pool)
+        }
+    }
+
+    /// The try's target answered (a response head came): it is healthy.
+    func trySucceeded() {
+        guard tryPending, let pool = targetPool else { return }
+        tryPending = false
+        pool.health.inFlight -= 1
+        pool.health.succeeded()
+        forwardedHead = nil
+    }
+
+    /// Ends the try's count in flight without a verdict (the client left, the request ended).
+    func finishTry() {
+        guard tryPending, let pool = targetPool else { return }
+        tryPending = false
+        pool.health.inFlight -= 1
+    }
+
+    /// The try failed before any answer: count it against the target, then retry elsewhere
+    /// or answer `status`.
+    func tryFailed(_ status: Int, _ message: String) {
+        if let upstream {
+            self.upstream = nil
+            upstream.close()
+        }
+        if tryPending, let pool = targetPool {
+            tryPending = false
+            pool.health.inFlight -= 1
+            if pool.health.failed(.now(), pool.settings) {
+                worker.logger.warning(
+                    "upstream target ejected after failed tries",
+                    metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(message)"])
+            }
+        }
+        // Another target, if one is left and the budget allows: else this try's failure stands.
+        if canRetry(), let route, let balancer, let index = balancer.pick(tried: triedTargets, key: hashKey), balancer.takeRetry() {
+            startTry(route: route, index: index)
+            return
+        }
+        respondError(status, message, close: false)
+    }
+
+    /// Never after the client got a byte; only what can be sent again whole; idempotent
+    /// methods unless the route allows more; within the tries and the retry budget.
+    private func canRetry() -> Bool {
+        guard let balancer, let route, forwardedHead != nil, !responseStarted, retryableBody,
+            tries < balancer.upstream.maxTries, request.isIdempotent || route.retryNonIdempotent,
+            state != .closed, state != .closing
+        else { return false }
+        return true
+    }
+
+    /// The key `balancer: hash` places the request by, from the request as the upstream gets it.
+    func requestHashKey(_ head: ByteBuffer, _ balancer: Upstream.Balancer) -> UInt64? {
+        guard case .hash(let key) = balancer else { return nil }
+        switch key {
+        case .clientIP:
+            return HashRing.hash(clientAddress)
+        case .header(let name):
+            return firstHeader(head, name).map(HashRing.hash)
+        case .cookie(let name):
+            guard let cookies = firstHeader(head, "Cookie") else { return nil }
+            // `a=1; b=2`: the value of `name`.
+            for pair in cookies.split(separator: UInt8(ascii: ";")) {
+                let trimmed = pair.drop { $0 == UInt8(ascii: " ") }
+                guard let eq = trimmed.firstIndex(of: UInt8(ascii: "=")) else { continue }
+                if trimmed[trimmed.startIndex..<eq].elementsEqual(name.utf8) { return HashRing.hash(trimmed[(eq + 1)...]) }
+            }
+            return nil
+        }
+    }
+
+    private func firstHeader(_ head: ByteBuffer, _ name: String) -> [UInt8]? {
+        var found: [UInt8]?
+        head.withUnsafeReadableBytes { p in
+            var n = Array(name.utf8)
+            n.withUnsafeMutableBytes { nameBytes in
+                HeaderView(p: p, fields: request.headers.fields, edits: edits.headers).forEach(UnsafeRawBufferPointer(nameBytes)) { value in
+                    found = Array(value)
+                    return false
+                }
+            }
+        }
+        return found
+    }
+}

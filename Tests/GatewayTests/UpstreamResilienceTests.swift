@@ -1,0 +1,135 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Balancing, passive health, retries with failover and the retry budget, on real sockets
+/// with real upstream processes killed and restarted.
+@Suite(.serialized) struct UpstreamResilienceTests {
+    static func config(targets: [Int], extra: String = "", route: String = "") -> String {
+        """
+        listeners:
+          - name: test
+            address: 127.0.0.1:@PORT@
+        upstreams:
+          app:
+            targets: [ \(targets.map { "\"127.0.0.1:\($0)\"" }.joined(separator: ", ")) ]
+            connect_timeout: 500ms
+            read_timeout: 2s
+        \(extra)
+        routes:
+          - name: app
+            match: { path_prefix: / }
+            upstream: app
+            host_header: target
+        \(route)
+        """
+    }
+
+    /// Which target served: the echo upstream answers with the Host it got (`host:port`).
+    static func servedBy(_ r: RawClient.Response) -> String? {
+        (r.json["headers"] as? [[String]])?.first { $0.first?.lowercased() == "host" }?.last
+    }
+
+    @Test func aKilledTargetLosesNoRequestIsEjectedAndComesBack() async throws {
+        let echoes = try (0..<3).map { _ in try EchoProcess() }
+        let yaml = Self.config(targets: echoes.map(\.port), extra: "    passive_health: { failures: 1, eject: 1s, max_eject: 1s }")
+        try await withGateway(yaml, workers: 2) { gw in
+            let load = Load(port: gw.port, clients: 8, target: "/load")
+            pause(0.5)
+            echoes[1].kill()
+            pause(1.5)
+            let ejected = await gw.gateway.ejectedTargets()
+            try await load.stop()
+            #expect(load.failures.value == 0, "failed requests: \(load.failures.value) of \(load.served.value + load.failures.value)")
+            #expect(load.served.value > 200)
+            #expect(ejected["127.0.0.1:\(echoes[1].port)", default: 0] >= 1, "\(ejected)")
+
+            // Back on the same port: after its eject time, it serves again.
+            try echoes[1].start()
+            let client = try gw.client()
+            var seen: Set<String> = []
+            let deadline = Date().addingTimeInterval(5)
+            while seen.count < 3, Date() < deadline {
+                if let by = Self.servedBy(try client.request("GET", "/x")) { seen.insert(by) }
+                pause(0.01)
+            }
+            #expect(seen.contains("127.0.0.1:\(echoes[1].port)"), "\(seen)")
+        }
+    }
+
+    @Test func allTargetsDownIsA503Quickly() async throws {
+        let dead = try (0..<2).map { _ in try RawClient.freePort() }
+        try await withGateway(Self.config(targets: dead, extra: "    passive_health: { failures: 1, eject: 30s }"), workers: 1) { gw in
+            let client = try gw.client()
+            #expect(try client.request("GET", "/x").status == 502)  // both tried, both refused
+            let started = Date()
+            let r = try client.request("GET", "/x")
+            #expect(r.status == 503 && r.json["error"] as? String == "no healthy upstream target")
+            #expect(Date().timeIntervalSince(started) < 0.2)
+        }
+    }
+
+    @Test func aPOSTIsNotRetriedUnlessTheRouteSaysSo() async throws {
+        let alive = try EchoProcess()
+        let dead = try RawClient.freePort()
+        // Round robin starts with the first target: the dead one.
+        let yaml = Self.config(targets: [dead, alive.port], extra: "    passive_health: { failures: 100 }")
+        try await withGateway(yaml, workers: 1) { gw in
+            let client = try gw.client()
+            #expect(try client.request("POST", "/x", body: Array("a".utf8)).status == 502)
+            #expect(try client.request("POST", "/x", body: Array("b".utf8)).status == 200)
+            // A GET that meets the dead target is retried on the live one.
+            for _ in 0..<4 { #expect(try client.request("GET", "/x").status == 200) }
+        }
+        try await withGateway(yaml.replacingOccurrences(of: "    host_header: target\n", with: "    host_header: target\n    retry_non_idempotent: true\n"), workers: 1) { gw in
+            let client = try gw.client()
+            for _ in 0..<4 { #expect(try client.request("POST", "/x").status == 200) }
+        }
+    }
+
+    /// Every target fails: retries stay within the budget (minimum + ratio x requests), so an
+    /// outage is not multiplied by the retry count.
+    @Test func theRetryBudgetHoldsWhenEveryTargetFails() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let accepted = LockedCounter()
+        // Targets that accept and hang up at once: each try is counted.
+        var channels: [Channel] = []
+        for _ in 0..<3 {
+            channels.append(
+                try await ServerBootstrap(group: group)
+                    .childChannelInitializer { channel in
+                        accepted.add()
+                        return channel.close()
+                    }
+                    .bind(host: "127.0.0.1", port: 0).get())
+        }
+        let yaml = Self.config(
+            targets: channels.map { $0.localAddress!.port! },
+            extra: "    retries: 2\n    retry_budget: { ratio: 0.2, min: 3 }\n    passive_health: { failures: 1000 }")
+        try await withGateway(yaml, workers: 1) { gw in
+            let client = try gw.client()
+            for _ in 0..<50 { #expect(try client.request("GET", "/x").status == 502) }
+            pause(0.2)
+            // 50 first tries, and at most 3 + 0.2 x 50 retries (without a budget: 150 tries).
+            #expect(accepted.value >= 50 && accepted.value <= 63, "tries: \(accepted.value)")
+        }
+        for c in channels { try? await c.close() }
+        try? await group.shutdownGracefully()
+    }
+
+    @Test func hashingKeepsAKeyOnOneTarget() async throws {
+        let echoes = try (0..<3).map { _ in try EchoProcess() }
+        let yaml = Self.config(targets: echoes.map(\.port), extra: "    balancer: hash\n    hash_key: header:X-User")
+        try await withGateway(yaml, workers: 2) { gw in
+            var byUser: [String: Set<String>] = [:]
+            for i in 0..<60 {
+                let user = "user-\(i % 6)"
+                let r = try gw.client().request("GET", "/x", headers: [("X-User", user)])
+                if let by = Self.servedBy(r) { byUser[user, default: []].insert(by) }
+            }
+            #expect(byUser.count == 6 && byUser.values.allSatisfy { $0.count == 1 }, "\(byUser)")
+            #expect(Set(byUser.values.compactMap(\.first)).count >= 2, "keys spread over targets")
+        }
+    }
+}

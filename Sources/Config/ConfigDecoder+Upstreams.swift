@@ -46,5 +46,20 @@ extension ConfigDecoder {
             if let n = health["eject"]?.value, let v = positive(n, r.join(hp, "eject")) { upstream.ejectTime = v }
             if let n = health["max_eject"]?.value, let v = positive(n, r.join(hp, "max_eject")) { upstream.maxEjectTime = v }
         }
+        if let c = map["circuit_breaker"]?.value,
+            let breaker = r.mapping(c, r.join(path, "circuit_breaker"), allowed: ["failures", "ratio", "min_requests", "window", "open", "probes"])
+        {
+            let cp = r.join(path, "circuit_breaker")
+            if let n = breaker["failures"]?.value, let v = r.int(n, r.join(cp, "failures"), range: 1...10_000) { upstream.breaker.failures = v }
+            if let n = breaker["ratio"]?.value, let text = r.string(n, r.join(cp, "ratio")) {
+                if let v = Double(text), v > 0, v <= 1 { upstream.breaker.ratio = v } else { r.fail(n, r.join(cp, "ratio"), "expected a number above 0, at most 1") }
+            }
+            if let n = breaker["min_requests"]?.value, let v = r.int(n, r.join(cp, "min_requests"), range: 1...1_000_000) {
+                upstream.breaker.minRequests = v
+            }
+            if let n = breaker["window"]?.value, let v = positive(n, r.join(cp, "window")) { upstream.breaker.window = v }
+            if let n = breaker["open"]?.value, let v = positive(n, r.join(cp, "open")) { upstream.breaker.openTime = v }
+            if let n = breaker["probes"]?.value, let v = r.int(n, r.join(cp, "probes"), range: 1...1000) { upstream.breaker.probes = v }
+        }
     }
 }

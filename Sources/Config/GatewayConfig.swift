@@ -158,6 +158,23 @@ public struct Upstream: Sendable, Equatable {
     public var ejectAfter = 3
     public var ejectTime: Duration = .seconds(1)
     public var maxEjectTime: Duration = .seconds(30)
+    /// The circuit breaker each worker keeps per target.
+    public var breaker = Breaker()
+
+    public struct Breaker: Sendable, Equatable {
+        /// Failed answers (5xx, or no answer) in a row that open it. Default 5.
+        public var failures = 5
+        /// ... or this share of failed answers in the window, once it has `minRequests`. Defaults 0.5, 20, 10 s.
+        public var ratio = 0.5
+        public var minRequests = 20
+        public var window: Duration = .seconds(10)
+        /// Open this long, then half-open. Default 5 s.
+        public var openTime: Duration = .seconds(5)
+        /// Requests let through half-open; all must succeed to close it. Default 1.
+        public var probes = 1
+
+        public init() {}
+    }
 
     public enum Balancer: Sendable, Equatable {
         /// Smooth weighted round robin.

@@ -322,6 +322,16 @@ public actor Gateway {
         return out
     }
 
+    /// Per target (`host:port`), each worker's circuit breaker state, for tests and the status page.
+    public func breakerStates() async -> [String: [String]] {
+        var out: [String: [String]] = [:]
+        for worker in workers {
+            let health = (try? await worker.eventLoop.submit { worker.value.targetHealth.mapValues(\.breaker) }.get()) ?? [:]
+            for (target, state) in health { out[target, default: []].append(state) }
+        }
+        return out
+    }
+
     /// Client and upstream connections open across workers, for tests.
     public func connectionCounts() async -> (clients: Int, upstreams: Int) {
         var clients = 0, upstreams = 0

@@ -59,8 +59,8 @@ extension DownstreamConnectionHandler {
             return false
         }
         upstreamHead = nil  // a response started: never retry this request
-        trySucceeded()
         let status = response.status
+        if status >= 200 { tryAnswered(status: status) }
         if status >= 100, status < 200 {
             if status == 101 {
                 upstreamFailed(502, "upstream switched protocols")

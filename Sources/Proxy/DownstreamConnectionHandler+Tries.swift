@@ -18,6 +18,7 @@ extension DownstreamConnectionHandler {
         let pool = balancer.pool(index)
         targetPool = pool
         pool.health.inFlight += 1
+        pool.breaker.sent(lastActivity, pool.settings.breaker)
         tryPending = true
         upstreamHead = makeUpstreamHead(head, route: route, pool: pool)
         state = .connecting
@@ -29,13 +30,15 @@ extension DownstreamConnectionHandler {
         }
     }
 
-    /// The try's target answered (a response head came): it is healthy.
-    func trySucceeded() {
+    /// The try's target answered (a response head came): it is reachable; a 5xx counts
+    /// against its breaker.
+    func tryAnswered(status: Int) {
         guard tryPending, let pool = targetPool else { return }
         tryPending = false
         pool.health.inFlight -= 1
         pool.health.succeeded()
         forwardedHead = nil
+        breakerRecord(pool, success: status < 500)
     }
 
     /// Ends the try's count in flight without a verdict (the client left, the request ended).
@@ -43,6 +46,17 @@ extension DownstreamConnectionHandler {
         guard tryPending, let pool = targetPool else { return }
         tryPending = false
         pool.health.inFlight -= 1
+        pool.breaker.abandoned()
+    }
+
+    private func breakerRecord(_ pool: TargetPool, success: Bool) {
+        guard let changed = pool.breaker.record(success: success, .now(), pool.settings.breaker) else { return }
+        let target = "\(pool.key.host):\(pool.key.port)"
+        if changed == .open {
+            worker.logger.warning("circuit breaker open: upstream target skipped", metadata: ["target": "\(target)"])
+        } else {
+            worker.logger.notice("circuit breaker closed: upstream target back", metadata: ["target": "\(target)"])
+        }
     }
 
     /// The try failed before any answer: count it against the target, then retry elsewhere
@@ -60,6 +74,7 @@ extension DownstreamConnectionHandler {
                     "upstream target ejected after failed tries",
                     metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(message)"])
             }
+            breakerRecord(pool, success: false)
         }
         // Another target, if one is left and the budget allows: else this try's failure stands.
         if canRetry(), let route, let balancer, let index = balancer.pick(tried: triedTargets, key: hashKey), balancer.takeRetry() {

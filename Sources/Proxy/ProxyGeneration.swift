@@ -109,7 +109,10 @@ struct CompiledUpstream: Sendable {
         self.settings = PoolSettings(
             connectTimeout: TimeAmount(upstream.connectTimeout), readTimeout: TimeAmount(upstream.readTimeout),
             maxIdle: upstream.maxIdleConnections, idleTimeout: TimeAmount(upstream.idleTimeout),
-            ejectAfter: upstream.ejectAfter, ejectTime: TimeAmount(upstream.ejectTime), maxEjectTime: TimeAmount(upstream.maxEjectTime))
+            ejectAfter: upstream.ejectAfter, ejectTime: TimeAmount(upstream.ejectTime), maxEjectTime: TimeAmount(upstream.maxEjectTime),
+            breaker: TargetBreaker.Settings(
+                failures: upstream.breaker.failures, ratio: upstream.breaker.ratio, minRequests: upstream.breaker.minRequests,
+                window: TimeAmount(upstream.breaker.window), openTime: TimeAmount(upstream.breaker.openTime), probes: upstream.breaker.probes))
     }
 }
 
@@ -128,6 +131,7 @@ struct PoolSettings: Sendable, Equatable {
     var ejectAfter = 3
     var ejectTime = TimeAmount.seconds(1)
     var maxEjectTime = TimeAmount.seconds(30)
+    var breaker = TargetBreaker.Settings()
 }
 
 extension TimeAmount {

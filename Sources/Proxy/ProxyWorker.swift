@@ -73,9 +73,13 @@ public final class ProxyWorker {
     /// Lua states this loop holds for the current generation, and the heap bytes of the idle ones.
     public var luaStats: (states: Int, idleBytes: Int) { generation.luaStats }
 
-    /// This loop's view of each target: `host:port` → ejected by passive health, requests in flight.
-    public var targetHealth: [String: (ejected: Bool, inFlight: Int)] {
-        Dictionary(uniqueKeysWithValues: pools.values.map { ("\($0.key.host):\($0.key.port)", ($0.health.isEjected, $0.health.inFlight)) })
+    /// This loop's view of each target: `host:port` → ejected by passive health, its circuit
+    /// breaker's state (`closed`, `open`, `half_open`), requests in flight.
+    public var targetHealth: [String: (ejected: Bool, breaker: String, inFlight: Int)] {
+        Dictionary(
+            uniqueKeysWithValues: pools.values.map {
+                ("\($0.key.host):\($0.key.port)", ($0.health.isEjected, $0.breaker.state.rawValue, $0.health.inFlight))
+            })
     }
 
     /// Client connections open on this loop.

@@ -18,6 +18,7 @@ final class TargetPool {
     private(set) var openConnections = 0
     /// This loop's view of the target's health (passive: from the tries it sees).
     var health = TargetHealth()
+    var breaker = TargetBreaker()
 
     init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, connector: UpstreamConnector? = nil) {
         self.connector = connector

@@ -106,7 +106,8 @@ import Testing
         }
         let yaml = Self.config(
             targets: channels.map { $0.localAddress!.port! },
-            extra: "    retries: 2\n    retry_budget: { ratio: 0.2, min: 3 }\n    passive_health: { failures: 1000 }")
+            extra: "    retries: 2\n    retry_budget: { ratio: 0.2, min: 3 }\n    passive_health: { failures: 1000 }\n"
+                + "    circuit_breaker: { failures: 10000, min_requests: 1000000 }")
         try await withGateway(yaml, workers: 1) { gw in
             let client = try gw.client()
             for _ in 0..<50 { #expect(try client.request("GET", "/x").status == 502) }
@@ -131,5 +132,43 @@ import Testing
             #expect(byUser.count == 6 && byUser.values.allSatisfy { $0.count == 1 }, "\(byUser)")
             #expect(Set(byUser.values.compactMap(\.first)).count >= 2, "keys spread over targets")
         }
+    }
+
+    /// A target answering 5xx: its breaker opens (the balancer skips it), half-opens after the
+    /// open time with one probe, and closes when the probe succeeds.
+    @Test func aFailingTargetsBreakerOpensHalfOpensAndCloses() async throws {
+        let bad = try await TestHTTPServer { _ in .init(status: 503, body: #"{"from":"bad"}"#) }
+        let good = try EchoProcess()
+        let yaml = Self.config(
+            targets: [bad.port, good.port],
+            extra: "    circuit_breaker: { failures: 3, open: 300ms, probes: 1 }\n    passive_health: { failures: 1000 }")
+        try await withGateway(yaml, workers: 1) { gw in
+            let client = try gw.client()
+            var statuses: [Int] = []
+            for _ in 0..<12 { statuses.append(try client.request("GET", "/x").status) }
+            // Three 503s from the bad target open its breaker; then only the good one answers.
+            #expect(statuses.filter { $0 == 503 }.count == 3, "\(statuses)")
+            #expect(statuses.suffix(6).allSatisfy { $0 == 200 })
+            #expect(await gw.gateway.breakerStates()["127.0.0.1:\(bad.port)"] == ["open"])
+
+            // Healed, but slow enough that the probe can be seen in flight.
+            bad.answer { _ in .init(status: 200, body: #"{"from":"bad"}"#, delay: .milliseconds(300)) }
+            pause(0.35)
+            let prober = Thread {
+                let c = try? RawClient(port: gw.port)
+                for _ in 0..<4 { _ = try? c?.request("GET", "/x") }
+            }
+            prober.start()
+            var seen: Set<String> = []
+            let deadline = Date().addingTimeInterval(3)
+            while Date() < deadline {
+                if let state = await gw.gateway.breakerStates()["127.0.0.1:\(bad.port)"]?.first { seen.insert(state) }
+                if seen.contains("half_open"), seen.contains("closed") { break }
+                pause(0.02)
+            }
+            #expect(seen.contains("half_open") && seen.contains("closed"), "\(seen)")
+            while !prober.isFinished { pause(0.02) }
+        }
+        await bad.stop()
     }
 }

@@ -40,7 +40,7 @@ final class UpstreamBalancer {
     @inline(__always)
     func pick(tried: UInt64 = 0, key: UInt64? = nil, now: NIODeadline = .now()) -> Int? {
         if pools.count == 1 {
-            return tried & 1 == 0 && pools[0].health.isAvailable(now) ? 0 : nil
+            return tried & 1 == 0 && available(0, now) ? 0 : nil
         }
         switch upstream.balancer {
         case .hash:
@@ -55,7 +55,14 @@ final class UpstreamBalancer {
 
     @inline(__always)
     private func usable(_ i: Int, _ tried: UInt64, _ now: NIODeadline) -> Bool {
-        (i >= 64 || tried & (1 << UInt64(i)) == 0) && pools[i].health.isAvailable(now)
+        (i >= 64 || tried & (1 << UInt64(i)) == 0) && available(i, now)
+    }
+
+    /// Not ejected by passive health, and its breaker lets a request through.
+    @inline(__always)
+    private func available(_ i: Int, _ now: NIODeadline) -> Bool {
+        let pool = pools[i]
+        return pool.health.isAvailable(now) && pool.breaker.admits(now, pool.settings.breaker)
     }
 
     /// nginx's smooth weighted round robin over the usable targets.

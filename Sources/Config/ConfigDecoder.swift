@@ -331,12 +331,19 @@ struct ConfigDecoder {
             var upstream = Upstream(name: name, targets: targets)
             if let n = map["connect_timeout"]?.value, let v = positive(n, r.join(path, "connect_timeout")) { upstream.connectTimeout = v }
             if let n = map["read_timeout"]?.value, let v = positive(n, r.join(path, "read_timeout")) { upstream.readTimeout = v }
-            if let p = map["pool"]?.value, let pool = r.mapping(p, r.join(path, "pool"), allowed: ["max_idle", "idle_timeout"]) {
+            if let p = map["pool"]?.value,
+                let pool = r.mapping(p, r.join(path, "pool"), allowed: ["max_idle", "idle_timeout", "max_connections", "queue", "queue_timeout"])
+            {
                 let poolPath = r.join(path, "pool")
                 if let n = pool["max_idle"]?.value, let v = r.int(n, r.join(poolPath, "max_idle"), range: 0...100_000) {
                     upstream.maxIdleConnections = v
                 }
                 if let n = pool["idle_timeout"]?.value, let v = positive(n, r.join(poolPath, "idle_timeout")) { upstream.idleTimeout = v }
+                if let n = pool["max_connections"]?.value, let v = r.int(n, r.join(poolPath, "max_connections"), range: 0...1_000_000) {
+                    upstream.maxConnections = v
+                }
+                if let n = pool["queue"]?.value, let v = r.int(n, r.join(poolPath, "queue"), range: 0...1_000_000) { upstream.queue = v }
+                if let n = pool["queue_timeout"]?.value, let v = positive(n, r.join(poolPath, "queue_timeout")) { upstream.queueTimeout = v }
             }
             decodeResilience(map, path, into: &upstream)
             out.append(upstream)

@@ -138,6 +138,12 @@ public struct Upstream: Sendable, Equatable {
     public var readTimeout: Duration = .seconds(30)
     /// Idle kept-alive connections per target per worker. Default 64.
     public var maxIdleConnections: Int = 64
+    /// Connections per target per worker at most (0: no limit, the default). A request that
+    /// finds them all busy waits in a queue of at most `queue` (default 256) for up to
+    /// `queueTimeout` (default 1 s); past either, `503`.
+    public var maxConnections = 0
+    public var queue = 256
+    public var queueTimeout: Duration = .seconds(1)
     /// Pooled connections unused this long are closed. Default 60 s.
     public var idleTimeout: Duration = .seconds(60)
     /// How a request's target is chosen. Default weighted round robin.

@@ -25,8 +25,34 @@ extension DownstreamConnectionHandler {
         armTimer()
         if let connection = pool.takeIdle() {
             begin(connection)
-        } else {
+        } else if pool.mayConnect {
             connectUpstream(pool)
+        } else {
+            waitForConnection(pool)
+        }
+    }
+
+    /// Every connection to the target is busy: wait in its queue, briefly.
+    private func waitForConnection(_ pool: TargetPool) {
+        let serial = requestSerial
+        var timer: Scheduled<Void>?
+        let id = pool.wait { [self] connection in
+            timer?.cancel()
+            guard requestSerial == serial, state == .connecting, targetPool === pool else {
+                // Gone meanwhile: what it was given goes to the next in line.
+                if let connection { pool.release(connection) } else { pool.wakeNext() }
+                return
+            }
+            if let connection { begin(connection) } else { connectUpstream(pool) }
+        }
+        guard let id else {
+            respondError(503, "upstream connection pool full", close: false)
+            return
+        }
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: pool.settings.queueTimeout) { [self] in
+            pool.cancelWait(id)
+            guard requestSerial == serial, state == .connecting else { return }
+            respondError(503, "no upstream connection free in time", close: false)
         }
     }
 

@@ -112,7 +112,8 @@ struct CompiledUpstream: Sendable {
             ejectAfter: upstream.ejectAfter, ejectTime: TimeAmount(upstream.ejectTime), maxEjectTime: TimeAmount(upstream.maxEjectTime),
             breaker: TargetBreaker.Settings(
                 failures: upstream.breaker.failures, ratio: upstream.breaker.ratio, minRequests: upstream.breaker.minRequests,
-                window: TimeAmount(upstream.breaker.window), openTime: TimeAmount(upstream.breaker.openTime), probes: upstream.breaker.probes))
+                window: TimeAmount(upstream.breaker.window), openTime: TimeAmount(upstream.breaker.openTime), probes: upstream.breaker.probes),
+            maxConnections: upstream.maxConnections, queue: upstream.queue, queueTimeout: TimeAmount(upstream.queueTimeout))
     }
 }
 
@@ -132,6 +133,9 @@ struct PoolSettings: Sendable, Equatable {
     var ejectTime = TimeAmount.seconds(1)
     var maxEjectTime = TimeAmount.seconds(30)
     var breaker = TargetBreaker.Settings()
+    var maxConnections = 0
+    var queue = 256
+    var queueTimeout = TimeAmount.seconds(1)
 }
 
 extension TimeAmount {

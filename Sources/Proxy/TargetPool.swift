@@ -19,6 +19,28 @@ final class TargetPool {
     /// This loop's view of the target's health (passive: from the tries it sees).
     var health = TargetHealth()
     var breaker = TargetBreaker()
+    /// Requests waiting for a connection while `maxConnections` are open, oldest first. Each
+    /// gets a released connection, or nil: a connection closed, so it may open one.
+    private var waiters = CircularBuffer<(id: Int, ready: (UpstreamConnectionHandler?) -> Void)>()
+    private var nextWaiter = 0
+
+    /// Whether a new connection may be opened now.
+    var mayConnect: Bool { settings.maxConnections == 0 || openConnections < settings.maxConnections }
+
+    /// Queues a request for the next free connection; nil if the queue is full.
+    func wait(_ ready: @escaping (UpstreamConnectionHandler?) -> Void) -> Int? {
+        guard waiters.count < settings.queue else { return nil }
+        nextWaiter &+= 1
+        waiters.append((nextWaiter, ready))
+        return nextWaiter
+    }
+
+    /// Leaves the queue (the wait timed out, or the request went away).
+    func cancelWait(_ id: Int) {
+        if let index = waiters.firstIndex(where: { $0.id == id }) { waiters.remove(at: index) }
+    }
+
+    var waiting: Int { waiters.count }
 
     init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, connector: UpstreamConnector? = nil) {
         self.connector = connector
@@ -70,13 +92,21 @@ final class TargetPool {
             let pool = loopBound.value
             switch result {
             case .success(let handler): handler.pool = pool
-            case .failure: pool.openConnections -= 1
+            case .failure:
+                pool.openConnections -= 1
+                pool.wakeNext()
             }
         }
     }
 
-    /// Returns a connection after a complete exchange; it is closed if the pool is full.
+    /// Returns a connection after a complete exchange: to the first request waiting for one,
+    /// else to the idle list; it is closed if that is full.
     func release(_ connection: UpstreamConnectionHandler) {
+        if connection.isActive, let waiter = waiters.popFirst() {
+            connection.detach(idleTimeout: settings.idleTimeout)
+            waiter.ready(connection)
+            return
+        }
         guard connection.isActive, idle.count < settings.maxIdle else {
             connection.close()
             return
@@ -89,6 +119,12 @@ final class TargetPool {
     func remove(_ connection: UpstreamConnectionHandler) {
         openConnections -= 1
         if let index = idle.firstIndex(where: { $0 === connection }) { idle.remove(at: index) }
+        wakeNext()
+    }
+
+    /// A connection slot is free: the first waiter may open one.
+    func wakeNext() {
+        if mayConnect, let waiter = waiters.popFirst() { waiter.ready(nil) }
     }
 
     /// Closes every idle connection (shutdown, or the target left the config).

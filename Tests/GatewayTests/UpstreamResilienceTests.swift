@@ -171,4 +171,33 @@ import Testing
         }
         await bad.stop()
     }
+
+    /// Connections per target are capped; requests past the cap wait in a bounded queue, and
+    /// past the queue get `503` at once.
+    @Test func poolLimitsQueueThenRefuse() async throws {
+        let echo = try EchoProcess()
+        let yaml = Self.config(targets: [echo.port]).replacingOccurrences(
+            of: "    read_timeout: 2s\n", with: "    read_timeout: 2s\n    pool: { max_connections: 2, queue: 2, queue_timeout: 3s }\n")
+        try await withGateway(yaml, workers: 1) { gw in
+            let results = LockedCounter(), refused = LockedCounter(), fast = LockedCounter()
+            let threads = (0..<6).map { _ in
+                Thread {
+                    let started = Date()
+                    guard let r = try? RawClient(port: gw.port).request("GET", "/delay/400") else { return }
+                    if r.status == 200 { results.add() }
+                    if r.status == 503, r.json["error"] as? String == "upstream connection pool full" {
+                        refused.add()
+                        if Date().timeIntervalSince(started) < 0.3 { fast.add() }
+                    }
+                }
+            }
+            threads.forEach { $0.start() }
+            pause(0.2)
+            let open = await gw.gateway.connectionCounts().upstreams
+            while threads.contains(where: { !$0.isFinished }) { pause(0.02) }
+            #expect(open <= 2, "upstream connections: \(open)")
+            // Two served at once, two after waiting their turn, two refused without waiting.
+            #expect(results.value == 4 && refused.value == 2 && fast.value == 2, "200: \(results.value), 503: \(refused.value)")
+        }
+    }
 }

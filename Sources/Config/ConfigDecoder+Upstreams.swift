@@ -46,6 +46,30 @@ extension ConfigDecoder {
             if let n = health["eject"]?.value, let v = positive(n, r.join(hp, "eject")) { upstream.ejectTime = v }
             if let n = health["max_eject"]?.value, let v = positive(n, r.join(hp, "max_eject")) { upstream.maxEjectTime = v }
         }
+        if let c = map["health_check"]?.value,
+            let check = r.mapping(c, r.join(path, "health_check"), allowed: ["path", "interval", "timeout", "expect", "healthy", "unhealthy"])
+        {
+            let cp = r.join(path, "health_check")
+            var hc = Upstream.HealthCheck()
+            if let n = check["path"]?.value, let v = r.string(n, r.join(cp, "path")) {
+                if v.hasPrefix("/"), !v.contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }) { hc.path = v } else { r.fail(n, r.join(cp, "path"), "expected a path starting with /") }
+            }
+            if let n = check["interval"]?.value, let v = positive(n, r.join(cp, "interval")) { hc.interval = v }
+            if let n = check["timeout"]?.value, let v = positive(n, r.join(cp, "timeout")) { hc.timeout = v }
+            if let n = check["expect"]?.value, let v = r.string(n, r.join(cp, "expect")) {
+                let parts = v.split(separator: "-").compactMap { Int($0) }
+                if parts.count == 1, (100...599).contains(parts[0]) {
+                    hc.expect = parts[0]...parts[0]
+                } else if parts.count == 2, (100...599).contains(parts[0]), parts[0] <= parts[1], parts[1] <= 599 {
+                    hc.expect = parts[0]...parts[1]
+                } else {
+                    r.fail(n, r.join(cp, "expect"), "expected a status (200) or a range (200-399)")
+                }
+            }
+            if let n = check["healthy"]?.value, let v = r.int(n, r.join(cp, "healthy"), range: 1...100) { hc.healthy = v }
+            if let n = check["unhealthy"]?.value, let v = r.int(n, r.join(cp, "unhealthy"), range: 1...100) { hc.unhealthy = v }
+            upstream.healthCheck = hc
+        }
         if let c = map["circuit_breaker"]?.value,
             let breaker = r.mapping(c, r.join(path, "circuit_breaker"), allowed: ["failures", "ratio", "min_requests", "window", "open", "probes"])
         {

@@ -316,7 +316,7 @@ struct ConfigDecoder {
                     value, path,
                     allowed: [
                         "targets", "connect_timeout", "read_timeout", "pool", "balancer", "hash_key", "retries", "try_timeout", "retry_budget",
-                        "passive_health", "circuit_breaker",
+                        "passive_health", "circuit_breaker", "health_check",
                     ])
             else { continue }
             var targets: [Upstream.Target] = []

@@ -166,6 +166,22 @@ public struct Upstream: Sendable, Equatable {
     public var maxEjectTime: Duration = .seconds(30)
     /// The circuit breaker each worker keeps per target.
     public var breaker = Breaker()
+    /// Active health checks: probes each target; nil (the default) probes nothing.
+    public var healthCheck: HealthCheck?
+
+    public struct HealthCheck: Sendable, Equatable {
+        /// Requested with GET on each target.
+        public var path = "/"
+        public var interval: Duration = .seconds(5)
+        public var timeout: Duration = .seconds(1)
+        /// Statuses that count as healthy (default 200-399).
+        public var expect: ClosedRange<Int> = 200...399
+        /// Probes in a row that mark a target healthy again, or unhealthy. Defaults 2 and 2.
+        public var healthy = 2
+        public var unhealthy = 2
+
+        public init() {}
+    }
 
     public struct Breaker: Sendable, Equatable {
         /// Failed answers (5xx, or no answer) in a row that open it. Default 5.

@@ -37,6 +37,11 @@ public actor Gateway {
     private(set) public var lastReadAt = Date.distantPast
     /// Background fetches of JWKS URLs, for the current generation's keysets.
     private var jwksTasks: [Task<Void, Never>] = []
+    /// Active health checks of the current generation's upstreams.
+    private var probeTasks: [Task<Void, Never>] = []
+    /// Per target (`host:port`): whether the probes find it healthy, and the streak that will
+    /// flip that; kept across reloads.
+    private var probed: [String: (healthy: Bool, streak: Int)] = [:]
     /// The last keys each JWKS URL gave, kept across reloads.
     private var lastJWKS: [String: KeyList] = [:]
     private var nextGenerationID = 1
@@ -95,6 +100,7 @@ public actor Gateway {
         // Keys from JWKS URLs before the first request (a provider that does not answer in
         // time leaves those keysets empty until the background fetch succeeds).
         await startJWKS(Self.remotes(modules), initialFetch: true)
+        startProbes(config)
         for listener in config.listeners {
             listeners[listener.address] = try await bind(listener)
         }
@@ -161,6 +167,7 @@ public actor Gateway {
         // The new keysets start with the keys last fetched for their URL, so no request
         // finds them empty; then the workers switch.
         await startJWKS(Self.remotes(nextModules), initialFetch: false)
+        startProbes(config)
         for worker in workers {
             try? await worker.eventLoop.submit { worker.value.install(next) }.get()
         }
@@ -211,6 +218,8 @@ public actor Gateway {
         guard let group else { return }
         for task in jwksTasks { task.cancel() }
         jwksTasks = []
+        for task in probeTasks { task.cancel() }
+        probeTasks = []
         let drain = TimeAmount(generation?.config.timeouts.drain ?? .seconds(10))
         for running in listeners.values { for channel in running.channels { try? await channel.close() } }
         listeners = [:]
@@ -283,6 +292,55 @@ public actor Gateway {
                 }
             })
         }
+    }
+
+    /// Probes every target of the upstreams that have a `health_check`, each on its own
+    /// interval, replacing the previous generation's probes (what they found is kept).
+    private func startProbes(_ config: GatewayConfig) {
+        for task in probeTasks { task.cancel() }
+        probeTasks = []
+        guard let group else { return }
+        var seen: Set<String> = []
+        for upstream in config.upstreams {
+            guard let check = upstream.healthCheck else { continue }
+            for target in upstream.targets {
+                let name = "\(target.address.host):\(target.address.port)"
+                guard seen.insert(name).inserted else { continue }
+                let endpoint = HTTPEndpoint(host: target.address.host, port: target.address.port, path: check.path)
+                probeTasks.append(Task { [weak self] in
+                    guard let probe = try? HTTPFetch.Target(endpoint) else { return }
+                    while !Task.isCancelled {
+                        let healthy: Bool
+                        do {
+                            let answer = try await HTTPFetch.get(probe, group: group, timeout: TimeAmount(check.timeout), maxBytes: 64 * 1024)
+                            healthy = check.expect.contains(answer.status)
+                        } catch {
+                            healthy = false
+                        }
+                        await self?.probed(name, healthy: healthy, check: check)
+                        try? await Task.sleep(for: check.interval)
+                    }
+                })
+            }
+        }
+    }
+
+    /// One probe's result: a streak long enough flips the target, on every worker.
+    private func probed(_ target: String, healthy: Bool, check: Upstream.HealthCheck) async {
+        var state = probed[target] ?? (healthy: true, streak: 0)
+        if healthy == state.healthy {
+            state.streak = 0
+        } else {
+            state.streak += 1
+            if state.streak >= (healthy ? check.healthy : check.unhealthy) {
+                state = (healthy, 0)
+                logger.log(
+                    level: healthy ? .notice : .warning, healthy ? "health check: target healthy again" : "health check: target unhealthy",
+                    metadata: ["target": "\(target)", "path": "\(check.path)"])
+                for worker in workers { try? await worker.eventLoop.submit { worker.value.setProbed(target, healthy: healthy) }.get() }
+            }
+        }
+        probed[target] = state
     }
 
     /// Fetches, parses and publishes a JWKS; returns how long it may be kept (nil: failed,

@@ -10,6 +10,8 @@ public final class ProxyWorker {
     let logger: Logger
     private(set) var generation: WorkerGeneration
     private var pools: [TargetKey: TargetPool] = [:]
+    /// Targets the active health checks last found down (`host:port`), kept for pools made later.
+    private var probedDown: Set<String> = []
     private var connections: [ObjectIdentifier: DownstreamConnectionHandler] = [:]
     var requestIDs: RequestIDGenerator
     /// Set once shutdown starts: connections close after their current response.
@@ -55,6 +57,7 @@ public final class ProxyWorker {
                     } else {
                         pool = TargetPool(
                             key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, connector: connector)
+                        pool.probedDown = probedDown.contains("\(target.key.host):\(target.key.port)")
                         pools[target.key] = pool
                     }
                     return (pool, target)
@@ -72,6 +75,13 @@ public final class ProxyWorker {
 
     /// Lua states this loop holds for the current generation, and the heap bytes of the idle ones.
     public var luaStats: (states: Int, idleBytes: Int) { generation.luaStats }
+
+    /// What the control plane's active health check found of `target` (`host:port`).
+    public func setProbed(_ target: String, healthy: Bool) {
+        eventLoop.assertInEventLoop()
+        if healthy { probedDown.remove(target) } else { probedDown.insert(target) }
+        for pool in pools.values where "\(pool.key.host):\(pool.key.port)" == target { pool.probedDown = !healthy }
+    }
 
     /// This loop's view of each target: `host:port` → ejected by passive health, its circuit
     /// breaker's state (`closed`, `open`, `half_open`), requests in flight.

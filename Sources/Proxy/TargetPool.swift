@@ -19,6 +19,8 @@ final class TargetPool {
     /// This loop's view of the target's health (passive: from the tries it sees).
     var health = TargetHealth()
     var breaker = TargetBreaker()
+    /// Active health checks (the control plane's probes) found the target down.
+    var probedDown = false
     /// Requests waiting for a connection while `maxConnections` are open, oldest first. Each
     /// gets a released connection, or nil: a connection closed, so it may open one.
     private var waiters = CircularBuffer<(id: Int, ready: (UpstreamConnectionHandler?) -> Void)>()

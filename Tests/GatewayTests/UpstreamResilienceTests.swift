@@ -200,4 +200,39 @@ import Testing
             #expect(results.value == 4 && refused.value == 2 && fast.value == 2, "200: \(results.value), 503: \(refused.value)")
         }
     }
+
+    /// Active checks: a target whose probe path fails is taken out of rotation after
+    /// `unhealthy` probes, and put back after `healthy` good ones.
+    @Test func activeHealthChecksTakeATargetOutAndBack() async throws {
+        let sick = LockedFlag()
+        let a = try await TestHTTPServer { request in
+            if request.uri == "/healthz" { return .init(status: sick.isSet ? 503 : 200, body: "{}") }
+            return .init(body: #"{"from":"a"}"#)
+        }
+        let b = try await TestHTTPServer { request in .init(body: #"{"from":"b"}"#) }
+        let yaml = Self.config(
+            targets: [a.port, b.port],
+            extra: "    health_check: { path: /healthz, interval: 50ms, timeout: 500ms, healthy: 2, unhealthy: 2 }")
+        try await withGateway(yaml, workers: 2) { gw in
+            func servedBy() throws -> Set<String> {
+                var seen: Set<String> = []
+                for _ in 0..<10 { seen.insert(try gw.client().request("GET", "/x").json["from"] as? String ?? "?") }
+                return seen
+            }
+            let before = try servedBy()
+            #expect(before == ["a", "b"])
+            sick.set()
+            pause(0.4)
+            let during = try servedBy()
+            #expect(during == ["b"])
+            a.answer { request in
+                request.uri == "/healthz" ? .init(body: "{}") : .init(body: #"{"from":"a"}"#)
+            }
+            pause(0.4)
+            let after = try servedBy()
+            #expect(after == ["a", "b"])
+        }
+        await a.stop()
+        await b.stop()
+    }
 }

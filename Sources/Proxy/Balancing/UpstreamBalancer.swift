@@ -58,11 +58,12 @@ final class UpstreamBalancer {
         (i >= 64 || tried & (1 << UInt64(i)) == 0) && available(i, now)
     }
 
-    /// Not ejected by passive health, and its breaker lets a request through.
+    /// Not found down by active checks nor ejected by passive health, and its breaker lets a
+    /// request through.
     @inline(__always)
     private func available(_ i: Int, _ now: NIODeadline) -> Bool {
         let pool = pools[i]
-        return pool.health.isAvailable(now) && pool.breaker.admits(now, pool.settings.breaker)
+        return !pool.probedDown && pool.health.isAvailable(now) && pool.breaker.admits(now, pool.settings.breaker)
     }
 
     /// nginx's smooth weighted round robin over the usable targets.

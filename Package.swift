@@ -69,6 +69,17 @@ let package = Package(
                 // take runs per request; no shared mutable state outside the C table and atomics.
                 .unsafeFlags(["-enforce-exclusivity=unchecked"])
             ]),
+        // A small HTTP/1.1 client on NIO (one connection per request, http or https): JWKS
+        // fetches, token introspection, and scripts' sub-requests (`upstream.call`).
+        .target(
+            name: "HTTPClient",
+            dependencies: [
+                "Config",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]),
         // The YAML model, validation with file:line:path, env interpolation, file watching.
         .target(
             name: "Config",
@@ -78,9 +89,10 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime",
+                "Config", "Scripting", "CLuaRuntime", "HTTPClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 // The simulation `moongate test` runs the data plane on: embedded channels.
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -106,13 +118,11 @@ let package = Package(
         .target(
             name: "Auth",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "CJOSE",
+                "Config", "Scripting", "CLuaRuntime", "CJOSE", "HTTPClient",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                // TLS to identity providers (https JWKS URLs and introspection endpoints).
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: [
                 // jwt.verify runs per request; no shared mutable state in it.
@@ -130,7 +140,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis",
+                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis", "HTTPClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -2,6 +2,7 @@ import CJOSE
 import CLuaRuntime
 import Config
 import Foundation
+import HTTPClient
 import Scripting
 
 /// The Lua modules this module provides, built for one config generation.

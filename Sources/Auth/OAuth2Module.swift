@@ -2,6 +2,7 @@ import CJOSE
 import CLuaRuntime
 import Config
 import Foundation
+import HTTPClient
 import NIOCore
 import NIOHTTP1
 import NIOPosix

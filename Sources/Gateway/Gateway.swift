@@ -4,6 +4,7 @@ import Glibc
 import Auth
 import Config
 import Foundation
+import HTTPClient
 import Logging
 import NIOCore
 import NIOPosix

@@ -138,7 +138,7 @@ extension DownstreamConnectionHandler {
         self.balancer = balancer
         triedTargets = 0
         tries = 0
-        hashKey = requestHashKey(head, balancer.upstream.balancer)
+        hashKey = edits.hashKey ?? requestHashKey(head, balancer.upstream.balancer)
         forwardedHead = head
         retryableBody = requestBodyDone
         // The time the request's bytes were read: close enough, and no clock read per request.
@@ -170,7 +170,7 @@ extension DownstreamConnectionHandler {
     func begin(_ connection: UpstreamConnectionHandler) {
         guard let targetPool else { return }
         upstream = connection
-        connection.attach(self, readTimeout: balancer?.upstream.tryTimeout ?? targetPool.settings.readTimeout, now: lastActivity)
+        connection.attach(self, readTimeout: edits.tryTimeout ?? balancer?.upstream.tryTimeout ?? targetPool.settings.readTimeout, now: lastActivity)
         if !downstreamWritable { connection.setReadsPaused(true) }
         state = .proxying
         connection.write(upstreamHead!)

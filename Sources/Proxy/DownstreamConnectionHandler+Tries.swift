@@ -9,13 +9,23 @@ extension DownstreamConnectionHandler {
     /// answers `503` if every target is ejected.
     func startTry(route: CompiledRoute, index picked: Int? = nil) {
         guard let balancer, let head = forwardedHead else { return }
-        guard let index = picked ?? balancer.pick(tried: triedTargets, key: hashKey, now: lastActivity) else {
-            respondError(503, "no healthy upstream target", close: false)
-            return
+        let pool: TargetPool
+        if let target = edits.target {
+            // A target the script named: one try, no balancing.
+            guard let dynamic = worker.dynamicPool(target.key, target.address, settings: balancer.upstream.settings) else {
+                respondError(503, "too many script-chosen targets", close: false)
+                return
+            }
+            pool = dynamic
+        } else {
+            guard let index = picked ?? balancer.pick(tried: triedTargets, key: hashKey, now: lastActivity) else {
+                respondError(503, "no healthy upstream target", close: false)
+                return
+            }
+            if index < 64 { triedTargets |= 1 << UInt64(index) }
+            pool = balancer.pool(index)
         }
-        if index < 64 { triedTargets |= 1 << UInt64(index) }
         tries += 1
-        let pool = balancer.pool(index)
         targetPool = pool
         pool.health.inFlight += 1
         pool.breaker.sent(lastActivity, pool.settings.breaker)
@@ -113,8 +123,8 @@ extension DownstreamConnectionHandler {
     /// Never after the client got a byte; only what can be sent again whole; idempotent
     /// methods unless the route allows more; within the tries and the retry budget.
     private func canRetry() -> Bool {
-        guard let balancer, let route, forwardedHead != nil, !responseStarted, retryableBody,
-            tries < balancer.upstream.maxTries, request.isIdempotent || route.retryNonIdempotent,
+        guard let balancer, let route, forwardedHead != nil, !responseStarted, retryableBody, edits.target == nil,
+            tries < (edits.retries.map { $0 + 1 } ?? balancer.upstream.maxTries), request.isIdempotent || route.retryNonIdempotent,
             state != .closed, state != .closing
         else { return false }
         return true

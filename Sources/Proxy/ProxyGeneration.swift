@@ -66,7 +66,7 @@ public final class ProxyGeneration: Sendable {
         if policies.isEmpty, routers.isEmpty { return nil }
         return ScriptProgram(
             scripts: try ScriptSet.load(directory: config.scripts.directory), policies: policies, routers: routers,
-            modules: [RequestModule(), ResponseModule()] + modules, settings: config.scripts, clock: clock, logger: logger,
+            modules: [RequestModule(), ResponseModule(), UpstreamModule()] + modules, settings: config.scripts, clock: clock, logger: logger,
             coverage: coverage)
     }
 

@@ -43,6 +43,7 @@ public final class ProxyWorker {
             pool.closeIdle()
             pools[key] = nil
         }
+        dynamicPools = 0
     }
 
     private func makeBalancers(_ g: ProxyGeneration) -> [UpstreamBalancer] {
@@ -63,6 +64,20 @@ public final class ProxyWorker {
                     return (pool, target)
                 })
         }
+    }
+
+    /// Pools for targets scripts name (`upstream.target`) at most, per worker.
+    static let maxDynamicPools = 256
+    private var dynamicPools = 0
+
+    /// The pool for a target a script named, made on first use (nil past `maxDynamicPools`).
+    func dynamicPool(_ key: TargetKey, _ address: SocketAddress, settings: PoolSettings) -> TargetPool? {
+        if let pool = pools[key] { return pool }
+        guard dynamicPools < Self.maxDynamicPools else { return nil }
+        dynamicPools += 1
+        let pool = TargetPool(key: key, address: address, settings: settings, eventLoop: eventLoop, connector: connector)
+        pools[key] = pool
+        return pool
     }
 
     func register(_ connection: DownstreamConnectionHandler) {

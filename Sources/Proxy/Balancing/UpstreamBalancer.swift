@@ -22,11 +22,8 @@ final class UpstreamBalancer {
         self.targets = targets.map(\.1)
         self.current = Array(repeating: 0, count: targets.count)
         self.totalWeight = targets.reduce(0) { $0 + $1.1.weight }
-        if case .hash = upstream.balancer {
-            ring = HashRing(targets.map { ($0.1.key, $0.1.weight) })
-        } else {
-            ring = nil
-        }
+        // Every upstream has a ring: a script may hash any request (`upstream.options{hash_key=}`).
+        ring = targets.count > 1 ? HashRing(targets.map { ($0.1.key, $0.1.weight) }) : nil
         budget = RetryBudget(ratio: upstream.retryBudget, minimum: upstream.retryBudgetMin)
     }
 
@@ -42,9 +39,9 @@ final class UpstreamBalancer {
         if pools.count == 1 {
             return tried & 1 == 0 && available(0, now) ? 0 : nil
         }
+        if let key, let ring { return ring.lookup(key) { usable($0, tried, now) } }
         switch upstream.balancer {
         case .hash:
-            if let key, let ring { return ring.lookup(key) { usable($0, tried, now) } }
             return roundRobin(tried, now)
         case .leastRequest:
             return leastRequest(tried, now)

@@ -13,6 +13,12 @@ struct RequestEdits {
     var early: EarlyResponse?
     /// The body the upstream gets, read or replaced by the script (sent with Content-Length).
     var body: ByteBuffer?
+    /// `upstream.target(host, port)`: this request goes there, not to a balancer's pick.
+    var target: (key: TargetKey, address: SocketAddress)?
+    /// `upstream.options{...}`: this request's tries, try timeout and hash key.
+    var retries: Int?
+    var tryTimeout: TimeAmount?
+    var hashKey: UInt64?
 
     var changesHead: Bool { !headers.isEmpty || path != nil || query != nil || body != nil }
 
@@ -23,6 +29,10 @@ struct RequestEdits {
         upstream = nil
         early = nil
         body = nil
+        target = nil
+        retries = nil
+        tryTimeout = nil
+        hashKey = nil
     }
 }
 

@@ -12,6 +12,14 @@ public enum HTTPFetch {
         public var status: Int
         public var body: [UInt8]
         public var cacheControl: String?
+        public var headers: [(String, String)]
+
+        public init(status: Int, body: [UInt8], cacheControl: String? = nil, headers: [(String, String)] = []) {
+            self.status = status
+            self.body = body
+            self.cacheControl = cacheControl
+            self.headers = headers
+        }
     }
 
     public struct Failure: Error, CustomStringConvertible {
@@ -116,7 +124,7 @@ public enum HTTPFetch {
         typealias InboundIn = HTTPClientResponsePart
         let promise: EventLoopPromise<Response>
         let maxBytes: Int
-        var response = Response(status: 0, body: [], cacheControl: nil)
+        var response = Response(status: 0, body: [])
         var done = false
 
         func finish(_ result: Result<Response, Error>) {
@@ -139,6 +147,7 @@ public enum HTTPFetch {
             case .head(let head):
                 response.status = Int(head.status.code)
                 response.cacheControl = head.headers.first(name: "Cache-Control")
+                response.headers = head.headers.map { ($0.name, $0.value) }
             case .body(var buffer):
                 if response.body.count + buffer.readableBytes > maxBytes {
                     finish(.failure(Failure(.tooLarge, "answer larger than \(maxBytes) bytes")))

@@ -235,4 +235,19 @@ import Testing
         await a.stop()
         await b.stop()
     }
+
+    /// Upstream settings are part of the generation: a reload changes them and keeps the
+    /// pooled connections to targets that stay.
+    @Test func aReloadKeepsPooledConnectionsToTargetsThatStay() async throws {
+        try await withGateway(TestGateway.defaultConfig, workers: 1) { gw in
+            let client = try gw.client()
+            for _ in 0..<5 { #expect(try client.request("GET", "/echo").status == 200) }
+            let before = gw.stats.accepted.withLockedValue { $0 }
+            let changed = TestGateway.defaultConfig.replacingOccurrences(
+                of: "    read_timeout: 500ms\n", with: "    read_timeout: 700ms\n    retries: 1\n    balancer: least_request\n")
+            #expect(try await gw.rewrite(changed).succeeded)
+            for _ in 0..<5 { #expect(try client.request("GET", "/echo").status == 200) }
+            #expect(gw.stats.accepted.withLockedValue { $0 } == before, "the reload opened new upstream connections")
+        }
+    }
 }

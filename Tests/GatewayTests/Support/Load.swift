@@ -40,3 +40,15 @@ final class Load {
 func pause(_ seconds: Double) {
     usleep(useconds_t(seconds * 1_000_000))
 }
+
+/// Asks `condition` until it holds or `seconds` pass, and says whether it held. For waiting on
+/// the gateway's own tasks (probes, JWKS refetches): it sleeps with `Task.sleep`, giving the
+/// cooperative thread back to those tasks, and allows for other suites holding the pool.
+func eventually(within seconds: Double = 10, _ condition: () throws -> Bool) async rethrows -> Bool {
+    let start = ContinuousClock.now
+    while try !condition() {
+        if ContinuousClock.now - start > .milliseconds(Int(seconds * 1000)) { return false }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return true
+}

@@ -57,13 +57,12 @@ final class RawClient {
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard rc == 0 else {
-            close(fd)
-            throw Failure(description: "connect to \(port) failed: errno \(errno)")
-        }
+        // No close here: a class whose init throws once every property is set still runs its
+        // deinit, and a second close could shut a descriptor another thread has just opened.
+        guard rc == 0 else { throw Failure(description: "connect to \(port) failed: errno \(errno)") }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 
     func send(_ text: String) throws { try send(Array(text.utf8)) }
 

@@ -14,6 +14,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // C libraries from Debian, found through pkg-config.
@@ -60,7 +62,7 @@ let package = Package(
         .target(
             name: "RateLimit",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "CBuckets", "Redis", "COpenSSL",
+                "Config", "Scripting", "CLuaRuntime", "CBuckets", "Redis", "COpenSSL", "Telemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -80,6 +82,12 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]),
+        // Metric values per event loop (no locks when recording), summed at scrape time into
+        // the Prometheus text format; the families scripts declare through `metrics`.
+        .target(
+            name: "Telemetry",
+            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
         // The YAML model, validation with file:line:path, env interpolation, file watching.
         .target(
             name: "Config",
@@ -89,7 +97,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "HTTPClient",
+                "Config", "Scripting", "CLuaRuntime", "HTTPClient", "Telemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -107,7 +115,7 @@ let package = Package(
         .target(
             name: "Scripting",
             dependencies: [
-                "Config", "CLuaRuntime",
+                "Config", "CLuaRuntime", "Telemetry",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [
@@ -118,7 +126,7 @@ let package = Package(
         .target(
             name: "Auth",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "CJOSE", "HTTPClient",
+                "Config", "Scripting", "CLuaRuntime", "CJOSE", "HTTPClient", "Telemetry",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -133,16 +141,18 @@ let package = Package(
         .target(
             name: "Harness",
             dependencies: [
-                "Config", "Scripting", "Proxy", "CLuaRuntime", "Auth", "RateLimit",
+                "Config", "Scripting", "Proxy", "CLuaRuntime", "Auth", "RateLimit", "Telemetry",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Workers, listeners, config generations, reload and graceful shutdown.
         .target(
             name: "Gateway",
             dependencies: [
-                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis", "HTTPClient",
+                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis", "HTTPClient", "Telemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -159,8 +169,10 @@ let package = Package(
         .executableTarget(
             name: "moongate",
             dependencies: [
-                "Config", "Gateway", "Proxy", "Scripting", "Harness", "Auth", "RateLimit", "EchoUpstream", "CLua", "CHiredis", "COpenSSL",
+                "Config", "Gateway", "Proxy", "Scripting", "Harness", "Auth", "RateLimit", "EchoUpstream", "CLua", "CHiredis", "COpenSSL", "Telemetry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),

@@ -71,11 +71,13 @@ public struct APIKeyModule: LuaModule {
         mg_pop(L, 1)
         guard let set = box?.sets[name] else { return Lua.raise(L, "apikey.verify: no apikeys set \"\(name)\" in the config") }
         guard let key = Lua.bytes(L, 1), key.count > 0, key.count <= 4096 else {
+            countFailure(L, "apikey", "missing")
             lua_pushnil(L)
             Lua.push(L, "missing")
             return 2
         }
         guard let entry = set.lookup(key) else {
+            countFailure(L, "apikey", "unknown")
             lua_pushnil(L)
             Lua.push(L, "unknown")
             return 2

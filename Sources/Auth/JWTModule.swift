@@ -34,6 +34,7 @@ public struct JWTModule: LuaModule {
     }
 
     static func refuse(_ L: OpaquePointer, _ reason: StaticString) -> Int32 {
+        countFailure(L, "jwt", reason.description)
         lua_pushnil(L)
         reason.withUTF8Buffer { Lua.push(L, bytes: UnsafeRawBufferPointer($0)) }
         return 2

@@ -41,6 +41,7 @@ public struct OAuth2Module: LuaModule {
     public func clearCaches() { context.clearCaches() }
 
     static func refuse(_ L: OpaquePointer, _ reason: String) -> Int32 {
+        countFailure(L, "oauth2", reason)
         lua_pushnil(L)
         Lua.push(L, reason)
         return 2

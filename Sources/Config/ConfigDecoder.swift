@@ -13,7 +13,8 @@ struct ConfigDecoder {
         guard
             let top = r.mapping(
                 root, "",
-                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection"])
+                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection", "metrics", "access_log",
+                ])
         else { return nil }
 
         var workers: Int?
@@ -46,10 +47,26 @@ struct ConfigDecoder {
         let routes = top["routes"].map { decodeRoutes($0.value, upstreams: upstreams, scripts: scripts) } ?? []
         if top["routes"] == nil { r.fail(root, "routes", "at least one route is required") }
 
-        return GatewayConfig(
+        var config = GatewayConfig(
             workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
             timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys,
             redis: redis, rateLimit: rateLimit, introspection: top["introspection"].map { decodeIntrospection($0.value) } ?? [])
+        if let node = top["metrics"]?.value, let map = r.mapping(node, "metrics", allowed: ["enabled", "max_series"]) {
+            if let n = map["enabled"]?.value, let v = r.bool(n, "metrics.enabled") { config.metrics.enabled = v }
+            if let n = map["max_series"]?.value, let v = r.int(n, "metrics.max_series", range: 1...100_000) { config.metrics.maxSeries = v }
+        }
+        if let node = top["access_log"]?.value, let map = r.mapping(node, "access_log", allowed: ["to"]) {
+            if let n = map["to"]?.value, let v = r.string(n, "access_log.to") {
+                switch v {
+                case "stdout": config.accessLog.destination = .stdout
+                case "stderr": config.accessLog.destination = .stderr
+                case "off": config.accessLog.destination = .off
+                case "": r.fail(n, "access_log.to", "stdout, stderr, off or a file path")
+                default: config.accessLog.destination = .file(v)
+                }
+            }
+        }
+        return config
     }
 
     private func decodeAPIKeys(_ node: Node) -> [APIKeySet] {

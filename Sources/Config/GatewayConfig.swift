@@ -25,6 +25,8 @@ public struct GatewayConfig: Sendable, Equatable {
     public var rateLimit = RateLimitConfig()
     /// OAuth2 token introspection endpoints (RFC 7662) `oauth2.introspect(token, name)` asks.
     public var introspection: [IntrospectionServer] = []
+    public var metrics = MetricsConfig()
+    public var accessLog = AccessLogConfig()
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,

@@ -8,9 +8,11 @@ import HTTPClient
 import Logging
 import NIOCore
 import NIOPosix
+import Prometheus
 import Proxy
 import RateLimit
 import Scripting
+import Telemetry
 
 /// The running gateway: one event loop per worker, each with its own `ProxyWorker`, and the
 /// listeners bound once per loop with `SO_REUSEPORT` so the kernel spreads connections and
@@ -30,7 +32,7 @@ public actor Gateway {
     private let environment: [String: String]
     private var logger: Logger
     private var group: MultiThreadedEventLoopGroup?
-    private var workers: [NIOLoopBound<ProxyWorker>] = []
+    var workers: [NIOLoopBound<ProxyWorker>] = []
     private var listeners: [SocketAddressSpec: RunningListener] = [:]
     private(set) public var generation: ProxyGeneration?
     private(set) public var lastReload: ReloadResult?
@@ -42,7 +44,7 @@ public actor Gateway {
     private var probeTasks: [Task<Void, Never>] = []
     /// Per target (`host:port`): whether the probes find it healthy, and the streak that will
     /// flip that; kept across reloads.
-    private var probed: [String: (healthy: Bool, streak: Int)] = [:]
+    var probed: [String: (healthy: Bool, streak: Int)] = [:]
     /// The last keys each JWKS URL gave, kept across reloads.
     private var lastJWKS: [String: KeyList] = [:]
     private var nextGenerationID = 1
@@ -52,6 +54,19 @@ public actor Gateway {
     private var redisBuckets: RedisBuckets?
     /// Rate-limit decisions taken without Redis, since start.
     private let bucketCounters = BucketCounters()
+    /// The metrics scripts declared (kept across reloads, so counters keep counting).
+    var scriptFamilies = ScriptMetricFamilies()
+    /// Control-plane metrics (reloads) and anything reported through swift-metrics when the
+    /// binary bootstraps it with this registry; rendered first on `/metrics`.
+    public nonisolated let prometheus = PrometheusCollectorRegistry()
+    let reloadsSucceeded: Prometheus.Counter
+    let reloadsFailed: Prometheus.Counter
+    let startedAt = Date()
+    /// Version shown on `/status` and in `moongate_build_info`.
+    let version: String
+    /// Set when shutdown starts: `/readyz` answers 503 so load balancers stop sending.
+    var draining = false
+    var admin: AdminServer?
 
     private struct RunningListener {
         let listener: Listener
@@ -60,7 +75,12 @@ public actor Gateway {
         let port: Int
     }
 
-    public init(configPath: String, workers: Int? = nil, environment: [String: String], logger: Logger) {
+    public init(configPath: String, workers: Int? = nil, environment: [String: String], logger: Logger, version: String = "dev") {
+        self.version = version
+        let reloads = MetricNameDescriptor(
+            namespace: "moongate", metricName: "reloads", unitName: "total", helpText: "Config and script reloads, by result.")
+        reloadsSucceeded = prometheus.makeCounter(descriptor: reloads, labels: [("result", "success")])
+        reloadsFailed = prometheus.makeCounter(descriptor: reloads, labels: [("result", "failure")])
         self.configPath = configPath
         self.workerOverride = workers
         self.environment = environment
@@ -73,6 +93,7 @@ public actor Gateway {
         let config = try ConfigLoader.load(path: configPath, environment: environment)
         let count = workerOverride ?? config.workers ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
+        scriptFamilies = ScriptMetricFamilies(maxSeries: config.metrics.maxSeries)
         let modules: [any LuaModule]
         let generation: ProxyGeneration
         do {
@@ -82,7 +103,8 @@ public actor Gateway {
             localBuckets = local
             redisBuckets = redis
             let buckets = RateLimitModules.make(config: config, local: local, redis: redis, counters: bucketCounters, logger: logger)
-            generation = try ProxyGeneration(id: nextGenerationID, config: config, modules: modules + buckets, logger: logger)
+            generation = try ProxyGeneration(
+                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies)], logger: logger)
         } catch {
             try? await group.shutdownGracefully()
             throw error
@@ -107,8 +129,8 @@ public actor Gateway {
         }
         self.generation = generation
         lastReload = ReloadResult(generation: generation.id, errors: [])
-        if let admin = config.admin {
-            logger.warning("admin.address is accepted but not served yet (the admin endpoints are not built)", metadata: ["admin": "\(admin)"])
+        if let address = config.admin {
+            admin = try await AdminServer.start(address, gateway: self, group: group, logger: logger)
         }
         logger.info(
             "gateway started",
@@ -143,7 +165,8 @@ public actor Gateway {
             }
             guard let local = localBuckets else { return ReloadResult(generation: 0, errors: ["not started"]) }
             let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, counters: bucketCounters, logger: logger)
-            next = try ProxyGeneration(id: nextGenerationID, config: config, modules: nextModules + buckets, logger: logger)
+            next = try ProxyGeneration(
+                id: nextGenerationID, config: config, modules: nextModules + buckets + [MetricsModule(families: scriptFamilies)], logger: logger)
         } catch {
             if let nextRedis, nextRedis !== redisBuckets { await nextRedis.close() }
             switch error {
@@ -199,6 +222,13 @@ public actor Gateway {
             logger.warning("rate_limit.local_keys changed in the config; takes effect on restart")
         }
         generation = next
+        reloadsSucceeded.increment()
+        if config.admin != current.config.admin {
+            logger.warning("admin.address changed in the config; takes effect on restart")
+        }
+        if config.metrics.maxSeries != current.config.metrics.maxSeries {
+            logger.warning("metrics.max_series changed in the config; takes effect on restart")
+        }
         let result = ReloadResult(generation: next.id, errors: [])
         lastReload = result
         logger.info("config reloaded", metadata: ["generation": "\(next.id)", "lua_state_bytes": "\(next.scriptStateBytes)"])
@@ -206,6 +236,7 @@ public actor Gateway {
     }
 
     private func rejected(_ current: ProxyGeneration, _ errors: [String]) -> ReloadResult {
+        reloadsFailed.increment()
         for error in errors { logger.error("config reload rejected: \(error)") }
         logger.error("still serving the last good config", metadata: ["generation": "\(current.id)"])
         let result = ReloadResult(generation: current.id, errors: errors)
@@ -217,6 +248,7 @@ public actor Gateway {
     /// everything and stops the event loops.
     public func shutdown() async {
         guard let group else { return }
+        draining = true
         for task in jwksTasks { task.cancel() }
         jwksTasks = []
         for task in probeTasks { task.cancel() }
@@ -241,6 +273,8 @@ public actor Gateway {
         await redisBuckets?.close()
         redisBuckets = nil
         self.workers = []
+        await admin?.close()
+        admin = nil
         self.group = nil
         try? await group.shutdownGracefully()
         logger.info("gateway stopped")

@@ -2,6 +2,7 @@ import CLuaRuntime
 import Config
 import Proxy
 import Scripting
+import Telemetry
 
 /// What a test file's functions reach through `Lua.current`: the simulated gateway, the
 /// stubs the running test set, the fake clock and the captured logs.
@@ -11,6 +12,8 @@ final class TestContext {
     let logs: LogStore
     /// Upstream name → registry ref of its stub function in the test state.
     var stubs: [String: Int32] = [:]
+    /// The metrics the policies declared.
+    var scriptFamilies: ScriptMetricFamilies?
 
     init(simulation: SimulatedGateway, clock: FakeClock, logs: LogStore) {
         self.simulation = simulation
@@ -24,6 +27,7 @@ final class TestContext {
         stubs = [:]
         logs.clear()
         clock.reset()
+        simulation.metrics.reset()
     }
 }
 
@@ -73,6 +77,7 @@ public struct HarnessModule: LuaModule {
             }
             return 1
         }
+        Lua.setFunction(L, "metric") { L in harnessMetric(L!) }
         lua_createtable(L, 0, 3)
         Lua.setFunction(L, "now") { L in
             let L = L!
@@ -101,6 +106,39 @@ public struct HarnessModule: LuaModule {
             lua_setfield(L, -2, helper.name)
         }
     }
+}
+
+/// `harness.metric(name [, {label = value, ...}])`: the value of a series as `/metrics`
+/// would show it (a histogram's count, then its sum), or nil if the test made none.
+private func harnessMetric(_ L: OpaquePointer) -> Int32 {
+    guard let context = testContext(L) else { return notInTest(L, "harness.metric") }
+    guard let name = Lua.string(L, 1) else { return Lua.raise(L, "harness.metric(name [, {label = value}])") }
+    var labels: [String: String] = [:]
+    if lua_type(L, 2) == LUA_TTABLE {
+        lua_pushnil(L)
+        while lua_next(L, 2) != 0 {
+            guard let key = Lua.string(L, -2) else { return Lua.raise(L, "harness.metric: label names must be strings") }
+            let value: String
+            if let s = Lua.string(L, -1) { value = s } else if let i = Lua.integer(L, -1) { value = String(i) } else {
+                return Lua.raise(L, "harness.metric: label values must be strings or integers")
+            }
+            labels[key] = value
+            mg_pop(L, 1)
+        }
+    } else if !Lua.isNoneOrNil(L, 2) {
+        return Lua.raise(L, "harness.metric: labels must be a table")
+    }
+    let families = context.scriptFamilies?.families ?? []
+    guard let found = context.simulation.metrics.snapshot().lookup(name, labels, scriptFamilies: families) else {
+        lua_pushnil(L)
+        return 1
+    }
+    lua_pushnumber(L, found.value)
+    if let sum = found.sum {
+        lua_pushnumber(L, sum)
+        return 2
+    }
+    return 1
 }
 
 private func testContext(_ L: OpaquePointer) -> TestContext? {

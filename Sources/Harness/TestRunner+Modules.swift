@@ -1,6 +1,8 @@
 import Auth
 import Config
 import RateLimit
+import Scripting
+import Telemetry
 
 extension TestRunner {
     /// A runner with every API module the gateway gives scripts, as `moongate test` runs:
@@ -11,8 +13,9 @@ extension TestRunner {
         let auth = try AuthModules.make(config, introspection: StubIntrospection())
         let clock = FakeClock()
         let buckets = try RateLimitModules.forTests(config: config, clock: clock, redis: redis)
+        let metrics = MetricsModule(families: ScriptMetricFamilies(maxSeries: config.metrics.maxSeries))
         return TestRunner(
-            config: config, clock: clock, modules: auth + buckets.modules, helpers: AuthModules.helpers(for: auth), coverage: coverage,
+            config: config, clock: clock, modules: auth + buckets.modules + [metrics], helpers: AuthModules.helpers(for: auth), coverage: coverage,
             beforeEach: {
                 buckets.reset()
                 AuthModules.reset(auth)

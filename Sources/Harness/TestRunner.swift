@@ -108,6 +108,7 @@ public final class TestRunner {
             return finish([], "\(error)")
         }
         let context = TestContext(simulation: simulation, clock: clock, logs: logs)
+        context.scriptFamilies = modules.lazy.compactMap { ($0 as? MetricsModule)?.families }.first
         let program = ScriptProgram(
             scripts: ScriptSet(directory: scripts.directory, files: Array(scripts.files.values) + [ScriptFile(module: Self.testModule, path: file, source: Array(source))]),
             policies: [], modules: [HarnessModule(helpers: helpers)] + modules, settings: config.scripts, clock: clock,

@@ -1,5 +1,6 @@
 // Hot path: per request, no allocation.
 import Config
+import Telemetry
 import Scripting
 
 /// A route with everything the hot path compares kept as bytes. A class, so that holding it
@@ -29,9 +30,12 @@ final class CompiledRoute: Sendable {
     /// Position in the config's routes.
     let index: Int
     let retryNonIdempotent: Bool
+    /// The route's name in `MetricNames.routes`.
+    let metricID: Int
 
     init(_ route: Route, index: Int, defaultMaxBody: Int, policy: Int) {
         self.index = index
+        metricID = MetricNames.routes.id(route.name)
         retryNonIdempotent = route.retryNonIdempotent
         self.policy = policy
         budget = route.budget

@@ -1,4 +1,5 @@
 // Hot path: per request, no allocation beyond the upstream head.
+import Telemetry
 import NIOCore
 
 extension DownstreamConnectionHandler {
@@ -44,6 +45,8 @@ extension DownstreamConnectionHandler {
         let generation = worker.generation
         self.generation = generation
         requestSerial &+= 1
+        requestOpen = true
+        metricMethod = 9
         retriedStale = false
         finishTry()
         forwardedHead = nil
@@ -71,6 +74,7 @@ extension DownstreamConnectionHandler {
         var headError: (Int, String)?
         let route: CompiledRoute? = head.withUnsafeReadableBytes { p in
             setRequestID(p)
+            metricMethod = MethodLabel.index(UnsafeRawBufferPointer(rebasing: p[request.method.lower..<request.method.upper]))
             if p[request.target.lower] != UInt8(ascii: "/") {
                 headError = (400, "request target must be an absolute path")
                 return nil
@@ -158,6 +162,7 @@ extension DownstreamConnectionHandler {
                 begin(connection)
             case .failure(let error):
                 guard state == .connecting, requestSerial == serial else { return }
+                if let balancer { worker.metrics.upstream(.connectError, upstream: balancer.upstream.metricID) }
                 if case ChannelError.connectTimeout = error {
                     tryFailed(504, "upstream connect timeout")
                 } else {

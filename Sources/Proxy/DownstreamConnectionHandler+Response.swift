@@ -198,6 +198,7 @@ extension DownstreamConnectionHandler {
     /// Both directions of the exchange are complete: return the upstream connection and get
     /// ready for the client's next request (or close).
     func finishExchange() {
+        recordRequest(status: sentStatus)
         // The upstream's read-complete (which flushes) reaches us only while we hold it.
         context.flush()
         if requestHead != nil { endScript() }
@@ -224,6 +225,7 @@ extension DownstreamConnectionHandler {
     }
 
     func closeAfterFlush() {
+        recordRequest(status: sentStatus)
         if requestHead != nil { endScript() }
         state = .closing
         let promise = context.eventLoop.makePromise(of: Void.self)
@@ -272,6 +274,7 @@ extension DownstreamConnectionHandler {
         upstream = nil
         upstreamReusable = false
         if responsePhase == .head {
+            if let balancer { worker.metrics.upstream(.timeout, upstream: balancer.upstream.metricID) }
             tryFailed(504, "upstream timeout")
         } else if responsePhase == .collecting {
             upstreamFailed(504, "upstream timeout")

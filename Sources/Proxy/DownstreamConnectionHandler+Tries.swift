@@ -26,6 +26,8 @@ extension DownstreamConnectionHandler {
             pool = balancer.pool(index)
         }
         tries += 1
+        tryStart = .now()
+        if tries > 1 { worker.metrics.upstream(.retry, upstream: balancer.upstream.metricID) }
         targetPool = pool
         pool.health.inFlight += 1
         pool.breaker.sent(lastActivity, pool.settings.breaker)
@@ -71,6 +73,9 @@ extension DownstreamConnectionHandler {
     func tryAnswered(status: Int) {
         guard tryPending, let pool = targetPool else { return }
         tryPending = false
+        if let balancer {
+            worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double((NIODeadline.now() - tryStart).nanoseconds) / 1e9)
+        }
         pool.health.inFlight -= 1
         pool.health.succeeded()
         forwardedHead = nil

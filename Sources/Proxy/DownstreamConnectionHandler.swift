@@ -142,6 +142,12 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var upstreamUnflushed = false
     var lastActivity = NIODeadline.now()
     var requestStart = NIODeadline.now()
+    /// A request has started and is not counted in the metrics yet.
+    var requestOpen = false
+    /// The request's method as a `MethodLabel` index.
+    var metricMethod = 9
+    /// When the current try was sent.
+    var tryStart = NIODeadline.now()
     var timer: Scheduled<Void>?
     var timerDeadline = NIODeadline.distantFuture
 
@@ -170,6 +176,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        recordRequest(status: responseStarted ? sentStatus : 499)
         let wasClosed = state == .closed
         state = .closed
         finishTry()
@@ -294,6 +301,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
 
     /// Ends the connection at once (timeouts past the response head, errors, shutdown).
     func forceClose() {
+        recordRequest(status: responseStarted ? sentStatus : 499)
         finishTry()
         abandonScript()
         if let upstream {

@@ -1,4 +1,5 @@
 import Config
+import Telemetry
 import Logging
 import NIOCore
 import Scripting
@@ -12,6 +13,8 @@ public final class ProxyGeneration: Sendable {
     public let config: GatewayConfig
     let routes: [CompiledRoute]
     let limits: HeadLimits
+    /// `metrics.enabled`: whether requests are counted.
+    let metricsEnabled: Bool
     /// Per upstream (same indices as the config), its targets with resolved addresses.
     let upstreams: [CompiledUpstream]
     let clientIdleTimeout: TimeAmount
@@ -36,6 +39,7 @@ public final class ProxyGeneration: Sendable {
         scriptStateBytes = try program?.validate() ?? 0
         self.id = id
         self.config = config
+        self.metricsEnabled = config.metrics.enabled
         self.limits = HeadLimits(
             maxHeaderBytes: config.limits.maxHeaderBytes, maxHeaderCount: config.limits.maxHeaderCount,
             maxURIBytes: config.limits.maxURIBytes)
@@ -94,9 +98,12 @@ struct CompiledUpstream: Sendable {
     let tryTimeout: TimeAmount
     let retryBudget: Double
     let retryBudgetMin: Int
+    /// The upstream's name in `MetricNames.upstreams`.
+    let metricID: Int
 
     init(_ upstream: Upstream) throws {
         self.name = upstream.name
+        self.metricID = MetricNames.upstreams.id(upstream.name)
         self.balancer = upstream.balancer
         self.maxTries = 1 + upstream.retries
         self.tryTimeout = TimeAmount(upstream.tryTimeout ?? upstream.readTimeout)

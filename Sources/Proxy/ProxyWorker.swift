@@ -1,5 +1,6 @@
 import Config
 import Logging
+import Telemetry
 import NIOCore
 import Scripting
 
@@ -14,6 +15,8 @@ public final class ProxyWorker {
     private var probedDown: Set<String> = []
     private var connections: [ObjectIdentifier: DownstreamConnectionHandler] = [:]
     var requestIDs: RequestIDGenerator
+    /// This loop's metric values; the admin endpoint sums every loop's.
+    public let metrics = MetricStore()
     /// Set once shutdown starts: connections close after their current response.
     private(set) var draining = false
     /// Makes upstream connections in the simulation; nil in the gateway.
@@ -105,6 +108,15 @@ public final class ProxyWorker {
             uniqueKeysWithValues: pools.values.map {
                 ("\($0.key.host):\($0.key.port)", ($0.health.isEjected, $0.breaker.state.rawValue, $0.health.inFlight))
             })
+    }
+
+    /// Upstream connections per target (`host:port`): in use (or connecting) and idle.
+    public var poolConnections: [String: (inUse: Int, idle: Int)] {
+        var out: [String: (inUse: Int, idle: Int)] = [:]
+        for pool in pools.values {
+            out["\(pool.key.host):\(pool.key.port)"] = (pool.openConnections - pool.idleCount, pool.idleCount)
+        }
+        return out
     }
 
     /// Client connections open on this loop.

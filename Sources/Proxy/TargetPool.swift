@@ -43,6 +43,7 @@ final class TargetPool {
     }
 
     var waiting: Int { waiters.count }
+    var idleCount: Int { idle.count }
 
     init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, connector: UpstreamConnector? = nil) {
         self.connector = connector

@@ -249,6 +249,7 @@ final class BucketContext: Sendable {
     func outcome(_ result: Result<BucketDecision, RedisError>, _ request: BucketModule.Request, host: ScriptHost?) -> BucketOutcome {
         switch result {
         case .success(let d):
+            if let host { host.scriptMetrics?.rateLimit(route: host.scriptMetricRoute, d.allowed ? .allowed : .limited) }
             return BucketOutcome(
                 allowed: d.allowed, remaining: d.remaining, retryAfter: d.retryAfter, resetAfter: d.resetAfter, capacity: request.capacity)
         case .failure(let error):
@@ -257,6 +258,7 @@ final class BucketContext: Sendable {
             } else {
                 counters.failClosed.add(1, ordering: .relaxed)
             }
+            if let host { host.scriptMetrics?.rateLimit(route: host.scriptMetricRoute, request.failOpen ? .failOpen : .failClosed) }
             logFailure(error, request)
             return BucketOutcome(
                 allowed: request.failOpen, remaining: 0, retryAfter: request.failOpen ? 0 : 1, resetAfter: 0, capacity: request.capacity,

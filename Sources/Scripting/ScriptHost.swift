@@ -1,4 +1,5 @@
 import Logging
+import Telemetry
 
 /// The request a script serves, as API modules outside the data plane see it (`Lua.host`):
 /// what they may read and do without knowing the proxy's types.
@@ -20,6 +21,11 @@ public protocol ScriptHost: AnyObject {
     /// the module later (on the same event loop) resumes the script or answers for it.
     /// Only when `scriptCanWait`.
     func scriptSuspend() -> ScriptResumer
+    /// The metric values of the event loop serving the request (`metrics`, and what modules
+    /// count: auth failures, rate-limit decisions).
+    var scriptMetrics: MetricStore? { get }
+    /// The route being served as a `MetricNames.routes` id (-1: none, a router).
+    var scriptMetricRoute: Int { get }
 }
 
 /// An answer a module gives in place of the upstream's (`redis_bucket.limit`'s `429`): the
@@ -64,6 +70,8 @@ extension ScriptHost {
     public func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool { false }
     public func scriptAnswer(_ answer: ScriptAnswer) {}
     public var scriptCanWait: Bool { false }
+    public var scriptMetrics: MetricStore? { nil }
+    public var scriptMetricRoute: Int { -1 }
     public func scriptSuspend() -> ScriptResumer {
         preconditionFailure("scriptSuspend without scriptCanWait")
     }

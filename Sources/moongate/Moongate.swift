@@ -4,14 +4,18 @@ import CHiredis
 import CLua
 import COpenSSL
 import Config
+import CoreMetrics
 import EchoUpstream
 import Foundation
 import Gateway
 import Logging
 import NIOPosix
+import Prometheus
 import Proxy
+import RateLimit
 import Scripting
 import ServiceLifecycle
+import Telemetry
 
 @main
 struct Moongate: AsyncParsableCommand {
@@ -73,13 +77,18 @@ extension Moongate {
                 throw ExitCode(1)
             }
             let level = logLevel ?? Logger.Level(rawValue: loaded.logLevel) ?? .info
+            // Operational logs go to stderr; stdout is the access log's (as Kong and nginx
+            // containers split them).
             LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardOutput(label: label)
+                var handler = StreamLogHandler.standardError(label: label)
                 handler.logLevel = level
                 return handler
             }
             let logger = Logger(label: "moongate")
-            let gateway = Gateway(configPath: config, workers: workers, environment: environment, logger: logger)
+            let gateway = Gateway(
+                configPath: config, workers: workers, environment: environment, logger: logger, version: Version.moongate)
+            // Whatever reports through swift-metrics shows on the admin `/metrics` too.
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: gateway.prometheus))
             let service = GatewayService(gateway: gateway, logger: logger, watch: !noWatch, releaseColdPages: !keepStartupPages)
             let group = ServiceGroup(
                 configuration: .init(
@@ -98,7 +107,11 @@ extension Moongate {
         func run() throws {
             do {
                 let loaded = try ConfigLoader.load(path: config)
-                let modules = try AuthModules.make(loaded)
+                // Every module the gateway gives scripts (the stores in memory: nothing is
+                // dialled), so a script that uses one at load time checks as it runs.
+                let modules =
+                    try AuthModules.make(loaded) + RateLimitModules.forTests(config: loaded, clock: SystemClock()).modules
+                    + [MetricsModule(families: ScriptMetricFamilies(maxSeries: loaded.metrics.maxSeries))]
                 if let program = try ProxyGeneration.loadScripts(loaded, modules: modules) {
                     let bytes = try program.validate()
                     print("\(loaded.scripts.directory): OK (\(program.policies.count) policies, \(program.scripts.files.count) scripts, \(bytes / 1024) KiB per Lua state)")

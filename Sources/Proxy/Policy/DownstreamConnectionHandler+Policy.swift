@@ -1,5 +1,6 @@
 import CLuaRuntime
 import Logging
+import Telemetry
 import NIOCore
 import Scripting
 
@@ -317,7 +318,15 @@ extension DownstreamConnectionHandler: ScriptHost {
         if let location = failure.location { metadata["script"] = "\(location)" }
         if let budget = failure.budget { metadata["budget"] = "\(budget)" }
         if !failure.traceback.isEmpty { metadata["traceback"] = "\(failure.traceback)" }
+        worker.metrics.add(BuiltinFamilies.luaErrors, [scriptName(route), failure.budget ?? "error"], 1)
         worker.logger.error(failure.budget != nil ? "script stopped: budget exceeded" : "script error", metadata: metadata)
+    }
+
+    /// The policy (or router) a failure belongs to, as a metric label.
+    private func scriptName(_ route: CompiledRoute?) -> String {
+        guard let program = (generation ?? worker.generation).shared.scripts else { return "?" }
+        if let route, route.policy >= 0, route.policy < program.policies.count { return program.policies[route.policy] }
+        return route == nil ? "(router)" : "?"
     }
 
     // MARK: ScriptHost
@@ -329,6 +338,10 @@ extension DownstreamConnectionHandler: ScriptHost {
     }
 
     var scriptRouteIndex: Int? { route?.index }
+
+    var scriptMetrics: MetricStore? { worker.metrics }
+
+    var scriptMetricRoute: Int { route?.metricID ?? -1 }
 
     func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool {
         let bytes = Array(name.utf8)

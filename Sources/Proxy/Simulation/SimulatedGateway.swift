@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import Telemetry
 import NIOEmbedded
 
 /// An HTTP message as a test sees it: a request (method, target) or a response (status).
@@ -40,6 +41,8 @@ public final class SimulatedGateway {
     let loop = EmbeddedEventLoop()
     let connector: StubConnector
     let worker: ProxyWorker
+    /// The simulated worker's metric values (`harness.metric`).
+    public var metrics: MetricStore { worker.metrics }
     private var nextClientPort = 40000
 
     public init(generation: ProxyGeneration, logger: Logger) {

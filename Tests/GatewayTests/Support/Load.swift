@@ -52,3 +52,12 @@ func eventually(within seconds: Double = 10, _ condition: () throws -> Bool) asy
     }
     return true
 }
+
+/// Runs a blocking call on a thread of its own and awaits it, leaving the cooperative pool
+/// free: needed when what answers the call itself runs as a task (the admin endpoints ask
+/// the gateway actor), or a full pool would wait on itself until the client's timeout.
+func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}

@@ -1,0 +1,154 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import NIOCore
+import Proxy
+import Telemetry
+
+/// What the admin endpoints read: metrics summed over the workers, readiness, status.
+extension Gateway {
+    /// One worker's view at scrape time.
+    struct WorkerView: Sendable {
+        var metrics: MetricSnapshot
+        var pools: [String: PoolCount]
+        var health: [String: TargetView]
+        var luaStates: Int
+    }
+
+    struct PoolCount: Sendable {
+        var inUse: Int
+        var idle: Int
+    }
+
+    struct TargetView: Sendable {
+        var ejected: Bool
+        var breaker: String
+        var inFlight: Int
+    }
+
+    func workerViews() async -> [WorkerView] {
+        var out: [WorkerView] = []
+        for worker in workers {
+            let view = try? await worker.eventLoop.submit {
+                let w = worker.value
+                return WorkerView(
+                    metrics: w.metrics.snapshot(),
+                    pools: w.poolConnections.mapValues { PoolCount(inUse: $0.inUse, idle: $0.idle) },
+                    health: w.targetHealth.mapValues { TargetView(ejected: $0.ejected, breaker: $0.breaker, inFlight: $0.inFlight) },
+                    luaStates: w.luaStats.states)
+            }.get()
+            if let view { out.append(view) }
+        }
+        return out
+    }
+
+    /// The `/metrics` page: the control plane's registry (reloads, swift-metrics), the
+    /// workers' summed values, and gauges read at scrape time.
+    public func metricsText() async -> String {
+        let views = await workerViews()
+        var total = MetricSnapshot()
+        for view in views { total.merge(view.metrics) }
+        var out = PrometheusText()
+        total.write(into: &out, scriptFamilies: scriptFamilies.families)
+
+        out.family("moongate_upstream_connections", "Upstream connections, by target and state (in_use or idle), summed over workers.", .gauge)
+        var pools: [String: PoolCount] = [:]
+        for view in views {
+            for (target, count) in view.pools {
+                pools[target, default: PoolCount(inUse: 0, idle: 0)].inUse += count.inUse
+                pools[target, default: PoolCount(inUse: 0, idle: 0)].idle += count.idle
+            }
+        }
+        for (target, count) in pools.sorted(by: { $0.key < $1.key }) {
+            out.sample("moongate_upstream_connections", [("target", target), ("state", "in_use")], Double(count.inUse))
+            out.sample("moongate_upstream_connections", [("target", target), ("state", "idle")], Double(count.idle))
+        }
+        out.family(
+            "moongate_upstream_breaker_state",
+            "Workers whose circuit breaker for the target is in each state (closed, open, half_open); each worker has its own.", .gauge)
+        var breakers: [String: [String: Int]] = [:]
+        var ejected: [String: Int] = [:]
+        for view in views {
+            for (target, t) in view.health {
+                breakers[target, default: ["closed": 0, "open": 0, "half_open": 0]][t.breaker, default: 0] += 1
+                ejected[target, default: 0] += t.ejected ? 1 : 0
+            }
+        }
+        for (target, states) in breakers.sorted(by: { $0.key < $1.key }) {
+            for (state, n) in states.sorted(by: { $0.key < $1.key }) {
+                out.sample("moongate_upstream_breaker_state", [("target", target), ("state", state)], Double(n))
+            }
+        }
+        out.family("moongate_upstream_target_ejected", "Workers that have ejected the target after failed tries (passive health).", .gauge)
+        for (target, n) in ejected.sorted(by: { $0.key < $1.key }) {
+            out.sample("moongate_upstream_target_ejected", [("target", target)], Double(n))
+        }
+        out.family("moongate_upstream_target_probe_healthy", "Whether the active health check finds the target healthy (1) or not (0).", .gauge)
+        for (target, state) in probed.sorted(by: { $0.key < $1.key }) {
+            out.sample("moongate_upstream_target_probe_healthy", [("target", target)], state.healthy ? 1 : 0)
+        }
+        out.family("moongate_lua_states", "Lua states the workers hold for the current generation.", .gauge)
+        out.sample("moongate_lua_states", [], Double(views.reduce(0) { $0 + $1.luaStates }))
+        out.family("moongate_config_generation", "The config generation serving new requests.", .gauge)
+        out.sample("moongate_config_generation", [], Double(generation?.id ?? 0))
+        out.family("moongate_build_info", "The gateway's version.", .gauge)
+        out.sample("moongate_build_info", [("version", version)], 1)
+        out.family("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.", .gauge)
+        out.sample("process_start_time_seconds", [], startedAt.timeIntervalSince1970.rounded())
+        if let rss = Self.residentBytes() {
+            out.family("process_resident_memory_bytes", "Resident memory size in bytes.", .gauge)
+            out.sample("process_resident_memory_bytes", [], Double(rss))
+        }
+        return prometheus.emitToString() + out.text
+    }
+
+    /// Ready when a config is loaded and the gateway is not draining.
+    public func readiness() -> (Bool, String) {
+        if draining { return (false, "draining") }
+        if generation == nil { return (false, "no config loaded") }
+        return (true, "")
+    }
+
+    /// `/status`: version, uptime, generation, the last reload's result, targets' health.
+    public func statusJSON() async -> String {
+        let views = await workerViews()
+        var targets: [String: [String: Any]] = [:]
+        for (index, view) in views.enumerated() {
+            for (target, t) in view.health {
+                var entry = targets[target] ?? ["workers": [[String: Any]]()]
+                var list = entry["workers"] as? [[String: Any]] ?? []
+                list.append(["worker": index, "ejected": t.ejected, "breaker": t.breaker, "in_flight": t.inFlight])
+                entry["workers"] = list
+                if let probe = probed[target] { entry["probe_healthy"] = probe.healthy }
+                targets[target] = entry
+            }
+        }
+        var reload: [String: Any] = [:]
+        if let last = lastReload {
+            reload = ["generation": last.generation, "succeeded": last.succeeded, "errors": last.errors]
+        }
+        let (ready, _) = readiness()
+        let status: [String: Any] = [
+            "version": version,
+            "uptime_seconds": Date().timeIntervalSince(startedAt).rounded(),
+            "ready": ready,
+            "config": ["path": configPath, "generation": generation?.id ?? 0, "scripts": generation?.scripts?.policies ?? []],
+            "workers": views.count,
+            "last_reload": reload,
+            "targets": targets,
+        ]
+        guard let data = try? JSONSerialization.data(withJSONObject: status, options: [.sortedKeys]) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The admin listener's port (0 config ports bind a free one), or nil with no admin.
+    public func adminPort() -> Int? { admin?.port }
+
+    static func residentBytes() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return nil }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}

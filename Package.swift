@@ -211,7 +211,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis",
+                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis", "Telemetry",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Telemetry
 import Testing
 
 /// Balancing, passive health, retries with failover and the retry budget, on real sockets
@@ -150,6 +151,14 @@ import Testing
             #expect(statuses.filter { $0 == 503 }.count == 3, "\(statuses)")
             #expect(statuses.suffix(6).allSatisfy { $0 == 200 })
             #expect(await gw.gateway.breakerStates()["127.0.0.1:\(bad.port)"] == ["open"])
+            // The metrics say so: one worker's breaker for the target is open.
+            let target = "127.0.0.1:\(bad.port)"
+            func breaker() async -> String? {
+                let samples = PrometheusText.parse(await gw.gateway.metricsText())
+                return samples.first { $0.name == "moongate_upstream_breaker_state" && $0.labels["target"] == target && $0.value == 1 }?
+                    .labels["state"]
+            }
+            #expect(await breaker() == "open")
 
             // Healed, but slow enough that the probe can be seen in flight.
             bad.answer { _ in .init(status: 200, body: #"{"from":"bad"}"#, delay: .milliseconds(300)) }
@@ -162,7 +171,7 @@ import Testing
             var seen: Set<String> = []
             let deadline = Date().addingTimeInterval(3)
             while Date() < deadline {
-                if let state = await gw.gateway.breakerStates()["127.0.0.1:\(bad.port)"]?.first { seen.insert(state) }
+                if let state = await breaker() { seen.insert(state) }
                 if seen.contains("half_open"), seen.contains("closed") { break }
                 pause(0.02)
             }

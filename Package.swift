@@ -99,6 +99,7 @@ let package = Package(
             dependencies: [
                 "Config", "Scripting", "CLuaRuntime", "HTTPClient", "Telemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 // The simulation `moongate test` runs the data plane on: embedded channels.

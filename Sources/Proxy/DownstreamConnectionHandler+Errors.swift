@@ -57,9 +57,9 @@ extension DownstreamConnectionHandler {
             head.writeStaticString("\r\n")
         }
         head.writeStaticString(closing ? "Connection: close\r\n\r\n" : "\r\n")
-        context.write(wrapOutboundOut(head), promise: nil)
+        sendToClient(head)
         if !request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
-            context.write(wrapOutboundOut(body), promise: nil)
+            sendToClient(body)
         }
         if closing {
             inbound = nil

@@ -47,6 +47,11 @@ extension DownstreamConnectionHandler {
         requestSerial &+= 1
         requestOpen = true
         metricMethod = 9
+        bytesSent = 0
+        upstreamNanoseconds = 0
+        luaNanoseconds = 0
+        if !logFields.isEmpty { logFields.removeAll(keepingCapacity: true) }
+        logRequestLine.clear()
         retriedStale = false
         finishTry()
         forwardedHead = nil
@@ -74,6 +79,13 @@ extension DownstreamConnectionHandler {
         var headError: (Int, String)?
         let route: CompiledRoute? = head.withUnsafeReadableBytes { p in
             setRequestID(p)
+            trace = TraceContext(p, request.headers.traceparent, random: &worker.requestIDs)
+            if worker.accessLog.isOn {
+                logRequestLine.clear()
+                logRequestLine.writeBytes(UnsafeRawBufferPointer(rebasing: p[request.method.lower..<request.method.upper]))
+                logRequestLine.writeInteger(UInt8(ascii: " "))
+                logRequestLine.writeBytes(UnsafeRawBufferPointer(rebasing: p[request.target.lower..<request.target.upper]))
+            }
             metricMethod = MethodLabel.index(UnsafeRawBufferPointer(rebasing: p[request.method.lower..<request.method.upper]))
             if p[request.target.lower] != UInt8(ascii: "/") {
                 headError = (400, "request target must be an absolute path")
@@ -332,7 +344,7 @@ extension DownstreamConnectionHandler {
                     copy(field.value)
                     forwardedFor = true
                 case .host, .contentLength, .transferEncoding, .connection, .hopByHop, .xForwardedProto,
-                    .xForwardedHost, .xRequestID, .connectionNamed:
+                    .xForwardedHost, .xRequestID, .connectionNamed, .traceparent:
                     break
                 }
             }
@@ -347,6 +359,7 @@ extension DownstreamConnectionHandler {
             out.writeStaticString("X-Request-Id: ")
             out.writeImmutableBuffer(requestID)
             out.writeStaticString("\r\n")
+            trace.write(into: &out)
             if scripted { edits.headers.write(into: &out, skipping: Self.hostName) }
             if scripted, let body = edits.body {
                 out.writeStaticString("Content-Length: ")

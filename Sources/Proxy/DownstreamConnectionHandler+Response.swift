@@ -67,7 +67,7 @@ extension DownstreamConnectionHandler {
                 return false
             }
             // Interim responses (100 Continue, 103 Early Hints) go to the client as they came.
-            if request.minorVersion >= 1 { context.write(wrapOutboundOut(makeClientHead(head, framing: .none)), promise: nil) }
+            if request.minorVersion >= 1 { sendToClient(makeClientHead(head, framing: .none)) }
             return true
         }
 
@@ -111,9 +111,9 @@ extension DownstreamConnectionHandler {
             let sent: Body
             if case .none = framing { sent = .none } else { sent = .length(remaining: body.readableBytes) }
             if case .none = sent {
-                context.write(wrapOutboundOut(makeClientHead(head, framing: .none)), promise: nil)
+                sendToClient(makeClientHead(head, framing: .none))
             } else {
-                context.write(wrapOutboundOut(makeClientHead(head, framing: sent, body: body)), promise: nil)
+                sendToClient(makeClientHead(head, framing: sent, body: body))
             }
             responseBody = .length(remaining: 0)
             // Bytes past the body the script read: the upstream is out of step.
@@ -127,11 +127,11 @@ extension DownstreamConnectionHandler {
         if case .length(let length) = framing, length <= Self.coalesceLimit, buffer.readableBytes >= length {
             let out = makeClientHead(head, framing: framing, body: buffer.readSlice(length: length)!)
             responseBody = .length(remaining: 0)
-            context.write(wrapOutboundOut(out), promise: nil)
+            sendToClient(out)
             responseFinished()
             return true
         }
-        context.write(wrapOutboundOut(makeClientHead(head, framing: framing)), promise: nil)
+        sendToClient(makeClientHead(head, framing: framing))
         if case .none = framing { responseFinished() }
         return true
     }
@@ -142,7 +142,7 @@ extension DownstreamConnectionHandler {
             responseFinished()
         case .length(let remaining):
             let take = min(remaining, buffer.readableBytes)
-            context.write(wrapOutboundOut(buffer.readSlice(length: take)!), promise: nil)
+            sendToClient(buffer.readSlice(length: take)!)
             responseBody = .length(remaining: remaining - take)
             if remaining == take { responseFinished() }
         case .untilClose:
@@ -171,18 +171,18 @@ extension DownstreamConnectionHandler {
 
     private func writeClientBody(_ slice: ByteBuffer) {
         if responseChunkedOut {
-            context.write(wrapOutboundOut(chunkHeader(slice.readableBytes)), promise: nil)
-            context.write(wrapOutboundOut(slice), promise: nil)
-            context.write(wrapOutboundOut(crlf), promise: nil)
+            sendToClient(chunkHeader(slice.readableBytes))
+            sendToClient(slice)
+            sendToClient(crlf)
         } else {
-            context.write(wrapOutboundOut(slice), promise: nil)
+            sendToClient(slice)
         }
     }
 
     func responseFinished() {
         responsePhase = .done
         if responseChunkedOut {
-            context.write(wrapOutboundOut(lastChunk), promise: nil)
+            sendToClient(lastChunk)
         }
         if requestBodyDone {
             finishExchange()
@@ -323,7 +323,7 @@ extension DownstreamConnectionHandler {
                     continue
                 }
                 switch field.kind {
-                case .other, .host, .xForwardedFor, .xForwardedHost, .xForwardedProto:
+                case .other, .host, .xForwardedFor, .xForwardedHost, .xForwardedProto, .traceparent:
                     copy(field.line)
                 case .xRequestID:
                     sawRequestID = true

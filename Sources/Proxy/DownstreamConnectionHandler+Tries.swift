@@ -74,7 +74,11 @@ extension DownstreamConnectionHandler {
         guard tryPending, let pool = targetPool else { return }
         tryPending = false
         if let balancer {
-            worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double((NIODeadline.now() - tryStart).nanoseconds) / 1e9)
+            let nanoseconds = (NIODeadline.now() - tryStart).nanoseconds
+            upstreamNanoseconds += nanoseconds
+            if worker.generation.shared.metricsEnabled {
+                worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double(nanoseconds) / 1e9)
+            }
         }
         pool.health.inFlight -= 1
         pool.health.succeeded()

@@ -146,6 +146,15 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var requestOpen = false
     /// The request's method as a `MethodLabel` index.
     var metricMethod = 9
+    // The access log's figures for the request.
+    var bytesSent = 0
+    var upstreamNanoseconds: Int64 = 0
+    var luaNanoseconds: UInt64 = 0
+    var logFields: [(String, String)] = []
+    /// `METHOD target` of the request, kept for its log line.
+    var logRequestLine = ByteBuffer()
+    /// The request's W3C trace context.
+    var trace = TraceContext()
     /// When the current try was sent.
     var tryStart = NIODeadline.now()
     var timer: Scheduled<Void>?

@@ -13,6 +13,8 @@ enum FieldKind: UInt8 {
     case xForwardedProto
     case xForwardedHost
     case xRequestID
+    /// W3C trace context: the gateway forwards its own, continuing the client's trace.
+    case traceparent
     /// Named by the Connection header: hop-by-hop for this message only.
     case connectionNamed
 }

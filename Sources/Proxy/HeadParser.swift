@@ -19,6 +19,8 @@ struct ParsedFields {
     var connectionKeepAlive = false
     var host: ByteRange? = nil
     var requestID: ByteRange? = nil
+    /// W3C `traceparent`, replaced by the gateway's own on the way upstream.
+    var traceparent: ByteRange? = nil
 
     mutating func reset() {
         fields.removeAll(keepingCapacity: true)
@@ -29,6 +31,7 @@ struct ParsedFields {
         connectionKeepAlive = false
         host = nil
         requestID = nil
+        traceparent = nil
     }
 }
 
@@ -234,6 +237,11 @@ enum HeadParser {
                 return .connection
             }
             if HTTPBytes.equalsLower(p, s, c, "keep-alive") { return .hopByHop }
+        case 11:
+            if HTTPBytes.equalsLower(p, s, c, "traceparent") {
+                h.traceparent = value
+                return .traceparent
+            }
         case 12:
             if HTTPBytes.equalsLower(p, s, c, "x-request-id") {
                 h.requestID = value

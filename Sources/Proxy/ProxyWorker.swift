@@ -17,6 +17,9 @@ public final class ProxyWorker {
     var requestIDs: RequestIDGenerator
     /// This loop's metric values; the admin endpoint sums every loop's.
     public let metrics = MetricStore()
+    /// This loop's access-log lines, written out in batches.
+    let accessLog = AccessLog()
+    private var logFlush: RepeatedTask?
     /// Set once shutdown starts: connections close after their current response.
     private(set) var draining = false
     /// Makes upstream connections in the simulation; nil in the gateway.
@@ -30,6 +33,9 @@ public final class ProxyWorker {
         // A placeholder first: building the balancers fills `pools`, which needs `self`.
         self.generation = WorkerGeneration(shared: generation, balancers: [])
         self.generation = WorkerGeneration(shared: generation, balancers: makeBalancers(generation))
+        accessLog.use(generation.config.accessLog.destination)
+        let log = NIOLoopBound(accessLog, eventLoop: eventLoop)
+        logFlush = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in log.value.flush() }
     }
 
     public convenience init(eventLoop: EventLoop, generation: ProxyGeneration, logger: Logger) {
@@ -41,6 +47,7 @@ public final class ProxyWorker {
     public func install(_ next: ProxyGeneration) {
         eventLoop.assertInEventLoop()
         generation = WorkerGeneration(shared: next, balancers: makeBalancers(next))
+        accessLog.use(next.config.accessLog.destination)
         let live = Set(next.upstreams.flatMap { $0.targets.map(\.key) })
         for (key, pool) in pools where !live.contains(key) {
             pool.closeIdle()
@@ -139,6 +146,8 @@ public final class ProxyWorker {
 
     /// Closes what is left: called after the drain timeout.
     public func closeAll() {
+        logFlush?.cancel()
+        accessLog.flush()
         for connection in connections.values { connection.forceClose() }
         for pool in pools.values { pool.closeIdle() }
     }
@@ -183,6 +192,16 @@ public final class ListenerHandle: Sendable {
 struct RequestIDGenerator {
     private let prefix: UInt64 = .random(in: .min ... .max)
     private var counter: UInt64 = 0
+
+    /// wyrand state: fast, per worker, seeded from the system generator. Trace and span ids
+    /// need uniqueness, not secrecy (and `SystemRandomNumberGenerator` is a syscall a call).
+    private var state: UInt64 = .random(in: .min ... .max)
+
+    mutating func next64() -> UInt64 {
+        state &+= 0xa076_1d64_78bd_642f
+        let m = state.multipliedFullWidth(by: state ^ 0xe703_7ed1_a0b4_28db)
+        return m.high ^ m.low
+    }
 
     mutating func next(into buffer: inout ByteBuffer) {
         counter &+= 1

@@ -32,6 +32,7 @@ enum BuiltinModules {
         Lua.setFunction(L, "info", { L in BuiltinModules.log(L!, .info) })
         Lua.setFunction(L, "warn", { L in BuiltinModules.log(L!, .warning) })
         Lua.setFunction(L, "error", { L in BuiltinModules.log(L!, .error) })
+        Lua.setFunction(L, "field", { L in BuiltinModules.field(L!) })
         lua_setfield(L, -2, "log")
         Lua.setFunction(L, "print", { L in BuiltinModules.log(L!, .info) })
         Lua.setFunction(L, "now", { L in
@@ -45,6 +46,22 @@ enum BuiltinModules {
     static let maxMessageBytes = 4096
     /// Log lines a script may write per request (a loop must not flood the log).
     static let maxLinesPerRequest = 100
+
+    /// `log.field(name, value)`: adds `"name": "value"` to the request's access-log line.
+    fileprivate static func field(_ L: OpaquePointer) -> Int32 {
+        guard let name = Lua.string(L, 1), !name.isEmpty, name.utf8.count <= 64,
+            name.utf8.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 })
+        else { return Lua.raise(L, "log.field(name, value): name is 1 to 64 of a-z, 0-9 and _") }
+        let value: String
+        if let s = Lua.string(L, 2) { value = s } else if let i = Lua.integer(L, 2) { value = String(i) } else if lua_type(L, 2) == LUA_TBOOLEAN {
+            value = lua_toboolean(L, 2) != 0 ? "true" : "false"
+        } else {
+            return Lua.raise(L, "log.field: the value must be a string, an integer or a boolean")
+        }
+        guard value.utf8.count <= 1024 else { return Lua.raise(L, "log.field: the value is longer than 1024 bytes") }
+        lua_pushboolean(L, Lua.host(L)?.scriptAddLogField(name, value) == true ? 1 : 0)
+        return 1
+    }
 
     fileprivate static func log(_ L: OpaquePointer, _ level: Logger.Level) -> Int32 {
         let state = Lua.owner(L)

@@ -324,7 +324,9 @@ public final class LuaState {
     private func resume(arguments: Int32) -> RunResult {
         var results: Int32 = 0
         suspended = false
+        let started = mg_now_ns()
         let status = mg_resume(thread, L, arguments, &results)
+        host?.scriptRan(nanoseconds: mg_now_ns() &- started)
         if status == LUA_OK {
             if capturing, results >= 1 { routeResult = Lua.string(thread, -results) }
             resultsReader?(thread, results)

@@ -26,6 +26,11 @@ public protocol ScriptHost: AnyObject {
     var scriptMetrics: MetricStore? { get }
     /// The route being served as a `MetricNames.routes` id (-1: none, a router).
     var scriptMetricRoute: Int { get }
+    /// A phase ran (or ran on after a wait) for `nanoseconds`: the access log's Lua time.
+    func scriptRan(nanoseconds: UInt64)
+    /// `log.field(name, value)`: a field for the request's access-log line. False if the
+    /// line has no room for more.
+    func scriptAddLogField(_ name: String, _ value: String) -> Bool
 }
 
 /// An answer a module gives in place of the upstream's (`redis_bucket.limit`'s `429`): the
@@ -72,6 +77,8 @@ extension ScriptHost {
     public var scriptCanWait: Bool { false }
     public var scriptMetrics: MetricStore? { nil }
     public var scriptMetricRoute: Int { -1 }
+    public func scriptRan(nanoseconds: UInt64) {}
+    public func scriptAddLogField(_ name: String, _ value: String) -> Bool { false }
     public func scriptSuspend() -> ScriptResumer {
         preconditionFailure("scriptSuspend without scriptCanWait")
     }

@@ -343,6 +343,14 @@ extension DownstreamConnectionHandler: ScriptHost {
 
     var scriptMetricRoute: Int { route?.metricID ?? -1 }
 
+    func scriptRan(nanoseconds: UInt64) { luaNanoseconds &+= nanoseconds }
+
+    func scriptAddLogField(_ name: String, _ value: String) -> Bool {
+        guard logFields.count < 16 else { return false }
+        logFields.append((name, value))
+        return true
+    }
+
     func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool {
         let bytes = Array(name.utf8)
         guard responseEdits.headers.fits(bytes.count + value.utf8.count) else { return false }

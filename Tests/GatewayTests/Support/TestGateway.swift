@@ -28,7 +28,9 @@ final class TestGateway: Sendable {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let path = folder.appendingPathComponent("gateway.yaml").path
         for (name, source) in scripts { try writeScript(name, source, folder: folder.path) }
-        try render(yaml, echoPort: echoPort, listenPort: 0).write(toFile: path, atomically: true, encoding: .utf8)
+        // The access log (stdout by default) would bury the test output: off unless a test asks.
+        let quiet = yaml.contains("access_log:") ? yaml : yaml + "\naccess_log: { to: \"off\" }\n"
+        try render(quiet, echoPort: echoPort, listenPort: 0).write(toFile: path, atomically: true, encoding: .utf8)
         var logger = Logger(label: "test")
         logger.logLevel = .warning
         let gateway = Gateway(configPath: path, workers: workers, environment: ProcessInfo.processInfo.environment, logger: logger)
@@ -56,7 +58,8 @@ final class TestGateway: Sendable {
     /// listener is the same one, still on the port it was given.
     @discardableResult
     func rewrite(_ yaml: String) async throws -> Gateway.ReloadResult {
-        try Self.render(yaml, echoPort: echoPort, listenPort: 0).write(toFile: configPath, atomically: true, encoding: .utf8)
+        let quiet = yaml.contains("access_log:") ? yaml : yaml + "\naccess_log: { to: \"off\" }\n"
+        try Self.render(quiet, echoPort: echoPort, listenPort: 0).write(toFile: configPath, atomically: true, encoding: .utf8)
         return await gateway.reload()
     }
 

@@ -1,0 +1,78 @@
+// Hot path: per request, no allocation.
+import NIOCore
+
+/// W3C Trace Context (`traceparent`): the gateway is a hop of the client's trace. A valid
+/// incoming `traceparent` keeps its trace id and flags; otherwise a new trace starts
+/// (sampled). Either way the upstream sees the gateway's own span id as its parent.
+struct TraceContext {
+    var traceHigh: UInt64 = 0
+    var traceLow: UInt64 = 0
+    var spanID: UInt64 = 0
+    var flags: UInt8 = 1
+
+    init() {}
+
+    init(_ p: UnsafeRawBufferPointer, _ header: ByteRange?, random: inout RequestIDGenerator) {
+        spanID = random.next64() | 1
+        if let header, let parsed = Self.parse(p, header) {
+            (traceHigh, traceLow, flags) = parsed
+        } else {
+            traceHigh = random.next64()
+            traceLow = random.next64() | 1
+            flags = 1
+        }
+    }
+
+    /// `version-traceid-parentid-flags`: version 00 exactly as specified; a later version
+    /// at least with those four fields (its extra fields dropped). Ids of all zeros are invalid.
+    static func parse(_ p: UnsafeRawBufferPointer, _ r: ByteRange) -> (UInt64, UInt64, UInt8)? {
+        let n = r.count
+        guard n >= 55, p[r.lower + 2] == UInt8(ascii: "-"), p[r.lower + 35] == UInt8(ascii: "-"), p[r.lower + 52] == UInt8(ascii: "-")
+        else { return nil }
+        guard let version = hex(p, r.lower, 2), version != 0xFF else { return nil }
+        if version == 0, n != 55 { return nil }
+        if version != 0, n > 55, p[r.lower + 55] != UInt8(ascii: "-") { return nil }
+        guard let high = hex(p, r.lower + 3, 16), let low = hex(p, r.lower + 19, 16), let parent = hex(p, r.lower + 36, 16),
+            let flags = hex(p, r.lower + 53, 2), high | low != 0, parent != 0
+        else { return nil }
+        return (high, low, UInt8(flags))
+    }
+
+    /// Lower-case hex only, as the spec requires.
+    private static func hex(_ p: UnsafeRawBufferPointer, _ start: Int, _ count: Int) -> UInt64? {
+        var v: UInt64 = 0
+        for i in start..<start + count {
+            let c = p[i]
+            let d: UInt8
+            if c >= 48, c <= 57 { d = c - 48 } else if c >= 97, c <= 102 { d = c - 87 } else { return nil }
+            v = v << 4 | UInt64(d)
+        }
+        return v
+    }
+
+    /// `traceparent: 00-<trace id>-<span id>-<flags>` and its CRLF.
+    func write(into out: inout ByteBuffer) {
+        out.writeStaticString("traceparent: 00-")
+        writeTraceID(into: &out)
+        out.writeInteger(UInt8(ascii: "-"))
+        Self.writeHex(spanID, 16, into: &out)
+        out.writeInteger(UInt8(ascii: "-"))
+        Self.writeHex(UInt64(flags), 2, into: &out)
+        out.writeStaticString("\r\n")
+    }
+
+    func writeTraceID(into out: inout ByteBuffer) {
+        Self.writeHex(traceHigh, 16, into: &out)
+        Self.writeHex(traceLow, 16, into: &out)
+    }
+
+    static func writeHex(_ v: UInt64, _ digits: Int, into out: inout ByteBuffer) {
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: digits) { b in
+            for i in 0..<digits {
+                let n = UInt8(truncatingIfNeeded: (v >> UInt64(4 * (digits - 1 - i))) & 0xF)
+                b[i] = n < 10 ? 48 + n : 87 + n
+            }
+            return digits
+        }
+    }
+}

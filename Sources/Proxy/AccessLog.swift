@@ -16,8 +16,11 @@ final class AccessLog {
     private(set) var dropped = 0
     private var cachedSecond = -1
     private var cachedPrefix: [UInt8] = []
+    /// A regular file takes the whole buffer in one `write` (appends to a file are not torn
+    /// between workers); pipes and terminals get whole lines of at most `PIPE_BUF`.
+    private var regularFile = false
 
-    static let flushBytes = 16 * 1024
+    static let flushBytes = 64 * 1024
     static let maxBytes = 1024 * 1024
 
     init() {
@@ -29,6 +32,8 @@ final class AccessLog {
         let next = AccessLogFiles.fd(destination)
         if next != fd { flush() }
         fd = next
+        var info = stat()
+        regularFile = fd >= 0 && fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
     }
 
     var isOn: Bool { fd >= 0 }
@@ -83,7 +88,29 @@ final class AccessLog {
         buffer.writeStaticString(",\"")
         buffer.writeStaticString(name)
         buffer.writeStaticString("\":")
-        buffer.writeString(String(value))
+        digits(value)
+    }
+
+    /// Decimal digits without a `String` in between.
+    private func digits(_ value: Int) {
+        var v = value
+        if v < 0 {
+            buffer.writeInteger(UInt8(ascii: "-"))
+            v = -v
+        }
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 20) { out in
+            var tmp: (UInt64, UInt64, UInt64) = (0, 0, 0)
+            return withUnsafeMutableBytes(of: &tmp) { t in
+                var n = 0
+                repeat {
+                    t[n] = UInt8(48 + v % 10)
+                    v /= 10
+                    n += 1
+                } while v > 0
+                for i in 0..<n { out[i] = t[n - 1 - i] }
+                return n
+            }
+        }
     }
 
     /// Seconds with microseconds.
@@ -91,12 +118,16 @@ final class AccessLog {
         buffer.writeStaticString(",\"")
         buffer.writeStaticString(name)
         buffer.writeStaticString("\":")
-        let us = max(0, nanoseconds / 1000)
-        buffer.writeString(String(us / 1_000_000))
+        let us = max(0, Int(nanoseconds / 1000))
+        digits(us / 1_000_000)
         buffer.writeInteger(UInt8(ascii: "."))
-        let frac = String(us % 1_000_000)
-        for _ in frac.utf8.count..<6 { buffer.writeInteger(UInt8(ascii: "0")) }
-        buffer.writeString(frac)
+        let frac = us % 1_000_000
+        var scale = 100_000
+        while scale > 1, frac < scale {
+            buffer.writeInteger(UInt8(ascii: "0"))
+            scale /= 10
+        }
+        digits(frac)
     }
 
     /// `"name":` (escaped), inside an object the caller opened.
@@ -128,7 +159,18 @@ final class AccessLog {
     }
 
     private func escape(_ p: UnsafeRawBufferPointer) {
-        for c in p {
+        // Runs of plain bytes go in one copy; only the few bytes JSON escapes go one by one.
+        var start = 0
+        for (i, c) in p.enumerated() where c == 34 || c == 92 || c < 0x20 || c == 0x7F {
+            if i > start { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: p[start..<i])) }
+            start = i + 1
+            escapeByte(c)
+        }
+        if start < p.count { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: p[start...])) }
+    }
+
+    private func escapeByte(_ c: UInt8) {
+        do {
             switch c {
             case UInt8(ascii: "\""): buffer.writeStaticString("\\\"")
             case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
@@ -151,7 +193,7 @@ final class AccessLog {
         buffer.withUnsafeReadableBytes { p in
             var start = 0
             while start < p.count {
-                var end = min(p.count, start + Int(PIPE_BUF))
+                var end = regularFile ? p.count : min(p.count, start + Int(PIPE_BUF))
                 if end < p.count {
                     // Back to the last newline in the piece (a line longer than the piece goes whole).
                     var cut = end

@@ -49,9 +49,9 @@ extension DownstreamConnectionHandler {
         log.seconds("upstream_duration", nanoseconds: upstreamNanoseconds)
         log.seconds("lua_duration", nanoseconds: Int64(luaNanoseconds))
         if let pool = targetPool {
-            log.string("upstream", "\(pool.key.host):\(pool.key.port)")
+            pool.logName.withUnsafeBytes { log.string("upstream", $0) }
         }
-        log.string("client", String(decoding: clientAddress, as: UTF8.self))
+        clientAddress.withUnsafeBytes { log.string("client", $0) }
         if !logFields.isEmpty {
             log.raw(",\"fields\":{")
             for (i, (name, value)) in logFields.enumerated() {

@@ -11,6 +11,8 @@ final class TargetPool {
     private(set) var settings: PoolSettings
     /// `host:port`, the Host header for routes with `host_header: target`.
     let hostHeader: [UInt8]
+    /// `host:port`, for access-log lines.
+    let logName: [UInt8]
     private var idle: [UpstreamConnectionHandler] = []
     /// Makes connections instead of sockets (the simulation `moongate test` runs); nil in the gateway.
     let connector: UpstreamConnector?
@@ -49,6 +51,7 @@ final class TargetPool {
         self.connector = connector
         self.key = key
         self.hostHeader = Array(SocketAddressSpec(host: key.host, port: key.port).description.utf8)
+        self.logName = Array("\(key.host):\(key.port)".utf8)
         self.address = address
         self.settings = settings
         self.eventLoop = eventLoop

@@ -14,6 +14,7 @@ extension Gateway {
         var pools: [String: PoolCount]
         var health: [String: TargetView]
         var luaStates: Int
+        var accessLogDropped: Int
     }
 
     struct PoolCount: Sendable {
@@ -36,7 +37,7 @@ extension Gateway {
                     metrics: w.metrics.snapshot(),
                     pools: w.poolConnections.mapValues { PoolCount(inUse: $0.inUse, idle: $0.idle) },
                     health: w.targetHealth.mapValues { TargetView(ejected: $0.ejected, breaker: $0.breaker, inFlight: $0.inFlight) },
-                    luaStates: w.luaStats.states)
+                    luaStates: w.luaStats.states, accessLogDropped: w.accessLogDropped)
             }.get()
             if let view { out.append(view) }
         }
@@ -88,6 +89,8 @@ extension Gateway {
         for (target, state) in probed.sorted(by: { $0.key < $1.key }) {
             out.sample("moongate_upstream_target_probe_healthy", [("target", target)], state.healthy ? 1 : 0)
         }
+        out.family("moongate_access_log_dropped_total", "Access-log lines dropped because the destination could not keep up.", .counter)
+        out.sample("moongate_access_log_dropped_total", [], Double(views.reduce(0) { $0 + $1.accessLogDropped }))
         out.family("moongate_lua_states", "Lua states the workers hold for the current generation.", .gauge)
         out.sample("moongate_lua_states", [], Double(views.reduce(0) { $0 + $1.luaStates }))
         out.family("moongate_config_generation", "The config generation serving new requests.", .gauge)

@@ -19,6 +19,9 @@ public final class ProxyWorker {
     public let metrics = MetricStore()
     /// This loop's access-log lines, written out in batches.
     let accessLog = AccessLog()
+
+    /// Access-log lines this loop dropped because the destination could not keep up.
+    public var accessLogDropped: Int { accessLog.dropped }
     private var logFlush: RepeatedTask?
     /// Set once shutdown starts: connections close after their current response.
     private(set) var draining = false

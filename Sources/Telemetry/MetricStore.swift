@@ -76,17 +76,6 @@ public final class MetricStore {
         return first
     }
 
-    /// The current value of a series (tests, the harness): a counter or gauge's value, a
-    /// histogram's count.
-    public func value(_ family: MetricFamily, _ labels: [String]) -> Double? {
-        let key = SeriesKey(family: family, labels: labels)
-        if let v = values.series[key] { return v }
-        return values.histograms[key].map { Double($0.count) }
-    }
-
-    /// Series a family has on this loop.
-    public func seriesCount(_ family: MetricFamily) -> Int { values.seriesCount[family] ?? 0 }
-
     /// A copy of everything, for the scrape.
     public func snapshot() -> MetricSnapshot { values }
 
@@ -147,13 +136,5 @@ public struct MetricSnapshot: Sendable {
         for (k, v) in other.requestSeconds { requestSeconds[k, default: HistogramValues(buckets: v.counts.count - 1)].merge(v) }
         for (k, v) in other.upstreamSeconds { upstreamSeconds[k, default: HistogramValues(buckets: v.counts.count - 1)].merge(v) }
         for (k, v) in other.histograms { histograms[k, default: HistogramValues(buckets: v.counts.count - 1)].merge(v) }
-    }
-
-    /// Requests counted for a route name (nil: unmatched), method and status; for tests.
-    public func requests(route: String?, method: String, status: Int) -> UInt64 {
-        let names = MetricNames.routes.all()
-        let id = route.flatMap { names.firstIndex(of: $0) } ?? -1
-        guard let m = MethodLabel.names.firstIndex(of: method) else { return 0 }
-        return requests[(id + 1) << 20 | m << 10 | status] ?? 0
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Telemetry
 import Testing
 
 /// The admin listener and what `/metrics` says after real traffic.
@@ -52,14 +53,11 @@ import Testing
         return try await offThePool { try RawClient(port: port).request("GET", path) }
     }
 
-    /// `metric{labels} value` lines, by everything before the value.
-    static func samples(_ text: String) -> [String: Double] {
-        var out: [String: Double] = [:]
-        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-            guard let space = line.lastIndex(of: " ") else { continue }
-            out[String(line[..<space])] = Double(line[line.index(after: space)...])
-        }
-        return out
+    static func samples(_ text: String) -> [PrometheusText.Sample] { PrometheusText.parse(text) }
+
+    /// The value of the sample `name` with exactly `labels`, as Prometheus reads the page.
+    static func value(_ samples: [PrometheusText.Sample], _ name: String, _ labels: [String: String] = [:]) -> Double? {
+        samples.first { $0.name == name && $0.labels == labels }?.value
     }
 
     @Test func countersMatchTheRequestsSentAndPromtoolAccepts() async throws {
@@ -75,30 +73,30 @@ import Testing
             #expect(page.status == 200)
             #expect(page.header("content-type")?.hasPrefix("text/plain; version=0.0.4") == true)
             let s = Self.samples(page.text)
-            #expect(s[#"moongate_requests_total{route="api",method="GET",status="200"}"#] == 7)
-            #expect(s[#"moongate_requests_total{route="api",method="POST",status="200"}"#] == 3)
+            #expect(Self.value(s, "moongate_requests_total", ["route": "api", "method": "GET", "status": "200"]) == 7)
+            #expect(Self.value(s, "moongate_requests_total", ["route": "api", "method": "POST", "status": "200"]) == 3)
             // A made-up method is counted as OTHER, so clients cannot add series.
-            #expect(s[#"moongate_requests_total{route="api",method="OTHER",status="200"}"#] == 2)
-            #expect(s[#"moongate_requests_total{route="_unmatched",method="GET",status="404"}"#] == 4)
-            #expect(s[#"moongate_requests_total{route="scripted",method="GET",status="500"}"#] == 1)
-            #expect(s[#"moongate_request_duration_seconds_count{route="api"}"#] == 12)
-            #expect(s[#"moongate_request_duration_seconds_bucket{route="api",le="+Inf"}"#] == 12)
-            #expect(s[#"moongate_upstream_duration_seconds_count{upstream="echo"}"#] == 17)
-            #expect(s[#"moongate_lua_errors_total{script="counting",kind="error"}"#] == 1)
-            #expect(s[#"shop_hits_total{user="ann"}"#] == 5)
-            #expect(s[#"shop_size_bytes_bucket{le="100"}"#] == 6)
+            #expect(Self.value(s, "moongate_requests_total", ["route": "api", "method": "OTHER", "status": "200"]) == 2)
+            #expect(Self.value(s, "moongate_requests_total", ["route": "_unmatched", "method": "GET", "status": "404"]) == 4)
+            #expect(Self.value(s, "moongate_requests_total", ["route": "scripted", "method": "GET", "status": "500"]) == 1)
+            #expect(Self.value(s, "moongate_request_duration_seconds_count", ["route": "api"]) == 12)
+            #expect(Self.value(s, "moongate_request_duration_seconds_bucket", ["route": "api", "le": "+Inf"]) == 12)
+            #expect(Self.value(s, "moongate_upstream_duration_seconds_count", ["upstream": "echo"]) == 17)
+            #expect(Self.value(s, "moongate_lua_errors_total", ["script": "counting", "kind": "error"]) == 1)
+            #expect(Self.value(s, "shop_hits_total", ["user": "ann"]) == 5)
+            #expect(Self.value(s, "shop_size_bytes_bucket", ["le": "100"]) == 6)
             // Each worker set its gauge; the page sums them.
-            let live = try #require(s[#"shop_live{kind="a"}"#])
+            let live = try #require(Self.value(s, "shop_live", ["kind": "a"]))
             #expect(live == 7 || live == 14)
-            #expect(s[#"moongate_reloads_total{result="success"}"#] == 0)  // no reload yet
+            #expect(Self.value(s, "moongate_reloads_total", ["result": "success"]) == 0)  // no reload yet
             #expect(page.text.contains("# TYPE moongate_reloads_total counter"))
-            #expect(s["moongate_config_generation"] == 1)
+            #expect(Self.value(s, "moongate_config_generation") == 1)
 
             // Prometheus's own linter on the live page.
             let file = FileManager.default.temporaryDirectory.appendingPathComponent("metrics-\(UUID().uuidString).txt")
             try page.text.write(to: file, atomically: true, encoding: .utf8)
             defer { try? FileManager.default.removeItem(at: file) }
-            let (status, output) = try Self.run("/usr/bin/promtool", ["check", "metrics"], stdin: file.path)
+            let (status, output) = try runTool("/usr/bin/promtool", ["check", "metrics"], stdin: file.path)
             #expect(status == 0, "promtool: \(output)")
         }
     }
@@ -111,8 +109,8 @@ import Testing
             // 100 kept, and one overflow series with the other 9,900.
             #expect(series.count == 101)
             let s = Self.samples(text)
-            #expect(s[#"shop_hits_total{user="_overflow"}"#] == 9900)
-            #expect(s[#"moongate_metric_series_overflow_total{metric="shop_hits_total"}"#] == 9900)
+            #expect(Self.value(s, "shop_hits_total", ["user": "_overflow"]) == 9900)
+            #expect(Self.value(s, "moongate_metric_series_overflow_total", ["metric": "shop_hits_total"]) == 9900)
         }
     }
 
@@ -142,22 +140,8 @@ import Testing
             let workers = try #require(echo["workers"] as? [[String: Any]])
             #expect(workers.contains { $0["breaker"] as? String == "closed" })
             let s = Self.samples(try await Self.admin(gw, "/metrics").text)
-            #expect(s[#"moongate_reloads_total{result="failure"}"#] == 1)
+            #expect(Self.value(s, "moongate_reloads_total", ["result": "failure"]) == 1)
             #expect(try await Self.admin(gw, "/nope").status == 404)
         }
-    }
-
-    static func run(_ tool: String, _ arguments: [String], stdin: String) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        process.standardInput = FileHandle(forReadingAtPath: stdin)
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 }

@@ -179,12 +179,21 @@ private func harnessRequest(_ L: OpaquePointer) -> Int32 {
             defer { lua_settop(L, top) }
             lua_rawgeti(L, mg_registry_index(), lua_Integer(ref))
             pushMessage(L, call.request, upstream: call.upstream)
-            guard mg_pcall(L, 1, 1, 0) == LUA_OK else {
+            guard mg_pcall(L, 1, 2, 0) == LUA_OK else {
                 stubFailure = "the stub for upstream \"\(call.upstream)\" failed: \(Lua.string(L, -1) ?? "an error")"
                 return SimulatedMessage(status: 502)
             }
+            // `return nil, "timeout"`: the upstream did not answer.
+            if lua_type(L, -2) == LUA_TNIL, let reason = Lua.string(L, -1) {
+                guard ["timeout", "unavailable", "too_large"].contains(reason) else {
+                    stubFailure = "the stub for upstream \"\(call.upstream)\" failed with \"\(reason.prefix(64))\" (use timeout, unavailable or too_large)"
+                    return SimulatedMessage(status: 502)
+                }
+                return .failed(reason)
+            }
+            mg_pop(L, 1)
             guard lua_type(L, -1) == LUA_TTABLE else {
-                stubFailure = "the stub for upstream \"\(call.upstream)\" must return {status=, headers=, body=}"
+                stubFailure = "the stub for upstream \"\(call.upstream)\" must return {status=, headers=, body=} or nil and a reason"
                 return SimulatedMessage(status: 502)
             }
             let answer = lua_gettop(L)

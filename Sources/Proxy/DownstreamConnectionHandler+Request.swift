@@ -283,101 +283,15 @@ extension DownstreamConnectionHandler {
     func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
-        out.clear(minimumCapacity: head.readableBytes + 192 + clientAddress.count + requestID.readableBytes)
+        let scripted = edits.changesHead
+        var estimate = head.readableBytes + 256 + clientAddress.count + requestID.readableBytes + pool.hostHeader.count
+        if scripted { estimate += edits.headers.bytes + (edits.path?.count ?? 0) + (edits.query?.count ?? 0) }
+        out.clear(minimumCapacity: estimate + (edits.body?.readableBytes ?? 0))
         defer { upstreamHeadOut = out }
         head.withUnsafeReadableBytes { p in
-            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count)) }
-            func copy(_ from: Int, _ to: Int) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + from, count: to - from)) }
-            let h = request.headers
-
-            copy(request.method)
-            out.writeInteger(HTTPBytes.sp)
-            let scripted = edits.changesHead
-            // Without a script's path or query, the target is copied whole (query included).
-            let targetEnd = scripted ? request.path.upper : request.target.upper
-            if let path = edits.path {
-                out.writeBytes(path)
-            } else if route.stripPrefix, !route.exact {
-                var rest = request.target.lower + route.path.count
-                // A prefix that ends in "/" keeps it in the rewritten path.
-                if route.path.last == UInt8(ascii: "/") { rest -= 1 }
-                if rest >= targetEnd || p[rest] != UInt8(ascii: "/") { out.writeInteger(UInt8(ascii: "/")) }
-                if rest < targetEnd { copy(rest, targetEnd) }
-            } else {
-                copy(request.target.lower, targetEnd)
+            out.writeHead(estimate: estimate) { w in
+                writeUpstreamHead(&w, p, route: route, pool: pool, scripted: scripted)
             }
-            if scripted {
-                if let query = edits.query {
-                    if !query.isEmpty {
-                        out.writeInteger(UInt8(ascii: "?"))
-                        out.writeBytes(query)
-                    }
-                } else if request.path.upper < request.target.upper {
-                    copy(request.path.upper, request.target.upper)
-                }
-            }
-            out.writeStaticString(" HTTP/1.1\r\nHost: ")
-            let hostEdit = scripted ? edits.headers.entry(Self.hostName)?.values.first : nil
-            if let hostEdit {
-                out.writeBytes(hostEdit)
-            } else {
-                switch route.hostHeader {
-                case .passthrough:
-                    if let host = h.host { copy(host) } else { out.writeBytes(pool.hostHeader) }
-                case .target:
-                    out.writeBytes(pool.hostHeader)
-                case .fixed(let value):
-                    out.writeBytes(value)
-                }
-            }
-            out.writeStaticString("\r\n")
-
-            var forwardedFor = false
-            for field in h.fields {
-                switch field.kind {
-                case .other:
-                    if scripted, edits.headers.drops(p, field.name.lower, field.name.count) { continue }
-                    copy(field.line)
-                case .xForwardedFor:
-                    // nginx's $proxy_add_x_forwarded_for: earlier hops first, this client last.
-                    out.writeStaticString(forwardedFor ? ", " : "X-Forwarded-For: ")
-                    copy(field.value)
-                    forwardedFor = true
-                case .host, .contentLength, .transferEncoding, .connection, .hopByHop, .xForwardedProto,
-                    .xForwardedHost, .xRequestID, .connectionNamed, .traceparent:
-                    break
-                }
-            }
-            out.writeStaticString(forwardedFor ? ", " : "X-Forwarded-For: ")
-            out.writeBytes(clientAddress)
-            out.writeStaticString("\r\nX-Forwarded-Proto: http\r\n")
-            if let host = h.host {
-                out.writeStaticString("X-Forwarded-Host: ")
-                copy(host)
-                out.writeStaticString("\r\n")
-            }
-            out.writeStaticString("X-Request-Id: ")
-            out.writeImmutableBuffer(requestID)
-            out.writeStaticString("\r\n")
-            trace.write(into: &out)
-            if scripted { edits.headers.write(into: &out, skipping: Self.hostName) }
-            if scripted, let body = edits.body {
-                out.writeStaticString("Content-Length: ")
-                out.writeString(String(body.readableBytes))
-                out.writeStaticString("\r\n")
-            } else {
-                switch request.framing {
-                case .contentLength(let length):
-                    out.writeStaticString("Content-Length: ")
-                    out.writeString(String(length))
-                    out.writeStaticString("\r\n")
-                case .chunked:
-                    out.writeStaticString("Transfer-Encoding: chunked\r\n")
-                case .none, .untilClose:
-                    break
-                }
-            }
-            out.writeStaticString("\r\n")
         }
         // A body a script read or set travels with the head (it is whole, and bounded).
         if var body = edits.body {
@@ -394,6 +308,100 @@ extension DownstreamConnectionHandler {
             requestBodyDone = true
         }
         return out
+    }
+}
+
+extension DownstreamConnectionHandler {
+    @inline(__always)
+    private func writeUpstreamHead(_ w: inout HeadWriter, _ p: UnsafeRawBufferPointer, route: CompiledRoute, pool: TargetPool, scripted: Bool) {
+        let h = request.headers
+        w.put(p, request.method)
+        w.put(byte: HTTPBytes.sp)
+        // Without a script's path or query, the target is copied whole (query included).
+        let targetEnd = scripted ? request.path.upper : request.target.upper
+        if let path = edits.path {
+            w.put(path)
+        } else if route.stripPrefix, !route.exact {
+            var rest = request.target.lower + route.path.count
+            // A prefix that ends in "/" keeps it in the rewritten path.
+            if route.path.last == UInt8(ascii: "/") { rest -= 1 }
+            if rest >= targetEnd || p[rest] != UInt8(ascii: "/") { w.put(byte: UInt8(ascii: "/")) }
+            if rest < targetEnd { w.put(p, rest, targetEnd - rest) }
+        } else {
+            w.put(p, request.target.lower, targetEnd - request.target.lower)
+        }
+        if scripted {
+            if let query = edits.query {
+                if !query.isEmpty {
+                    w.put(byte: UInt8(ascii: "?"))
+                    w.put(query)
+                }
+            } else if request.path.upper < request.target.upper {
+                w.put(p, request.path.upper, request.target.upper - request.path.upper)
+            }
+        }
+        w.put(" HTTP/1.1\r\nHost: ")
+        let hostEdit = scripted ? edits.headers.entry(Self.hostName)?.values.first : nil
+        if let hostEdit {
+            w.put(hostEdit)
+        } else {
+            switch route.hostHeader {
+            case .passthrough:
+                if let host = h.host { w.put(p, host) } else { w.put(pool.hostHeader) }
+            case .target:
+                w.put(pool.hostHeader)
+            case .fixed(let value):
+                w.put(value)
+            }
+        }
+        w.put("\r\n")
+
+        var forwardedFor = false
+        for field in h.fields {
+            switch field.kind {
+            case .other:
+                if scripted, edits.headers.drops(p, field.name.lower, field.name.count) { continue }
+                w.put(p, field.line)
+            case .xForwardedFor:
+                // nginx's $proxy_add_x_forwarded_for: earlier hops first, this client last.
+                w.put(forwardedFor ? ", " : "X-Forwarded-For: ")
+                w.put(p, field.value)
+                forwardedFor = true
+            case .host, .contentLength, .transferEncoding, .connection, .hopByHop, .xForwardedProto,
+                .xForwardedHost, .xRequestID, .connectionNamed, .traceparent:
+                break
+            }
+        }
+        w.put(forwardedFor ? ", " : "X-Forwarded-For: ")
+        w.put(clientAddress)
+        w.put("\r\nX-Forwarded-Proto: http\r\n")
+        if let host = h.host {
+            w.put("X-Forwarded-Host: ")
+            w.put(p, host)
+            w.put("\r\n")
+        }
+        w.put("X-Request-Id: ")
+        w.put(requestID)
+        w.put("\r\n")
+        trace.write(into: &w)
+        if scripted { edits.headers.write(into: &w, skipping: Self.hostName) }
+        if scripted, let body = edits.body {
+            w.put("Content-Length: ")
+            w.decimal(body.readableBytes)
+            w.put("\r\n")
+        } else {
+            switch request.framing {
+            case .contentLength(let length):
+                w.put("Content-Length: ")
+                w.decimal(length)
+                w.put("\r\n")
+            case .chunked:
+                w.put("Transfer-Encoding: chunked\r\n")
+            case .none, .untilClose:
+                break
+            }
+        }
+        w.put("\r\n")
     }
 }
 

@@ -297,76 +297,82 @@ extension DownstreamConnectionHandler {
     private func makeClientHead(_ head: ByteBuffer, framing: Body, body: ByteBuffer? = nil) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &clientHeadOut)  // `out` is then the only reference, so clear() reuses storage
-        out.clear(minimumCapacity: head.readableBytes + 96 + requestID.readableBytes + (body?.readableBytes ?? 0))
+        let estimate = head.readableBytes + 128 + requestID.readableBytes + responseEdits.headers.bytes
+        out.clear(minimumCapacity: estimate + (body?.readableBytes ?? 0))
         defer { clientHeadOut = out }
-        responseChunkedOut = false
         head.withUnsafeReadableBytes { p in
-            func copy(_ r: ByteRange) { out.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count)) }
-            let h = response.headers
-            let scripted = !responseEdits.isEmpty
-            // We speak HTTP/1.1 whatever the origin spoke; the status code and reason stay.
-            if let status = responseEdits.status {
-                out.writeStaticString("HTTP/1.1 ")
-                out.writeString(String(status))
-                out.writeStaticString(" ")
-                out.writeString(Self.reason(status))
-                sentStatus = status
-            } else {
-                out.writeStaticString("HTTP/1.1")
-                copy(ByteRange(8, response.statusLine.upper))
-                sentStatus = response.status
-            }
-            out.writeStaticString("\r\n")
-            var sawRequestID = false
-            for field in h.fields {
-                if scripted, field.kind != .contentLength, responseEdits.headers.drops(p, field.name.lower, field.name.count) {
-                    continue
-                }
-                switch field.kind {
-                case .other, .host, .xForwardedFor, .xForwardedHost, .xForwardedProto, .traceparent:
-                    copy(field.line)
-                case .xRequestID:
-                    sawRequestID = true
-                    copy(field.line)
-                case .contentLength:
-                    // HEAD, 204 and 304 keep the origin's length: it describes a body not sent.
-                    if case .none = framing { copy(field.line) }
-                case .transferEncoding, .connection, .hopByHop, .connectionNamed:
-                    break
-                }
-            }
-            switch framing {
-            case .length(let length):
-                out.writeStaticString("Content-Length: ")
-                out.writeString(String(length))
-                out.writeStaticString("\r\n")
-            case .chunked, .untilClose:
-                if request.minorVersion >= 1 {
-                    responseChunkedOut = true
-                    out.writeStaticString("Transfer-Encoding: chunked\r\n")
-                } else {
-                    closeAfterResponse = true  // an HTTP/1.0 client reads to the close
-                }
-            case .none:
-                break
-            }
-            if scripted {
-                responseEdits.headers.write(into: &out)
-                if responseEdits.headers.entry(Self.requestIDName) != nil { sawRequestID = true }
-            }
-            if !sawRequestID {
-                out.writeStaticString("X-Request-Id: ")
-                out.writeImmutableBuffer(requestID)
-                out.writeStaticString("\r\n")
-            }
-            if closeAfterResponse || !keepAliveClient {
-                out.writeStaticString("Connection: close\r\n")
-            } else if request.minorVersion == 0 {
-                out.writeStaticString("Connection: keep-alive\r\n")
-            }
-            out.writeStaticString("\r\n")
+            out.writeHead(estimate: estimate) { w in writeClientHead(&w, p, framing: framing) }
         }
         if var body { out.writeBuffer(&body) }
         return out
+    }
+
+    @inline(__always)
+    private func writeClientHead(_ w: inout HeadWriter, _ p: UnsafeRawBufferPointer, framing: Body) {
+        responseChunkedOut = false
+        let h = response.headers
+        let scripted = !responseEdits.isEmpty
+        // We speak HTTP/1.1 whatever the origin spoke; the status code and reason stay.
+        if let status = responseEdits.status {
+            w.put("HTTP/1.1 ")
+            w.decimal(status)
+            w.put(byte: HTTPBytes.sp)
+            var reason = Self.reason(status)
+            reason.withUTF8 { w.put(UnsafeRawBufferPointer($0)) }
+            sentStatus = status
+        } else {
+            w.put("HTTP/1.1")
+            w.put(p, ByteRange(8, response.statusLine.upper))
+            sentStatus = response.status
+        }
+        w.put("\r\n")
+        var sawRequestID = false
+        for field in h.fields {
+            if scripted, field.kind != .contentLength, responseEdits.headers.drops(p, field.name.lower, field.name.count) {
+                continue
+            }
+            switch field.kind {
+            case .other, .host, .xForwardedFor, .xForwardedHost, .xForwardedProto, .traceparent:
+                w.put(p, field.line)
+            case .xRequestID:
+                sawRequestID = true
+                w.put(p, field.line)
+            case .contentLength:
+                // HEAD, 204 and 304 keep the origin's length: it describes a body not sent.
+                if case .none = framing { w.put(p, field.line) }
+            case .transferEncoding, .connection, .hopByHop, .connectionNamed:
+                break
+            }
+        }
+        switch framing {
+        case .length(let length):
+            w.put("Content-Length: ")
+            w.decimal(length)
+            w.put("\r\n")
+        case .chunked, .untilClose:
+            if request.minorVersion >= 1 {
+                responseChunkedOut = true
+                w.put("Transfer-Encoding: chunked\r\n")
+            } else {
+                closeAfterResponse = true  // an HTTP/1.0 client reads to the close
+            }
+        case .none:
+            break
+        }
+        if scripted {
+            responseEdits.headers.write(into: &w)
+            if responseEdits.headers.entry(Self.requestIDName) != nil { sawRequestID = true }
+        }
+        if !sawRequestID {
+            w.put("X-Request-Id: ")
+            w.put(requestID)
+            w.put("\r\n")
+        }
+        if closeAfterResponse || !keepAliveClient {
+            w.put("Connection: close\r\n")
+        } else if request.minorVersion == 0 {
+            w.put("Connection: keep-alive\r\n")
+        }
+        w.put("\r\n")
     }
 }

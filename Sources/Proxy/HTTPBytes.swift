@@ -67,6 +67,52 @@ enum HTTPBytes {
         return true
     }
 
+    // SWAR (eight bytes per step) scans for the two byte loops that see every byte of every
+    // head. Callgrind put the byte-at-a-time loops at 11-12 instructions a byte, about a tenth
+    // of the gateway's own instructions per proxied request.
+    private static let ones: UInt64 = 0x0101_0101_0101_0101
+    private static let highs: UInt64 = 0x8080_8080_8080_8080
+
+    /// Whether some byte of `w` is zero. Exact as a yes/no; which byte is left to a byte loop.
+    @inline(__always) private static func hasZero(_ w: UInt64) -> Bool { (w &- ones) & ~w & highs != 0 }
+
+    /// Whether some byte of `w` is below 0x20 or is 0x7F (bytes from 0x80 up are not flagged).
+    @inline(__always) private static func hasControl(_ w: UInt64) -> Bool {
+        ((w &- ones &* 0x20) & ~w & highs) != 0 || hasZero(w ^ (ones &* 0x7F))
+    }
+
+    /// The index of the first byte from `from` (below `end`) that is not allowed in a field
+    /// value, or `end`: a field's CR, or a control byte to refuse.
+    @inline(__always)
+    static func valueEnd(_ p: UnsafeRawBufferPointer, from: Int, end: Int) -> Int {
+        var i = from
+        let base = p.baseAddress!
+        while i + 8 <= end {
+            let w = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            if hasControl(w) {
+                // A tab is allowed: find the first byte that is not, in these eight.
+                for k in i..<i + 8 where !isFieldValueChar(p[k]) { return k }
+            }
+            i += 8
+        }
+        while i < end, isFieldValueChar(p[i]) { i += 1 }
+        return i
+    }
+
+    /// The index of the first LF from `from` (below `end`), or `end`.
+    @inline(__always)
+    static func firstLF(_ p: UnsafeRawBufferPointer, from: Int, end: Int) -> Int {
+        var i = from
+        let base = p.baseAddress!
+        while i + 8 <= end {
+            let w = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            if hasZero(w ^ (ones &* 0x0A)) { break }
+            i += 8
+        }
+        while i < end, p[i] != lf { i += 1 }
+        return i
+    }
+
     /// Parses a non-negative decimal of at most 18 digits (so it cannot overflow).
     @inline(__always)
     static func parseDecimal(_ p: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Int? {

@@ -68,14 +68,13 @@ enum HeadParser {
     static func findEnd(_ p: UnsafeRawBufferPointer, from: Int) -> Int? {
         var i = max(from, 1)
         let n = p.count
-        while i < n {
-            if p[i] == HTTPBytes.lf {
-                if p[i - 1] == HTTPBytes.lf { return i + 1 }
-                if i >= 3, p[i - 1] == HTTPBytes.cr, p[i - 2] == HTTPBytes.lf, p[i - 3] == HTTPBytes.cr { return i + 1 }
-            }
+        while true {
+            i = HTTPBytes.firstLF(p, from: i, end: n)
+            guard i < n else { return nil }
+            if p[i - 1] == HTTPBytes.lf { return i + 1 }
+            if i >= 3, p[i - 1] == HTTPBytes.cr, p[i - 2] == HTTPBytes.lf, p[i - 3] == HTTPBytes.cr { return i + 1 }
             i += 1
         }
-        return nil
     }
 
     /// Whether the request line is complete within `p`; used to tell 414 from 431 for oversized heads.
@@ -195,7 +194,7 @@ enum HeadParser {
             i += 1
             while i < n, p[i] == HTTPBytes.sp || p[i] == HTTPBytes.htab { i += 1 }
             let valueStart = i
-            while i < n, HTTPBytes.isFieldValueChar(p[i]) { i += 1 }
+            i = HTTPBytes.valueEnd(p, from: i, end: n)
             var valueEnd = i
             guard i + 1 < n, p[i] == HTTPBytes.cr, p[i + 1] == HTTPBytes.lf else { throw .malformed("invalid header value") }
             while valueEnd > valueStart, p[valueEnd - 1] == HTTPBytes.sp || p[valueEnd - 1] == HTTPBytes.htab { valueEnd -= 1 }

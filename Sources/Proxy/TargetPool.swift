@@ -1,4 +1,5 @@
 import Config
+import HTTPClient
 import NIOCore
 import NIOPosix
 
@@ -149,4 +150,6 @@ extension TargetPool: Sendable {}
 protocol UpstreamConnector: AnyObject {
     /// Sets up a channel with `handler` in its pipeline for `pool`'s target.
     func connect(_ pool: TargetPool, handler: UpstreamConnectionHandler) -> EventLoopFuture<Void>
+    /// Answers an `upstream.call` sub-request to `upstream` (its name in the config).
+    func subrequest(_ call: UpstreamCall) -> EventLoopFuture<HTTPFetch.Response>
 }

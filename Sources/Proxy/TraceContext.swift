@@ -51,14 +51,15 @@ struct TraceContext {
     }
 
     /// `traceparent: 00-<trace id>-<span id>-<flags>` and its CRLF.
-    func write(into out: inout ByteBuffer) {
-        out.writeStaticString("traceparent: 00-")
-        writeTraceID(into: &out)
-        out.writeInteger(UInt8(ascii: "-"))
-        Self.writeHex(spanID, 16, into: &out)
-        out.writeInteger(UInt8(ascii: "-"))
-        Self.writeHex(UInt64(flags), 2, into: &out)
-        out.writeStaticString("\r\n")
+    func write(into w: inout HeadWriter) {
+        w.put("traceparent: 00-")
+        w.hex(traceHigh, digits: 16)
+        w.hex(traceLow, digits: 16)
+        w.put(byte: UInt8(ascii: "-"))
+        w.hex(spanID, digits: 16)
+        w.put(byte: UInt8(ascii: "-"))
+        w.hex(UInt64(flags), digits: 2)
+        w.put("\r\n")
     }
 
     func writeTraceID(into out: inout ByteBuffer) {

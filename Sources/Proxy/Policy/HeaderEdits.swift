@@ -73,6 +73,17 @@ struct HeaderEdits {
     }
 
     /// Writes the fields the edits add (`Name: value CRLF` each), except `skip` (written elsewhere).
+    func write(into w: inout HeadWriter, skipping skip: [UInt8]? = nil) {
+        for e in entries where e.lower != skip {
+            for v in e.values {
+                w.put(e.name)
+                w.put(": ")
+                w.put(v)
+                w.put("\r\n")
+            }
+        }
+    }
+
     func write(into out: inout ByteBuffer, skipping skip: [UInt8]? = nil) {
         for e in entries where e.lower != skip {
             for v in e.values {

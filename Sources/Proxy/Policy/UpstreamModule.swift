@@ -118,8 +118,16 @@ struct UpstreamModule: LuaModule {
             }
         }
         lua_settop(L, 2)
-        // The simulation `moongate test` runs has no sockets: sub-requests are not stubbed yet.
-        guard MultiThreadedEventLoopGroup.currentEventLoop != nil else { return fail(L, "unavailable") }
+        if let connector = h.worker.connector {
+            // `moongate test`: the test's stub for the upstream answers, through the same
+            // suspension and result handling as a real call.
+            let call = UpstreamCall(
+                upstream: name,
+                request: SimulatedMessage(method: method.rawValue, target: path, headers: headers, body: body ?? []))
+            let resumer = h.scriptSuspend()
+            connector.subrequest(call).assumeIsolatedUnsafeUnchecked().whenComplete { result in resumer.resume { L in push(L, result) } }
+            return Lua.yield(L)
+        }
         guard let target = balancer.pick() else { return fail(L, "no_target") }
         let pool = balancer.pool(target)
         let endpoint = HTTPEndpoint(host: pool.key.host, port: pool.key.port, path: path)

@@ -1,3 +1,4 @@
+import HTTPClient
 import Logging
 import NIOCore
 import Telemetry
@@ -10,6 +11,9 @@ public struct SimulatedMessage: Sendable {
     public var status = 0
     public var headers: [(String, String)] = []
     public var body: [UInt8] = []
+    /// For a stub's answer: the upstream did not answer, and why (`timeout`, `unavailable`).
+    /// An `upstream.call` gets `nil, failure`; a proxied request's connection closes unanswered.
+    public var failure: String?
 
     public init(method: String = "", target: String = "", status: Int = 0, headers: [(String, String)] = [], body: [UInt8] = []) {
         self.method = method
@@ -17,6 +21,13 @@ public struct SimulatedMessage: Sendable {
         self.status = status
         self.headers = headers
         self.body = body
+    }
+
+    /// A stub's answer that the upstream failed to give.
+    public static func failed(_ reason: String) -> SimulatedMessage {
+        var m = SimulatedMessage()
+        m.failure = reason
+        return m
     }
 }
 
@@ -81,9 +92,24 @@ public final class SimulatedGateway {
                     let call = UpstreamCall(upstream: generation.config.upstreams[index].name, request: sent)
                     calls.append(call)
                     let answer = stub(call)
-                    if upstream.channel.isActive { try upstream.channel.writeInbound(ByteBuffer(bytes: Self.serialize(answer))) }
+                    if answer.failure != nil {
+                        upstream.channel.close(promise: nil)
+                    } else if upstream.channel.isActive {
+                        try upstream.channel.writeInbound(ByteBuffer(bytes: Self.serialize(answer)))
+                    }
                     progressed = true
                 }
+            }
+            for (call, promise) in connector.takeSubrequests() {
+                calls.append(call)
+                let answer = stub(call)
+                if let failure = answer.failure {
+                    let kind: HTTPFetch.Failure.Kind = failure == "timeout" ? .timeout : failure == "too_large" ? .tooLarge : .connection
+                    promise.fail(HTTPFetch.Failure(kind, failure))
+                } else {
+                    promise.succeed(HTTPFetch.Response(status: answer.status, body: answer.body, headers: answer.headers))
+                }
+                progressed = true
             }
             while let bytes = try channel.readOutbound(as: ByteBuffer.self) {
                 clientBytes.writeImmutableBuffer(bytes)
@@ -189,8 +215,21 @@ final class StubConnector: UpstreamConnector {
 
     let loop: EmbeddedEventLoop
     private(set) var channels: [Upstream] = []
+    private var subrequests: [(UpstreamCall, EventLoopPromise<HTTPFetch.Response>)] = []
 
     init(loop: EmbeddedEventLoop) { self.loop = loop }
+
+    func subrequest(_ call: UpstreamCall) -> EventLoopFuture<HTTPFetch.Response> {
+        let promise = loop.makePromise(of: HTTPFetch.Response.self)
+        subrequests.append((call, promise))
+        return promise.futureResult
+    }
+
+    /// The sub-requests waiting for an answer, oldest first.
+    func takeSubrequests() -> [(UpstreamCall, EventLoopPromise<HTTPFetch.Response>)] {
+        defer { subrequests = [] }
+        return subrequests
+    }
 
     func connect(_ pool: TargetPool, handler: UpstreamConnectionHandler) -> EventLoopFuture<Void> {
         let channel = EmbeddedChannel(loop: loop)

@@ -1,0 +1,121 @@
+// Hot path: per request, no allocation.
+import NIOCore
+
+/// Writes a message head into a `ByteBuffer`'s spare room through one pointer.
+///
+/// Hand-written because each `ByteBuffer.write*` call does a uniqueness check, a dynamic
+/// exclusivity check and a capacity check: callgrind counted 31 such writes per proxied
+/// request costing about 7,500 instructions, 18% of the gateway's user-space total. Here a
+/// piece is a bounds test and a `memcpy`.
+///
+/// Writing past the room given sets `overflowed` and writes nothing more; `ByteBuffer.writeHead`
+/// then runs the writer again with twice the room, so a short estimate costs time, never safety.
+struct HeadWriter {
+    private let base: UnsafeMutableRawPointer
+    private let capacity: Int
+    private(set) var count = 0
+    private(set) var overflowed = false
+
+    init(_ room: UnsafeMutableRawBufferPointer) {
+        base = room.baseAddress!
+        capacity = room.count
+    }
+
+    @inline(__always) private mutating func room(_ n: Int) -> Bool {
+        if count + n <= capacity, !overflowed { return true }
+        overflowed = true
+        return false
+    }
+
+    @inline(__always) mutating func put(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0, room(bytes.count) else { return }
+        (base + count).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        count += bytes.count
+    }
+
+    /// `count` bytes of `p` from `start`.
+    @inline(__always) mutating func put(_ p: UnsafeRawBufferPointer, _ start: Int, _ count: Int) {
+        put(UnsafeRawBufferPointer(start: p.baseAddress! + start, count: count))
+    }
+
+    @inline(__always) mutating func put(_ p: UnsafeRawBufferPointer, _ r: ByteRange) {
+        put(UnsafeRawBufferPointer(start: p.baseAddress! + r.lower, count: r.count))
+    }
+
+    @inline(__always) mutating func put(_ s: StaticString) {
+        put(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+
+    @inline(__always) mutating func put(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { put($0) }
+    }
+
+    @inline(__always) mutating func put(_ buffer: ByteBuffer) {
+        buffer.withUnsafeReadableBytes { put($0) }
+    }
+
+    @inline(__always) mutating func put(byte: UInt8) {
+        guard room(1) else { return }
+        base.storeBytes(of: byte, toByteOffset: count, as: UInt8.self)
+        count += 1
+    }
+
+    /// A non-negative integer in decimal.
+    mutating func decimal(_ value: Int) {
+        var v = UInt(max(0, value))
+        var digits = 1
+        var scale: UInt = 10
+        while digits < 20, v >= scale {
+            digits += 1
+            scale &*= 10
+        }
+        guard room(digits) else { return }
+        var i = count + digits - 1
+        repeat {
+            base.storeBytes(of: UInt8(48 + v % 10), toByteOffset: i, as: UInt8.self)
+            v /= 10
+            i -= 1
+        } while v > 0
+        count += digits
+    }
+
+    private static let hexPairs: StaticString = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"
+
+    /// The low `digits` nibbles of `value` in lower-case hex.
+    mutating func hex(_ value: UInt64, digits: Int) {
+        guard room(digits) else { return }
+        var v = value
+        var end = count + digits
+        // Two digits a step from a 512-byte table (a byte's two hex digits at 2 * byte).
+        let pairs = UnsafeRawPointer(Self.hexPairs.utf8Start)
+        while end - count >= 2 {
+            end -= 2
+            let pair = pairs.loadUnaligned(fromByteOffset: Int(v & 0xFF) &* 2, as: UInt16.self)
+            base.storeBytes(of: pair, toByteOffset: end, as: UInt16.self)
+            v >>= 8
+        }
+        if end > count { base.storeBytes(of: pairs.load(fromByteOffset: Int(v & 0xF) &* 2 &+ 1, as: UInt8.self), toByteOffset: count, as: UInt8.self) }
+        count += digits
+    }
+}
+
+extension ByteBuffer {
+    /// Runs `write` on at least `estimate` bytes of spare room and keeps what it wrote; if the
+    /// estimate was short, runs it again on twice the room (`write` must be repeatable).
+    @inline(__always)
+    mutating func writeHead(estimate: Int, _ write: (inout HeadWriter) -> Void) {
+        var room = Swift.max(estimate, 64)
+        while true {
+            var done = false
+            writeWithUnsafeMutableBytes(minimumWritableBytes: room) { p in
+                var w = HeadWriter(p)
+                write(&w)
+                if w.overflowed { return 0 }
+                done = true
+                return w.count
+            }
+            if done { return }
+            room *= 2
+        }
+    }
+}

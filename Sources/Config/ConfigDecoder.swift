@@ -14,6 +14,7 @@ struct ConfigDecoder {
             let top = r.mapping(
                 root, "",
                 allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection", "metrics", "access_log",
+                    "tracing",
                 ])
         else { return nil }
 
@@ -65,6 +66,31 @@ struct ConfigDecoder {
                 default: config.accessLog.destination = .file(v)
                 }
             }
+        }
+        if let node = top["tracing"]?.value,
+            let map = r.mapping(node, "tracing", allowed: ["endpoint", "service_name", "sample_ratio", "timeout", "ca_file"])
+        {
+            if let n = map["endpoint"]?.value, let text = r.string(n, "tracing.endpoint") {
+                if var endpoint = HTTPEndpoint(parsing: text) {
+                    // A collector's base URL gets the standard traces path (OTEL_EXPORTER_OTLP_ENDPOINT's rule).
+                    if endpoint.path == "/" { endpoint.path = "/v1/traces" }
+                    if let c = map["ca_file"]?.value, let file = r.string(c, "tracing.ca_file") {
+                        if endpoint.tls { endpoint.caFile = file } else { r.fail(c, "tracing.ca_file", "needs an https endpoint") }
+                    }
+                    config.tracing.endpoint = endpoint
+                } else {
+                    r.fail(n, "tracing.endpoint", "expected http[s]://host[:port][/path] of an OTLP/HTTP collector")
+                }
+            } else {
+                r.fail(node, "tracing.endpoint", "required (the OTLP/HTTP collector, e.g. http://127.0.0.1:4318)")
+            }
+            if let n = map["service_name"]?.value, let v = r.string(n, "tracing.service_name") {
+                if v.isEmpty || v.utf8.count > 256 { r.fail(n, "tracing.service_name", "1 to 256 characters") } else { config.tracing.serviceName = v }
+            }
+            if let n = map["sample_ratio"]?.value, let text = r.string(n, "tracing.sample_ratio") {
+                if let v = Double(text), v >= 0, v <= 1 { config.tracing.sampleRatio = v } else { r.fail(n, "tracing.sample_ratio", "expected a number from 0 to 1") }
+            }
+            if let n = map["timeout"]?.value, let v = positive(n, "tracing.timeout") { config.tracing.timeout = v }
         }
         return config
     }

@@ -27,6 +27,7 @@ public struct GatewayConfig: Sendable, Equatable {
     public var introspection: [IntrospectionServer] = []
     public var metrics = MetricsConfig()
     public var accessLog = AccessLogConfig()
+    public var tracing = TracingConfig()
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,

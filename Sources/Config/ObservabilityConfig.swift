@@ -22,3 +22,18 @@ public struct AccessLogConfig: Sendable, Equatable {
 
     public init() {}
 }
+
+/// `tracing:`: spans exported by OTLP/HTTP (JSON encoding) when an endpoint is set.
+public struct TracingConfig: Sendable, Equatable {
+    /// The collector's traces URL; a URL without a path gets the standard `/v1/traces`. nil: no export.
+    public var endpoint: HTTPEndpoint?
+    /// The `service.name` resource attribute. Default `moongate`.
+    public var serviceName = "moongate"
+    /// Share of new traces recorded, from 0 to 1. A request that arrives with a `traceparent`
+    /// follows its caller's sampled flag instead. Default 1.
+    public var sampleRatio = 1.0
+    /// How long one export may take. Default 10 s.
+    public var timeout: Duration = .seconds(10)
+
+    public init() {}
+}

@@ -15,6 +15,8 @@ extension Gateway {
         var health: [String: TargetView]
         var luaStates: Int
         var accessLogDropped: Int
+        var spansExported: Int
+        var spansDropped: Int
     }
 
     struct PoolCount: Sendable {
@@ -37,7 +39,8 @@ extension Gateway {
                     metrics: w.metrics.snapshot(),
                     pools: w.poolConnections.mapValues { PoolCount(inUse: $0.inUse, idle: $0.idle) },
                     health: w.targetHealth.mapValues { TargetView(ejected: $0.ejected, breaker: $0.breaker, inFlight: $0.inFlight) },
-                    luaStates: w.luaStats.states, accessLogDropped: w.accessLogDropped)
+                    luaStates: w.luaStats.states, accessLogDropped: w.accessLogDropped,
+                    spansExported: w.spansExported, spansDropped: w.spansDropped)
             }.get()
             if let view { out.append(view) }
         }
@@ -91,6 +94,10 @@ extension Gateway {
         }
         out.family("moongate_access_log_dropped_total", "Access-log lines dropped because the destination could not keep up.", .counter)
         out.sample("moongate_access_log_dropped_total", [], Double(views.reduce(0) { $0 + $1.accessLogDropped }))
+        out.family("moongate_trace_spans_exported_total", "Spans the collector accepted.", .counter)
+        out.sample("moongate_trace_spans_exported_total", [], Double(views.reduce(0) { $0 + $1.spansExported }))
+        out.family("moongate_trace_spans_dropped_total", "Spans dropped: the buffer was full or the export failed.", .counter)
+        out.sample("moongate_trace_spans_dropped_total", [], Double(views.reduce(0) { $0 + $1.spansDropped }))
         out.family("moongate_lua_states", "Lua states the workers hold for the current generation.", .gauge)
         out.sample("moongate_lua_states", [], Double(views.reduce(0) { $0 + $1.luaStates }))
         out.family("moongate_config_generation", "The config generation serving new requests.", .gauge)

@@ -80,7 +80,14 @@ extension DownstreamConnectionHandler {
         let route: CompiledRoute? = head.withUnsafeReadableBytes { p in
             setRequestID(p)
             trace = TraceContext(p, request.headers.traceparent, random: &worker.requestIDs)
-            if worker.accessLog.isOn {
+            if let export = generation.shared.traceExport {
+                // A caller's decision stands; a new trace is kept at the configured ratio.
+                if !trace.continued { trace.flags = trace.traceLow <= export.sampleBelow ? 1 : 0 }
+                traced = trace.flags & 1 == 1
+            } else {
+                traced = false
+            }
+            if worker.accessLog.isOn || traced {
                 logRequestLine.clear()
                 logRequestLine.writeBytes(UnsafeRawBufferPointer(rebasing: p[request.method.lower..<request.method.upper]))
                 logRequestLine.writeInteger(UInt8(ascii: " "))

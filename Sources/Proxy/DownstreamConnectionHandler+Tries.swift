@@ -27,6 +27,7 @@ extension DownstreamConnectionHandler {
         }
         tries += 1
         tryStart = .now()
+        trace.trySpanID = worker.requestIDs.next64() | 1
         if tries > 1 { worker.metrics.upstream(.retry, upstream: balancer.upstream.metricID) }
         targetPool = pool
         pool.health.inFlight += 1
@@ -80,6 +81,7 @@ extension DownstreamConnectionHandler {
                 worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double(nanoseconds) / 1e9)
             }
         }
+        if traced { recordTrySpan(pool, status: status, error: nil) }
         pool.health.inFlight -= 1
         pool.health.succeeded()
         forwardedHead = nil
@@ -90,6 +92,7 @@ extension DownstreamConnectionHandler {
     func finishTry() {
         guard tryPending, let pool = targetPool else { return }
         tryPending = false
+        if traced { recordTrySpan(pool, status: 0, error: "cancelled") }
         pool.health.inFlight -= 1
         pool.breaker.abandoned()
     }
@@ -113,6 +116,7 @@ extension DownstreamConnectionHandler {
         }
         if tryPending, let pool = targetPool {
             tryPending = false
+            if traced { recordTrySpan(pool, status: 0, error: message) }
             pool.health.inFlight -= 1
             if pool.health.failed(.now(), pool.settings) {
                 worker.logger.warning(

@@ -155,6 +155,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     var logRequestLine = ByteBuffer()
     /// The request's W3C trace context.
     var trace = TraceContext()
+    /// This request's spans are recorded (tracing is on and the trace is sampled).
+    var traced = false
     /// When the current try was sent.
     var tryStart = NIODeadline.now()
     var timer: Scheduled<Void>?

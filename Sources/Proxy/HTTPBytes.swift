@@ -81,6 +81,11 @@ enum HTTPBytes {
         ((w &- ones &* 0x20) & ~w & highs) != 0 || hasZero(w ^ (ones &* 0x7F))
     }
 
+    /// Whether some byte of `w` is a quote, a backslash or a control byte.
+    @inline(__always) static func needsJSONEscape(_ w: UInt64) -> Bool {
+        hasControl(w) || hasZero(w ^ (ones &* 0x22)) || hasZero(w ^ (ones &* 0x5C))
+    }
+
     /// The index of the first byte from `from` (below `end`) that is not allowed in a field
     /// value, or `end`: a field's CR, or a control byte to refuse.
     @inline(__always)

@@ -54,6 +54,11 @@ struct HeadWriter {
         buffer.withUnsafeReadableBytes { put($0) }
     }
 
+    mutating func put(string: String) {
+        var s = string
+        s.withUTF8 { put(UnsafeRawBufferPointer($0)) }
+    }
+
     @inline(__always) mutating func put(byte: UInt8) {
         guard room(1) else { return }
         base.storeBytes(of: byte, toByteOffset: count, as: UInt8.self)
@@ -117,5 +122,86 @@ extension ByteBuffer {
             if done { return }
             room *= 2
         }
+    }
+}
+
+/// JSON pieces for access-log lines.
+extension HeadWriter {
+    /// `,"name":"value"` with `value`'s bytes escaped.
+    mutating func jsonString(_ name: StaticString, _ value: UnsafeRawBufferPointer) {
+        jsonName(name)
+        jsonQuoted(value)
+    }
+
+    mutating func jsonString(_ name: StaticString, _ value: [UInt8]) {
+        value.withUnsafeBytes { jsonString(name, $0) }
+    }
+
+    mutating func jsonString(_ name: StaticString, _ value: ByteBuffer) {
+        value.withUnsafeReadableBytes { jsonString(name, $0) }
+    }
+
+    mutating func jsonString(_ name: StaticString, _ value: String) {
+        var v = value
+        v.withUTF8 { jsonString(name, UnsafeRawBufferPointer($0)) }
+    }
+
+    /// `,"name":123`.
+    mutating func jsonInteger(_ name: StaticString, _ value: Int) {
+        jsonName(name)
+        if value < 0 { put(byte: UInt8(ascii: "-")) }
+        decimal(value.magnitude > UInt(Int.max) ? Int.max : Int(value.magnitude))
+    }
+
+    /// `,"name":1.000250`: seconds with microseconds.
+    mutating func jsonSeconds(_ name: StaticString, nanoseconds: Int64) {
+        jsonName(name)
+        let us = max(0, Int(nanoseconds / 1000))
+        decimal(us / 1_000_000)
+        put(byte: UInt8(ascii: "."))
+        let frac = us % 1_000_000
+        var scale = 100_000
+        while scale > 1, frac < scale {
+            put(byte: UInt8(ascii: "0"))
+            scale /= 10
+        }
+        decimal(frac)
+    }
+
+    /// `,"name":`.
+    mutating func jsonName(_ name: StaticString) {
+        put(",\"")
+        put(name)
+        put("\":")
+    }
+
+    /// `"value"`, escaped: runs of plain bytes go in one copy; `"`, `\` and control bytes as escapes.
+    mutating func jsonQuoted(_ p: UnsafeRawBufferPointer) {
+        put(byte: UInt8(ascii: "\""))
+        var start = 0
+        var i = 0
+        let n = p.count
+        while i < n {
+            // Eight plain bytes at a time (most of a path or an id); a byte loop where one is not.
+            if i + 8 <= n, !HTTPBytes.needsJSONEscape(p.baseAddress!.loadUnaligned(fromByteOffset: i, as: UInt64.self)) {
+                i += 8
+                continue
+            }
+            let c = p[i]
+            i += 1
+            guard c == 34 || c == 92 || c < 0x20 || c == 0x7F else { continue }
+            let at = i - 1
+            if at > start { put(p, start, at - start) }
+            start = at + 1
+            switch c {
+            case 34: put("\\\"")
+            case 92: put("\\\\")
+            default:
+                put("\\u00")
+                hex(UInt64(c), digits: 2)
+            }
+        }
+        if start < p.count { put(p, start, p.count - start) }
+        put(byte: UInt8(ascii: "\""))
     }
 }

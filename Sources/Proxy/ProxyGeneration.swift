@@ -15,6 +15,8 @@ public final class ProxyGeneration: Sendable {
     let limits: HeadLimits
     /// `metrics.enabled`: whether requests are counted.
     let metricsEnabled: Bool
+    /// Where spans go, when `tracing.endpoint` is set.
+    let traceExport: TraceExport?
     /// Per upstream (same indices as the config), its targets with resolved addresses.
     let upstreams: [CompiledUpstream]
     let clientIdleTimeout: TimeAmount
@@ -40,6 +42,7 @@ public final class ProxyGeneration: Sendable {
         self.id = id
         self.config = config
         self.metricsEnabled = config.metrics.enabled
+        self.traceExport = config.tracing.endpoint == nil ? nil : try TraceExport(config.tracing)
         self.limits = HeadLimits(
             maxHeaderBytes: config.limits.maxHeaderBytes, maxHeaderCount: config.limits.maxHeaderCount,
             maxURIBytes: config.limits.maxURIBytes)
@@ -90,6 +93,7 @@ struct CompiledUpstream: Sendable {
     }
 
     let name: String
+    let nameBytes: [UInt8]
     let targets: [Target]
     let settings: PoolSettings
     let balancer: Upstream.Balancer
@@ -103,6 +107,7 @@ struct CompiledUpstream: Sendable {
 
     init(_ upstream: Upstream) throws {
         self.name = upstream.name
+        self.nameBytes = Array(upstream.name.utf8)
         self.metricID = MetricNames.upstreams.id(upstream.name)
         self.balancer = upstream.balancer
         self.maxTries = 1 + upstream.retries

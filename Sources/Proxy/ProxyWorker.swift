@@ -22,6 +22,12 @@ public final class ProxyWorker {
 
     /// Access-log lines this loop dropped because the destination could not keep up.
     public var accessLogDropped: Int { accessLog.dropped }
+    /// This loop's finished spans, exported in batches when tracing is on.
+    let spans = SpanRecorder()
+    /// Spans this loop sent to the collector, and dropped (buffer full or export failed).
+    public var spansExported: Int { spans.exported }
+    public var spansDropped: Int { spans.dropped }
+    private var flushTicks = 0
     private var logFlush: RepeatedTask?
     /// Set once shutdown starts: connections close after their current response.
     private(set) var draining = false
@@ -37,8 +43,28 @@ public final class ProxyWorker {
         self.generation = WorkerGeneration(shared: generation, balancers: [])
         self.generation = WorkerGeneration(shared: generation, balancers: makeBalancers(generation))
         accessLog.use(generation.config.accessLog.destination)
-        let log = NIOLoopBound(accessLog, eventLoop: eventLoop)
-        logFlush = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in log.value.flush() }
+        // Weak: the task lives as long as the worker, which owns it.
+        let this = NIOLoopBound(WeakWorker(self), eventLoop: eventLoop)
+        logFlush = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
+            this.value.worker?.tick()
+        }
+    }
+
+    /// Every 100 ms: access-log lines out; every second, spans.
+    private func tick() {
+        accessLog.flush()
+        flushTicks += 1
+        if flushTicks >= 10 {
+            flushTicks = 0
+            exportSpans()
+        }
+    }
+
+    func exportSpans() {
+        let logger = self.logger
+        // The simulation `moongate test` runs has no sockets: its spans go nowhere.
+        let to = connector == nil ? generation.shared.traceExport : nil
+        spans.export(to, on: eventLoop) { message in logger.warning("\(message)") }
     }
 
     public convenience init(eventLoop: EventLoop, generation: ProxyGeneration, logger: Logger) {
@@ -224,4 +250,9 @@ struct RequestIDGenerator {
         let n = UInt8(truncatingIfNeeded: nibble & 0xF)
         return n < 10 ? 48 + n : 87 + n
     }
+}
+
+private struct WeakWorker {
+    weak var worker: ProxyWorker?
+    init(_ worker: ProxyWorker) { self.worker = worker }
 }

@@ -42,6 +42,18 @@ import Testing
         #expect(errors(yaml) == [#"gateway.yaml:11 routes[1].upstream: unknown upstream "billing""#])
     }
 
+    @Test func tracingTakesACollectorURLAndARatio() throws {
+        let c = try ConfigLoader.parse(Self.minimal + "\ntracing:\n  endpoint: http://127.0.0.1:4318\n  sample_ratio: 0.25\n", file: "gateway.yaml")
+        #expect(c.tracing.endpoint?.path == "/v1/traces")
+        #expect(c.tracing.endpoint?.port == 4318)
+        #expect(c.tracing.sampleRatio == 0.25)
+        #expect(c.tracing.serviceName == "moongate")
+        let bad = errors(Self.minimal + "\ntracing:\n  endpoint: grpc://collector:4317\n  sample_ratio: 2\n")
+        #expect(bad.count == 2)
+        #expect(bad.first?.hasPrefix("gateway.yaml:10 tracing.endpoint: expected http[s]://") == true, "\(bad)")
+        #expect(bad.last?.hasPrefix("gateway.yaml:11 tracing.sample_ratio: expected a number from 0 to 1") == true, "\(bad)")
+    }
+
     @Test func refusesUnknownKeys() {
         let yaml = Self.minimal.replacingOccurrences(of: "upstream: app", with: "upstream: app\n    retries: 3")
         let found = errors(yaml)

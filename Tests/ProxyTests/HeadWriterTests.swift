@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Testing
 
@@ -64,6 +65,19 @@ import Testing
             bytes.withUnsafeBytes { p in
                 #expect(HTTPBytes.firstLF(p, from: 0, end: p.count) == at)
                 #expect(HTTPBytes.firstLF(p, from: at + 1, end: p.count) == (at + 3 < 20 ? at + 3 : 20))
+            }
+        }
+    }
+
+    @Test func jsonStringsEscapeWhatJSONNeedsAtAnyOffset() throws {
+        for special: UInt8 in [0x22, 0x5C, 0x00, 0x0A, 0x1F, 0x7F] {
+            for at in 0..<20 {
+                var bytes = Array("abcdefghijklmnopqrst".utf8)
+                bytes[at] = special
+                var out = ByteBuffer()
+                out.writeHead(estimate: 16) { w in bytes.withUnsafeBytes { w.jsonQuoted($0) } }
+                let decoded = try JSONSerialization.jsonObject(with: Data(out.readableBytesView), options: .fragmentsAllowed) as? String
+                #expect(decoded.map { Array($0.utf8) } == bytes, "special \(special) at \(at): \(String(buffer: out))")
             }
         }
     }

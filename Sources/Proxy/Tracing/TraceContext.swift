@@ -8,14 +8,21 @@ struct TraceContext {
     var traceHigh: UInt64 = 0
     var traceLow: UInt64 = 0
     var spanID: UInt64 = 0
+    /// The current upstream try's span: the upstream's parent. 0 before the first try.
+    var trySpanID: UInt64 = 0
     var flags: UInt8 = 1
+    /// The caller's span (from its `traceparent`), 0 when the trace started here.
+    var parentID: UInt64 = 0
+    /// The request came with a valid `traceparent` (its sampled flag is the caller's decision).
+    var continued = false
 
     init() {}
 
     init(_ p: UnsafeRawBufferPointer, _ header: ByteRange?, random: inout RequestIDGenerator) {
         spanID = random.next64() | 1
         if let header, let parsed = Self.parse(p, header) {
-            (traceHigh, traceLow, flags) = parsed
+            (traceHigh, traceLow, parentID, flags) = parsed
+            continued = true
         } else {
             traceHigh = random.next64()
             traceLow = random.next64() | 1
@@ -25,7 +32,7 @@ struct TraceContext {
 
     /// `version-traceid-parentid-flags`: version 00 exactly as specified; a later version
     /// at least with those four fields (its extra fields dropped). Ids of all zeros are invalid.
-    static func parse(_ p: UnsafeRawBufferPointer, _ r: ByteRange) -> (UInt64, UInt64, UInt8)? {
+    static func parse(_ p: UnsafeRawBufferPointer, _ r: ByteRange) -> (UInt64, UInt64, UInt64, UInt8)? {
         let n = r.count
         guard n >= 55, p[r.lower + 2] == UInt8(ascii: "-"), p[r.lower + 35] == UInt8(ascii: "-"), p[r.lower + 52] == UInt8(ascii: "-")
         else { return nil }
@@ -35,7 +42,7 @@ struct TraceContext {
         guard let high = hex(p, r.lower + 3, 16), let low = hex(p, r.lower + 19, 16), let parent = hex(p, r.lower + 36, 16),
             let flags = hex(p, r.lower + 53, 2), high | low != 0, parent != 0
         else { return nil }
-        return (high, low, UInt8(flags))
+        return (high, low, parent, UInt8(flags))
     }
 
     /// Lower-case hex only, as the spec requires.
@@ -56,24 +63,9 @@ struct TraceContext {
         w.hex(traceHigh, digits: 16)
         w.hex(traceLow, digits: 16)
         w.put(byte: UInt8(ascii: "-"))
-        w.hex(spanID, digits: 16)
+        w.hex(trySpanID != 0 ? trySpanID : spanID, digits: 16)
         w.put(byte: UInt8(ascii: "-"))
         w.hex(UInt64(flags), digits: 2)
         w.put("\r\n")
-    }
-
-    func writeTraceID(into out: inout ByteBuffer) {
-        Self.writeHex(traceHigh, 16, into: &out)
-        Self.writeHex(traceLow, 16, into: &out)
-    }
-
-    static func writeHex(_ v: UInt64, _ digits: Int, into out: inout ByteBuffer) {
-        out.writeWithUnsafeMutableBytes(minimumWritableBytes: digits) { b in
-            for i in 0..<digits {
-                let n = UInt8(truncatingIfNeeded: (v >> UInt64(4 * (digits - 1 - i))) & 0xF)
-                b[i] = n < 10 ? 48 + n : 87 + n
-            }
-            return digits
-        }
     }
 }

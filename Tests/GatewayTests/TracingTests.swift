@@ -1,0 +1,128 @@
+import Foundation
+import Testing
+
+/// Spans exported by OTLP/HTTP to a local receiver: a real HTTP server on loopback that
+/// keeps what it is sent (no OpenTelemetry collector ships in Debian; the receiver checks
+/// what a collector would parse: OTLP's JSON encoding).
+@Suite struct TracingTests {
+    static func config(collector: Int) -> String {
+        """
+        listeners:
+          - name: main
+            address: 127.0.0.1:@PORT@
+        tracing:
+          endpoint: http://127.0.0.1:\(collector)
+          service_name: gateway-under-test
+        upstreams:
+          flaky:
+            # Nothing listens on port 1: the first try there fails and the request goes on.
+            targets: [ "127.0.0.1:1", "@ECHO@" ]
+            retries: 1
+        routes:
+          - name: api
+            match: { path_prefix: / }
+            upstream: flaky
+        """
+    }
+
+    typealias Span = [String: Any]
+
+    static func spans(_ requests: [TestHTTPServer.Request]) -> [Span] {
+        var out: [Span] = []
+        for request in requests {
+            guard let body = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any],
+                let resources = body["resourceSpans"] as? [[String: Any]]
+            else { continue }
+            for resource in resources {
+                for scope in resource["scopeSpans"] as? [[String: Any]] ?? [] {
+                    out += scope["spans"] as? [Span] ?? []
+                }
+            }
+        }
+        return out
+    }
+
+    static func attributes(_ span: Span) -> [String: String] {
+        var out: [String: String] = [:]
+        for a in span["attributes"] as? [[String: Any]] ?? [] {
+            guard let key = a["key"] as? String, let value = a["value"] as? [String: Any] else { continue }
+            out[key] = (value["stringValue"] as? String) ?? (value["intValue"] as? String)
+        }
+        return out
+    }
+
+    @Test func aSpanPerRequestAndAChildPerTryArriveAtTheCollector() async throws {
+        let collector = try await TestHTTPServer { _ in .init(status: 200, body: "{}") }
+        defer { Task { await collector.stop() } }
+        try await withGateway(Self.config(collector: collector.port), workers: 1) { gw in
+            let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+            // Round robin over two targets: of four requests, some try the dead target first.
+            var forwarded: [String] = []
+            for _ in 0..<4 {
+                let response = try gw.client().request("GET", "/orders/7?x=1", headers: [("traceparent", "00-\(traceID)-00f067aa0ba902b7-01")])
+                #expect(response.status == 200)
+                forwarded += response.echoed("traceparent")
+            }
+            var spans: [Span] = []
+            let arrived = await eventually {
+                spans = Self.spans(collector.requests)
+                return spans.filter { $0["kind"] as? Int == 2 }.count == 4
+            }
+            #expect(arrived, "\(spans)")
+            let request = collector.requests.first
+            #expect(request?.method == "POST" && request?.uri == "/v1/traces")
+            #expect(request?.header("content-type") == "application/json")
+            let body = (try? JSONSerialization.jsonObject(with: Data(request?.body ?? []))) as? [String: Any]
+            #expect("\(body ?? [:])".contains("gateway-under-test"))
+
+            let servers = spans.filter { $0["kind"] as? Int == 2 }
+            let tries = spans.filter { $0["kind"] as? Int == 3 }
+            for server in servers {
+                #expect(server["traceId"] as? String == traceID)
+                #expect(server["parentSpanId"] as? String == "00f067aa0ba902b7")
+                #expect(server["name"] as? String == "GET api")
+                let a = Self.attributes(server)
+                #expect(a["http.route"] == "api" && a["http.request.method"] == "GET" && a["url.path"] == "/orders/7")
+                #expect(a["http.response.status_code"] == "200" && a["moongate.upstream"] == "flaky")
+                let start = Int(server["startTimeUnixNano"] as? String ?? "") ?? 0
+                let end = Int(server["endTimeUnixNano"] as? String ?? "") ?? 0
+                #expect(start > 1_700_000_000_000_000_000 && end >= start)
+                // Each try is the request span's child; the answered one is what the upstream saw as its parent.
+                let children = tries.filter { $0["parentSpanId"] as? String == server["spanId"] as? String }
+                #expect(children.count >= 1)
+                let answered = children.filter { Self.attributes($0)["http.response.status_code"] == "200" }
+                #expect(answered.count == 1)
+                if let id = answered.first?["spanId"] as? String {
+                    #expect(forwarded.contains("00-\(traceID)-\(id)-01"), "\(forwarded) vs \(id)")
+                }
+            }
+            // The dead target's tries: failed, with why, and retried to the other target.
+            let failed = tries.filter { Self.attributes($0)["server.port"] == "1" }
+            #expect(!failed.isEmpty)
+            for span in failed {
+                #expect((span["status"] as? [String: Any])?["code"] as? Int == 2)
+                #expect(Self.attributes(span)["error.type"] != nil)
+            }
+            #expect(tries.count == 4 + failed.count)
+        }
+    }
+
+    @Test func aCallerThatDoesNotSampleIsNotRecorded() async throws {
+        let collector = try await TestHTTPServer { _ in .init(status: 200, body: "{}") }
+        defer { Task { await collector.stop() } }
+        try await withGateway(Self.config(collector: collector.port), workers: 1) { gw in
+            let response = try gw.client().request("GET", "/x", headers: [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")])
+            #expect(response.status == 200)
+            // The flag travels on, unsampled.
+            #expect(response.echoed("traceparent").first?.hasSuffix("-00") == true)
+            let sampled = try gw.client().request("GET", "/x")
+            #expect(sampled.status == 200)
+            var spans: [Span] = []
+            _ = await eventually { spans = Self.spans(collector.requests); return !spans.isEmpty }
+            try await Task.sleep(for: .milliseconds(1200))
+            spans = Self.spans(collector.requests)
+            #expect(!spans.isEmpty)
+            #expect(!spans.contains { $0["traceId"] as? String == "4bf92f3577b34da6a3ce929d0e0e4736" })
+        }
+    }
+}

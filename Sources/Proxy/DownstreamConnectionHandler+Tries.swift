@@ -121,7 +121,7 @@ extension DownstreamConnectionHandler {
             if pool.health.failed(.now(), pool.settings) {
                 worker.logger.warning(
                     "upstream target ejected after failed tries",
-                    metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(message)"])
+                    metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(message)", "request_id": "\(String(buffer: requestID))"])
             }
             breakerRecord(pool, success: false)
         }

@@ -25,7 +25,8 @@ extension DownstreamConnectionHandler: ScriptHost {
         do {
             state = try pool.checkout()
         } catch {
-            worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)", "route": "\(route.name)"])
+            worker.logger.error(
+                "cannot create a Lua state", metadata: ["error": "\(error)", "route": "\(route.name)", "request_id": "\(String(buffer: requestID))"])
             respondError(500, "policy unavailable", close: false)
             return
         }
@@ -120,7 +121,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         do {
             checkedOut = try pool.checkout()
         } catch {
-            worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)"])
+            worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)", "request_id": "\(String(buffer: requestID))"])
             respondError(500, "policy unavailable", close: false)
             return .answered
         }

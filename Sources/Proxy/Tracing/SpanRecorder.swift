@@ -20,7 +20,8 @@ final class TraceExport: Sendable {
         target = try HTTPFetch.Target(endpoint)
         serviceName = config.serviceName
         timeout = TimeAmount(config.timeout)
-        sampleBelow = config.sampleRatio >= 1 ? .max : UInt64(config.sampleRatio * 18_446_744_073_709_551_615.0)
+        // Capped under 2^64, so the conversion cannot trap.
+        sampleBelow = config.sampleRatio >= 1 ? .max : UInt64(min(max(config.sampleRatio, 0) * 0x1p64, 0x1p64 - 4096))
     }
 }
 

@@ -25,6 +25,24 @@ import Testing
         #expect(String(buffer: out) == "GET /a 0,1234567890123,0123456789abcdef,0a,abc")
     }
 
+    @Test func decimalsAndPiecesOfEverySize() {
+        for value in [0, 7, 9, 10, 99, 100, 101, 999, 1000, 65_535, 1_700_000_000_123_456_789, Int.max] {
+            var out = ByteBuffer()
+            out.writeHead(estimate: 8) { w in w.decimal(value) }
+            #expect(String(buffer: out) == String(value))
+        }
+        let source = Array((0..<40).map { UInt8(65 + $0) })
+        for n in 0...40 {
+            var out = ByteBuffer()
+            out.writeHead(estimate: 8) { w in
+                w.put(byte: UInt8(ascii: "["))
+                source.withUnsafeBytes { w.put(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                w.put(byte: UInt8(ascii: "]"))
+            }
+            #expect(Array(out.readableBytesView) == [UInt8(ascii: "[")] + source[0..<n] + [UInt8(ascii: "]")])
+        }
+    }
+
     @Test func aShortEstimateIsWrittenAgainWithMoreRoom() {
         let long = [UInt8](repeating: UInt8(ascii: "x"), count: 10_000)
         var out = ByteBuffer(string: "kept:")

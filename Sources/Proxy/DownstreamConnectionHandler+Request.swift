@@ -290,7 +290,8 @@ extension DownstreamConnectionHandler {
     func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
-        let scripted = edits.changesHead
+        // Field by field: `edits.changesHead` copied the whole struct (8 reference counts) per request.
+        let scripted = !edits.headers.isEmpty || edits.path != nil || edits.query != nil || edits.body != nil
         var estimate = head.readableBytes + 256 + clientAddress.count + requestID.readableBytes + pool.hostHeader.count
         if scripted { estimate += edits.headers.bytes + (edits.path?.count ?? 0) + (edits.query?.count ?? 0) }
         out.clear(minimumCapacity: estimate + (edits.body?.readableBytes ?? 0))

@@ -85,7 +85,7 @@ public final class ProxyGeneration: Sendable {
     }
 }
 
-struct CompiledUpstream: Sendable {
+final class CompiledUpstream: Sendable {
     struct Target: Sendable {
         let key: TargetKey
         let address: SocketAddress

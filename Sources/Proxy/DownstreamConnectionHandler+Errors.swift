@@ -18,13 +18,15 @@ extension DownstreamConnectionHandler {
 
     /// `{"error": message, "request_id": ...}`.
     func errorBody(_ message: String) -> ByteBuffer {
-        var body = allocator.buffer(capacity: 64 + message.utf8.count + requestID.readableBytes)
-        body.writeStaticString("{\"error\":\"")
-        body.writeString(message)  // messages are ours: no quotes or backslashes to escape
-        body.writeStaticString("\",\"request_id\":\"")
         if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
-        body.writeImmutableBuffer(requestID)
-        body.writeStaticString("\"}\n")
+        var body = ByteBuffer()
+        body.writeHead(estimate: 64 + message.utf8.count + requestID.readableBytes) { w in
+            w.put("{\"error\":\"")
+            w.put(string: message)  // messages are ours: no quotes or backslashes to escape
+            w.put("\",\"request_id\":\"")
+            w.put(requestID)
+            w.put("\"}\n")
+        }
         return body
     }
 
@@ -38,25 +40,27 @@ extension DownstreamConnectionHandler {
         upstreamHead = nil
         sentStatus = status
         let closing = close || !keepAliveClient || closeAfterResponse || !dropBufferedBody()
-        var head = allocator.buffer(capacity: 192)
-        head.writeStaticString("HTTP/1.1 ")
-        head.writeString(String(status))
-        head.writeStaticString(" ")
-        head.writeString(Self.reason(status))
-        head.writeStaticString("\r\n")
-        if json { head.writeStaticString("Content-Type: application/json\r\n") }
-        headers?.write(into: &head)
-        if status != 204, status != 304 {
-            head.writeStaticString("Content-Length: ")
-            head.writeString(String(body.readableBytes))
-            head.writeStaticString("\r\n")
+        var head = ByteBuffer()
+        head.writeHead(estimate: 192 + requestID.readableBytes + (headers?.bytes ?? 0)) { w in
+            w.put("HTTP/1.1 ")
+            w.decimal(status)
+            w.put(byte: HTTPBytes.sp)
+            w.put(string: Self.reason(status))
+            w.put("\r\n")
+            if json { w.put("Content-Type: application/json\r\n") }
+            headers?.write(into: &w)
+            if status != 204, status != 304 {
+                w.put("Content-Length: ")
+                w.decimal(body.readableBytes)
+                w.put("\r\n")
+            }
+            if headers?.entry(Self.requestIDName) == nil {
+                w.put("X-Request-Id: ")
+                w.put(requestID)
+                w.put("\r\n")
+            }
+            w.put(closing ? "Connection: close\r\n\r\n" : "\r\n")
         }
-        if headers?.entry(Self.requestIDName) == nil {
-            head.writeStaticString("X-Request-Id: ")
-            head.writeImmutableBuffer(requestID)
-            head.writeStaticString("\r\n")
-        }
-        head.writeStaticString(closing ? "Connection: close\r\n\r\n" : "\r\n")
         sendToClient(head)
         if !request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
             sendToClient(body)

@@ -159,15 +159,6 @@ extension HeadWriter {
         value.withUnsafeBytes { jsonString(name, $0) }
     }
 
-    mutating func jsonString(_ name: StaticString, _ value: ByteBuffer) {
-        value.withUnsafeReadableBytes { jsonString(name, $0) }
-    }
-
-    mutating func jsonString(_ name: StaticString, _ value: String) {
-        var v = value
-        v.withUTF8 { jsonString(name, UnsafeRawBufferPointer($0)) }
-    }
-
     /// `,"name":123`.
     mutating func jsonInteger(_ name: StaticString, _ value: Int) {
         jsonName(name)

@@ -42,7 +42,7 @@ public final class ProxyGeneration: Sendable {
         self.id = id
         self.config = config
         self.metricsEnabled = config.metrics.enabled
-        self.traceExport = config.tracing.endpoint == nil ? nil : try TraceExport(config.tracing)
+        self.traceExport = try config.tracing.endpoint.map { try TraceExport(config.tracing, endpoint: $0) }
         self.limits = HeadLimits(
             maxHeaderBytes: config.limits.maxHeaderBytes, maxHeaderCount: config.limits.maxHeaderCount,
             maxURIBytes: config.limits.maxURIBytes)

@@ -22,6 +22,11 @@ public final class MetricStore {
 
     var values = MetricSnapshot()
     private var warned: Set<MetricFamily> = []
+    /// Per-request histograms in arrays indexed by the interned id (route + 1, upstream): ids
+    /// are small and dense, so a request's observation is an index, not two dictionary lookups.
+    /// `snapshot()` folds them into `values`.
+    private var requestSeconds: [HistogramValues] = []
+    private var upstreamSeconds: [HistogramValues] = []
 
     public init() {}
 
@@ -29,15 +34,21 @@ public final class MetricStore {
     @inline(__always)
     public func request(route: Int, method: Int, status: Int, seconds: Double) {
         values.requests[(route &+ 1) << 20 | method << 10 | (status & 1023), default: 0] &+= 1
-        values.requestSeconds[route, default: HistogramValues(buckets: LatencyBuckets.seconds.count)]
-            .observe(seconds, bounds: LatencyBuckets.seconds)
+        Self.observe(&requestSeconds, route &+ 1, seconds)
     }
 
     /// One try's time to the upstream's response head.
     @inline(__always)
     public func upstreamTry(upstream: Int, seconds: Double) {
-        values.upstreamSeconds[upstream, default: HistogramValues(buckets: LatencyBuckets.seconds.count)]
-            .observe(seconds, bounds: LatencyBuckets.seconds)
+        Self.observe(&upstreamSeconds, upstream, seconds)
+    }
+
+    @inline(__always)
+    private static func observe(_ list: inout [HistogramValues], _ index: Int, _ seconds: Double) {
+        if index >= list.count {
+            list.append(contentsOf: repeatElement(HistogramValues(buckets: LatencyBuckets.seconds.count), count: index + 1 - list.count))
+        }
+        list[index].observe(seconds, bounds: LatencyBuckets.seconds)
     }
 
     public func upstream(_ event: UpstreamEvent, upstream: Int) {
@@ -77,11 +88,18 @@ public final class MetricStore {
     }
 
     /// A copy of everything, for the scrape.
-    public func snapshot() -> MetricSnapshot { values }
+    public func snapshot() -> MetricSnapshot {
+        var out = values
+        for (i, h) in requestSeconds.enumerated() where h.count > 0 { out.requestSeconds[i - 1] = h }
+        for (i, h) in upstreamSeconds.enumerated() where h.count > 0 { out.upstreamSeconds[i] = h }
+        return out
+    }
 
     /// Forgets everything (the harness, between tests).
     public func reset() {
         values = MetricSnapshot()
+        requestSeconds = []
+        upstreamSeconds = []
         warned = []
     }
 

@@ -7,9 +7,8 @@ import Testing
 @Suite struct TraceSamplingTests {
     func threshold(_ ratio: Double) throws -> UInt64 {
         var config = TracingConfig()
-        config.endpoint = HTTPEndpoint(host: "127.0.0.1", port: 4318, path: "/v1/traces")
         config.sampleRatio = ratio
-        return try TraceExport(config).sampleBelow
+        return try TraceExport(config, endpoint: HTTPEndpoint(host: "127.0.0.1", port: 4318, path: "/v1/traces")).sampleBelow
     }
 
     @Test func ratiosMapOntoTheTraceIDSpace() throws {

@@ -83,17 +83,6 @@ struct HeaderEdits {
             }
         }
     }
-
-    func write(into out: inout ByteBuffer, skipping skip: [UInt8]? = nil) {
-        for e in entries where e.lower != skip {
-            for v in e.values {
-                out.writeBytes(e.name)
-                out.writeStaticString(": ")
-                out.writeBytes(v)
-                out.writeStaticString("\r\n")
-            }
-        }
-    }
 }
 
 /// Checks a header name and value from a script; nil when fine, else why not.

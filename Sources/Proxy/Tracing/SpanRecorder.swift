@@ -15,8 +15,7 @@ final class TraceExport: Sendable {
     /// A new trace is recorded when its low 64 bits fall under this (the sample ratio of 2^64).
     let sampleBelow: UInt64
 
-    init(_ config: TracingConfig) throws {
-        guard let endpoint = config.endpoint else { throw HTTPFetch.Failure(.connection, "no tracing endpoint") }
+    init(_ config: TracingConfig, endpoint: HTTPEndpoint) throws {
         target = try HTTPFetch.Target(endpoint)
         serviceName = config.serviceName
         timeout = TimeAmount(config.timeout)

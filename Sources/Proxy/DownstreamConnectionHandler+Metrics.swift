@@ -17,13 +17,14 @@ extension DownstreamConnectionHandler {
         if shared.metricsEnabled {
             worker.metrics.request(route: route?.metricID ?? -1, method: metricMethod, status: status, seconds: Double(nanoseconds) / 1e9)
         }
-        if log.isOn { writeLogLine(log, status: status, nanoseconds: nanoseconds) }
-        if traced { recordServerSpan(status: status, nanoseconds: nanoseconds) }
+        guard log.isOn || traced else { return }
+        let now = Self.wallClockNanoseconds()
+        if log.isOn { writeLogLine(log, status: status, nanoseconds: nanoseconds, now: now) }
+        if traced { recordServerSpan(status: status, nanoseconds: nanoseconds, end: now) }
     }
 
     /// The request's own span, ended now.
-    private func recordServerSpan(status: Int, nanoseconds: Int64) {
-        let end = SpanRecorder.wallClockNanoseconds()
+    private func recordServerSpan(status: Int, nanoseconds: Int64, end: Int64) {
         var path: [UInt8] = []
         logRequestLine.withUnsafeReadableBytes { p in
             let space = p.firstIndex(of: UInt8(ascii: " ")) ?? p.count
@@ -43,7 +44,7 @@ extension DownstreamConnectionHandler {
 
     /// The current try's span, ended now: its status, or why it failed.
     func recordTrySpan(_ pool: TargetPool, status: Int, error: String?) {
-        let end = SpanRecorder.wallClockNanoseconds()
+        let end = Self.wallClockNanoseconds()
         let nanoseconds = (NIODeadline.now() - tryStart).nanoseconds
         worker.spans.record(
             RecordedSpan(
@@ -60,10 +61,10 @@ extension DownstreamConnectionHandler {
         context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
-    private func writeLogLine(_ log: AccessLog, status: Int, nanoseconds: Int64) {
+    private func writeLogLine(_ log: AccessLog, status: Int, nanoseconds: Int64, now: Int64) {
         var estimate = 400 + logRequestLine.readableBytes * 6
         for (name, value) in logFields { estimate += (name.utf8.count + value.utf8.count) * 6 + 8 }
-        _ = log.line(epochNanoseconds: Self.wallClockNanoseconds(), estimate: estimate) { w in
+        _ = log.line(epochNanoseconds: now, estimate: estimate) { w in
             // The id and the client's address need no escaping: ids are kept only without quotes,
             // backslashes or control bytes (setRequestID), and addresses are IP literals.
             w.put(",\"request_id\":\"")

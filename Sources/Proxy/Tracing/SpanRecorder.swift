@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Config
 import HTTPClient
 import NIOCore
@@ -123,12 +120,6 @@ final class SpanRecorder {
             lastFailureLog = now
             logger("span export failed (\(count) spans dropped): \(why)")
         }
-    }
-
-    static func wallClockNanoseconds() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 }
 

@@ -47,6 +47,17 @@ let package = Package(
         // The local rate-limit table: token buckets shared by every event loop, updated with a
         // 128-bit compare-and-swap (C: Swift has no double-word atomics on Linux).
         .target(name: "CBuckets"),
+        // epoll, eventfd and accept4, which Glibc's overlay leaves out (header only).
+        .systemLibrary(name: "CEpoll"),
+        // The data plane's event loop: one epoll thread per core, plain sockets read and
+        // written with read/writev, NIO's EventLoop contract (futures, scheduled tasks).
+        .target(
+            name: "SocketLoop",
+            dependencies: [
+                "CEpoll",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]),
         // A Redis client for the event loops: hiredis's protocol code over a SwiftNIO connection
         // per loop, pipelined, with timeouts, reconnects and a circuit breaker.
         .target(
@@ -202,6 +213,13 @@ let package = Package(
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Config"]),
+        .testTarget(
+            name: "SocketLoopTests",
+            dependencies: [
+                "SocketLoop",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
         .testTarget(
             name: "ProxyTests",
             dependencies: [

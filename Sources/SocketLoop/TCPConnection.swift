@@ -1,0 +1,372 @@
+import CEpoll
+import Glibc
+import NIOCore
+
+/// What a ``TCPConnection`` tells its owner. Every call comes on the connection's loop.
+public protocol TCPConnectionDelegate: AnyObject {
+    /// Bytes arrived. The buffer may share storage with the loop's receive buffer; keeping it
+    /// (or a slice) is safe, it only makes the next read allocate.
+    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer)
+    /// The reads of one readiness event are done: the place to flush what they produced.
+    func connectionReadComplete(_ connection: TCPConnection)
+    /// ``TCPConnection/isWritable`` changed: stop or resume producing.
+    func connectionWritabilityChanged(_ connection: TCPConnection)
+    /// The connection is closed, by either side or an error (`nil`: an orderly close or end of
+    /// stream). Called once; the connection forgets its delegate afterwards.
+    func connectionClosed(_ connection: TCPConnection, error: SocketError?)
+}
+
+extension TCPConnectionDelegate {
+    public func connectionReadComplete(_ connection: TCPConnection) {}
+    public func connectionWritabilityChanged(_ connection: TCPConnection) {}
+}
+
+/// A non-blocking TCP socket on a ``SocketLoop``: reads into `ByteBuffer`s, queues writes and
+/// sends them with `writev`, with NIO's back-pressure contract (not writable above a high
+/// watermark of queued bytes until it drains below the low one).
+///
+/// Loop-bound: create, use and close it on its loop only.
+public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
+    /// Bytes asked of each `read`.
+    static let readSize = 16 * 1024
+    /// At most this many reads per readiness event, so one busy peer cannot starve the rest.
+    static let readsPerEvent = 4
+    static let maxIOVecs = 64
+
+    public let loop: SocketLoop
+    public let fd: Int32
+    /// The peer, when the system told us.
+    public let remoteAddress: SocketAddress?
+    /// Whoever handles the bytes; dropped when the connection closes (breaking the cycle with a
+    /// delegate that holds the connection).
+    public var delegate: TCPConnectionDelegate?
+
+    /// Queued bytes above which ``isWritable`` turns false, and below which it turns back.
+    public var writeWatermarks = (low: 32 * 1024, high: 64 * 1024)
+
+    public private(set) var isOpen = true
+    public private(set) var isWritable = true
+    /// Bytes queued and not yet taken by the kernel.
+    public private(set) var pendingBytes = 0
+
+    private var registration: SocketLoop.Registration?
+    private var pending = CircularBuffer<ByteBuffer>(initialCapacity: 4)
+    private var readsPaused = false
+    private var waitingForWritable = false
+    private var closeWhenFlushed = false
+    private var connecting: Connecting?
+
+    private struct Connecting {
+        var completion: (Result<TCPConnection, SocketError>) -> Void
+        var timer: SocketLoop.TimerHandle?
+    }
+
+    init(fd: Int32, remoteAddress: SocketAddress?, loop: SocketLoop) {
+        self.fd = fd
+        self.remoteAddress = remoteAddress
+        self.loop = loop
+    }
+
+    deinit {
+        if isOpen { Glibc.close(fd) }
+    }
+
+    /// Starts reading into `delegate` (an accepted connection waits for this).
+    public func start(delegate: TCPConnectionDelegate) throws(SocketError) {
+        loop.preconditionInEventLoop()
+        self.delegate = delegate
+        guard registration == nil else { return }
+        registration = try loop.register(fd, events: CEPOLL_IN, source: self)
+    }
+
+    // MARK: connecting
+
+    /// Connects to `address` on `loop`; `completion` runs on the loop, maybe before this returns.
+    public static func connect(
+        to address: SocketAddress, on loop: SocketLoop, timeout: TimeAmount,
+        _ completion: @escaping (Result<TCPConnection, SocketError>) -> Void
+    ) {
+        loop.preconditionInEventLoop()
+        let family: Int32
+        switch address {
+        case .v4: family = AF_INET
+        case .v6: family = AF_INET6
+        default:
+            completion(.failure(.system("connect: not an IP address", EAFNOSUPPORT)))
+            return
+        }
+        let fd = cepoll_socket(family)
+        guard fd >= 0 else {
+            completion(.failure(.system("socket", cepoll_errno())))
+            return
+        }
+        _ = cepoll_set_int(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+        let connection = TCPConnection(fd: fd, remoteAddress: address, loop: loop)
+        let rc = address.withSockAddr { Glibc.connect(fd, $0, socklen_t($1)) }
+        let e = rc == 0 ? 0 : cepoll_errno()
+        if rc != 0, e != EINPROGRESS {
+            connection.isOpen = false
+            Glibc.close(fd)
+            completion(.failure(.system("connect to \(address)", e)))
+            return
+        }
+        do {
+            // Writable means connected (or failed: SO_ERROR tells).
+            connection.registration = try loop.register(fd, events: rc == 0 ? CEPOLL_IN : CEPOLL_OUT, source: connection)
+        } catch {
+            connection.isOpen = false
+            Glibc.close(fd)
+            completion(.failure(error))
+            return
+        }
+        if rc == 0 {
+            completion(.success(connection))
+            return
+        }
+        var attempt = Connecting(completion: completion, timer: nil)
+        attempt.timer = loop.setTimer(at: .now() + timeout) { [connection] in
+            guard connection.connecting != nil else { return }
+            connection.connecting?.timer = nil
+            connection.connectFinished(.timeout)
+        }
+        connection.connecting = attempt
+    }
+
+    private func connectFinished(_ error: SocketError?) {
+        guard let attempt = connecting else { return }
+        connecting = nil
+        if let timer = attempt.timer { loop.cancelTimer(timer) }
+        if let error {
+            closeSilently()
+            attempt.completion(.failure(error))
+            return
+        }
+        updateInterest()
+        attempt.completion(.success(self))
+    }
+
+    // MARK: events
+
+    public func ready(events: UInt32) {
+        if connecting != nil {
+            let e = cepoll_socket_error(fd)
+            connectFinished(e == 0 ? nil : .system("connect to \(remoteAddress.map { "\($0)" } ?? "?")", e))
+            return
+        }
+        if events & CEPOLL_OUT != 0, waitingForWritable { flushNow() }
+        guard isOpen else { return }
+        if events & (CEPOLL_IN | CEPOLL_HUP | CEPOLL_ERR) != 0 {
+            if readsPaused {
+                // Not reading, yet the peer hung up or failed: waiting would spin (epoll is
+                // level-triggered), so the connection ends here.
+                if events & (CEPOLL_HUP | CEPOLL_ERR) != 0 {
+                    let e = cepoll_socket_error(fd)
+                    close(error: e == 0 ? nil : .system("socket", e))
+                }
+                return
+            }
+            readNow()
+        }
+    }
+
+    private func readNow() {
+        var delivered = false
+        for _ in 0..<Self.readsPerEvent {
+            var buffer = loop.receiveBuffer
+            loop.receiveBuffer = ByteBuffer()
+            buffer.clear(minimumCapacity: Self.readSize)
+            var result = 0
+            var failure: Int32 = 0
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.readSize) { p in
+                result = Glibc.read(fd, p.baseAddress, p.count)
+                if result < 0 { failure = cepoll_errno() }
+                return max(result, 0)
+            }
+            if result > 0 {
+                let filled = buffer.writableBytes == 0
+                delivered = true
+                delegate?.connectionRead(self, buffer)
+                loop.receiveBuffer = buffer
+                guard isOpen, !readsPaused, filled else { break }
+                continue
+            }
+            loop.receiveBuffer = buffer
+            if result == 0 {
+                if delivered { delegate?.connectionReadComplete(self) }
+                close(error: nil)
+                return
+            }
+            if failure == EINTR { continue }
+            if failure == EAGAIN || failure == EWOULDBLOCK { break }
+            if delivered { delegate?.connectionReadComplete(self) }
+            close(error: .system("read", failure))
+            return
+        }
+        if delivered, isOpen { delegate?.connectionReadComplete(self) }
+    }
+
+    // MARK: reading control
+
+    /// Stops reading (back-pressure): the kernel's buffers fill and the peer slows down.
+    public func pauseReads() {
+        guard !readsPaused else { return }
+        readsPaused = true
+        updateInterest()
+    }
+
+    public func resumeReads() {
+        guard readsPaused else { return }
+        readsPaused = false
+        updateInterest()
+    }
+
+    public var isReading: Bool { !readsPaused }
+
+    private func updateInterest() {
+        guard isOpen, let registration else { return }
+        var events: UInt32 = 0
+        if !readsPaused && !closeWhenFlushed { events |= CEPOLL_IN }
+        if waitingForWritable { events |= CEPOLL_OUT }
+        loop.reregister(registration, events: events)
+    }
+
+    // MARK: writing
+
+    /// Queues `bytes`; nothing is sent before ``flush()``.
+    public func write(_ bytes: ByteBuffer) {
+        guard isOpen, !closeWhenFlushed, bytes.readableBytes > 0 else { return }
+        pending.append(bytes)
+        pendingBytes += bytes.readableBytes
+        if isWritable, pendingBytes > writeWatermarks.high {
+            isWritable = false
+            delegate?.connectionWritabilityChanged(self)
+        }
+    }
+
+    /// Sends what is queued, as far as the kernel takes it; the rest goes when it can.
+    public func flush() {
+        guard isOpen, !waitingForWritable, !pending.isEmpty else { return }
+        flushNow()
+    }
+
+    public func writeAndFlush(_ bytes: ByteBuffer) {
+        write(bytes)
+        flush()
+    }
+
+    private func flushNow() {
+        while isOpen, !pending.isEmpty {
+            let written = writeQueued()
+            if written < 0 {
+                let e = cepoll_errno()
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK {
+                    if !waitingForWritable {
+                        waitingForWritable = true
+                        updateInterest()
+                    }
+                    return
+                }
+                close(error: .system("write", e))
+                return
+            }
+            consume(written)
+        }
+        guard isOpen else { return }
+        if waitingForWritable {
+            waitingForWritable = false
+            updateInterest()
+        }
+        if closeWhenFlushed { close(error: nil) }
+    }
+
+    /// One `writev` of the queue's head; the byte count or -1.
+    private func writeQueued() -> Int {
+        let count = min(pending.count, Self.maxIOVecs)
+        if count == 1 {
+            return pending[pending.startIndex].withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        }
+        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { vecs in
+            var i = 0
+            var index = pending.startIndex
+            while i < count {
+                // The pointers outlive the closures: `pending` holds the buffers, unchanged,
+                // until `writev` returns (NIO's PendingWritesManager relies on the same).
+                pending[index].withUnsafeReadableBytes {
+                    vecs[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
+                }
+                i += 1
+                index = pending.index(after: index)
+            }
+            return Glibc.writev(fd, vecs.baseAddress, Int32(count))
+        }
+    }
+
+    private func consume(_ written: Int) {
+        var left = written
+        pendingBytes -= written
+        while left > 0 {
+            let size = pending[pending.startIndex].readableBytes
+            if size <= left {
+                pending.removeFirst()
+                left -= size
+            } else {
+                pending[pending.startIndex].moveReaderIndex(forwardBy: left)
+                left = 0
+            }
+        }
+        if !isWritable, pendingBytes < writeWatermarks.low {
+            isWritable = true
+            delegate?.connectionWritabilityChanged(self)
+        }
+    }
+
+    // MARK: closing
+
+    /// Closes once what is queued is sent (reading stops now).
+    public func closeAfterFlush() {
+        guard isOpen else { return }
+        if pending.isEmpty {
+            close(error: nil)
+            return
+        }
+        closeWhenFlushed = true
+        updateInterest()
+        if !waitingForWritable { flushNow() }
+    }
+
+    /// Closes now; queued bytes are dropped. The delegate hears of it (once).
+    public func close(error: SocketError? = nil) {
+        guard isOpen else { return }
+        closeSilently()
+        let delegate = self.delegate
+        self.delegate = nil
+        delegate?.connectionClosed(self, error: error)
+    }
+
+    /// Closes with a reset (`SO_LINGER` 0): for a peer that broke the protocol.
+    public func reset() {
+        guard isOpen else { return }
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close(error: nil)
+    }
+
+    private func closeSilently() {
+        guard isOpen else { return }
+        isOpen = false
+        if let registration { loop.deregister(registration) }
+        registration = nil
+        Glibc.close(fd)
+        pending.removeAll()
+        pendingBytes = 0
+    }
+
+    func closeForShutdown() {
+        if connecting != nil {
+            connectFinished(.closed)
+        } else {
+            close(error: .closed)
+        }
+    }
+}

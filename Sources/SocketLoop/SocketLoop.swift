@@ -1,4 +1,5 @@
 import CEpoll
+import Dispatch
 import Glibc
 import NIOConcurrencyHelpers
 import NIOCore
@@ -25,9 +26,9 @@ public protocol SocketLoopSource: AnyObject {
 /// NIO channels cannot be registered here (bootstraps need NIO's own loops): what needs them
 /// (TLS, the admin listener, HTTP fetches) runs on NIO loops and hops here through `execute`.
 public final class SocketLoop: EventLoop, @unchecked Sendable {
-    // @unchecked Sendable: every stored property below the lock is touched only on the loop's
-    // thread (checked by `preconditionInEventLoop` where it matters); `remote` and `wakeArmed`
-    // only under `lock`.
+    // @unchecked Sendable: every stored property below the lock's group is touched only on the
+    // loop's thread (checked by `preconditionInEventLoop` where it matters); `remote`,
+    // `wakeArmed`, `stopRequested`, `stopped` and `shutdownCallbacks` only under `lock`.
 
     /// A label for logs and thread names.
     public let name: String
@@ -40,13 +41,17 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
     private var remote: [() -> Void] = []
     private var wakeArmed = false
     private var stopRequested = false
-    private var shutdownCallbacks: [(DispatchQueueBox, @Sendable (Error?) -> Void)] = []
+    private var stopped = false
+    private var shutdownCallbacks: [(DispatchQueue, @Sendable (Error?) -> Void)] = []
 
     private var local = CircularBuffer<() -> Void>(initialCapacity: 64)
     private var timers = TimerHeap()
     private var sources: [SourceSlot] = []
     private var freeSlots: [Int] = []
     private var running = true
+    /// Whether the wake-up descriptor fired: only then can `remote` hold tasks (a task is
+    /// queued there and the descriptor written under one lock), so quiet turns take no lock.
+    private var woken = true
     /// The buffer every socket on this loop reads into; handed to the reader and taken back,
     /// so it is reused unless the reader kept (a slice of) it.
     var receiveBuffer = ByteBufferAllocator().buffer(capacity: TCPConnection.readSize)
@@ -144,14 +149,14 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
         let timer = TimerHeap.Timer(deadline: deadline) {
             do { promise.assumeIsolatedUnsafeUnchecked().succeed(try task()) } catch { promise.fail(error) }
         }
-        let bound = UnsafeTransfer(timer)
+        let bound = LoopOnly(timer)
         let scheduled = Scheduled(promise: promise) { [self] in
             // Cancellation may come from any thread; the heap is the loop's.
-            enqueue { [self] in
+            execute { [self] in
                 if timers.remove(bound.value) { promise.fail(EventLoopError.cancelled) }
             }
         }
-        enqueue { [self] in timers.insert(bound.value) }
+        execute { [self] in timers.insert(bound.value) }
         return scheduled
     }
 
@@ -172,8 +177,8 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
     /// Stops the loop after the tasks already queued; sources still registered are closed.
     public func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable (Error?) -> Void) {
         let alreadyStopped: Bool = lock.withLock {
-            if stopRequested && !running { return true }
-            shutdownCallbacks.append((DispatchQueueBox(queue), callback))
+            if stopped { return true }
+            shutdownCallbacks.append((queue, callback))
             stopRequested = true
             return false
         }
@@ -230,7 +235,7 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
     // MARK: registration
 
     /// Registers `fd` for `events` (`CEPOLL_IN`, `CEPOLL_OUT`); the loop holds `source` until
-    /// ``deregister(_:)``.
+    /// ``close(_:)``.
     public func register(_ fd: Int32, events: UInt32, source: SocketLoopSource) throws(SocketError) -> Registration {
         preconditionInEventLoop()
         let slot: Int
@@ -255,11 +260,12 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
         _ = cepoll_ctl(epfd, EPOLL_CTL_MOD, registration.fd, events, registration.token)
     }
 
-    /// Stops watching the descriptor (call before closing it) and lets go of its source.
-    public func deregister(_ registration: Registration) {
+    /// Stops watching the descriptor, lets go of its source and closes the descriptor.
+    public func close(_ registration: Registration) {
         preconditionInEventLoop()
         _ = cepoll_ctl(epfd, EPOLL_CTL_DEL, registration.fd, 0, 0)
         if sources[registration.slot].generation == registration.generation { release(registration.slot) }
+        Glibc.close(registration.fd)
     }
 
     private func release(_ slot: Int) {
@@ -292,8 +298,7 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
             if !local.isEmpty {
                 timeout = 0
             } else if let next = timers.nextDeadline {
-                let ns = next.uptimeNanoseconds > NIODeadline.now().uptimeNanoseconds
-                    ? next.uptimeNanoseconds - NIODeadline.now().uptimeNanoseconds : 0
+                let ns = max((next - .now()).nanoseconds, 0)
                 // Rounded up: a timer never fires early.
                 timeout = Int32(clamping: (ns + 999_999) / 1_000_000)
             } else {
@@ -306,6 +311,7 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
                     if token == 0 {
                         var value: UInt64 = 0
                         _ = Glibc.read(wakeFD, &value, 8)
+                        woken = true
                         continue
                     }
                     let slot = Int(token & 0xFFFF_FFFF) - 1
@@ -321,27 +327,31 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
         for slot in sources.indices {
             if let source = sources[slot].source as? SocketLoopClosable { source.closeForShutdown() }
         }
+        woken = true
         runTasks()
-        let callbacks: [(DispatchQueueBox, @Sendable (Error?) -> Void)] = lock.withLock {
-            running = false
+        let callbacks: [(DispatchQueue, @Sendable (Error?) -> Void)] = lock.withLock {
+            stopped = true
             defer { shutdownCallbacks = [] }
             return shutdownCallbacks
         }
         Glibc.close(wakeFD)
         Glibc.close(epfd)
-        for (queue, callback) in callbacks { queue.queue.async { callback(nil) } }
+        for (queue, callback) in callbacks { queue.async { callback(nil) } }
     }
 
     private func runTasks() {
         // Tasks queued by these tasks wait for the next turn, after I/O: a task that re-queues
         // itself cannot starve the sockets.
         var budget = local.count
-        let others: [() -> Void] = lock.withLock {
-            wakeArmed = false
-            defer { remote.removeAll(keepingCapacity: true) }
-            return remote
+        if woken {
+            woken = false
+            let others: [() -> Void] = lock.withLock {
+                wakeArmed = false
+                defer { remote.removeAll(keepingCapacity: true) }
+                return remote
+            }
+            for task in others { task() }
         }
-        for task in others { task() }
         while budget > 0, let task = local.popFirst() {
             budget -= 1
             task()
@@ -384,15 +394,10 @@ public enum SocketError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-import Dispatch
-
-struct DispatchQueueBox: @unchecked Sendable {
-    let queue: DispatchQueue
-    init(_ queue: DispatchQueue) { self.queue = queue }
-}
-
-/// Moves a loop-owned reference into a `@Sendable` closure that only runs on that loop.
-struct UnsafeTransfer<T>: @unchecked Sendable {
+/// Carries the timer of a `scheduleTask` called from any thread into closures that run only on
+/// the loop. `NIOLoopBound` cannot: it must be made on the loop, and its sending form refuses a
+/// value that holds the caller's non-`Sendable` task.
+private struct LoopOnly<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
 }

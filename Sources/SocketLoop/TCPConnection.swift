@@ -220,8 +220,6 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         updateInterest()
     }
 
-    public var isReading: Bool { !readsPaused }
-
     private func updateInterest() {
         guard isOpen, let registration else { return }
         var events: UInt32 = 0
@@ -344,20 +342,11 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         delegate?.connectionClosed(self, error: error)
     }
 
-    /// Closes with a reset (`SO_LINGER` 0): for a peer that broke the protocol.
-    public func reset() {
-        guard isOpen else { return }
-        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-        close(error: nil)
-    }
-
     private func closeSilently() {
         guard isOpen else { return }
         isOpen = false
-        if let registration { loop.deregister(registration) }
+        if let registration { loop.close(registration) } else { Glibc.close(fd) }
         registration = nil
-        Glibc.close(fd)
         pending.removeAll()
         pendingBytes = 0
     }

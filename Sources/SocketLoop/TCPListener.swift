@@ -81,9 +81,8 @@ public final class TCPListener: SocketLoopSource, SocketLoopClosable {
     public func close() {
         guard isOpen else { return }
         isOpen = false
-        if let registration { loop.deregister(registration) }
+        if let registration { loop.close(registration) } else { Glibc.close(fd) }
         registration = nil
-        Glibc.close(fd)
     }
 
     func closeForShutdown() { close() }

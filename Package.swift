@@ -56,6 +56,7 @@ let package = Package(
             dependencies: [
                 "CEpoll",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             // Loop-confined final classes, like Proxy's handlers: without this the runtime's

@@ -103,6 +103,19 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
 
     // MARK: EventLoop
 
+    /// The loop running on this thread, if it is a `SocketLoop`'s (NIO's
+    /// `MultiThreadedEventLoopGroup.currentEventLoop` knows only NIO's own loops).
+    public static var current: SocketLoop? {
+        guard let pointer = pthread_getspecific(currentKey) else { return nil }
+        return Unmanaged<SocketLoop>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
+    private static let currentKey: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create")
+        return key
+    }()
+
     public var inEventLoop: Bool { pthread_equal(pthread_self(), thread) != 0 }
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
@@ -286,6 +299,8 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
 
     private func run() {
         thread = pthread_self()
+        // Unretained: the thread's own reference (taken in init) outlives this.
+        pthread_setspecific(Self.currentKey, Unmanaged.passUnretained(self).toOpaque())
         started.lock()
         started.unlock(withValue: 1)
         let capacity = 256

@@ -50,11 +50,19 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     public private(set) var pendingBytes = 0
 
     private var registration: SocketLoop.Registration?
-    private var pending = CircularBuffer<ByteBuffer>(initialCapacity: 4)
+    private var pending = CircularBuffer<PendingWrite>(initialCapacity: 4)
+    /// Promises of writes the kernel has taken, completed once the queue is consistent again
+    /// (a completion may write, flush or close).
+    private var written = CircularBuffer<EventLoopPromise<Void>>()
     private var readsPaused = false
     private var waitingForWritable = false
     private var closeWhenFlushed = false
     private var connecting: Connecting?
+
+    private struct PendingWrite {
+        var bytes: ByteBuffer
+        var promise: EventLoopPromise<Void>?
+    }
 
     private struct Connecting {
         var completion: (Result<TCPConnection, SocketError>) -> Void
@@ -230,10 +238,22 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
 
     // MARK: writing
 
-    /// Queues `bytes`; nothing is sent before ``flush()``.
-    public func write(_ bytes: ByteBuffer) {
-        guard isOpen, !closeWhenFlushed, bytes.readableBytes > 0 else { return }
-        pending.append(bytes)
+    /// Queues `bytes`; nothing is sent before ``flush()``. `promise` succeeds once the kernel
+    /// has taken them (and everything queued before), or fails if the connection closes first.
+    public func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
+        guard isOpen, !closeWhenFlushed else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        if bytes.readableBytes == 0 {
+            // Kept in line only to complete after what is queued before it.
+            guard let promise else { return }
+            if pending.isEmpty {
+                promise.succeed()
+                return
+            }
+        }
+        pending.append(PendingWrite(bytes: bytes, promise: promise))
         pendingBytes += bytes.readableBytes
         if isWritable, pendingBytes > writeWatermarks.high {
             isWritable = false
@@ -247,8 +267,8 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         flushNow()
     }
 
-    public func writeAndFlush(_ bytes: ByteBuffer) {
-        write(bytes)
+    public func writeAndFlush(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
+        write(bytes, promise: promise)
         flush()
     }
 
@@ -282,7 +302,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     private func writeQueued() -> Int {
         let count = min(pending.count, Self.maxIOVecs)
         if count == 1 {
-            return pending[pending.startIndex].withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            return pending[pending.startIndex].bytes.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         }
         return withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { vecs in
             var i = 0
@@ -290,7 +310,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
             while i < count {
                 // The pointers outlive the closures: `pending` holds the buffers, unchanged,
                 // until `writev` returns (NIO's PendingWritesManager relies on the same).
-                pending[index].withUnsafeReadableBytes {
+                pending[index].bytes.withUnsafeReadableBytes {
                     vecs[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
                 }
                 i += 1
@@ -300,23 +320,21 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         }
     }
 
-    private func consume(_ written: Int) {
-        var left = written
-        pendingBytes -= written
-        while left > 0 {
-            let size = pending[pending.startIndex].readableBytes
-            if size <= left {
-                pending.removeFirst()
-                left -= size
-            } else {
-                pending[pending.startIndex].moveReaderIndex(forwardBy: left)
-                left = 0
-            }
+    private func consume(_ count: Int) {
+        var left = count
+        pendingBytes -= count
+        // Empty entries (promises in line) go as soon as everything before them has.
+        while !pending.isEmpty, pending[pending.startIndex].bytes.readableBytes <= left {
+            let size = pending[pending.startIndex].bytes.readableBytes
+            left -= size
+            if let promise = pending.removeFirst().promise { written.append(promise) }
         }
+        if left > 0 { pending[pending.startIndex].bytes.moveReaderIndex(forwardBy: left) }
         if !isWritable, pendingBytes < writeWatermarks.low {
             isWritable = true
             delegate?.connectionWritabilityChanged(self)
         }
+        while let promise = written.popFirst() { promise.succeed() }
     }
 
     // MARK: closing
@@ -347,8 +365,8 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         isOpen = false
         if let registration { loop.close(registration) } else { Glibc.close(fd) }
         registration = nil
-        pending.removeAll()
         pendingBytes = 0
+        while let entry = pending.popFirst() { entry.promise?.fail(ChannelError.ioOnClosedChannel) }
     }
 
     func closeForShutdown() {

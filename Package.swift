@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "Redis",
             dependencies: [
-                "Config", "CHiredis",
+                "Config", "CHiredis", "SocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -78,7 +78,7 @@ let package = Package(
         .target(
             name: "RateLimit",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "CBuckets", "Redis", "COpenSSL", "Telemetry",
+                "Config", "Scripting", "CLuaRuntime", "CBuckets", "Redis", "COpenSSL", "Telemetry", "SocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -92,7 +92,7 @@ let package = Package(
         .target(
             name: "HTTPClient",
             dependencies: [
-                "Config",
+                "Config", "SocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -113,7 +113,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "HTTPClient", "Telemetry",
+                "Config", "Scripting", "CLuaRuntime", "HTTPClient", "Telemetry", "SocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -143,7 +143,7 @@ let package = Package(
         .target(
             name: "Auth",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "CJOSE", "HTTPClient", "Telemetry",
+                "Config", "Scripting", "CLuaRuntime", "CJOSE", "HTTPClient", "Telemetry", "SocketLoop",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -165,7 +165,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis", "HTTPClient", "Telemetry",
+                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis", "HTTPClient", "Telemetry", "SocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -4,6 +4,7 @@ import Config
 import Foundation
 import HTTPClient
 import NIOCore
+import SocketLoop
 import NIOHTTP1
 import NIOPosix
 import Scripting
@@ -207,7 +208,7 @@ final class HTTPIntrospection: IntrospectionTransport {
     }
 
     func introspect(server: Int, token: [UInt8], completion: @escaping (Result<HTTPFetch.Response, HTTPFetch.Failure>) -> Void) {
-        guard let loop = MultiThreadedEventLoopGroup.currentEventLoop else {
+        guard let loop = SocketLoop.currentEventLoop else {
             completion(.failure(HTTPFetch.Failure(.connection, "not on a gateway event loop")))
             return
         }

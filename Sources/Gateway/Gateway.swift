@@ -12,6 +12,7 @@ import Prometheus
 import Proxy
 import RateLimit
 import Scripting
+import SocketLoop
 import Telemetry
 
 /// The running gateway: one event loop per worker, each with its own `ProxyWorker`, and the
@@ -31,7 +32,10 @@ public actor Gateway {
     private let workerOverride: Int?
     private let environment: [String: String]
     private var logger: Logger
-    private var group: MultiThreadedEventLoopGroup?
+    /// The workers' loops: the gateway's own epoll loops (`SocketLoop`), one per core.
+    private var group: SocketLoopGroup?
+    /// A NIO loop for the admin listener, which uses NIO's server bootstrap and HTTP codec.
+    private var adminGroup: MultiThreadedEventLoopGroup?
     var workers: [NIOLoopBound<ProxyWorker>] = []
     private var listeners: [SocketAddressSpec: RunningListener] = [:]
     private(set) public var generation: ProxyGeneration?
@@ -71,8 +75,12 @@ public actor Gateway {
     private struct RunningListener {
         let listener: Listener
         let handle: ListenerHandle
-        let channels: [Channel]
+        let sockets: [NIOLoopBound<TCPListener>]
         let port: Int
+
+        func close() async {
+            for socket in sockets { try? await socket.eventLoop.submit { socket.value.close() }.get() }
+        }
     }
 
     public init(configPath: String, workers: Int? = nil, environment: [String: String], logger: Logger, version: String = "dev") {
@@ -92,7 +100,7 @@ public actor Gateway {
         lastReadAt = Date()
         let config = try ConfigLoader.load(path: configPath, environment: environment)
         let count = workerOverride ?? config.workers ?? System.coreCount
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
+        let group = try SocketLoopGroup(count: count, name: "worker")
         scriptFamilies = ScriptMetricFamilies(maxSeries: config.metrics.maxSeries)
         let modules: [any LuaModule]
         let generation: ProxyGeneration
@@ -130,7 +138,9 @@ public actor Gateway {
         self.generation = generation
         lastReload = ReloadResult(generation: generation.id, errors: [])
         if let address = config.admin {
-            admin = try await AdminServer.start(address, gateway: self, group: group, logger: logger)
+            let adminGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            self.adminGroup = adminGroup
+            admin = try await AdminServer.start(address, gateway: self, group: adminGroup, logger: logger)
         }
         logger.info(
             "gateway started",
@@ -183,7 +193,7 @@ public actor Gateway {
             do {
                 opened[listener.address] = try await bind(listener)
             } catch {
-                for l in opened.values { for c in l.channels { try? await c.close() } }
+                for l in opened.values { await l.close() }
                 return rejected(current, ["\(configPath): \(error)"])
             }
         }
@@ -198,7 +208,7 @@ public actor Gateway {
         listeners.merge(opened) { $1 }
         for (address, running) in listeners where !wanted.contains(address) {
             listeners[address] = nil
-            for channel in running.channels { try? await channel.close() }
+            await running.close()
             for worker in workers {
                 let handle = running.handle
                 try? await worker.eventLoop.submit { worker.value.drain(listener: handle) }.get()
@@ -254,7 +264,7 @@ public actor Gateway {
         for task in probeTasks { task.cancel() }
         probeTasks = []
         let drain = TimeAmount(generation?.config.timeouts.drain ?? .seconds(10))
-        for running in listeners.values { for channel in running.channels { try? await channel.close() } }
+        for running in listeners.values { await running.close() }
         listeners = [:]
         for (index, worker) in workers.enumerated() {
             if let (states, bytes) = try? await worker.eventLoop.submit({ worker.value.luaStats }).get(), states > 0 {
@@ -277,6 +287,8 @@ public actor Gateway {
         admin = nil
         self.group = nil
         try? await group.shutdownGracefully()
+        try? await adminGroup?.shutdownGracefully()
+        adminGroup = nil
         logger.info("gateway stopped")
     }
 
@@ -443,30 +455,33 @@ public actor Gateway {
         // mistake, or anything of the same user) already listens on, silently splitting its
         // traffic. A plain bind first turns that into "address in use".
         let handle = ListenerHandle(name: listener.name)
-        var channels: [Channel] = []
+        var sockets: [NIOLoopBound<TCPListener>] = []
         var port = listener.address.port
         do {
             if port != 0 { try PortProbe.ensureFree(host: listener.address.host, port: port) }
-            for worker in workers {
-                let channel = try await ServerBootstrap(group: worker.eventLoop)
-                    .serverChannelOption(.backlog, value: 4096)
-                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                    .serverChannelOption(ChannelOptions.Types.SocketOption(level: .init(rawValue: SOL_SOCKET), name: .init(rawValue: SO_REUSEPORT)), value: 1)
-                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                    .childChannelOption(.maxMessagesPerRead, value: 4)
-                    .childChannelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture { try worker.value.accept(channel, listener: handle) }
+            guard let group else { throw ListenerError(listener: listener, reason: "not started") }
+            for (loop, worker) in zip(group.loops, workers) {
+                let address = try SocketAddress.makeAddressResolvingHost(listener.address.host, port: port)
+                let (socket, bound) = try await loop.submit { () -> (NIOLoopBound<TCPListener>, Int) in
+                    let socket = try TCPListener(address: address, on: loop, reusePort: true, backlog: 4096) { connection in
+                        let channel = SocketChannel(connection)
+                        do {
+                            try worker.value.accept(channel, listener: handle)
+                            try channel.activate()
+                        } catch {
+                            channel.close(promise: nil)
+                        }
                     }
-                    .bind(host: listener.address.host, port: port)
-                    .get()
-                channels.append(channel)
-                port = channel.localAddress?.port ?? port
+                    return (NIOLoopBound(socket, eventLoop: loop), socket.localAddress.port ?? 0)
+                }.get()
+                sockets.append(socket)
+                port = bound
             }
         } catch {
-            for channel in channels { try? await channel.close() }
+            for socket in sockets { try? await socket.eventLoop.submit { socket.value.close() }.get() }
             throw ListenerError(listener: listener, reason: "\(error)")
         }
-        return RunningListener(listener: listener, handle: handle, channels: channels, port: port)
+        return RunningListener(listener: listener, handle: handle, sockets: sockets, port: port)
     }
 }
 

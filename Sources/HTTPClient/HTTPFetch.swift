@@ -1,5 +1,6 @@
 import Config
 import NIOCore
+import SocketLoop
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
@@ -88,18 +89,13 @@ public enum HTTPFetch {
             promise.fail(Failure(.timeout, "no complete answer within \(timeout.nanoseconds / 1_000_000) ms"))
         }
         promise.futureResult.whenComplete { _ in timer.cancel() }
-        ClientBootstrap(group: loop)
-            .connectTimeout(timeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let tls = target.tls {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: target.serverHostname))
-                    }
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(Collector(promise: promise, maxBytes: maxBytes))
-                }
+        TCPClient.connect(host: host, port: port, on: loop, timeout: timeout) { channel in
+            if let tls = target.tls {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: target.serverHostname))
             }
-            .connect(host: host, port: port)
+            try channel.pipeline.syncOperations.addHTTPClientHandlers()
+            try channel.pipeline.syncOperations.addHandler(Collector(promise: promise, maxBytes: maxBytes))
+        }
             .whenComplete { result in
                 switch result {
                 case .failure(let error):

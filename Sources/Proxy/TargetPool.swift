@@ -1,6 +1,7 @@
 import Config
 import HTTPClient
 import NIOCore
+import SocketLoop
 import NIOPosix
 
 /// Kept-alive connections to one origin server, owned by one event loop. Idle connections are
@@ -81,16 +82,10 @@ final class TargetPool {
             handler.pool = self
             return connector.connect(self, handler: handler).assumeIsolatedUnsafeUnchecked().map { handler }.nonisolated()
         }
-        let future = ClientBootstrap(group: eventLoop)
-            .connectTimeout(settings.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
-            .connect(to: address)
+        let future = TCPClient.connect(to: address, on: eventLoop, timeout: settings.connectTimeout) { channel in
+            let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
+            try channel.pipeline.syncOperations.addHandler(handler)
+        }
             .flatMapThrowing { channel in
                 try channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self)
             }

@@ -2,6 +2,7 @@ import Config
 import Foundation
 import Logging
 import NIOCore
+import SocketLoop
 import NIOPosix
 import Redis
 import Scripting
@@ -89,7 +90,7 @@ public final class RedisBuckets: RedisBucketStore, @unchecked Sendable {
 
     @inline(__always)
     private func client(_ server: Int) -> RedisClient? {
-        guard let loop = MultiThreadedEventLoopGroup.currentEventLoop else { return nil }
+        guard let loop = SocketLoop.currentEventLoop else { return nil }
         for entry in clients[server] where entry.loop === loop { return entry.client.value }
         return nil
     }

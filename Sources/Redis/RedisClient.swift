@@ -1,6 +1,7 @@
 import Config
 import Logging
 import NIOCore
+import SocketLoop
 import NIOPosix
 
 /// One worker's connection to one Redis server: commands are pipelined on a single
@@ -122,15 +123,9 @@ public final class RedisClient {
         stats.connects += 1
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         let loop = eventLoop
-        ClientBootstrap(group: loop)
-            .connectTimeout(TimeAmount(server.connectTimeout))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(client: bound.value))
-                }
-            }
-            .connect(host: server.address.host, port: server.address.port)
+        TCPClient.connect(host: server.address.host, port: server.address.port, on: loop, timeout: TimeAmount(server.connectTimeout)) {
+            try $0.pipeline.syncOperations.addHandler(RedisChannelHandler(client: bound.value))
+        }
             .hop(to: loop)
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { [self] result in

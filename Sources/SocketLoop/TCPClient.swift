@@ -69,3 +69,12 @@ public enum TCPClient {
             }
     }
 }
+
+extension SocketLoop {
+    /// The event loop running this thread: a `SocketLoop` (the gateway's workers) or one of
+    /// NIO's (tests, tools); `nil` off every loop.
+    public static var currentEventLoop: EventLoop? {
+        if let loop = current { return loop }
+        return MultiThreadedEventLoopGroup.currentEventLoop
+    }
+}

@@ -464,13 +464,8 @@ public actor Gateway {
                 let address = try SocketAddress.makeAddressResolvingHost(listener.address.host, port: port)
                 let (socket, bound) = try await loop.submit { () -> (NIOLoopBound<TCPListener>, Int) in
                     let socket = try TCPListener(address: address, on: loop, reusePort: true, backlog: 4096) { connection in
-                        let channel = SocketChannel(connection)
-                        do {
-                            try worker.value.accept(channel, listener: handle)
-                            try channel.activate()
-                        } catch {
-                            channel.close(promise: nil)
-                        }
+                        // A failed start leaves the socket unregistered; its deinit closes it.
+                        try? worker.value.accept(connection, listener: handle)
                     }
                     return (NIOLoopBound(socket, eventLoop: loop), socket.localAddress.port ?? 0)
                 }.get()

@@ -1,4 +1,5 @@
 import NIOCore
+import SocketLoop
 
 extension DownstreamConnectionHandler {
     /// Answers the request with `status` and `{"error": ..., "request_id": ...}`. If part of a
@@ -69,7 +70,7 @@ extension DownstreamConnectionHandler {
             inbound = nil
             closeAfterFlush()
         } else {
-            context.flush()
+            io.flush()
             requestBodyDone = true
             finishExchange()
         }
@@ -139,5 +140,19 @@ extension ProxyWorker {
     public func accept(_ channel: Channel, listener: ListenerHandle) throws {
         eventLoop.assertInEventLoop()
         try channel.pipeline.syncOperations.addHandler(DownstreamConnectionHandler(worker: self, listener: listener))
+    }
+
+    /// Serves a newly accepted socket on this worker's `SocketLoop`, with no pipeline between
+    /// the handler and the socket.
+    public func accept(_ connection: TCPConnection, listener: ListenerHandle) throws(SocketError) {
+        eventLoop.assertInEventLoop()
+        let handler = DownstreamConnectionHandler(worker: self, listener: listener)
+        handler.attach(.socket(connection))
+        do {
+            try connection.start(delegate: handler)
+        } catch {
+            handler.closed()
+            throw error
+        }
     }
 }

@@ -58,7 +58,7 @@ extension DownstreamConnectionHandler {
     @inline(__always)
     func sendToClient(_ buffer: ByteBuffer) {
         bytesSent &+= buffer.readableBytes
-        context.write(wrapOutboundOut(buffer), promise: nil)
+        io.write(buffer)
     }
 
     private func writeLogLine(_ log: AccessLog, status: Int, nanoseconds: Int64, now: Int64) {

@@ -200,7 +200,7 @@ extension DownstreamConnectionHandler {
     func finishExchange() {
         recordRequest(status: sentStatus)
         // The upstream's read-complete (which flushes) reaches us only while we hold it.
-        context.flush()
+        io.flush()
         if requestHead != nil { endScript() }
         if let upstream {
             self.upstream = nil
@@ -228,12 +228,7 @@ extension DownstreamConnectionHandler {
         recordRequest(status: sentStatus)
         if requestHead != nil { endScript() }
         state = .closing
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(allocator.buffer(capacity: 0)), promise: promise)
-        let context = self.context!
-        promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { _ in
-            context.close(promise: nil)
-        }
+        io.closeAfterFlush()
     }
 
     func upstreamClosed(error: Error?, reused: Bool) {

@@ -62,7 +62,7 @@ extension DownstreamConnectionHandler {
             respondError(503, "upstream connection pool full", close: false)
             return
         }
-        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: pool.settings.queueTimeout) { [self] in
+        timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: pool.settings.queueTimeout) { [self] in
             pool.cancelWait(id)
             guard requestSerial == serial, state == .connecting else { return }
             respondError(503, "no upstream connection free in time", close: false)

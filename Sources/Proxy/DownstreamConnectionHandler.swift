@@ -1,6 +1,7 @@
 // Hot path: per request, no allocation beyond the heads written.
 import NIOCore
 import Scripting
+import SocketLoop
 
 /// One client connection. Reads request heads straight from the `ByteBuffer`, picks a route
 /// and a pooled upstream connection, and forwards bytes both ways: the request head is
@@ -11,7 +12,10 @@ import Scripting
 /// buffered); upstream reads stop while the client cannot take more. Both by switching the
 /// channel's `autoRead` when that changes, which is rare: intercepting every `read()` instead
 /// cost two handler hops per request.
-final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange {
+///
+/// On the gateway's workers it is its socket's delegate (`ConnectionIO.socket`); in the test
+/// harness and on NIO loops, a handler in the channel's pipeline. Both feed the same methods.
+final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDelegate, UpstreamExchange {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -52,7 +56,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     /// Cached: `context.channel.allocator` is two calls and a retain per use.
     var allocator = ByteBufferAllocator()
     let listener: ListenerHandle
-    var context: ChannelHandlerContext!
+    var io = ConnectionIO.none
     var state = State.idle
     /// Client bytes not yet consumed: a partial head, or what came after the current request.
     var inbound: ByteBuffer?
@@ -170,23 +174,66 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
 
     // MARK: channel events
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        allocator = context.channel.allocator
+    /// Starts serving the connection behind `io`.
+    func attach(_ io: ConnectionIO) {
+        self.io = io
         requestID = allocator.buffer(capacity: 64)
         upstreamHeadOut = allocator.buffer(capacity: 1024)
         clientHeadOut = allocator.buffer(capacity: 512)
-        if let ip = context.channel.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
+        if let ip = io.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
         worker.register(self)
         armTimer()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        allocator = context.channel.allocator
+        attach(.pipeline(context))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        io = .none
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        closed()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        read(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        readComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        forceClose()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: socket events (TCPConnectionDelegate)
+
+    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) { read(bytes) }
+    func connectionReadComplete(_ connection: TCPConnection) { readComplete() }
+    func connectionWritabilityChanged(_ connection: TCPConnection) { writabilityChanged(connection.isWritable) }
+    /// An error has already closed the socket: what `errorCaught` then `channelInactive` do
+    /// on a pipeline comes down to `closed()`.
+    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {
+        closed()
+        io = .none
+    }
+
+    // MARK: events
+
+    /// The client connection has closed.
+    func closed() {
         recordRequest(status: responseStarted ? sentStatus : 499)
         let wasClosed = state == .closed
         state = .closed
@@ -200,11 +247,10 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         if !wasClosed { worker.unregister(self) }
         timer?.cancel()
         timer = nil
-        context.fireChannelInactive()
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
+    func read(_ bytes: ByteBuffer) {
+        var buffer = bytes
         lastActivity = .now()
         switch state {
         case .idle, .head:
@@ -228,7 +274,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         updateReads()
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
+    func readComplete() {
         // Only request body bytes are written upstream without a flush; responses and errors
         // flush themselves. An empty flush is still a trip through the pipeline.
         if upstreamUnflushed {
@@ -237,14 +283,9 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        forceClose()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        downstreamWritable = context.channel.isWritable
+    func writabilityChanged(_ writable: Bool) {
+        downstreamWritable = writable
         upstream?.setReadsPaused(!downstreamWritable)
-        context.fireChannelWritabilityChanged()
     }
 
     // MARK: flow control
@@ -271,9 +312,9 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     /// Switches client reads to match `readsPaused`; a no-op unless that changed.
     func updateReads() {
         let paused = readsPaused
-        guard paused != readsOff, let context else { return }
+        guard paused != readsOff, io.isAttached else { return }
         readsOff = paused
-        try? context.channel.syncOptions?.setOption(.autoRead, value: !paused)
+        io.setReading(!paused)
     }
 
     @inline(__always)
@@ -296,7 +337,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     }
 
     func upstreamReadComplete() {
-        context.flush()
+        io.flush()
     }
 
     // MARK: closing
@@ -306,7 +347,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         keepAliveClient = false
         if state == .idle, inbound == nil {
             state = .closing
-            context.close(promise: nil)
+            io.close()
         }
     }
 
@@ -321,7 +362,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         }
         guard state != .closed else { return }
         state = .closing
-        context.close(promise: nil)
+        io.close()
     }
 
     // MARK: timeouts
@@ -329,7 +370,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
     /// One timer per connection, re-armed lazily: a request only stamps times, and the timer
     /// checks, when it fires, whether the deadline that applies now has really passed.
     func armTimer() {
-        guard let context else { return }
+        guard io.isAttached else { return }
         let deadline = currentDeadline
         if timer != nil {
             // Keep the scheduled timer unless the new deadline is earlier (a request timeout
@@ -338,7 +379,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
             timer?.cancel()
         }
         timerDeadline = deadline
-        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
+        timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             timer = nil
             timerFired()
         }
@@ -362,7 +403,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, UpstreamExchange
         switch state {
         case .idle:
             state = .closing
-            context.close(promise: nil)
+            io.close()
         case .head:
             respondError(408, "request timeout", close: true)
         case .policy, .connecting, .proxying:

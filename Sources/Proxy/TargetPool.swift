@@ -82,13 +82,36 @@ final class TargetPool {
             handler.pool = self
             return connector.connect(self, handler: handler).assumeIsolatedUnsafeUnchecked().map { handler }.nonisolated()
         }
-        let future = TCPClient.connect(to: address, on: eventLoop, timeout: settings.connectTimeout) { channel in
-            let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
-            try channel.pipeline.syncOperations.addHandler(handler)
-        }
+        let future: EventLoopFuture<UpstreamConnectionHandler>
+        if let loop = eventLoop as? SocketLoop {
+            // The gateway's workers: the handler is the socket's delegate, no pipeline.
+            let promise = loop.makePromise(of: UpstreamConnectionHandler.self)
+            let timeout = settings.connectTimeout
+            TCPConnection.connect(to: address, on: loop, timeout: timeout) { result in
+                switch result {
+                case .success(let connection):
+                    let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
+                    do {
+                        try handler.attach(socket: connection)
+                        promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+                    } catch {
+                        connection.close()
+                        promise.fail(error)
+                    }
+                case .failure(.timeout): promise.fail(ChannelError.connectTimeout(timeout))
+                case .failure(let error): promise.fail(error)
+                }
+            }
+            future = promise.futureResult
+        } else {
+            future = TCPClient.connect(to: address, on: eventLoop, timeout: settings.connectTimeout) { channel in
+                let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
+                try channel.pipeline.syncOperations.addHandler(handler)
+            }
             .flatMapThrowing { channel in
                 try channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self)
             }
+        }
         let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
         return future.always { result in
             let pool = loopBound.value

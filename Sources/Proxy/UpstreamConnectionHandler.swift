@@ -1,14 +1,18 @@
 // Hot path: per request, no allocation.
 import NIOCore
+import SocketLoop
 
 /// One kept-alive connection to an origin server. Owned by a `TargetPool` while idle and by
 /// one request while in use; it forwards bytes and events to that request and holds reads
 /// while the client cannot keep up (back-pressure toward the upstream).
-final class UpstreamConnectionHandler: ChannelInboundHandler {
+///
+/// Like the downstream handler, a socket's delegate on the gateway's workers and a pipeline
+/// handler elsewhere (see `ConnectionIO`).
+final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDelegate {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private(set) var context: ChannelHandlerContext?
+    private var io = ConnectionIO.none
     /// The request using this connection; nil while pooled.
     var exchange: UpstreamExchange?
     /// The pool it returns to. Strong: a `weak` one moves the pool's refcount to a side table,
@@ -35,8 +39,15 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
     /// Kept from writability events: asking the channel costs an atomic load and retains.
     private(set) var isWritable = true
 
+    /// Takes over a connected socket (the gateway's workers).
+    func attach(socket connection: TCPConnection) throws(SocketError) {
+        io = .socket(connection)
+        isActive = true
+        try connection.start(delegate: self)
+    }
+
     func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
+        io = .pipeline(context)
         isActive = context.channel.isActive
     }
 
@@ -46,7 +57,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
+        io = .none
         timer?.cancel()
         timer = nil
     }
@@ -74,30 +85,64 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
     /// nginx's proxy_read_timeout), so a long upload is not cut while the origin listens.
     func write(_ buffer: ByteBuffer) {
         lastActivity = .now()
-        context?.write(wrapOutboundOut(buffer), promise: nil)
+        io.write(buffer)
     }
 
     func flush() {
-        context?.flush()
+        io.flush()
     }
 
     func close() {
         exchange = nil
-        context?.close(promise: nil)
+        io.close()
     }
 
     /// Stops or resumes reading from the origin (back-pressure from the client side).
     func setReadsPaused(_ paused: Bool) {
-        guard paused != readsOff, let context else { return }
+        guard paused != readsOff, io.isAttached else { return }
         readsOff = paused
-        try? context.channel.syncOptions?.setOption(.autoRead, value: !paused)
+        io.setReading(!paused)
     }
 
     // MARK: channel events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        read(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        exchange?.upstreamReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        failed(error)
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writabilityChanged(context.channel.isWritable)
+    }
+
+    // MARK: socket events (TCPConnectionDelegate)
+
+    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) { read(bytes) }
+    func connectionReadComplete(_ connection: TCPConnection) { exchange?.upstreamReadComplete() }
+    func connectionWritabilityChanged(_ connection: TCPConnection) { writabilityChanged(connection.isWritable) }
+
+    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {
+        if let error { failed(error) }
+        closed()
+        io = .none
+    }
+
+    // MARK: events
+
+    private func read(_ buffer: ByteBuffer) {
         lastActivity = .now()
-        let buffer = unwrapInboundIn(data)
         if let exchange {
             exchange.upstreamRead(buffer)
         } else {
@@ -106,11 +151,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
-        exchange?.upstreamReadComplete()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
+    private func closed() {
         isActive = false
         timer?.cancel()
         timer = nil
@@ -121,15 +162,14 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
         exchange?.upstreamClosed(error: nil, reused: uses > 1)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
+    private func failed(_ error: Error) {
         let exchange = self.exchange
         self.exchange = nil
         exchange?.upstreamClosed(error: error, reused: uses > 1)
-        context.close(promise: nil)
     }
 
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        isWritable = context.channel.isWritable
+    private func writabilityChanged(_ writable: Bool) {
+        isWritable = writable
         exchange?.upstreamWritabilityChanged(writable: isWritable)
     }
 
@@ -138,7 +178,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
     /// One timer per connection, re-armed lazily: a request only stamps `lastActivity`, and
     /// the timer, when it fires, checks whether the deadline really passed.
     private func armTimer() {
-        guard let context else { return }
+        guard let eventLoop = io.eventLoop else { return }
         let deadline = lastActivity + (exchange == nil ? idleTimeout : readTimeout)
         if timer != nil {
             // A later deadline is picked up when the timer fires; an earlier one reschedules.
@@ -146,21 +186,21 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
             timer?.cancel()
         }
         timerDeadline = deadline
-        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
+        timer = eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             timer = nil
             timerFired()
         }
     }
 
     private func timerFired() {
-        guard context != nil else { return }
+        guard io.isAttached else { return }
         let wait = exchange == nil ? idleTimeout : readTimeout
         if NIODeadline.now() >= lastActivity + wait {
             if let exchange {
                 self.exchange = nil
                 exchange.upstreamTimedOut()
             }
-            context?.close(promise: nil)
+            io.close()
         } else {
             armTimer()
         }

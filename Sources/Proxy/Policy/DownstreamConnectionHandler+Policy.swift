@@ -45,7 +45,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             poolWait = nil
             runAccess(state, route: route)
         }
-        let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(pool.program.settings.poolWait)) {
+        let timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(pool.program.settings.poolWait)) {
             [self] in
             guard let wait = poolWait, wait.id == id else { return }
             poolWait = nil
@@ -202,7 +202,8 @@ extension DownstreamConnectionHandler: ScriptHost {
         if request.expectContinue, request.minorVersion >= 1 {
             var interim = allocator.buffer(capacity: 32)
             interim.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
-            context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+            io.write(interim)
+            io.flush()
         }
         updateReads()
     }

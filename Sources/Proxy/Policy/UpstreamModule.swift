@@ -134,7 +134,7 @@ struct UpstreamModule: LuaModule {
         guard let to = try? HTTPFetch.Target(endpoint) else { return fail(L, "unavailable") }
         let resumer = h.scriptSuspend()
         HTTPFetch.send(
-            method, to, headers: headers, body: body, on: h.context.eventLoop, timeout: timeout,
+            method, to, headers: headers, body: body, on: h.worker.eventLoop, timeout: timeout,
             maxBytes: min(maxCallBytes, max(0, Lua.memoryLeft(L) / 2))
         ).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             resumer.resume { L in push(L, result) }

@@ -54,7 +54,8 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
     private var woken = true
     /// The buffer every socket on this loop reads into; handed to the reader and taken back,
     /// so it is reused unless the reader kept (a slice of) it.
-    var receiveBuffer = ByteBufferAllocator().buffer(capacity: TCPConnection.readSize)
+    /// Optional so a reader can move it out and back (`take()`) without retain or release.
+    var receiveBuffer: ByteBuffer? = ByteBufferAllocator().buffer(capacity: TCPConnection.readSize)
 
     private struct SourceSlot {
         var source: SocketLoopSource?

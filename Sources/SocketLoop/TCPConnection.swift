@@ -180,8 +180,8 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     private func readNow() {
         var delivered = false
         for _ in 0..<Self.readsPerEvent {
-            var buffer = loop.receiveBuffer
-            loop.receiveBuffer = ByteBuffer()
+            // Moved out, so a buffer nobody kept is uniquely referenced and `clear` reuses it.
+            var buffer = loop.receiveBuffer.take() ?? ByteBuffer()
             buffer.clear(minimumCapacity: Self.readSize)
             var result = 0
             var failure: Int32 = 0

@@ -1,4 +1,4 @@
-// What Glibc's Swift overlay leaves out: epoll, eventfd and accept4, for SocketLoop.
+// What Glibc's Swift overlay leaves out: epoll, eventfd, accept4 and thread names, for SocketLoop.
 #ifndef MOONGATE_CEPOLL_H
 #define MOONGATE_CEPOLL_H
 #include <sys/epoll.h>
@@ -15,6 +15,11 @@
 // accept4 is declared only with _GNU_SOURCE, which would make these headers disagree with
 // Glibc's module about shared structs.
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+// The same for pthread_setname_np (names the calling thread; the kernel keeps 15 bytes).
+#include <pthread.h>
+extern int pthread_setname_np(pthread_t thread, const char *name);
+
+static inline void cepoll_name_thread(const char *name) { (void)pthread_setname_np(pthread_self(), name); }
 
 static inline int cepoll_accept(int fd, struct sockaddr_storage *peer) {
     socklen_t len = sizeof(*peer);

@@ -17,7 +17,7 @@ public protocol SocketLoopSource: AnyObject {
 ///
 /// It is an `EventLoop`, so futures, promises, `scheduleTask` and `NIOLoopBound` work on it as
 /// on NIO's own loops, but its sockets are plain descriptors read and written with
-/// `read`/`writev`, with no `Channel` and no pipeline around them. Measured here (README,
+/// `read`/`sendmsg`, with no `Channel` and no pipeline around them. Measured here (README,
 /// "What bounds the proxy"), a NIO socket channel costs about 100 reference-count operations
 /// and 20 dynamic exclusivity checks per proxied request in its own bookkeeping (lifecycle
 /// state copies on every `isOpen`, `NIOAny` boxing, registration enums), about half of the
@@ -300,6 +300,8 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
 
     private func run() {
         thread = pthread_self()
+        // Named for `top -H` and profilers (the kernel keeps 15 bytes).
+        cepoll_name_thread(String(name.utf8.prefix(15))!)
         // Unretained: the thread's own reference (taken in init) outlives this.
         pthread_setspecific(Self.currentKey, Unmanaged.passUnretained(self).toOpaque())
         started.lock()

@@ -22,7 +22,7 @@ extension TCPConnectionDelegate {
 }
 
 /// A non-blocking TCP socket on a ``SocketLoop``: reads into `ByteBuffer`s, queues writes and
-/// sends them with `writev`, with NIO's back-pressure contract (not writable above a high
+/// sends them with `sendmsg` (a gather write), with NIO's back-pressure contract (not writable above a high
 /// watermark of queued bytes until it drains below the low one).
 ///
 /// Loop-bound: create, use and close it on its loop only.
@@ -298,25 +298,33 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         if closeWhenFlushed { close(error: nil) }
     }
 
-    /// One `writev` of the queue's head; the byte count or -1.
+    /// A write to a peer that has gone raises SIGPIPE, whose default action ends the process.
+    /// NIO ignores SIGPIPE process-wide when its first socket opens; the gateway may open none,
+    /// so every send says so itself.
+    private var noSignal: Int32 { Int32(MSG_NOSIGNAL) }
+
+    /// One `send`/`sendmsg` of the queue's head; the byte count or -1.
     private func writeQueued() -> Int {
         let count = min(pending.count, Self.maxIOVecs)
         if count == 1 {
-            return pending[pending.startIndex].bytes.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            return pending[pending.startIndex].bytes.withUnsafeReadableBytes { send(fd, $0.baseAddress, $0.count, noSignal) }
         }
         return withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { vecs in
             var i = 0
             var index = pending.startIndex
             while i < count {
                 // The pointers outlive the closures: `pending` holds the buffers, unchanged,
-                // until `writev` returns (NIO's PendingWritesManager relies on the same).
+                // until `sendmsg` returns (NIO's PendingWritesManager relies on the same).
                 pending[index].bytes.withUnsafeReadableBytes {
                     vecs[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
                 }
                 i += 1
                 index = pending.index(after: index)
             }
-            return Glibc.writev(fd, vecs.baseAddress, Int32(count))
+            var message = msghdr()
+            message.msg_iov = vecs.baseAddress
+            message.msg_iovlen = count
+            return sendmsg(fd, &message, noSignal)
         }
     }
 

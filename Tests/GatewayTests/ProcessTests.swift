@@ -272,6 +272,26 @@ import Testing
         }
     }
 
+    /// Clients that reset their connection while a large response streams to them: the
+    /// gateway's sends fail (ECONNRESET, or EPIPE with its SIGPIPE, which the sockets suppress;
+    /// `SocketLoopSignalTests` pins that down) and it keeps serving.
+    @Test func aClientResetMidResponseDoesNotKillTheGateway() async throws {
+        try await withEcho { echoPort in
+            let child = try Child(config: Self.config(), echoPort: echoPort)
+            for _ in 0..<3 {
+                let c = try RawClient(port: child.port)
+                try c.send("GET /bytes/\(64 << 20) HTTP/1.1\r\nHost: a\r\n\r\n")
+                _ = try c.readLine()
+                c.resetOnClose()
+            }
+            Thread.sleep(forTimeInterval: 0.5)
+            #expect(child.process.isRunning, "\(child.log)")
+            #expect(try RawClient(port: child.port).request("GET", "/").status == 200)
+            child.signal(SIGTERM)
+            #expect(child.waitForExit(seconds: 5) == 0)
+        }
+    }
+
     @Test func checkPrintsEveryErrorAndFails() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-check-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)

@@ -337,3 +337,37 @@ final class Sink: TCPConnectionDelegate {
     }
     func connectionClosed(_ connection: TCPConnection, error: SocketError?) {}
 }
+
+/// Which thread SIGPIPE hit, for `aWriteToAClosedSocketRaisesNoSIGPIPE` (a C signal handler
+/// captures nothing, so the state is global; it is set before and read after the write).
+nonisolated(unsafe) var sigpipeWatchedThread = pthread_t()
+nonisolated(unsafe) var sigpipeHits = 0
+
+@Suite struct SocketLoopSignalTests {
+    /// A write after the socket's send side is shut fails with EPIPE, and by default the kernel
+    /// also raises SIGPIPE, which ends a process that has not ignored it (the gateway may open
+    /// no NIO socket, and NIO is what ignores it). A handler counts the signals that reach the
+    /// loop's own thread; other tests' threads do not count.
+    @Test func aWriteToAClosedSocketRaisesNoSIGPIPE() async throws {
+        let loop = try SocketLoop(name: "t")
+        defer { loop.stop() }
+        let echo = try await loop.submit { try EchoServer(on: loop) }.get()
+        let previous = signal(SIGPIPE) { _ in
+            if pthread_equal(pthread_self(), sigpipeWatchedThread) != 0 { sigpipeHits += 1 }
+        }
+        defer { signal(SIGPIPE, previous) }
+        let closed = try await loop.flatSubmit { () -> EventLoopFuture<String> in
+            sigpipeWatchedThread = pthread_self()
+            let promise = loop.makePromise(of: String.self)
+            TCPConnection.connect(to: echo.address, on: loop, timeout: .seconds(1)) { result in
+                let connection = try! result.get()
+                try! connection.start(delegate: CloseWatcher { promise.succeed($0.map { "\($0)" } ?? "orderly") })
+                shutdown(connection.fd, Int32(SHUT_WR))
+                connection.writeAndFlush(ByteBuffer(string: "after shutdown"))
+            }
+            return promise.futureResult
+        }.get()
+        #expect(closed.contains("errno \(EPIPE)"))
+        #expect(sigpipeHits == 0)
+    }
+}

@@ -64,6 +64,12 @@ final class RawClient {
 
     deinit { if fd >= 0 { close(fd) } }
 
+    /// Makes the close a reset (RST): the peer's next write fails with EPIPE/ECONNRESET.
+    func resetOnClose() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    }
+
     func send(_ text: String) throws { try send(Array(text.utf8)) }
 
     func send(_ bytes: [UInt8]) throws {

@@ -141,7 +141,7 @@ extension DownstreamConnectionHandler {
 
         if route.policy >= 0 {
             if lua == nil {  // else a router ran: its state, head and changes carry on
-                requestHead = head
+                requestHead = keep(head, in: &requestHeadStorage)
                 edits.reset()
                 responseEdits.reset()
             }
@@ -154,6 +154,16 @@ extension DownstreamConnectionHandler {
         forward(head, route: route)
     }
 
+    /// A copy of `head` in the connection's own reused storage, for a head kept past this read.
+    /// Keeping a slice of the read instead pins the loop's receive buffer, and the next read
+    /// (the upstream's answer) then allocates a new 16 KB one: callgrind, one malloc and free
+    /// and about 1K instructions a proxied request, against a copy of the head's bytes.
+    func keep(_ head: ByteBuffer, in storage: inout ByteBuffer) -> ByteBuffer {
+        storage.clear()
+        storage.writeImmutableBuffer(head)
+        return storage
+    }
+
     /// Sends the request to its upstream (the route's, or the one a script chose).
     func forward(_ head: ByteBuffer, route: CompiledRoute) {
         guard let generation else { return }
@@ -162,7 +172,7 @@ extension DownstreamConnectionHandler {
         triedTargets = 0
         tries = 0
         hashKey = edits.hashKey ?? requestHashKey(head, balancer.upstream.balancer)
-        forwardedHead = head
+        forwardedHead = keep(head, in: &forwardedHeadStorage)
         retryableBody = requestBodyDone
         // The time the request's bytes were read: close enough, and no clock read per request.
         balancer.countRequest(lastActivity)

@@ -94,6 +94,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     /// The client's request head, kept until a response starts so a retry can rewrite it for
     /// another target.
     var forwardedHead: ByteBuffer?
+    var forwardedHeadStorage = ByteBuffer()
     /// The whole request went with the head (no body left to stream), so it can be sent again.
     var retryableBody = false
     /// `targetPool.health.inFlight` counts this request.
@@ -110,6 +111,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     var responseEdits = ResponseEdits()
     /// The request head, kept while a script may read it.
     var requestHead: ByteBuffer?
+    var requestHeadStorage = ByteBuffer()
     /// The response head, kept while a script may read it.
     var responseHeadKept: ByteBuffer?
     /// The state went back after `access` (its `ctx` was empty): the response and log phases

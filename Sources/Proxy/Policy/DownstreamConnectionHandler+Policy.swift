@@ -113,7 +113,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             respondError(500, "policy unavailable", close: false)
             return .answered
         }
-        requestHead = head
+        requestHead = keep(head, in: &requestHeadStorage)
         edits.reset()
         responseEdits.reset()
         route = nil

@@ -50,6 +50,7 @@ public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @
     /// handlers added so far, then starts reading if `autoRead` is on.
     public func activate() throws(SocketError) {
         try connection.start(delegate: self)
+        cachedLocalAddress = TCPListener.boundAddress(connection.fd)
         if !autoRead { connection.pauseReads() }
         active.store(true, ordering: .relaxed)
         let pipeline = _pipeline.syncOperations
@@ -70,10 +71,8 @@ public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @
     public var _channelCore: ChannelCore { self }
     public var remoteAddress: SocketAddress? { connection.remoteAddress }
 
-    public var localAddress: SocketAddress? {
-        if cachedLocalAddress == nil, connection.isOpen { cachedLocalAddress = TCPListener.boundAddress(connection.fd) }
-        return cachedLocalAddress
-    }
+    /// Read once, at activation: other threads may ask, and it must not change under them.
+    public var localAddress: SocketAddress? { cachedLocalAddress }
 
     public var syncOptions: NIOSynchronousChannelOptions? { SyncOptions(channel: self) }
 

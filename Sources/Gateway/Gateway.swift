@@ -457,6 +457,7 @@ public actor Gateway {
         let handle = ListenerHandle(name: listener.name)
         var sockets: [NIOLoopBound<TCPListener>] = []
         var port = listener.address.port
+        let logger = self.logger
         do {
             if port != 0 { try PortProbe.ensureFree(host: listener.address.host, port: port) }
             guard let group else { throw ListenerError(listener: listener, reason: "not started") }
@@ -466,6 +467,16 @@ public actor Gateway {
                     let socket = try TCPListener(address: address, on: loop, reusePort: true, backlog: 4096) { connection in
                         // A failed start leaves the socket unregistered; its deinit closes it.
                         try? worker.value.accept(connection, listener: handle)
+                    }
+                    // At most one line a minute per loop: the condition lasts, the pauses repeat.
+                    var lastWarned = NIODeadline.distantPast
+                    socket.onAcceptError = { error in
+                        let now = NIODeadline.now()
+                        guard now - lastWarned >= .seconds(60) else { return }
+                        lastWarned = now
+                        logger.warning(
+                            "accept failed; accepting paused for 100 ms at a time while it lasts",
+                            metadata: ["listener": "\(listener.name)", "error": "\(error)"])
                     }
                     return (NIOLoopBound(socket, eventLoop: loop), socket.localAddress.port ?? 0)
                 }.get()

@@ -18,7 +18,8 @@ public final class TCPListener: SocketLoopSource, SocketLoopClosable {
     private var registration: SocketLoop.Registration?
     private let onAccept: (TCPConnection) -> Void
     public private(set) var isOpen = true
-    /// Accept failures other than "nothing to accept" (file descriptor limits, mostly).
+    /// Accept failures other than "nothing to accept" (descriptor limits, mostly; each pauses
+    /// accepting for ``acceptPause``).
     public private(set) var acceptErrors = 0
 
     /// Binds and listens on `address`, on `loop` (call from the loop).
@@ -68,12 +69,36 @@ public final class TCPListener: SocketLoopSource, SocketLoopClosable {
             if client < 0 {
                 let e = cepoll_errno()
                 if e == EINTR || e == ECONNABORTED { continue }
-                if e != EAGAIN && e != EWOULDBLOCK { acceptErrors += 1 }
+                if e == EAGAIN || e == EWOULDBLOCK { return }
+                acceptErrors += 1
+                // Out of descriptors or memory: the connection stays queued and epoll (level-
+                // triggered) would report it again at once, a busy loop on a starved process.
+                // Accepting pauses for a while instead, as nginx does.
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { pauseAccepting(.system("accept", e)) }
                 return
             }
             _ = cepoll_set_int(client, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
             let connection = TCPConnection(fd: client, remoteAddress: Self.address(storage), loop: loop)
             onAccept(connection)
+        }
+    }
+
+    /// How long accepting pauses after running out of descriptors or memory.
+    static let acceptPause = TimeAmount.milliseconds(100)
+    private var acceptPaused = false
+
+    /// Told of each accept failure that pauses accepting (to log it), on the loop.
+    public var onAcceptError: ((SocketError) -> Void)?
+
+    private func pauseAccepting(_ error: SocketError) {
+        guard !acceptPaused, let registration else { return }
+        acceptPaused = true
+        onAcceptError?(error)
+        loop.reregister(registration, events: 0)
+        _ = loop.setTimer(at: .now() + Self.acceptPause) { [weak self] in
+            guard let self, self.acceptPaused else { return }
+            self.acceptPaused = false
+            if self.isOpen, let registration = self.registration { self.loop.reregister(registration, events: CEPOLL_IN) }
         }
     }
 

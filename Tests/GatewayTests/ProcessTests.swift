@@ -22,7 +22,11 @@ import Testing
         let echoPort: Int
 
         /// `prepare` gets the config's folder before the gateway starts (to add scripts).
-        init(extraArgs: [String] = [], config: (Int, Int) -> String, echoPort: Int, prepare: (String) throws -> Void = { _ in }) throws {
+        /// `fdLimit` runs it under `ulimit -n` (through `sh`, which then `exec`s it).
+        init(
+            extraArgs: [String] = [], fdLimit: Int? = nil, config: (Int, Int) -> String, echoPort: Int,
+            prepare: (String) throws -> Void = { _ in }
+        ) throws {
             port = try RawClient.freePort()
             self.echoPort = echoPort
             folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-proc-\(UUID().uuidString)")
@@ -32,8 +36,14 @@ import Testing
             try config(port, echoPort).write(toFile: configPath, atomically: true, encoding: .utf8)
             try prepare(folder.path)
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-            process.arguments = ["run", "--config", configPath, "--workers", "1"] + extraArgs
+            let arguments = ["run", "--config", configPath, "--workers", "1"] + extraArgs
+            if let fdLimit {
+                process.executableURL = URL(fileURLWithPath: "/bin/sh")
+                process.arguments = ["-c", "ulimit -n \(fdLimit) && exec \"$0\" \"$@\"", ProcessTests.binary] + arguments
+            } else {
+                process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+                process.arguments = arguments
+            }
             let log = FileHandle(forWritingAtPath: logPath)!
             process.standardOutput = log
             process.standardError = log
@@ -50,6 +60,14 @@ import Testing
         func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
 
         func rewrite(_ text: String) throws { try text.write(toFile: configPath, atomically: true, encoding: .utf8) }
+
+        /// CPU time used so far (user and system), in clock ticks.
+        var cpuTicks: Int {
+            let stat = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8)) ?? ""
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+            return fields.count > 13 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
+        }
 
         /// Peak resident memory so far, in KiB.
         var peakRSS: Int {
@@ -289,6 +307,31 @@ import Testing
             #expect(try RawClient(port: child.port).request("GET", "/").status == 200)
             child.signal(SIGTERM)
             #expect(child.waitForExit(seconds: 5) == 0)
+        }
+    }
+
+    /// Out of descriptors: accepting pauses (100 ms at a time) instead of spinning on the
+    /// connection the kernel keeps offering, and the gateway serves again once clients leave.
+    @Test func runningOutOfDescriptorsPausesAcceptingInsteadOfSpinning() async throws {
+        try await withEcho { echoPort in
+            let child = try Child(fdLimit: 64, config: Self.config(), echoPort: echoPort)
+            var clients: [RawClient] = []
+            for _ in 0..<100 { clients.append(try RawClient(port: child.port)) }
+            Thread.sleep(forTimeInterval: 0.3)
+            let before = child.cpuTicks
+            Thread.sleep(forTimeInterval: 1)
+            let used = child.cpuTicks - before
+            // A spinning accept loop takes the whole core: 100 ticks a second.
+            #expect(used < 30, "\(used) ticks in 1 s with descriptors exhausted")
+            #expect(child.log.contains("accept failed"), "\(child.log)")
+            clients.removeAll()
+            var status = 0
+            for _ in 0..<40 where status != 200 {
+                Thread.sleep(forTimeInterval: 0.05)
+                status = (try? RawClient(port: child.port, timeout: 2).request("GET", "/").status) ?? 0
+            }
+            #expect(status == 200, "\(child.log)")
+            #expect(child.process.isRunning)
         }
     }
 

@@ -4,10 +4,9 @@ import Config
 import Foundation
 import HTTPClient
 import NIOCore
-import SocketLoop
 import NIOHTTP1
-import NIOPosix
 import Scripting
+import SocketLoop
 
 /// `oauth2.introspect(token, server)`: asks an RFC 7662 introspection endpoint whether an
 /// opaque token is active. Returns the endpoint's answer as a table (`active`, `sub`,

@@ -78,7 +78,9 @@ public actor Gateway {
         let sockets: [NIOLoopBound<TCPListener>]
         let port: Int
 
-        func close() async {
+        func close() async { await Self.close(sockets) }
+
+        static func close(_ sockets: [NIOLoopBound<TCPListener>]) async {
             for socket in sockets { try? await socket.eventLoop.submit { socket.value.close() }.get() }
         }
     }
@@ -484,7 +486,7 @@ public actor Gateway {
                 port = bound
             }
         } catch {
-            for socket in sockets { try? await socket.eventLoop.submit { socket.value.close() }.get() }
+            await RunningListener.close(sockets)
             throw ListenerError(listener: listener, reason: "\(error)")
         }
         return RunningListener(listener: listener, handle: handle, sockets: sockets, port: port)

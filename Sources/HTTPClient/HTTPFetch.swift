@@ -1,9 +1,8 @@
 import Config
 import NIOCore
-import SocketLoop
 import NIOHTTP1
-import NIOPosix
 import NIOSSL
+import SocketLoop
 
 /// A small HTTP/1.1 client on NIO: one connection per request (`Connection: close`),
 /// bounded in size and time. The control plane fetches JWKS documents with it; the data plane

@@ -2,7 +2,6 @@ import Config
 import HTTPClient
 import NIOCore
 import SocketLoop
-import NIOPosix
 
 /// Kept-alive connections to one origin server, owned by one event loop. Idle connections are
 /// reused last-in first-out (the warmest first); beyond `maxIdle` they are closed.
@@ -86,20 +85,19 @@ final class TargetPool {
         if let loop = eventLoop as? SocketLoop {
             // The gateway's workers: the handler is the socket's delegate, no pipeline.
             let promise = loop.makePromise(of: UpstreamConnectionHandler.self)
-            let timeout = settings.connectTimeout
-            TCPConnection.connect(to: address, on: loop, timeout: timeout) { result in
-                switch result {
-                case .success(let connection):
+            TCPClient.connectSocket(to: address, on: loop, timeout: settings.connectTimeout) { result in
+                do {
+                    let connection = try result.get()
                     let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
                     do {
                         try handler.attach(socket: connection)
-                        promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
                     } catch {
                         connection.close()
-                        promise.fail(error)
+                        throw error
                     }
-                case .failure(.timeout): promise.fail(ChannelError.connectTimeout(timeout))
-                case .failure(let error): promise.fail(error)
+                    promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+                } catch {
+                    promise.fail(error)
                 }
             }
             future = promise.futureResult

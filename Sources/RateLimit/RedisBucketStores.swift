@@ -2,10 +2,9 @@ import Config
 import Foundation
 import Logging
 import NIOCore
-import SocketLoop
-import NIOPosix
 import Redis
 import Scripting
+import SocketLoop
 
 /// Where `redis_bucket` keeps buckets of the Redis stores: the gateway's network clients, or
 /// the test harness's stand-ins.

@@ -1,8 +1,8 @@
 import Config
 import Logging
 import NIOCore
-import SocketLoop
 import NIOPosix
+import SocketLoop
 
 /// One worker's connection to one Redis server: commands are pipelined on a single
 /// connection, answered in order, each with its own deadline. Created and used on one event

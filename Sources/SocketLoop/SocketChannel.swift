@@ -80,7 +80,7 @@ public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @
         if eventLoop.inEventLoop {
             return eventLoop.makeCompletedFuture { try setOption0(option, value) }
         }
-        let bound = UncheckedBox((option, value))
+        let bound = LoopOnly((option, value))
         return eventLoop.submit { try self.setOption0(bound.value.0, bound.value.1) }
     }
 
@@ -88,8 +88,8 @@ public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @
         if eventLoop.inEventLoop {
             return eventLoop.makeCompletedFuture { try getOption0(option) }.map { $0 }
         }
-        let bound = UncheckedBox(option)
-        return eventLoop.submit { UncheckedBox(try self.getOption0(bound.value)) }.map { $0.value }
+        let bound = LoopOnly(option)
+        return eventLoop.submit { LoopOnly(try self.getOption0(bound.value)) }.map { $0.value }
     }
 
     private struct SyncOptions: NIOSynchronousChannelOptions {
@@ -257,11 +257,4 @@ public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @
             closePromise.succeed()
         }
     }
-}
-
-/// Carries values to the loop inside `submit` closures for the generic option calls, whose
-/// values are not `Sendable` in NIO's signatures; they are used on the loop only.
-private struct UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
 }

@@ -412,10 +412,11 @@ public enum SocketError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Carries the timer of a `scheduleTask` called from any thread into closures that run only on
-/// the loop. `NIOLoopBound` cannot: it must be made on the loop, and its sending form refuses a
-/// value that holds the caller's non-`Sendable` task.
-private struct LoopOnly<T>: @unchecked Sendable {
+/// Carries a value that is used on the loop only into a `@Sendable` closure that takes it
+/// there: the timer of a `scheduleTask` called from any thread (`NIOLoopBound` must be made on
+/// the loop, and its sending form refuses a value holding the caller's non-`Sendable` task),
+/// and the generic option values of `SocketChannel` (not `Sendable` in NIO's signatures).
+struct LoopOnly<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
 }

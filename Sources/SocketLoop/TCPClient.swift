@@ -17,7 +17,7 @@ public enum TCPClient {
         }
         let promise = loop.makePromise(of: Channel.self)
         socketLoop.execute {
-            TCPConnection.connect(to: address, on: socketLoop, timeout: timeout) { result in
+            connectSocket(to: address, on: socketLoop, timeout: timeout) { result in
                 switch result {
                 case .success(let connection):
                     let channel = SocketChannel(connection)
@@ -29,14 +29,28 @@ public enum TCPClient {
                         channel.close(promise: nil)
                         promise.fail(error)
                     }
-                case .failure(.timeout):
-                    promise.fail(ChannelError.connectTimeout(timeout))
                 case .failure(let error):
                     promise.fail(error)
                 }
             }
         }
         return promise.futureResult
+    }
+
+    /// Connects a bare socket on `loop` (from the loop), for callers that take its events
+    /// themselves. Fails as NIO's bootstraps do where callers tell errors apart: a timeout is
+    /// `ChannelError.connectTimeout`, anything else the `SocketError` with its `errno`.
+    public static func connectSocket(
+        to address: SocketAddress, on loop: SocketLoop, timeout: TimeAmount,
+        _ completion: @escaping (Result<TCPConnection, Error>) -> Void
+    ) {
+        TCPConnection.connect(to: address, on: loop, timeout: timeout) { result in
+            switch result {
+            case .success(let connection): completion(.success(connection))
+            case .failure(.timeout): completion(.failure(ChannelError.connectTimeout(timeout)))
+            case .failure(let error): completion(.failure(error))
+            }
+        }
     }
 
     /// Connects to `host`, a name or an address literal. Names are resolved off the loop

@@ -33,9 +33,8 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]),
 
         // Our C glue for Lua: the budgeted allocator, count hook, trampoline for Swift functions,
-        // guarded library functions, the json module, and Lua's string library vendored with
-        // a step budget in its pattern matcher. C because Lua's errors longjmp, which must
-        // never cross a Swift frame.
+        // the guarded standard libraries, our own budgeted Lua pattern matcher, and the json
+        // module. C because Lua's errors longjmp, which must never cross a Swift frame.
         .target(
             name: "CLuaRuntime",
             dependencies: ["CLua"]),
@@ -214,7 +213,7 @@ let package = Package(
             resources: [.copy("Fixtures")]),
         .testTarget(
             name: "ScriptingTests",
-            dependencies: ["Scripting", "Config"]),
+            dependencies: ["Scripting", "Config", "CLuaRuntime", "CLua"]),
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Config"]),

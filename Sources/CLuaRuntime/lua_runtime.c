@@ -1,5 +1,6 @@
 // The parts of the Lua runtime that run inside Lua's frames: the budgeted allocator, the
-// count hook, the trampoline for Swift functions, and the guarded library functions.
+// count hook, the trampoline for Swift functions, and the sandbox's own functions. The
+// guarded standard libraries are in lua_guards.c, the pattern functions in lua_patterns.c.
 #define LUA_LIB
 #include "lua_runtime.h"
 
@@ -49,16 +50,44 @@ static const char *const kill_messages[] = {
     "stack depth budget exceeded", "coroutine budget exceeded",
 };
 
-/// Raises the budget error, prefixed with where the script was (the running Lua function,
-/// or the nearest one below a C function such as string.find).
+/// Makes the count hook fire on every instruction of `L` from now on: once a budget is
+/// exceeded, no script code runs again on this thread (a `__close` handler met while the
+/// error unwinds is stopped at its first instruction). The state is discarded afterwards.
+static void stop_thread(lua_State *L) {
+    if (lua_gethookcount(L) != 1) lua_sethook(L, lua_gethook(L), lua_gethookmask(L) | LUA_MASKCOUNT, 1);
+}
+
+/// Where the budget's error message is kept once made, so that every later raise (the
+/// prelude rethrowing past a pcall, a `__close` handler stopped) repeats the first one.
+static const char *const killed_key = "moongate.killed";
+
+/// Raises the budget error. The first raise makes the message, prefixed with where the
+/// script was: the innermost frame of a script, so a C function (string.find) or the
+/// sandbox's own prelude names its caller, the line that spent the budget.
 static int raise_killed(lua_State *L, mg_budget *b) {
-    lua_Debug ar;
-    for (int level = 0; level < 4 && lua_getstack(L, level, &ar); level++) {
-        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
-            return luaL_error(L, "%s:%d: %s", ar.short_src, ar.currentline, kill_messages[b->killed]);
+    stop_thread(L);
+    // Room for the message even when the memory budget is what ran out.
+    size_t limit = b->limit;
+    if (limit != SIZE_MAX) b->limit = limit + b->slack;
+    if (b->kill_noted) {
+        lua_getfield(L, LUA_REGISTRYINDEX, killed_key);
+    } else {
+        lua_Debug ar;
+        int found = 0;
+        for (int level = 0; level < 8 && lua_getstack(L, level, &ar); level++) {
+            if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 && strcmp(ar.source, "=prelude") != 0) {
+                lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, kill_messages[b->killed]);
+                found = 1;
+                break;
+            }
         }
+        if (!found) lua_pushstring(L, kill_messages[b->killed]);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, killed_key);
+        b->kill_noted = 1;
     }
-    return luaL_error(L, "%s", kill_messages[b->killed]);
+    b->limit = limit;
+    return lua_error(L);
 }
 
 static int kill(lua_State *L, mg_budget *b, mg_kill_reason why) {
@@ -71,7 +100,12 @@ void mg_charge(lua_State *L, int64_t n) {
     if (b->killed != MG_KILL_NONE) raise_killed(L, b);
     b->steps += n;
     if (b->max_steps > 0 && b->steps > b->max_steps) kill(L, b, MG_KILL_INSTRUCTIONS);
-    if (b->deadline_ns != 0 && mg_now_ns() > b->deadline_ns) kill(L, b, MG_KILL_TIME);
+    // The clock is read once per MG_HOOK_EVERY steps, however they come: every hook, and
+    // every large charge, but not every small charge of a library function.
+    if (b->steps >= b->clock_at) {
+        b->clock_at = b->steps + MG_HOOK_EVERY;
+        if (b->deadline_ns != 0 && mg_now_ns() > b->deadline_ns) kill(L, b, MG_KILL_TIME);
+    }
 }
 
 static void count_hook(lua_State *L, lua_Debug *ar) {
@@ -117,12 +151,14 @@ void mg_budget_begin(mg_budget *b, size_t memory, int64_t steps, uint64_t deadli
     b->limit = memory == 0 ? SIZE_MAX : b->used + memory;
     b->refused = 0;
     b->steps = 0;
+    b->clock_at = 0;
     b->max_steps = steps;
     b->deadline_ns = deadline_ns;
     b->max_depth = depth;
     b->coroutines = 0;
     b->max_coroutines = coroutines;
     b->killed = MG_KILL_NONE;
+    b->kill_noted = 0;
 }
 
 void mg_budget_end(mg_budget *b) {
@@ -176,7 +212,9 @@ int mg_must_rethrow(lua_State *L) {
 
 /// `__killed()`: whether a budget was exceeded (the prelude's pcall wrappers rethrow then).
 static int l_killed(lua_State *L) {
-    lua_pushboolean(L, mg_must_rethrow(L));
+    int killed = mg_must_rethrow(L);
+    if (killed) stop_thread(L);
+    lua_pushboolean(L, killed);
     return 1;
 }
 
@@ -203,71 +241,13 @@ static int l_cocreate(lua_State *L) {
     return 1;
 }
 
-/// The original library function a guard wraps (its first upvalue).
-static int call_original(lua_State *L) {
-    return lua_tocfunction(L, lua_upvalueindex(1))(L);
-}
-
-static int64_t span(lua_Integer from, lua_Integer to) {
-    if (to < from) return 0;
-    lua_Unsigned n = (lua_Unsigned)to - (lua_Unsigned)from;
-    return n >= (lua_Unsigned)(INT64_MAX / 2) ? INT64_MAX / 2 : (int64_t)n + 1;
-}
-
-/// `table.move` loops over its index range even when the table is empty: charge the range.
-static int l_tmove(lua_State *L) {
-    mg_charge(L, span(luaL_checkinteger(L, 2), luaL_checkinteger(L, 3)));
-    return call_original(L);
-}
-
-/// `table.concat(t, sep, i, j)` walks i..j (through metamethods): charge the range.
-static int l_tconcat(lua_State *L) {
-    lua_Integer i = luaL_optinteger(L, 3, 1);
-    lua_Integer j = lua_isnoneornil(L, 4) ? (lua_Integer)luaL_len(L, 1) : luaL_checkinteger(L, 4);
-    mg_charge(L, span(i, j));
-    return call_original(L);
-}
-
-static int l_tunpack(lua_State *L) {
-    lua_Integer i = luaL_optinteger(L, 2, 1);
-    lua_Integer e = lua_isnoneornil(L, 3) ? (lua_Integer)luaL_len(L, 1) : luaL_checkinteger(L, 3);
-    mg_charge(L, span(i, e));
-    return call_original(L);
-}
-
-/// `table.sort` without a Lua comparator never enters the hook: charge n log n up front.
-static int l_tsort(lua_State *L) {
-    lua_Integer n = (lua_Integer)luaL_len(L, 1);
-    int64_t log = 1;
-    for (lua_Integer k = n; k > 1; k >>= 1) log++;
-    if (n > 0) mg_charge(L, n * log);
-    return call_original(L);
-}
-
-static void guard(lua_State *L, const char *name, lua_CFunction guarded) {
-    lua_getfield(L, -1, name);
-    lua_pushcclosure(L, guarded, 1);
-    lua_setfield(L, -2, name);
-}
-
 /// Opens what the sandbox offers into the global table, plus the hooks the prelude needs
-/// (`__killed`, `__charge`, `__cocreate`). The prelude then builds the script environment
-/// from these and empties the global table.
-void mg_open_sandbox_libs(lua_State *L) {
+/// (`__killed`, `__charge`, `__cocreate`, `__dirty`). The prelude then builds the script
+/// environment from these and empties the global table.
+void mg_open_sandbox_libs(lua_State *L, int stock_patterns) {
     luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
     lua_pop(L, 1);
-    luaL_requiref(L, LUA_STRLIBNAME, mg_open_string, 1);
-    lua_pop(L, 1);
-    luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
-    guard(L, "move", l_tmove);
-    guard(L, "concat", l_tconcat);
-    guard(L, "unpack", l_tunpack);
-    guard(L, "sort", l_tsort);
-    lua_pop(L, 1);
-    luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
-    lua_pop(L, 1);
-    luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
-    lua_pop(L, 1);
+    mg_open_guarded_libs(L, stock_patterns);
     luaL_requiref(L, LUA_COLIBNAME, luaopen_coroutine, 1);
     lua_pop(L, 1);
     luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 1);

@@ -112,7 +112,7 @@ public final class LuaState {
 
     private func setUp() throws(ScriptError) {
         let registry = mg_registry_index()
-        mg_open_sandbox_libs(L)
+        mg_open_sandbox_libs(L, program.stockPatterns ? 1 : 0)
         // Modules go to `__api`, where the prelude picks them up and freezes them.
         lua_createtable(L, 0, Int32(program.modules.count + 4))
         for module in program.modules {

@@ -10,8 +10,8 @@ enum Prelude {
     static let source = #"""
 local SENTINEL, module_source, extension_sources = ...
 local G = _G
-local type, error, rawget, rawequal, next, select, tostring, ipairs =
-      type, error, rawget, rawequal, next, select, tostring, ipairs
+local type, error, rawget, rawequal, next, select, tostring, ipairs, math =
+      type, error, rawget, rawequal, next, select, tostring, ipairs, math
 local raw_setmetatable, raw_rawset, raw_load, raw_pcall, raw_xpcall =
       setmetatable, rawset, load, pcall, xpcall
 local killed, charge, cocreate, dirty = __killed, __charge, __cocreate, __dirty
@@ -41,12 +41,35 @@ local function pass(ok, ...)
 end
 
 local base = {_VERSION = _VERSION}
-for _, name in ipairs{"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
+for _, name in ipairs{"assert", "error", "ipairs", "next", "pairs", "rawequal",
                       "rawlen", "select", "tonumber", "tostring", "type", "getmetatable"} do
   base[name] = G[name]
 end
 base.pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
-base.xpcall = function(f, handler, ...) return pass(raw_xpcall(f, handler, ...)) end
+
+-- Lua calls an xpcall message handler where the error was raised, before unwinding; when
+-- the error comes from the count hook, hooks are off there and a handler that loops would
+-- never be stopped. Here the handler runs after unwinding, as ordinary code under the
+-- budget, and never after a budget error. An error in the handler is handled again, as
+-- Lua does, until Lua's "error in error handling".
+local function handled(handler, ok, ...)
+  if ok then return true, ... end
+  local err = ...
+  if killed() then error(err, 0) end
+  for _ = 1, 10 do
+    local fine, value = raw_pcall(handler, err)
+    if fine then return false, value end
+    if killed() then error(value, 0) end
+    err = value
+  end
+  return false, "error in error handling"
+end
+base.xpcall = function(f, handler, ...)
+  if type(handler) ~= "function" then
+    error("bad argument #2 to 'xpcall' (function expected, got " .. (handler == nil and "no value" or type(handler)) .. ")", 2)
+  end
+  return handled(handler, raw_pcall(f, ...))
+end
 base.setmetatable = function(t, mt)
   -- Finalizers would run at any later time, outside any request's budget.
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
@@ -54,16 +77,65 @@ base.setmetatable = function(t, mt)
   end
   return raw_setmetatable(t, mt)
 end
+
+-- A module's environment (its `_G`) is empty: its globals live in layers behind it (see
+-- `seal`). rawget, rawset and pairs on it see the layers, as they would see a global table.
+local layers_of = raw_setmetatable({}, {__mode = "k"})
+base.rawget = function(t, k)
+  local layers = layers_of[t]
+  if layers == nil then
+    local value = rawget(t, k)
+    return value
+  end
+  for i = 1, 3 do
+    local value = rawget(layers[i](), k)
+    if value ~= nil then return value end
+  end
+  return nil
+end
 base.rawset = function(t, k, v)
   if frozen[t] then error("rawset: library tables are read-only", 2) end
-  return raw_rawset(t, k, v)
+  if layers_of[t] then t[k] = v return t end
+  local rawset = raw_rawset
+  rawset(t, k, v)
+  return t
+end
+local function layered_pairs(t)
+  local layers, i, seen, key = layers_of[t], 1, {}, nil
+  return function()
+    while i <= 3 do
+      local value
+      key, value = next(layers[i](), key)
+      if key == nil then
+        i = i + 1
+      elseif not seen[key] then
+        seen[key] = true
+        return key, value
+      end
+    end
+  end, t, nil
+end
+
+-- `load` compiles text only, in a fresh environment unless one is given. Lua's own
+-- messages for the refused kinds of chunk, and its default chunk name (the source).
+local function fresh_env()
+  local env = raw_setmetatable({}, {__index = base, __metatable = false})
+  env._G = env
+  return env
 end
 base.load = function(chunk, name, mode, env)
   if type(chunk) ~= "string" then error("load: only source strings are accepted", 2) end
-  if mode ~= nil and mode ~= "t" then return nil, "load: binary chunks are not accepted" end
   charge(#chunk // 16)
-  if env == nil then env = raw_setmetatable({}, {__index = base, __metatable = false}) end
-  return raw_load(chunk, "=(load)", "t", env)
+  if mode ~= nil and type(mode) ~= "string" then
+    error("bad argument #3 to 'load' (string expected, got " .. type(mode) .. ")", 2)
+  end
+  if chunk:byte(1) == 27 then return nil, "attempt to load a binary chunk (mode is 't')" end
+  if mode ~= nil and not mode:find("t", 1, true) then
+    return nil, "attempt to load a text chunk (mode is '" .. mode .. "')"
+  end
+  if env == nil then env = fresh_env() end
+  if name == nil then name = chunk end
+  return raw_load(chunk, name, "t", env)
 end
 
 -- Coroutines, counted per request. A wait inside the runtime (an API call that yields)
@@ -97,7 +169,14 @@ base.coroutine = freeze({
 
 base.string = freeze(string, "string")
 base.table = freeze(table, "table")
-base.math = freeze(math, "math")
+-- The state's generator is seeded from the system's random source when it opens; a script
+-- that reseeded it would decide what every later request on the state draws.
+local math_view = {}
+for k, v in next, math do math_view[k] = v end
+math_view.randomseed = function()
+  error("math.randomseed is not available: each Lua state's generator is seeded from the system's random source", 2)
+end
+base.math = freeze(math_view, "math")
 base.utf8 = freeze(utf8, "utf8")
 base.os = freeze({time = os.time, clock = os.clock, date = os.date}, "os")
 -- The string metatable is shared by every string: nobody may reach or change it.
@@ -118,7 +197,7 @@ local function seal(env)
   for k in next, kept do env[k] = nil end
   raw_setmetatable(kept, {__index = base})
   local entry = {}
-  local meta = {__metatable = false}
+  local meta = {__metatable = false, __pairs = layered_pairs}
   entry.fresh = function()
     entry.globals = raw_setmetatable({}, {__index = kept})
     meta.__index = entry.globals
@@ -130,6 +209,7 @@ local function seal(env)
   end
   entry.fresh()
   raw_setmetatable(env, meta)
+  layers_of[env] = {function() return entry.globals end, function() return kept end, function() return base end}
   sealed[#sealed + 1] = entry
 end
 local function reset()
@@ -148,6 +228,7 @@ local function require(name)
   local source, chunkname = module_source(name)
   if source == nil then error(chunkname, 2) end
   local env = raw_setmetatable({}, {__index = base})
+  env._G = env
   local chunk, err = raw_load(source, chunkname, "t", env)
   if chunk == nil then error(err, 0) end
   loaded[name] = LOADING

@@ -20,12 +20,25 @@ public final class ScriptProgram: Sendable {
     public let extensions: [String]
     /// Records the lines scripts run (`moongate test --coverage`); nil in the gateway.
     public let coverage: CoverageRecorder?
+    /// States get the system's unbudgeted pattern functions: only for the benchmark that
+    /// compares ours with them (`RuntimeMicrobenchmark`), never for a request.
+    let stockPatterns: Bool
 
-    public init(
+    public convenience init(
         scripts: ScriptSet, policies: [String], routers: [String] = [], modules: [any LuaModule], settings: ScriptsConfig,
         clock: any ScriptClock = SystemClock(), logger: Logger = Logger(label: "moongate.scripts"),
         extensions: [String] = [], coverage: CoverageRecorder? = nil
     ) {
+        self.init(
+            scripts: scripts, policies: policies, routers: routers, modules: modules, settings: settings, clock: clock, logger: logger,
+            extensions: extensions, coverage: coverage, stockPatterns: false)
+    }
+
+    init(
+        scripts: ScriptSet, policies: [String], routers: [String], modules: [any LuaModule], settings: ScriptsConfig,
+        clock: any ScriptClock, logger: Logger, extensions: [String], coverage: CoverageRecorder?, stockPatterns: Bool
+    ) {
+        self.stockPatterns = stockPatterns
         self.extensions = extensions
         self.coverage = coverage
         self.scripts = scripts

@@ -35,6 +35,8 @@ typedef struct mg_budget {
     /// Instructions and charged C-function work this request, and the cap (0: none).
     int64_t steps;
     int64_t max_steps;
+    /// The step count at which `mg_charge` next reads the clock.
+    int64_t clock_at;
     /// CLOCK_MONOTONIC nanoseconds after which the script is stopped (0: none).
     uint64_t deadline_ns;
     /// Deepest Lua call stack allowed (0: none).
@@ -44,6 +46,8 @@ typedef struct mg_budget {
     int max_coroutines;
     /// Set once a budget is exceeded; from then on every error is rethrown past `pcall`.
     mg_kill_reason killed;
+    /// The budget error's message is made (kept in the registry, raised again as it is).
+    int kill_noted;
     /// The request being served (an unretained Swift object), for the API functions.
     void *current;
     /// The Swift object owning the state (unretained), for runtime functions such as `require`.
@@ -76,10 +80,21 @@ mg_budget *mg_budget_of(lua_State *L);
 /// For C functions that do work the count hook cannot see.
 void mg_charge(lua_State *L, int64_t n);
 
-/// Opens the guarded standard libraries into the table at the top of the stack's globals:
-/// base (without the unsafe functions), string (patterns with a step budget, no `dump`),
-/// table (bulk functions charged), math, utf8, coroutine (counted), os (time, clock, date).
-void mg_open_sandbox_libs(lua_State *L);
+/// Opens the sandbox's libraries into the globals: base (the prelude hides the unsafe
+/// functions), string (the system's, with our budgeted pattern functions, charged bulk
+/// functions and no `dump`), table (bulk functions charged), math (seeded from the system's
+/// random source), utf8 (`codes` as Lua 5.4.6), coroutine (counted), os (the prelude keeps
+/// time, clock, date). `stock_patterns` opens the system's pattern functions instead, for
+/// the benchmark that compares them; never for a request.
+void mg_open_sandbox_libs(lua_State *L, int stock_patterns);
+
+/// Opens string, table, math and utf8 as the sandbox guards them (see above).
+void mg_open_guarded_libs(lua_State *L, int stock_patterns);
+
+/// Pushes a table of our pattern functions (`find`, `match`, `gmatch`, `gsub`), each step
+/// charged to the state's budget. The sandbox's string library uses them; the differential
+/// test compares them with the system's.
+int mg_open_patterns(lua_State *L);
 
 /// The signature of a Swift-implemented Lua function. Returns the number of results, or
 /// `MG_RAISE` with an error value on top of the stack.
@@ -103,9 +118,6 @@ int mg_json_encode(lua_State *L);
 
 /// Opens the `json` module (encode, decode, null) and leaves it on the stack.
 int mg_open_json(lua_State *L);
-
-/// The patched string library (pattern matching charged to the step budget).
-int mg_open_string(lua_State *L);
 
 /// Monotonic clock in nanoseconds.
 uint64_t mg_now_ns(void);

@@ -135,21 +135,30 @@ public struct JWTModule: LuaModule {
         }
     }
 
-    /// Tries each key that `kid` selects (all of them without a kid) and that fits `alg`:
-    /// whether any was selected, and whether one verified `signature` over `input`.
+    /// Tries each key that may check the token and fits `alg`: with a `kid`, the keys named
+    /// by it, then the keys configured without one (a PEM key has no kid, and identity
+    /// providers set one on every token); without a `kid`, every key. Returns whether any key
+    /// was a candidate, and whether one verified `signature` over `input`.
     static func check(
         _ keys: [CompiledKeyset.Key], alg: mg_alg, kid: String?, input: UnsafeRawBufferPointer, signature: UnsafeRawBufferPointer
     ) -> (named: Bool, verified: Bool) {
         var named = false
-        for key in keys where kid == nil || key.kid == kid {
-            named = true
-            guard Algorithm.fits(alg, key) else { continue }
+        func verifies(_ key: CompiledKeyset.Key) -> Bool {
             let ok = (key.secret ?? []).withUnsafeBufferPointer { secret in
                 mg_jws_verify(
                     alg, key.pkey, secret.baseAddress, secret.count, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count,
                     signature.baseAddress?.assumingMemoryBound(to: UInt8.self), signature.count)
             }
-            if ok == 1 { return (true, true) }
+            return ok == 1
+        }
+        for key in keys where kid == nil || key.kid == kid {
+            named = true
+            if Algorithm.fits(alg, key), verifies(key) { return (true, true) }
+        }
+        guard kid != nil else { return (named, false) }
+        for key in keys where key.kid == nil && Algorithm.fits(alg, key) {
+            named = true
+            if verifies(key) { return (true, true) }
         }
         return (named, false)
     }

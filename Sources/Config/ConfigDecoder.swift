@@ -273,7 +273,9 @@ struct ConfigDecoder {
             reader.fail(node, path, "invalid policy \"\(name)\" (expected a script in the scripts directory, such as auth.lua)")
             return nil
         }
-        return segments.joined(separator: ".")
+        let module = segments.joined(separator: ".")
+        reader.scriptReferences.append(ScriptReference(module: module, line: node.mark?.line ?? 0, path: path))
+        return module
     }
 
     private func decodeListeners(_ node: Node) -> [Listener] {

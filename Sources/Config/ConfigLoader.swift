@@ -14,13 +14,23 @@ public enum ConfigLoader {
         } catch {
             throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "cannot read: \(error.localizedDescription)")])
         }
-        var config = try parse(text, file: name, environment: environment)
-        // Script paths in the file are relative to the file, wherever the gateway was started.
-        if !config.scripts.directory.hasPrefix("/") {
-            let folder = (path as NSString).deletingLastPathComponent
-            config.scripts.directory = folder.isEmpty ? config.scripts.directory : folder + "/" + config.scripts.directory
-        }
+        let decoded = try decode(text, file: name, environment: environment)
         let folder = (path as NSString).deletingLastPathComponent
+        // Script paths in the file are relative to the file, wherever the gateway was started.
+        let written = decoded.config?.scripts.directory ?? ScriptsConfig().directory
+        let directory = written.hasPrefix("/") || folder.isEmpty ? written : folder + "/" + written
+        // A policy or router that names no script is a problem of the config, reported with
+        // the others at its line and path.
+        var diagnostics = decoded.diagnostics
+        for reference in decoded.scripts {
+            let relative = reference.module.split(separator: ".").joined(separator: "/") + ".lua"
+            var isDirectory: ObjCBool = false
+            if !FileManager.default.fileExists(atPath: directory + "/" + relative, isDirectory: &isDirectory) || isDirectory.boolValue {
+                diagnostics.append(ConfigDiagnostic(file: name, line: reference.line, path: reference.path, message: "no \(relative) in \(written)"))
+            }
+        }
+        guard var config = decoded.config, diagnostics.isEmpty else { throw ConfigError(sorted(diagnostics)) }
+        config.scripts.directory = directory
         func resolve(_ file: String) -> String { file.hasPrefix("/") || folder.isEmpty ? file : folder + "/" + file }
         for i in config.keysets.indices {
             config.keysets[i].jwksFile = config.keysets[i].jwksFile.map(resolve)
@@ -42,21 +52,49 @@ public enum ConfigLoader {
     public static func parse(
         _ text: String, file: String, environment: [String: String] = [:]
     ) throws(ConfigError) -> GatewayConfig {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw ConfigError([syntaxDiagnostic(error, file: file)])
-        } catch {
-            throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "", message: "YAML error: \(error)")])
+        let decoded = try decode(text, file: file, environment: environment)
+        if let config = decoded.config, decoded.diagnostics.isEmpty { return config }
+        throw ConfigError(sorted(decoded.diagnostics))
+    }
+
+    static func sorted(_ diagnostics: [ConfigDiagnostic]) -> [ConfigDiagnostic] {
+        diagnostics.sorted { ($0.line, $0.path) < ($1.line, $1.path) }
+    }
+
+    /// Decodes as far as the text allows: the config (nil when the document is unusable), every
+    /// problem found, and the scripts the config names. A syntax error stops it; a duplicate
+    /// key does not (see `DuplicateKeys`).
+    static func decode(
+        _ text: String, file: String, environment: [String: String]
+    ) throws(ConfigError) -> (config: GatewayConfig?, diagnostics: [ConfigDiagnostic], scripts: [ScriptReference]) {
+        var text = text
+        var root: Node?
+        var renamed = 0
+        while true {
+            do {
+                root = try Yams.compose(yaml: text)
+                break
+            } catch let YamlError.duplicatedKeysInMapping(duplicates, context) {
+                // Yams refuses the whole document; the key is renamed so that the decoder
+                // reports it with its path and goes on to the rest.
+                guard renamed < 100, let key = duplicates.first, let marked = DuplicateKeys.mark(key, after: context.mark, in: text) else {
+                    let key = duplicates.first ?? "?"
+                    throw ConfigError([ConfigDiagnostic(file: file, line: context.mark.line, path: "", message: "duplicate key \"\(key)\"")])
+                }
+                text = marked
+                renamed += 1
+            } catch let error as YamlError {
+                throw ConfigError([syntaxDiagnostic(error, file: file)])
+            } catch {
+                throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "", message: "YAML error: \(error)")])
+            }
         }
         guard let root else {
             throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "", message: "the file is empty")])
         }
         let reader = YAMLReader(file: file, environment: environment)
         let config = ConfigDecoder(reader: reader).decode(root)
-        if let config, reader.diagnostics.isEmpty { return config }
-        throw ConfigError(reader.diagnostics.sorted { ($0.line, $0.path) < ($1.line, $1.path) })
+        return (config, reader.diagnostics, reader.scriptReferences)
     }
 
     private static func syntaxDiagnostic(_ error: YamlError, file: String) -> ConfigDiagnostic {

@@ -6,6 +6,8 @@ final class YAMLReader {
     let file: String
     let environment: [String: String]
     private(set) var diagnostics: [ConfigDiagnostic] = []
+    /// The scripts the document names (policies, routers), where it names them.
+    var scriptReferences: [ScriptReference] = []
 
     init(file: String, environment: [String: String]) {
         self.file = file
@@ -29,6 +31,10 @@ final class YAMLReader {
                 continue
             }
             let name = scalar.string
+            if let (original, firstLine) = DuplicateKeys.marked(name) {
+                fail(key, join(path, original), "duplicate key \"\(original)\" (first at line \(firstLine))")
+                continue
+            }
             if !allowed.contains(name) {
                 let known = allowed.sorted().joined(separator: ", ")
                 fail(key, join(path, name), "unknown key \"\(name)\" (expected one of: \(known))")

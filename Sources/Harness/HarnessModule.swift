@@ -14,6 +14,9 @@ final class TestContext {
     var stubs: [String: Int32] = [:]
     /// The metrics the policies declared.
     var scriptFamilies: ScriptMetricFamilies?
+    /// This test's access-log lines so far (JSON text), oldest first; bounded.
+    var accessLog: [String] = []
+    static let maxAccessLogLines = 10_000
 
     init(simulation: SimulatedGateway, clock: FakeClock, logs: LogStore) {
         self.simulation = simulation
@@ -21,11 +24,19 @@ final class TestContext {
         self.logs = logs
     }
 
+    /// Moves the access-log lines the simulated worker wrote into this test's list.
+    func collectAccessLog() {
+        accessLog.append(contentsOf: simulation.takeAccessLog())
+        if accessLog.count > Self.maxAccessLogLines { accessLog.removeFirst(accessLog.count - Self.maxAccessLogLines) }
+    }
+
     /// Each test starts with no stubs, no logs and the clock at its start.
     func reset(_ L: OpaquePointer) {
         for ref in stubs.values { luaL_unref(L, mg_registry_index(), ref) }
         stubs = [:]
         logs.clear()
+        _ = simulation.takeAccessLog()
+        accessLog = []
         clock.reset()
         simulation.metrics.reset()
     }
@@ -73,6 +84,18 @@ public struct HarnessModule: LuaModule {
                     Lua.push(L, value)
                     lua_setfield(L, -2, key)
                 }
+                lua_rawseti(L, -2, lua_Integer(i + 1))
+            }
+            return 1
+        }
+        Lua.setFunction(L, "access_log") { L in
+            let L = L!
+            guard let context = testContext(L) else { return notInTest(L, "harness.access_log") }
+            context.collectAccessLog()
+            lua_createtable(L, Int32(context.accessLog.count), 0)
+            for (i, line) in context.accessLog.enumerated() {
+                let pushed = line.utf8CString.withUnsafeBufferPointer { mg_json_push(L, $0.baseAddress, $0.count - 1) }
+                if pushed != 1 { Lua.push(L, line) }
                 lua_rawseti(L, -2, lua_Integer(i + 1))
             }
             return 1
@@ -213,6 +236,7 @@ private func harnessRequest(_ L: OpaquePointer) -> Int32 {
     } catch {
         return Lua.raise(L, "harness.request: \(error)")
     }
+    context.collectAccessLog()
     if let stubFailure { return Lua.raise(L, "harness.request: \(stubFailure)") }
     pushMessage(L, exchange.response, upstream: nil)
     if let last = exchange.upstream.last {

@@ -19,6 +19,10 @@ final class AccessLog {
     /// A regular file takes the whole buffer in one `write` (appends to a file are not torn
     /// between workers); pipes and terminals get whole lines of at most `PIPE_BUF`.
     private var regularFile = false
+    /// Under `moongate test`: lines are kept for the test to read (`takeCaptured`) instead of
+    /// written, when the config turns the log on at all.
+    private var capturing = false
+    private var captureOn = false
 
     static let flushBytes = 64 * 1024
     static let maxBytes = 1024 * 1024
@@ -29,6 +33,10 @@ final class AccessLog {
 
     /// Switches to the generation's destination (lines of the last one go out first).
     func use(_ destination: AccessLogConfig.Destination) {
+        if capturing {
+            if case .off = destination { captureOn = false } else { captureOn = true }
+            return
+        }
         let next = AccessLogFiles.fd(destination)
         if next != fd { flush() }
         fd = next
@@ -36,13 +44,29 @@ final class AccessLog {
         regularFile = fd >= 0 && fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
     }
 
-    var isOn: Bool { fd >= 0 }
+    var isOn: Bool { fd >= 0 || captureOn }
+
+    /// Keeps lines in memory from now on (see `capturing`); `destination` as in `use`.
+    func capture(_ destination: AccessLogConfig.Destination) {
+        flush()
+        fd = -1
+        capturing = true
+        use(destination)
+    }
+
+    /// The lines kept since the last call, each without its newline.
+    func takeCaptured() -> [String] {
+        guard capturing else { return [] }
+        let text = buffer.readString(length: buffer.readableBytes) ?? ""
+        buffer.clear()
+        return text.split(separator: "\n").map(String.init)
+    }
 
     /// Appends one line: `{"time":"...Z"`, what `fields` writes (`,"name":value` pieces),
     /// then `}` and a newline. False when the log is off or full (the line is counted as dropped).
     @inline(__always)
     func line(epochNanoseconds ns: Int64, estimate: Int, _ fields: (inout HeadWriter) -> Void) -> Bool {
-        guard fd >= 0 else { return false }
+        guard fd >= 0 || captureOn else { return false }
         if buffer.readableBytes > Self.maxBytes {
             dropped += 1
             return false
@@ -70,7 +94,7 @@ final class AccessLog {
             fields(&w)
             w.put("}\n")
         }
-        if buffer.readableBytes >= Self.flushBytes { flush() }
+        if buffer.readableBytes >= Self.flushBytes, !capturing { flush() }
         return true
     }
 
@@ -79,7 +103,7 @@ final class AccessLog {
     /// Writes out the buffered lines, in pieces of whole lines no longer than `PIPE_BUF`, so
     /// that two workers' lines never interleave on a pipe.
     func flush() {
-        guard buffer.readableBytes > 0 else { return }
+        guard buffer.readableBytes > 0, !capturing else { return }
         guard fd >= 0 else {
             buffer.clear()
             return

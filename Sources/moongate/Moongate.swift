@@ -57,7 +57,7 @@ extension Moongate {
         @Option(help: "trace, debug, info, notice, warning, error or critical (default: the config's log_level).")
         var logLevel: Logger.Level?
 
-        @Flag(help: "Do not watch the config file for changes (SIGHUP still reloads).")
+        @Flag(help: "Do not watch the config file, the scripts or the key files for changes (SIGHUP still reloads them all).")
         var noWatch = false
 
         @Flag(help: "Keep code pages touched only at start-up resident (by default they are released after start-up and reloads).")

@@ -45,6 +45,8 @@ import Testing
             issuer: fixtures
             audience: [api, other]
           rsonly: { algorithms: [RS256], keys: [ { kid: rs256, pem_file: rs256.pem } ] }
+          pemnokid: { algorithms: [RS256], keys: [ { pem_file: rs256.pem } ] }
+          namedandnot: { algorithms: [RS256, ES256], keys: [ { kid: es256, pem_file: es256.pem }, { pem_file: rs256.pem } ] }
           mixed: { algorithms: [HS256, RS256], secret: another-secret, keys: [ { kid: rs256, pem_file: rs256.pem } ] }
           p256: { algorithms: [ES256, ES384], keys: [ { kid: es256, pem_file: es256.pem }, { kid: es384, pem_file: es384.pem } ] }
           hs: { algorithms: [HS256], secret: test-secret, issuer: bench, required_claims: [sub], max_age: 1h }
@@ -250,6 +252,45 @@ import Testing
               assert.same({nil, "missing_claim"}, {jwt.verify(anonymous, "hs")})
             end)
             """)
+        #expect(failures.isEmpty, "\(failures)")
+    }
+
+    /// A key configured without a kid is a candidate for any token whose alg it can check,
+    /// kid or not (identity providers set one on every token); a named key still comes first,
+    /// and a kid that names nothing when no kid-less key fits is still `unknown_kid`.
+    @Test func keysWithoutAKidCheckTokensThatCarryOne() throws {
+        let lib = try Self.json("joserfc.json")
+        let privateRS256 = (lib["private_pem"] as! [String: String])["RS256"]!
+        let privateES256 = (lib["private_pem"] as! [String: String])["ES256"]!
+        let failures = try run(#"""
+            local rs = [[\#(privateRS256)]]
+            local es = [[\#(privateES256)]]
+            before_each(function() harness.clock.set(1700000100) end)
+            it("a PEM key without a kid checks a token with one", function()
+              local token = harness.jwt.sign({sub = "idp-user"}, "pemnokid", {alg = "RS256", kid = "2024-rotation-7", private_key = rs})
+              local claims, reason = jwt.verify(token, "pemnokid")
+              assert.equals(nil, reason)
+              assert.equals("idp-user", claims.sub)
+            end)
+            it("and refuses a forged one", function()
+              local token = harness.jwt.sign({sub = "x"}, "pemnokid", {alg = "RS256", kid = "k", private_key = rs})
+              local h, p, s = token:match("^([^.]+)%.([^.]+)%.([^.]+)$")
+              assert.same({nil, "bad_signature"}, {jwt.verify(h .. "." .. p .. "." .. s:sub(1, -3) .. "AA", "pemnokid")})
+            end)
+            it("an HS secret without a kid checks a token with one", function()
+              local token = harness.jwt.sign({sub = "a", iss = "bench", iat = harness.clock.now()}, "hs", {kid = "any"})
+              assert.equals("a", (jwt.verify(token, "hs")).sub)
+            end)
+            it("named keys and kid-less keys together", function()
+              local by_name = harness.jwt.sign({sub = "named"}, "namedandnot", {alg = "ES256", kid = "es256", private_key = es})
+              assert.equals("named", (jwt.verify(by_name, "namedandnot")).sub)
+              local other = harness.jwt.sign({sub = "unnamed"}, "namedandnot", {alg = "RS256", kid = "unknown", private_key = rs})
+              assert.equals("unnamed", (jwt.verify(other, "namedandnot")).sub)
+              -- an ES256 token whose kid names nothing: the kid-less key is RSA, no candidate
+              local lost = harness.jwt.sign({sub = "x"}, "namedandnot", {alg = "ES256", kid = "gone", private_key = es})
+              assert.same({nil, "unknown_kid"}, {jwt.verify(lost, "namedandnot")})
+            end)
+            """#)
         #expect(failures.isEmpty, "\(failures)")
     }
 

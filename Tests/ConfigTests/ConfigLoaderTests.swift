@@ -150,6 +150,71 @@ import Testing
         #expect(found.contains { $0.contains("routes[1].name: duplicate route name \"a\"") })
     }
 
+    /// A duplicate key is a problem like any other: its line and path, and the others still
+    /// reported (Yams alone would quote the whole file and stop there).
+    @Test func duplicateKeysAreReportedWithLineAndPath() {
+        let found = errors("""
+            listeners:
+              - address: 127.0.0.1:8080
+            upstreams:
+              app:
+                targets: [ "127.0.0.1:9000" ]
+                targets: [ "127.0.0.1:9001" ]
+            routes:
+              - match: { path_prefix: /, path_prefix: /x }
+                upstream: app
+                upstream: other
+              - match: { path_prefix: /b }
+                upstream: missing
+            upstreams:
+              more: { targets: [ "127.0.0.1:1" ] }
+            """)
+        #expect(found == [
+            "gateway.yaml:6 upstreams.app.targets: duplicate key \"targets\" (first at line 5)",
+            "gateway.yaml:8 routes[0].match.path_prefix: duplicate key \"path_prefix\" (first at line 8)",
+            "gateway.yaml:10 routes[0].upstream: duplicate key \"upstream\" (first at line 9)",
+            "gateway.yaml:12 routes[1].upstream: unknown upstream \"missing\"",
+            "gateway.yaml:13 upstreams: duplicate key \"upstreams\" (first at line 3)",
+        ], "\(found)")
+        #expect(!found.joined().contains("listeners:"), "no whole-file context")
+        let quoted = errors(Self.minimal + "\n\"routes\": []\n")
+        #expect(quoted == ["gateway.yaml:9 routes: duplicate key \"routes\" (first at line 6)"], "\(quoted)")
+    }
+
+    /// A route naming a policy the scripts directory lacks is reported with the config's other
+    /// problems, at its line and path.
+    @Test func missingPoliciesAreConfigProblems() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-config-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder + "/policies/lib", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "return {}".write(toFile: folder + "/policies/lib/here.lua", atomically: true, encoding: .utf8)
+        try """
+            listeners:
+              - address: 127.0.0.1:8080
+                router: routing.lua
+            upstreams:
+              app:
+                targets: [ "127.0.0.1:9000" ]
+            routes:
+              - match: { path_prefix: /a }
+                upstream: app
+                policy: missing.lua
+              - match: { path_prefix: /b }
+                upstream: nowhere
+                policy: lib/here.lua
+            """.write(toFile: folder + "/gateway.yaml", atomically: true, encoding: .utf8)
+        do {
+            _ = try ConfigLoader.load(path: folder + "/gateway.yaml")
+            Issue.record("expected errors")
+        } catch {
+            #expect(error.diagnostics.map(\.description) == [
+                "gateway.yaml:3 listeners[0].router: no routing.lua in policies",
+                "gateway.yaml:10 routes[0].policy: no missing.lua in policies",
+                "gateway.yaml:12 routes[1].upstream: unknown upstream \"nowhere\"",
+            ])
+        }
+    }
+
     @Test func theSandboxConfigsValidate() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         for file in ["sandbox/gateway.yaml", "sandbox/bench/gateway.yaml"] {

@@ -112,6 +112,36 @@ import FoundationXML
         #expect(tests[2].message?.contains("/policies/budget_test.lua:8: cpu budget exceeded") == true, "\(tests[2])")
     }
 
+    /// A config that keeps the access log on (stdout, the default) does not print a line per
+    /// simulated request between the results: the harness keeps them for `harness.access_log()`.
+    @Test func accessLogIsCapturedNotPrinted() throws {
+        let project = try Project(tests: [
+            "many_test.lua": """
+            it("sends a thousand requests", function()
+              for i = 1, 1000 do assert.equals(200, harness.request{path = "/n/" .. i}.status) end
+              local lines = harness.access_log()
+              assert.equals(1000, #lines)
+              assert.equals("/n/1", lines[1].path)
+              assert.equals(200, lines[1].status)
+              assert.equals("app", lines[1].route)
+            end)
+            it("starts with an empty access log", function()
+              assert.equals(0, #harness.access_log())
+              harness.request{path = "/one", headers = {["X-Spin"] = "1"}}
+              local lines = harness.access_log()
+              assert.equals(1, #lines)
+              assert.equals(500, lines[1].status)
+            end)
+            it("fails", function() assert.equals(1, 2) end)
+            """
+        ])
+        let (status, output) = try run(["test", project.folder + "/policies"])
+        #expect(status == 1)
+        #expect(!output.contains("{\"time\""), "\(output.prefix(2000))")
+        #expect(output.split(separator: "\n").count < 30, "\(output.prefix(2000))")
+        #expect(output.contains("2 passed, 1 failed"), "\(output)")
+    }
+
     /// The binary, as CI runs it: a failing test means a non-zero exit and its file:line.
     @Test func failingTestExitsNonZeroWithItsLine() throws {
         let project = try Project(tests: [

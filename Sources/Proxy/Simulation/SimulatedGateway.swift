@@ -60,7 +60,12 @@ public final class SimulatedGateway {
         self.generation = generation
         connector = StubConnector(loop: loop)
         worker = ProxyWorker(eventLoop: loop, generation: generation, logger: logger, connector: connector)
+        // Tests print results only: the access log is kept for `harness.access_log()`.
+        worker.accessLog.capture(generation.config.accessLog.destination)
     }
+
+    /// The access-log lines (JSON) written since the last call, when the config turns the log on.
+    public func takeAccessLog() -> [String] { worker.accessLog.takeCaptured() }
 
     /// Sends `request` through the gateway; `stub` answers each upstream request. Returns the
     /// client's response and the upstream requests, in order.

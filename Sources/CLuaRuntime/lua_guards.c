@@ -68,7 +68,7 @@ static int l_byte(lua_State *L) {
     luaL_checklstring(L, 1, &l);
     lua_Integer i = luaL_optinteger(L, 2, 1);
     lua_Integer j = luaL_optinteger(L, 3, i);
-    mg_charge(L, span((lua_Integer)string_index(i, l), (lua_Integer)string_index(j, l)));
+    mg_charge_budget(L, mg_budget_of(L), span((lua_Integer)string_index(i, l), (lua_Integer)string_index(j, l)));
     return call_original(L);
 }
 
@@ -78,7 +78,7 @@ static int l_sub(lua_State *L) {
     luaL_checklstring(L, 1, &l);
     size_t i = string_index(luaL_optinteger(L, 2, 1), l);
     size_t j = string_index(luaL_optinteger(L, 3, -1), l);
-    if (j > i) mg_charge(L, (int64_t)((j - i) / 64));
+    if (j > i) mg_charge_budget(L, mg_budget_of(L), (int64_t)((j - i) / 64));
     return call_original(L);
 }
 
@@ -86,7 +86,7 @@ static int l_sub(lua_State *L) {
 static int l_whole(lua_State *L) {
     size_t l;
     luaL_checklstring(L, 1, &l);
-    mg_charge(L, (int64_t)(l / 16));
+    mg_charge_budget(L, mg_budget_of(L), (int64_t)(l / 16));
     return call_original(L);
 }
 
@@ -95,9 +95,10 @@ static int l_whole(lua_State *L) {
 static int l_formatted(lua_State *L) {
     size_t l;
     luaL_checklstring(L, 1, &l);
-    mg_charge(L, (int64_t)(l / 4));
+    mg_budget *b = mg_budget_of(L);
+    mg_charge_budget(L, b, (int64_t)(l / 4));
     int results = call_original(L);
-    if (results == 1 && lua_type(L, -1) == LUA_TSTRING) mg_charge(L, (int64_t)(lua_rawlen(L, -1) / 32));
+    if (results == 1 && lua_type(L, -1) == LUA_TSTRING) mg_charge_budget(L, b, (int64_t)(lua_rawlen(L, -1) / 32));
     return results;
 }
 

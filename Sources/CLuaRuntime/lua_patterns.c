@@ -79,6 +79,7 @@ typedef struct {
     const byte *subject, *subject_end;
     const byte *pattern_end;
     lua_State *L;
+    mg_budget *budget;
     int depth;     /* nested calls left */
     int level;     /* captures opened */
     int64_t fuel;  /* steps left before the next charge */
@@ -91,7 +92,7 @@ typedef struct {
 static void refuel(matcher *m) {
     int64_t spent = FUEL - m->fuel;
     m->fuel = FUEL;
-    mg_charge(m->L, spent);
+    mg_charge_budget(m->L, m->budget, spent);
 }
 
 static inline void spend(matcher *m, int64_t n) {
@@ -100,14 +101,15 @@ static inline void spend(matcher *m, int64_t n) {
 }
 
 /* Charges what the last operation spent since its last refuel. */
-static void settle(matcher *m) {
+static inline void settle(matcher *m) {
     int64_t spent = FUEL - m->fuel;
     m->fuel = FUEL;
-    if (spent > 0) mg_charge(m->L, spent);
+    mg_charge_budget(m->L, m->budget, spent);
 }
 
 static void start(matcher *m, lua_State *L, const byte *s, size_t ls, const byte *p, size_t lp) {
     m->L = L;
+    m->budget = mg_budget_of(L);
     m->subject = s;
     m->subject_end = s + ls;
     m->pattern_end = p + lp;
@@ -410,6 +412,7 @@ static size_t start_index(lua_Integer i, size_t len) {
     return len + (size_t)i;
 }
 
+/* Charged with the search that follows (the pattern's length is part of its charge). */
 static int has_specials(const byte *p, size_t lp) {
     for (size_t i = 0; i < lp; i++)
         if (kinds[p[i]] & K_SPECIAL) return 1;
@@ -419,7 +422,7 @@ static int has_specials(const byte *p, size_t lp) {
 /* Where the leftmost copy of p is in s, or NULL. glibc's memmem is linear in the subject
    (two-way search), so a plain search cannot be made quadratic; it is charged up front. */
 static const byte *plain_search(lua_State *L, const byte *s, size_t ls, const byte *p, size_t lp) {
-    mg_charge(L, (int64_t)((ls + lp) / 32) + 1);
+    mg_charge_budget(L, mg_budget_of(L), (int64_t)((ls + lp) / 32) + 1);
     if (lp == 0) return s;
     if (lp > ls) return NULL;
     return memmem(s, ls, p, lp);
@@ -442,7 +445,7 @@ static int find_or_match(lua_State *L, int find) {
         luaL_pushfail(L);
         return 1;
     }
-    if (find && (lua_toboolean(L, 4) || (mg_charge(L, (int64_t)(lp / 32)), !has_specials(p, lp)))) {
+    if (find && (lua_toboolean(L, 4) || !has_specials(p, lp))) {
         const byte *at = plain_search(L, s + init, ls - init, p, lp);
         if (at == NULL) {
             luaL_pushfail(L);

@@ -153,12 +153,23 @@ struct BenchRuntime: ParsableCommand {
     @Option(help: "Requests per policy.")
     var iterations = 1_000_000
 
+    @Option(help: "Run only the pattern policy, on `ours` or `stock` (for callgrind).")
+    var patternsOnly: String?
+
     func run() throws {
+        if let side = patternsOnly {
+            let figures = try RuntimeMicrobenchmark.patterns(iterations: iterations, only: side == "stock")
+            print("patterns \(side): \(String(format: "%.0f", max(figures.ours, figures.stock))) ns CPU per request")
+            return
+        }
         let figures = try RuntimeMicrobenchmark.run(iterations: iterations)
         for (name, ns) in figures.nanoseconds {
             print("\(name.padding(toLength: 14, withPad: " ", startingAt: 0)) \(String(format: "%7.0f", ns)) ns per request")
         }
         print("pooled state   \(figures.stateBytes / 1024) KiB (\(figures.stateBytes) bytes)")
+        let patterns = try RuntimeMicrobenchmark.patterns(iterations: max(iterations / 20, 1000), rounds: 15)
+        print(
+            "patterns       \(String(format: "%7.0f", patterns.ours)) ns CPU per request (system library's: \(String(format: "%.0f", patterns.stock)) ns; ratio \(String(format: "%.3f", patterns.ours / patterns.stock)))")
     }
 }
 

@@ -80,6 +80,13 @@ mg_budget *mg_budget_of(lua_State *L);
 /// For C functions that do work the count hook cannot see.
 void mg_charge(lua_State *L, int64_t n);
 
+/// `mg_charge` for the small, frequent charges of library functions: the steps are added in
+/// line, and the checks (a budget exceeded, the clock due) run only when one may be due.
+static inline void mg_charge_budget(lua_State *L, mg_budget *b, int64_t n) {
+    b->steps += n;
+    if (b->steps >= b->clock_at || b->killed != MG_KILL_NONE || (b->max_steps > 0 && b->steps > b->max_steps)) mg_charge(L, 0);
+}
+
 /// Opens the sandbox's libraries into the globals: base (the prelude hides the unsafe
 /// functions), string (the system's, with our budgeted pattern functions, charged bulk
 /// functions and no `dump`), table (bulk functions charged), math (seeded from the system's

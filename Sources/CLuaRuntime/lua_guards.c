@@ -262,6 +262,23 @@ static int open_utf8(lua_State *L) {
     return 1;
 }
 
+// MARK: os
+
+/// `os.date(format, time)`: one `strftime` per item of the format, then the text.
+static int l_date(lua_State *L) {
+    mg_budget *b = mg_budget_of(L);
+    if (lua_type(L, 1) == LUA_TSTRING) mg_charge_budget(L, b, (int64_t)(lua_rawlen(L, 1) / 2));
+    int results = call_original(L);
+    if (results == 1 && lua_type(L, -1) == LUA_TSTRING) mg_charge_budget(L, b, (int64_t)(lua_rawlen(L, -1) / 32));
+    return results;
+}
+
+static int open_os(lua_State *L) {
+    luaopen_os(L);
+    guard(L, "date", l_date);
+    return 1;
+}
+
 // MARK: math
 
 /// Seeds the state's generator from the system's random source. Lua seeds it from the time
@@ -303,5 +320,7 @@ void mg_open_guarded_libs(lua_State *L, int stock_patterns) {
     luaL_requiref(L, LUA_MATHLIBNAME, open_math, 1);
     lua_pop(L, 1);
     luaL_requiref(L, LUA_UTF8LIBNAME, open_utf8, 1);
+    lua_pop(L, 1);
+    luaL_requiref(L, LUA_OSLIBNAME, open_os, 1);
     lua_pop(L, 1);
 }

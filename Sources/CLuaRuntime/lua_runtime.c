@@ -250,8 +250,6 @@ void mg_open_sandbox_libs(lua_State *L, int stock_patterns) {
     mg_open_guarded_libs(L, stock_patterns);
     luaL_requiref(L, LUA_COLIBNAME, luaopen_coroutine, 1);
     lua_pop(L, 1);
-    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 1);
-    lua_pop(L, 1);
     lua_register(L, "__killed", l_killed);
     lua_register(L, "__charge", l_charge);
     lua_register(L, "__cocreate", l_cocreate);

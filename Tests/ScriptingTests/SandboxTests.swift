@@ -275,6 +275,7 @@ import Testing
             "local s = string.rep('a', 1 << 16) for i = 1, 1e9 do local _ = s:byte(1, -1) end",
             "local t = {} for i = 1, 1e6 do t[i] = i end for i = 1, 1e9 do table.insert(t, 1, i) table.remove(t, 1) end",
             "local s = string.rep('a', 1 << 22) for i = 1, 1e9 do local _ = utf8.len(s) end",
+            "local f = string.rep('%c', 1 << 15) for i = 1, 1e9 do local _ = os.date(f) end",
         ] {
             let start = ContinuousClock.now
             let f = try failure(attack, budget: budget)

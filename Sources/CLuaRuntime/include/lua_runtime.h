@@ -95,7 +95,7 @@ static inline void mg_charge_budget(lua_State *L, mg_budget *b, int64_t n) {
 /// the benchmark that compares them; never for a request.
 void mg_open_sandbox_libs(lua_State *L, int stock_patterns);
 
-/// Opens string, table, math and utf8 as the sandbox guards them (see above).
+/// Opens string, table, math, utf8 and os as the sandbox guards them (see above).
 void mg_open_guarded_libs(lua_State *L, int stock_patterns);
 
 /// Pushes a table of our pattern functions (`find`, `match`, `gmatch`, `gsub`), each step

@@ -268,27 +268,53 @@ public actor Gateway {
         let drain = TimeAmount(generation?.config.timeouts.drain ?? .seconds(10))
         for running in listeners.values { await running.close() }
         listeners = [:]
+        // Every question to a worker is bounded by the drain deadline (plus a second for the
+        // last steps): a worker that does not answer is left behind, and the process exits.
+        let deadline = NIODeadline.now() + drain
+        func left() -> TimeAmount { max(deadline - .now(), .zero) + .seconds(1) }
+        var stuck: Set<Int> = []
         for (index, worker) in workers.enumerated() {
-            if let (states, bytes) = try? await worker.eventLoop.submit({ worker.value.luaStats }).get(), states > 0 {
+            guard let (states, bytes) = await worker.eventLoop.answer(within: left(), { worker.value.luaStats }) else {
+                stuck.insert(index)
+                continue
+            }
+            if states > 0 {
                 logger.info("lua states", metadata: ["worker": "\(index)", "lua_states": "\(states)", "lua_idle_bytes": "\(bytes)"])
             }
         }
-        for worker in workers { try? await worker.eventLoop.submit { worker.value.drain() }.get() }
-        let deadline = NIODeadline.now() + drain
+        for (index, worker) in workers.enumerated() where !stuck.contains(index) {
+            if await worker.eventLoop.answer(within: left(), { worker.value.drain() }) == nil { stuck.insert(index) }
+        }
         while NIODeadline.now() < deadline {
             var open = 0
-            for worker in workers { open += (try? await worker.eventLoop.submit { worker.value.connectionCount }.get()) ?? 0 }
+            for (index, worker) in workers.enumerated() where !stuck.contains(index) {
+                guard let count = await worker.eventLoop.answer(within: left(), { worker.value.connectionCount }) else {
+                    stuck.insert(index)
+                    continue
+                }
+                open += count
+            }
             if open == 0 { break }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        for worker in workers { try? await worker.eventLoop.submit { worker.value.closeAll() }.get() }
+        for (index, worker) in workers.enumerated() where !stuck.contains(index) {
+            if await worker.eventLoop.answer(within: .seconds(1), { worker.value.closeAll() }) == nil { stuck.insert(index) }
+        }
+        for index in stuck.sorted() {
+            logger.error("worker did not answer within the drain timeout; leaving it behind", metadata: ["worker": "\(index)"])
+        }
         await redisBuckets?.close()
         redisBuckets = nil
         self.workers = []
         await admin?.close()
         admin = nil
         self.group = nil
-        try? await group.shutdownGracefully()
+        if stuck.isEmpty {
+            try? await group.shutdownGracefully()
+        } else {
+            // A stuck loop never stops: the others are stopped, and the process exits anyway.
+            for (index, loop) in group.loops.enumerated() where !stuck.contains(index) { try? await loop.shutdownGracefully() }
+        }
         try? await adminGroup?.shutdownGracefully()
         adminGroup = nil
         logger.info("gateway stopped")

@@ -129,14 +129,27 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
             local.append(task)
             return
         }
-        let wake: Bool = lock.withLock {
+        // The wake-up write happens under the lock: the loop sets `stopped` under it before it
+        // closes the descriptor, so no write can reach a number that another file now holds.
+        let refused: Bool = lock.withLock {
+            if stopped { return true }
             remote.append(task)
-            if wakeArmed { return false }
-            wakeArmed = true
-            return true
+            if !wakeArmed {
+                wakeArmed = true
+                wakeUp()
+            }
+            return false
         }
-        if wake { wakeUp() }
+        if refused { Self.refusedTasks.withLockedValue { $0 += 1 } }
     }
+
+    /// Tasks refused because their loop had stopped (as NIO, which refuses them too), since
+    /// the process started.
+    public static var refusedAfterStop: Int { refusedTasks.withLockedValue { $0 } }
+    private static let refusedTasks = NIOLockedValueBox(0)
+
+    /// Whether the loop has stopped (its thread has ended); it then refuses all work.
+    public var isStopped: Bool { lock.withLock { stopped } }
 
     public func _executeIsolatedUnsafeUnchecked(_ task: @escaping () -> Void) {
         enqueue(task)
@@ -160,6 +173,10 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
 
     private func schedule<T>(deadline: NIODeadline, _ task: @escaping () throws -> T) -> Scheduled<T> {
         let promise = makePromise(of: T.self)
+        if isStopped {
+            promise.fail(EventLoopError.shutdown)
+            return Scheduled(promise: promise) {}
+        }
         let timer = TimerHeap.Timer(deadline: deadline) {
             do { promise.assumeIsolatedUnsafeUnchecked().succeed(try task()) } catch { promise.fail(error) }
         }

@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SocketLoop
@@ -103,6 +104,49 @@ import Testing
                 c.resume()
             }
         }
+    }
+
+    /// A stopped loop refuses work: a task from another thread is dropped, never written to
+    /// the wake-up descriptor the loop closed (whose number a new file now holds).
+    @Test func aStoppedLoopRefusesWorkAndWritesToNoReusedDescriptor() async throws {
+        let loop = try SocketLoop(name: "t")
+        loop.stop()
+        #expect(loop.isStopped)
+        // The descriptors the loop closed are the lowest free numbers now: a pipe takes them.
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        var more: [Int32] = [0, 0]
+        #expect(pipe(&more) == 0)
+        for fd in fds + more { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
+        defer { for fd in fds + more { close(fd) } }
+        let before = SocketLoop.refusedAfterStop
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<4 { group.addTask { for _ in 0..<100 { loop.execute {} } } }
+        }
+        #expect(SocketLoop.refusedAfterStop >= before + 400)
+        for fd in [fds[0], more[0]] {
+            var byte: UInt8 = 0
+            #expect(read(fd, &byte, 1) == -1 && errno == EAGAIN, "nothing was written to a reused descriptor")
+        }
+    }
+
+    /// A question to a loop that is stuck in a task gets no answer after its time, instead of
+    /// blocking whoever asked (shutdown) for ever.
+    @Test func answerGivesUpOnAStuckLoop() async throws {
+        let loop = try SocketLoop(name: "t")
+        let release = ConditionLock(value: 0)
+        loop.execute {
+            release.lock(whenValue: 1)
+            release.unlock()
+        }
+        let start = ContinuousClock.now
+        let answer = await loop.answer(within: .milliseconds(100)) { 42 }
+        #expect(answer == nil)
+        #expect(ContinuousClock.now - start < .seconds(2))
+        release.lock()
+        release.unlock(withValue: 1)
+        #expect(await loop.answer(within: .seconds(5)) { 42 } == 42)
+        loop.stop()
     }
 }
 

@@ -309,7 +309,7 @@ struct ConfigDecoder {
     private func decodeLimits(_ node: Node) -> Limits {
         let r = reader
         var limits = Limits()
-        guard let map = r.mapping(node, "limits", allowed: ["max_header_bytes", "max_headers", "max_uri_bytes", "max_body_bytes"]) else {
+        guard let map = r.mapping(node, "limits", allowed: ["max_header_bytes", "max_headers", "max_uri_bytes", "max_body_bytes", "max_connections"]) else {
             return limits
         }
         if let n = map["max_header_bytes"]?.value, let v = r.size(n, "limits.max_header_bytes") {
@@ -320,6 +320,7 @@ struct ConfigDecoder {
             if v < 16 { r.fail(n, "limits.max_uri_bytes", "must be at least 16") } else { limits.maxURIBytes = v }
         }
         if let n = map["max_body_bytes"]?.value, let v = r.size(n, "limits.max_body_bytes") { limits.maxBodyBytes = v }
+        if let n = map["max_connections"]?.value, let v = r.int(n, "limits.max_connections", range: 1...10_000_000) { limits.maxConnections = v }
         return limits
     }
 

@@ -115,6 +115,9 @@ public struct Limits: Sendable, Equatable {
     public var maxURIBytes: Int = 8 * 1024
     /// Request body bytes, unless a route says otherwise. Default 10 MiB; `413`. 0 = unlimited.
     public var maxBodyBytes: Int = 10 * 1024 * 1024
+    /// Client connections one worker holds at most; past it, accepting pauses until one
+    /// closes (as when descriptors run out). Default 16384.
+    public var maxConnections: Int = 16384
 
     public init() {}
 }

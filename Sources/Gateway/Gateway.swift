@@ -506,6 +506,16 @@ public actor Gateway {
                             "accept failed; accepting paused for 100 ms at a time while it lasts",
                             metadata: ["listener": "\(listener.name)", "error": "\(error)"])
                     }
+                    socket.admit = { worker.value.admitsConnection }
+                    var lastFull = NIODeadline.distantPast
+                    socket.onFull = {
+                        let now = NIODeadline.now()
+                        guard now - lastFull >= .seconds(60) else { return }
+                        lastFull = now
+                        logger.warning(
+                            "connection limit reached (limits.max_connections); accepting paused until one closes",
+                            metadata: ["listener": "\(listener.name)"])
+                    }
                     return (NIOLoopBound(socket, eventLoop: loop), socket.localAddress.port ?? 0)
                 }.get()
                 sockets.append(socket)

@@ -46,11 +46,22 @@ enum ConnectionIO {
         }
     }
 
-    /// Sends what is queued, then closes.
-    func closeAfterFlush() {
+    /// How long a closing client connection keeps reading and dropping what the client still
+    /// sends, and how much of it, so that the answer is not destroyed by a reset (see
+    /// `TCPConnection.closeAfterFlush(lingering:)`). nginx drains for up to 30 s; a shorter
+    /// window is enough for a refused request still in flight.
+    static let lingerTime: TimeAmount = .seconds(5)
+    static let lingerBytes = 16 << 20
+
+    /// Sends what is queued, then closes; `linger` drains the client's unread bytes first.
+    func closeAfterFlush(linger: Bool = false) {
         switch self {
         case .socket(let connection):
-            connection.closeAfterFlush()
+            if linger {
+                connection.closeAfterFlush(lingering: Self.lingerTime, maxDrained: Self.lingerBytes)
+            } else {
+                connection.closeAfterFlush()
+            }
         case .pipeline(let context):
             let promise = context.eventLoop.makePromise(of: Void.self)
             context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0)), promise: promise)

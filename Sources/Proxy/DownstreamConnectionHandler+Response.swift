@@ -228,7 +228,8 @@ extension DownstreamConnectionHandler {
         recordRequest(status: sentStatus)
         if requestHead != nil { endScript() }
         state = .closing
-        io.closeAfterFlush()
+        // The client may still be sending (a refused head or body): drained, not reset.
+        io.closeAfterFlush(linger: true)
     }
 
     func upstreamClosed(error: Error?, reused: Bool) {

@@ -158,6 +158,9 @@ public final class ProxyWorker {
     /// Client connections open on this loop.
     public var connectionCount: Int { connections.count }
 
+    /// Whether this loop may accept another client connection (`limits.max_connections`).
+    public var admitsConnection: Bool { connections.count < generation.shared.config.limits.maxConnections }
+
     /// Upstream connections open on this loop (idle, in use or connecting), for tests.
     public var upstreamConnectionCount: Int { pools.values.reduce(0) { $0 + $1.openConnections } }
 

@@ -57,7 +57,17 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     private var readsPaused = false
     private var waitingForWritable = false
     private var closeWhenFlushed = false
+    /// A lingering close in progress (see ``closeAfterFlush(lingering:)``).
+    private var lingering: Lingering?
     private var connecting: Connecting?
+
+    /// After the answer is sent and the write side shut, what the peer still sends is read
+    /// and dropped until it closes, for a bounded time and number of bytes.
+    private struct Lingering {
+        var timer: SocketLoop.TimerHandle?
+        var bytesLeft: Int
+        var draining = false
+    }
 
     private struct PendingWrite {
         var bytes: ByteBuffer
@@ -163,6 +173,10 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         }
         if events & CEPOLL_OUT != 0, waitingForWritable { flushNow() }
         guard isOpen else { return }
+        if lingering?.draining == true {
+            if events & (CEPOLL_IN | CEPOLL_HUP | CEPOLL_ERR) != 0 { drain() }
+            return
+        }
         if events & (CEPOLL_IN | CEPOLL_HUP | CEPOLL_ERR) != 0 {
             if readsPaused {
                 // Not reading, yet the peer hung up or failed: waiting would spin (epoll is
@@ -231,7 +245,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     private func updateInterest() {
         guard isOpen, let registration else { return }
         var events: UInt32 = 0
-        if !readsPaused && !closeWhenFlushed { events |= CEPOLL_IN }
+        if lingering?.draining == true || (!readsPaused && !closeWhenFlushed) { events |= CEPOLL_IN }
         if waitingForWritable { events |= CEPOLL_OUT }
         loop.reregister(registration, events: events)
     }
@@ -295,7 +309,9 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
             waitingForWritable = false
             updateInterest()
         }
-        if closeWhenFlushed { close(error: nil) }
+        if closeWhenFlushed {
+            if lingering != nil { startDraining() } else { close(error: nil) }
+        }
     }
 
     /// A write to a peer that has gone raises SIGPIPE, whose default action ends the process.
@@ -348,15 +364,61 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     // MARK: closing
 
     /// Closes once what is queued is sent (reading stops now).
-    public func closeAfterFlush() {
-        guard isOpen else { return }
+    ///
+    /// With `lingering`, a close that may leave the peer's bytes unread (a request refused
+    /// while it was still arriving) is done as RFC 9112 §9.6 and nginx's lingering close do:
+    /// the answer is sent, the write side shut (the peer reads the answer, then the end),
+    /// and what the peer still sends is read and dropped until it closes, for at most
+    /// `lingering` and `maxDrained` bytes. Closing at once with unread bytes would make the
+    /// kernel send a reset, which can destroy the answer before the peer reads it.
+    public func closeAfterFlush(lingering: TimeAmount? = nil, maxDrained: Int = 1 << 20) {
+        guard isOpen, !closeWhenFlushed else { return }
+        closeWhenFlushed = true
+        if let lingering {
+            self.lingering = Lingering(timer: nil, bytesLeft: maxDrained)
+            self.lingering?.timer = loop.setTimer(at: .now() + lingering) { [weak self] in
+                self?.lingering?.timer = nil
+                self?.close(error: nil)
+            }
+        }
         if pending.isEmpty {
-            close(error: nil)
+            if self.lingering != nil { startDraining() } else { close(error: nil) }
             return
         }
-        closeWhenFlushed = true
         updateInterest()
         if !waitingForWritable { flushNow() }
+    }
+
+    private func startDraining() {
+        guard isOpen, lingering != nil else { return }
+        lingering?.draining = true
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+        updateInterest()
+        drain()
+    }
+
+    /// Reads and drops what the peer sends; closes at its end, on an error, or past the cap.
+    private func drain() {
+        while isOpen, let left = lingering?.bytesLeft {
+            var buffer = loop.receiveBuffer.take() ?? ByteBuffer()
+            buffer.clear(minimumCapacity: Self.readSize)
+            var result = 0
+            var failure: Int32 = 0
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.readSize) { p in
+                result = Glibc.read(fd, p.baseAddress, p.count)
+                if result < 0 { failure = cepoll_errno() }
+                return 0
+            }
+            loop.receiveBuffer = buffer
+            if result > 0 {
+                lingering?.bytesLeft = left - result
+                if left - result <= 0 { close(error: nil) }
+                continue
+            }
+            if result < 0, failure == EINTR { continue }
+            if result < 0, failure == EAGAIN || failure == EWOULDBLOCK { return }
+            close(error: nil)
+        }
     }
 
     /// Closes now; queued bytes are dropped. The delegate hears of it (once).
@@ -371,6 +433,8 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     private func closeSilently() {
         guard isOpen else { return }
         isOpen = false
+        if let timer = lingering?.timer { loop.cancelTimer(timer) }
+        lingering = nil
         if let registration { loop.close(registration) } else { Glibc.close(fd) }
         registration = nil
         pendingBytes = 0

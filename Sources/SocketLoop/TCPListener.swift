@@ -65,6 +65,12 @@ public final class TCPListener: SocketLoopSource, SocketLoopClosable {
         var storage = sockaddr_storage()
         for _ in 0..<Self.acceptsPerEvent {
             guard isOpen else { return }
+            if let admit, !admit() {
+                // Full: the connection waits in the kernel's queue, and epoll (level-triggered)
+                // would report it again at once. Accepting pauses briefly instead.
+                pauseAccepting(for: Self.fullPause, error: nil)
+                return
+            }
             let client = cepoll_accept(fd, &storage)
             if client < 0 {
                 let e = cepoll_errno()
@@ -74,7 +80,7 @@ public final class TCPListener: SocketLoopSource, SocketLoopClosable {
                 // Out of descriptors or memory: the connection stays queued and epoll (level-
                 // triggered) would report it again at once, a busy loop on a starved process.
                 // Accepting pauses for a while instead, as nginx does.
-                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { pauseAccepting(.system("accept", e)) }
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { pauseAccepting(for: Self.acceptPause, error: .system("accept", e)) }
                 return
             }
             _ = cepoll_set_int(client, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
@@ -87,15 +93,23 @@ public final class TCPListener: SocketLoopSource, SocketLoopClosable {
     static let acceptPause = TimeAmount.milliseconds(100)
     private var acceptPaused = false
 
+    /// How long accepting pauses when `admit` says no: short, so a freed slot is taken soon.
+    static let fullPause = TimeAmount.milliseconds(20)
+
     /// Told of each accept failure that pauses accepting (to log it), on the loop.
     public var onAcceptError: ((SocketError) -> Void)?
 
-    private func pauseAccepting(_ error: SocketError) {
+    /// Asked before each accept: false pauses accepting (a worker at its connection limit).
+    /// Told through `onFull` (to log it), on the loop.
+    public var admit: (() -> Bool)?
+    public var onFull: (() -> Void)?
+
+    private func pauseAccepting(for pause: TimeAmount, error: SocketError?) {
         guard !acceptPaused, let registration else { return }
         acceptPaused = true
-        onAcceptError?(error)
+        if let error { onAcceptError?(error) } else { onFull?() }
         loop.reregister(registration, events: 0)
-        _ = loop.setTimer(at: .now() + Self.acceptPause) { [weak self] in
+        _ = loop.setTimer(at: .now() + pause) { [weak self] in
             guard let self, self.acceptPaused else { return }
             self.acceptPaused = false
             if self.isOpen, let registration = self.registration { self.loop.reregister(registration, events: CEPOLL_IN) }

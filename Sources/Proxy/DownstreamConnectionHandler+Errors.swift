@@ -2,9 +2,10 @@ import NIOCore
 import SocketLoop
 
 extension DownstreamConnectionHandler {
-    /// Answers the request with `status` and `{"error": ..., "request_id": ...}`. If part of a
-    /// response was already sent, the only honest move left is to cut the connection.
-    func respondError(_ status: Int, _ message: String, close: Bool) {
+    /// Answers the request with the error's status and `{"error": ..., "request_id": ...}`
+    /// (closing the connection after it when the error says so). If part of a response was
+    /// already sent, the only honest move left is to cut the connection.
+    func respondError(_ error: ProxyError) {
         finishTry()
         if let upstream {
             self.upstream = nil
@@ -14,7 +15,7 @@ extension DownstreamConnectionHandler {
             forceClose()
             return
         }
-        writeLocalResponse(status, headers: nil, json: true, body: errorBody(message), close: close)
+        writeLocalResponse(error.status, headers: nil, json: true, body: errorBody(error.message), close: error.closesConnection)
     }
 
     /// `{"error": message, "request_id": ...}`.

@@ -23,7 +23,7 @@ extension DownstreamConnectionHandler {
             if buffer.readableBytes > limits.maxHeaderBytes {
                 inbound = nil
                 let lineDone = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } != nil
-                respondError(lineDone ? 431 : 414, lineDone ? "request header fields too large" : "request URI too long", close: true)
+                respondError(lineDone ? .headerTooLarge : .uriTooLong)
             } else {
                 inbound = buffer
             }
@@ -32,7 +32,8 @@ extension DownstreamConnectionHandler {
         if end > limits.maxHeaderBytes {
             inbound = nil
             let lineEnd = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } ?? end
-            respondError(lineEnd > limits.maxURIBytes + 32 ? 414 : 431, "request header fields too large", close: true)
+            // A target far past its own limit is the reason; otherwise the head as a whole.
+            respondError(lineEnd > limits.maxURIBytes + 32 ? .uriTooLong : .headerTooLarge)
             return
         }
         let head = buffer.readSlice(length: end)!
@@ -72,11 +73,11 @@ extension DownstreamConnectionHandler {
         keepAliveClient = request.keepAlive && !worker.draining
         if let parsed {
             worker.requestIDs.next(into: &requestID)
-            respondError(parsed.status, parsed.message, close: true)
+            respondError(.head(parsed))
             return
         }
 
-        var headError: (Int, String)?
+        var headError: ProxyError?
         let route: CompiledRoute? = head.withUnsafeReadableBytes { p in
             setRequestID(p)
             trace = TraceContext(p, request.headers.traceparent, random: &worker.requestIDs)
@@ -95,17 +96,17 @@ extension DownstreamConnectionHandler {
             }
             metricMethod = MethodLabel.index(UnsafeRawBufferPointer(rebasing: p[request.method.lower..<request.method.upper]))
             if p[request.target.lower] != UInt8(ascii: "/") {
-                headError = (400, "request target must be an absolute path")
+                headError = .absolutePathRequired
                 return nil
             }
             if PathSafety.hasDotSegment(p, request.path) {
-                headError = (400, "dot segments are not allowed in the path")
+                headError = .dotSegments
                 return nil
             }
             return generation.shared.match(p, request)
         }
-        if let (status, message) = headError {
-            respondError(status, message, close: true)
+        if let headError {
+            respondError(headError)
             return
         }
         switch request.framing {
@@ -130,12 +131,12 @@ extension DownstreamConnectionHandler {
             }
         }
         guard let route = chosen else {
-            respondError(404, "no route", close: false)
+            respondError(.noRoute)
             return
         }
         self.route = route
         if case .contentLength(let length) = request.framing, route.maxBodyBytes > 0, length > route.maxBodyBytes {
-            respondError(413, "request body too large", close: true)
+            respondError(.bodyTooLarge)
             return
         }
 
@@ -192,11 +193,8 @@ extension DownstreamConnectionHandler {
             case .failure(let error):
                 guard state == .connecting, requestSerial == serial else { return }
                 if let balancer { worker.metrics.upstream(.connectError, upstream: balancer.upstream.metricID) }
-                if case ChannelError.connectTimeout = error {
-                    tryFailed(504, "upstream connect timeout")
-                } else {
-                    tryFailed(502, "upstream unreachable")
-                }
+                // The pool reports why, as a ProxyError; anything else is a failure to connect.
+                tryFailed(error as? ProxyError ?? .unreachable)
             }
         }
     }
@@ -237,7 +235,7 @@ extension DownstreamConnectionHandler {
                     case .data(let slice):
                         requestBodyBytes += slice.readableBytes
                         if limit > 0, requestBodyBytes > limit {
-                            respondError(413, "request body too large", close: true)
+                            respondError(.bodyTooLarge)
                             return
                         }
                         writeChunk(slice, to: upstream)
@@ -250,7 +248,7 @@ extension DownstreamConnectionHandler {
                 }
                 requestBody = .chunked(decoder)
             } catch {
-                respondError(400, "malformed chunked body", close: true)
+                respondError(.malformedChunkedBody)
             }
         }
     }

@@ -37,7 +37,7 @@ extension DownstreamConnectionHandler {
         }
         guard let end = buffer.withUnsafeReadableBytes({ HeadParser.findEnd($0, from: 0) }) else {
             if buffer.readableBytes > Self.maxResponseHeadBytes {
-                upstreamFailed(502, "upstream response head too large")
+                upstreamFailed(.responseHeadTooLarge)
             } else {
                 responseHeadBuffer = buffer
                 buffer.moveReaderIndex(to: buffer.writerIndex)
@@ -55,7 +55,7 @@ extension DownstreamConnectionHandler {
             }
         }
         if failed {
-            upstreamFailed(502, "invalid upstream response")
+            upstreamFailed(.invalidResponse)
             return false
         }
         upstreamHead = nil  // a response started: never retry this request
@@ -63,7 +63,7 @@ extension DownstreamConnectionHandler {
         if status >= 200 { tryAnswered(status: status) }
         if status >= 100, status < 200 {
             if status == 101 {
-                upstreamFailed(502, "upstream switched protocols")
+                upstreamFailed(.switchedProtocols)
                 return false
             }
             // Interim responses (100 Continue, 103 Early Hints) go to the client as they came.
@@ -86,7 +86,7 @@ extension DownstreamConnectionHandler {
         if case .untilClose = framing { upstreamReusable = false }
         if laterResponse, lua == nil, reborrow() == nil {
             upstreamReusable = false
-            upstreamFailed(503, "no Lua state free")
+            upstreamFailed(.noLuaState)
             return false
         }
         if let lua, let route, lua.has(.response, policy: route.policy) {
@@ -240,7 +240,7 @@ extension DownstreamConnectionHandler {
                 upstreamEnded = true
                 continueResponseWait()
             } else {
-                upstreamFailed(502, "upstream closed the connection")
+                upstreamFailed(.upstreamClosed)
             }
         case .head:
             // A pooled connection the origin closed as we reused it (its keep-alive timeout):
@@ -254,7 +254,7 @@ extension DownstreamConnectionHandler {
                 connectUpstream(pool)
                 return
             }
-            tryFailed(502, "upstream closed the connection")
+            tryFailed(.upstreamClosed)
         case .body:
             if case .untilClose = responseBody {
                 responseFinished()
@@ -271,20 +271,21 @@ extension DownstreamConnectionHandler {
         upstreamReusable = false
         if responsePhase == .head {
             if let balancer { worker.metrics.upstream(.timeout, upstream: balancer.upstream.metricID) }
-            tryFailed(504, "upstream timeout")
+            tryFailed(.upstreamTimeout)
         } else if responsePhase == .collecting {
-            upstreamFailed(504, "upstream timeout")
+            upstreamFailed(.upstreamTimeout)
         } else {
             forceClose()
         }
     }
 
-    func upstreamFailed(_ status: Int, _ message: String) {
+    /// The upstream failed after the try was answered (or in a way no other try would mend).
+    func upstreamFailed(_ error: ProxyError) {
         if let upstream {
             self.upstream = nil
             upstream.close()
         }
-        respondError(status, message, close: false)
+        respondError(error)
     }
 
     /// The response head as the client gets it: hop-by-hop fields removed, framing re-stated.

@@ -13,13 +13,13 @@ extension DownstreamConnectionHandler {
         if let target = edits.target {
             // A target the script named: one try, no balancing.
             guard let dynamic = worker.dynamicPool(target.key, target.address, settings: balancer.upstream.settings) else {
-                respondError(503, "too many script-chosen targets", close: false)
+                respondError(.tooManyScriptTargets)
                 return
             }
             pool = dynamic
         } else {
             guard let index = picked ?? balancer.pick(tried: triedTargets, key: hashKey, now: lastActivity) else {
-                respondError(503, "no healthy upstream target", close: false)
+                respondError(.noHealthyTarget)
                 return
             }
             if index < 64 { triedTargets |= 1 << UInt64(index) }
@@ -59,13 +59,13 @@ extension DownstreamConnectionHandler {
             if let connection { begin(connection) } else { connectUpstream(pool) }
         }
         guard let id else {
-            respondError(503, "upstream connection pool full", close: false)
+            respondError(.poolFull)
             return
         }
         timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: pool.settings.queueTimeout) { [self] in
             pool.cancelWait(id)
             guard requestSerial == serial, state == .connecting else { return }
-            respondError(503, "no upstream connection free in time", close: false)
+            respondError(.poolWaitTimeout)
         }
     }
 
@@ -108,29 +108,29 @@ extension DownstreamConnectionHandler {
     }
 
     /// The try failed before any answer: count it against the target, then retry elsewhere
-    /// or answer `status`.
-    func tryFailed(_ status: Int, _ message: String) {
+    /// (if the error allows) or answer with it.
+    func tryFailed(_ error: ProxyError) {
         if let upstream {
             self.upstream = nil
             upstream.close()
         }
         if tryPending, let pool = targetPool {
             tryPending = false
-            if traced { recordTrySpan(pool, status: 0, error: message) }
+            if traced { recordTrySpan(pool, status: 0, error: error.message) }
             pool.health.inFlight -= 1
             if pool.health.failed(.now(), pool.settings) {
                 worker.logger.warning(
                     "upstream target ejected after failed tries",
-                    metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(message)", "request_id": "\(String(buffer: requestID))"])
+                    metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(error.message)", "request_id": "\(String(buffer: requestID))"])
             }
             breakerRecord(pool, success: false)
         }
         // Another target, if one is left and the budget allows: else this try's failure stands.
-        if canRetry(), let route, let balancer, let index = balancer.pick(tried: triedTargets, key: hashKey), balancer.takeRetry() {
+        if error.retryable, canRetry(), let route, let balancer, let index = balancer.pick(tried: triedTargets, key: hashKey), balancer.takeRetry() {
             startTry(route: route, index: index)
             return
         }
-        respondError(status, message, close: false)
+        respondError(error)
     }
 
     /// Never after the client got a byte; only what can be sent again whole; idempotent

@@ -407,9 +407,9 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
             state = .closing
             io.close()
         case .head:
-            respondError(408, "request timeout", close: true)
+            respondError(.clientTimeout)
         case .policy, .connecting, .proxying:
-            respondError(504, "request timeout", close: true)
+            respondError(.requestTimeout)
         case .closing, .closed:
             break
         }

@@ -86,18 +86,20 @@ final class TargetPool {
             // The gateway's workers: the handler is the socket's delegate, no pipeline.
             let promise = loop.makePromise(of: UpstreamConnectionHandler.self)
             TCPClient.connectSocket(to: address, on: loop, timeout: settings.connectTimeout) { result in
-                do {
-                    let connection = try result.get()
+                switch result {
+                case .success(let connection):
                     let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
                     do {
                         try handler.attach(socket: connection)
+                        promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
                     } catch {
                         connection.close()
-                        throw error
+                        promise.fail(ProxyError.unreachable)
                     }
-                    promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
-                } catch {
-                    promise.fail(error)
+                case .failure(.timeout):
+                    promise.fail(ProxyError.connectTimeout)
+                case .failure:
+                    promise.fail(ProxyError.unreachable)
                 }
             }
             future = promise.futureResult
@@ -108,6 +110,11 @@ final class TargetPool {
             }
             .flatMapThrowing { channel in
                 try channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self)
+            }
+            .flatMapErrorThrowing { error in
+                // NIO's bootstrap says a timeout its own way; the pool says it as ours.
+                if case ChannelError.connectTimeout = error { throw ProxyError.connectTimeout }
+                throw ProxyError.unreachable
             }
         }
         let loopBound = NIOLoopBound(self, eventLoop: eventLoop)

@@ -29,6 +29,9 @@ public enum TCPClient {
                         channel.close(promise: nil)
                         promise.fail(error)
                     }
+                case .failure(.timeout):
+                    // As NIO's bootstraps fail, for the channel clients (Redis, HTTP fetches).
+                    promise.fail(ChannelError.connectTimeout(timeout))
                 case .failure(let error):
                     promise.fail(error)
                 }
@@ -38,19 +41,13 @@ public enum TCPClient {
     }
 
     /// Connects a bare socket on `loop` (from the loop), for callers that take its events
-    /// themselves. Fails as NIO's bootstraps do where callers tell errors apart: a timeout is
-    /// `ChannelError.connectTimeout`, anything else the `SocketError` with its `errno`.
+    /// themselves: a timeout fails with `SocketError.timeout`, anything else with the
+    /// `SocketError` and its `errno`.
     public static func connectSocket(
         to address: SocketAddress, on loop: SocketLoop, timeout: TimeAmount,
-        _ completion: @escaping (Result<TCPConnection, Error>) -> Void
+        _ completion: @escaping (Result<TCPConnection, SocketError>) -> Void
     ) {
-        TCPConnection.connect(to: address, on: loop, timeout: timeout) { result in
-            switch result {
-            case .success(let connection): completion(.success(connection))
-            case .failure(.timeout): completion(.failure(ChannelError.connectTimeout(timeout)))
-            case .failure(let error): completion(.failure(error))
-            }
-        }
+        TCPConnection.connect(to: address, on: loop, timeout: timeout, completion)
     }
 
     /// Connects to `host`, a name or an address literal. Names are resolved off the loop

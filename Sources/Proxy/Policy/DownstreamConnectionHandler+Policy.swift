@@ -17,7 +17,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             return
         }
         guard let pool = generation?.luaPool() else {
-            respondError(500, "policy unavailable", close: false)
+            respondError(.policyUnavailable)
             return
         }
         luaPool = pool
@@ -27,7 +27,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         } catch {
             worker.logger.error(
                 "cannot create a Lua state", metadata: ["error": "\(error)", "route": "\(route.name)", "request_id": "\(String(buffer: requestID))"])
-            respondError(500, "policy unavailable", close: false)
+            respondError(.policyUnavailable)
             return
         }
         if let state {
@@ -50,7 +50,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             guard let wait = poolWait, wait.id == id else { return }
             poolWait = nil
             pool.cancel(id)
-            respondError(503, "no Lua state free", close: false)
+            respondError(.noLuaState)
         }
         poolWait = (id, timer)
     }
@@ -110,7 +110,7 @@ extension DownstreamConnectionHandler: ScriptHost {
     /// route it picks has a policy.
     func runRouter(_ head: ByteBuffer, router: Int) -> RouterOutcome {
         guard let generation, let pool = generation.luaPool() else {
-            respondError(500, "policy unavailable", close: false)
+            respondError(.policyUnavailable)
             return .answered
         }
         requestHead = keep(head, in: &requestHeadStorage)
@@ -122,11 +122,11 @@ extension DownstreamConnectionHandler: ScriptHost {
             checkedOut = try pool.checkout()
         } catch {
             worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)", "request_id": "\(String(buffer: requestID))"])
-            respondError(500, "policy unavailable", close: false)
+            respondError(.policyUnavailable)
             return .answered
         }
         guard let state = checkedOut else {
-            respondError(503, "no Lua state free", close: false)
+            respondError(.noLuaState)
             return .answered
         }
         luaPool = pool
@@ -140,7 +140,7 @@ extension DownstreamConnectionHandler: ScriptHost {
             if let picked = generation.shared.routesByName[name] { return .route(picked) }
             worker.logger.error("the router returned an unknown route", metadata: ["route": "\(name)", "request_id": "\(String(buffer: requestID))"])
             releaseScript()
-            respondError(500, "script error", close: false)
+            respondError(.scriptFailed(budget: false))
             return .answered
         case .waiting:
             state.abandon()
@@ -148,7 +148,7 @@ extension DownstreamConnectionHandler: ScriptHost {
                 writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: false)
             } else {
                 releaseScript()
-                respondError(500, "script error", close: false)
+                respondError(.scriptFailed(budget: false))
             }
             return .answered
         case .failed(let failure):
@@ -223,7 +223,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         if case .malformed = collected {
             lua.abandon()
             releaseScript()
-            respondError(400, "malformed chunked body", close: true)
+            respondError(.malformedChunkedBody)
             return
         }
         let result = lua.resume { L in BodySide.request.resumed(L, self, collected, wait) }
@@ -309,7 +309,7 @@ extension DownstreamConnectionHandler: ScriptHost {
         logFailure(failure, route: route)
         releaseScript()
         // The client learns only that the policy failed; the details are in the log.
-        respondError(500, failure.budget != nil ? "script budget exceeded" : "script error", close: false)
+        respondError(.scriptFailed(budget: failure.budget != nil))
     }
 
     private func logFailure(_ failure: ScriptFailure, route: CompiledRoute?) {

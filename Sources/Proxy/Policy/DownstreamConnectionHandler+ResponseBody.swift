@@ -58,7 +58,7 @@ extension DownstreamConnectionHandler {
         if case .malformed = collected {
             lua.abandon()
             upstreamReusable = false
-            upstreamFailed(502, "invalid upstream response")
+            upstreamFailed(.invalidResponse)
             return
         }
         let result = lua.resume { L in BodySide.response.resumed(L, self, collected, wait) }

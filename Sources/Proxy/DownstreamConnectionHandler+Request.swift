@@ -160,6 +160,7 @@ extension DownstreamConnectionHandler {
     /// (the upstream's answer) then allocates a new 16 KB one: callgrind, one malloc and free
     /// and about 1K instructions a proxied request, against a copy of the head's bytes.
     func keep(_ head: ByteBuffer, in storage: inout ByteBuffer) -> ByteBuffer {
+        if storage.capacity == 0 { storage = worker.lendScratch() }
         storage.clear()
         storage.writeImmutableBuffer(head)
         return storage
@@ -298,6 +299,7 @@ extension DownstreamConnectionHandler {
     func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
+        if out.capacity == 0 { out = worker.lendScratch() }
         // Field by field: `edits.changesHead` copied the whole struct (8 reference counts) per request.
         let scripted = !edits.headers.isEmpty || edits.path != nil || edits.query != nil || edits.body != nil
         var estimate = head.readableBytes + 256 + clientAddress.count + requestID.readableBytes + pool.hostHeader.count

@@ -220,6 +220,12 @@ extension DownstreamConnectionHandler {
         }
         state = .idle
         lastActivity = .now()
+        // The request's buffers go back to the worker: an idle connection keeps none.
+        worker.takeBack(&upstreamHeadOut)
+        worker.takeBack(&clientHeadOut)
+        forwardedHead = nil
+        worker.takeBack(&forwardedHeadStorage)
+        if requestHead == nil { worker.takeBack(&requestHeadStorage) }
         if inbound != nil { processInbound() }
         updateReads()
     }
@@ -294,6 +300,7 @@ extension DownstreamConnectionHandler {
     private func makeClientHead(_ head: ByteBuffer, framing: Body, body: ByteBuffer? = nil) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &clientHeadOut)  // `out` is then the only reference, so clear() reuses storage
+        if out.capacity == 0 { out = worker.lendScratch() }
         let estimate = head.readableBytes + 128 + requestID.readableBytes + responseEdits.headers.bytes
         out.clear(minimumCapacity: estimate + (body?.readableBytes ?? 0))
         defer { clientHeadOut = out }

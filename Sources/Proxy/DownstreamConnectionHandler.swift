@@ -82,8 +82,11 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     var clientHeadOut = ByteBuffer()
     /// Chunked framing written as-is, made once per connection: `CRLF` after each chunk's
     /// data, and the last chunk with an empty trailer section.
-    let crlf = ByteBuffer(string: "\r\n")
-    let lastChunk = ByteBuffer(string: "0\r\n\r\n")
+    /// Shared by every connection (immutable, so never copied): none allocates its own.
+    static let crlfBytes = ByteBuffer(string: "\r\n")
+    static let lastChunkBytes = ByteBuffer(string: "0\r\n\r\n")
+    var crlf: ByteBuffer { Self.crlfBytes }
+    var lastChunk: ByteBuffer { Self.lastChunkBytes }
     var retriedStale = false
     // Tries of the current request (see `DownstreamConnectionHandler+Tries`).
     var balancer: UpstreamBalancer?
@@ -180,8 +183,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     func attach(_ io: ConnectionIO) {
         self.io = io
         requestID = allocator.buffer(capacity: 64)
-        upstreamHeadOut = allocator.buffer(capacity: 1024)
-        clientHeadOut = allocator.buffer(capacity: 512)
+        // The head buffers are lent by the worker for each request (`lendScratch`): an idle
+        // kept-alive connection holds none.
         if let ip = io.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
         worker.register(self)
         armTimer()

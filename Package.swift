@@ -192,6 +192,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
+        // Counts each thread's heap allocations (the test binary's own malloc, handing over
+        // to glibc's): the allocation test of the proxy's hot path.
+        .target(
+            name: "AllocationCounter",
+            path: "Tests/AllocationCounter"),
         // A real redis-server for the tests that need one (started on a free port, killable).
         .target(
             name: "RedisTestServer",
@@ -234,7 +239,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis", "Telemetry",
+                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis", "Telemetry", "AllocationCounter",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -465,6 +465,16 @@ public actor Gateway {
         return out
     }
 
+    /// Runs `body` on each worker's thread and returns what each returned (tests: what a
+    /// worker's thread has done, such as the allocations it made).
+    public func onEachWorker<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> [T] {
+        var out: [T] = []
+        for worker in workers {
+            if let value = try? await worker.eventLoop.submit(body).get() { out.append(value) }
+        }
+        return out
+    }
+
     /// Client and upstream connections open across workers, for tests.
     public func connectionCounts() async -> (clients: Int, upstreams: Int) {
         var clients = 0, upstreams = 0

@@ -399,25 +399,19 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
 
     /// Reads and drops what the peer sends; closes at its end, on an error, or past the cap.
     private func drain() {
-        while isOpen, let left = lingering?.bytesLeft {
-            var buffer = loop.receiveBuffer.take() ?? ByteBuffer()
-            buffer.clear(minimumCapacity: Self.readSize)
-            var result = 0
-            var failure: Int32 = 0
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.readSize) { p in
-                result = Glibc.read(fd, p.baseAddress, p.count)
-                if result < 0 { failure = cepoll_errno() }
-                return 0
+        withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { scratch in
+            while isOpen, let left = lingering?.bytesLeft {
+                let result = Glibc.read(fd, scratch.baseAddress, scratch.count)
+                if result > 0 {
+                    lingering?.bytesLeft = left - result
+                    if left - result <= 0 { close(error: nil) }
+                    continue
+                }
+                let failure = result < 0 ? cepoll_errno() : 0
+                if failure == EINTR { continue }
+                if failure == EAGAIN || failure == EWOULDBLOCK { return }
+                close(error: nil)
             }
-            loop.receiveBuffer = buffer
-            if result > 0 {
-                lingering?.bytesLeft = left - result
-                if left - result <= 0 { close(error: nil) }
-                continue
-            }
-            if result < 0, failure == EINTR { continue }
-            if result < 0, failure == EAGAIN || failure == EWOULDBLOCK { return }
-            close(error: nil)
         }
     }
 

@@ -76,10 +76,12 @@ public enum HTTPFetch {
     }
 
     /// Sends one request on `loop`; the future completes on `loop` within `timeout`, with the
-    /// answer or a `Failure`.
+    /// answer or a `Failure`. `address`, when the caller has it resolved already, is dialled
+    /// instead of the endpoint's host (which still names the request's `Host`): no name
+    /// lookup, no hop off the loop.
     public static func send(
         _ method: HTTPMethod, _ target: Target, headers: [(String, String)] = [], body: [UInt8]? = nil,
-        on loop: EventLoop, timeout: TimeAmount, maxBytes: Int
+        on loop: EventLoop, timeout: TimeAmount, maxBytes: Int, address: SocketAddress? = nil
     ) -> EventLoopFuture<Response> {
         let host = target.endpoint.host, port = target.endpoint.port, path = target.endpoint.path
         let defaultPort = target.endpoint.tls ? 443 : 80
@@ -88,13 +90,20 @@ public enum HTTPFetch {
             promise.fail(Failure(.timeout, "no complete answer within \(timeout.nanoseconds / 1_000_000) ms"))
         }
         promise.futureResult.whenComplete { _ in timer.cancel() }
-        TCPClient.connect(host: host, port: port, on: loop, timeout: timeout) { channel in
+        let initializer: @Sendable (Channel) throws -> Void = { channel in
             if let tls = target.tls {
                 try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: target.serverHostname))
             }
             try channel.pipeline.syncOperations.addHTTPClientHandlers()
             try channel.pipeline.syncOperations.addHandler(Collector(promise: promise, maxBytes: maxBytes))
         }
+        let connected =
+            if let address {
+                TCPClient.connect(to: address, on: loop, timeout: timeout, initializer: initializer)
+            } else {
+                TCPClient.connect(host: host, port: port, on: loop, timeout: timeout, initializer: initializer)
+            }
+        connected
             .whenComplete { result in
                 switch result {
                 case .failure(let error):

@@ -97,7 +97,7 @@ extension DownstreamConnectionHandler {
         pool.breaker.abandoned()
     }
 
-    private func breakerRecord(_ pool: TargetPool, success: Bool) {
+    func breakerRecord(_ pool: TargetPool, success: Bool) {
         guard let changed = pool.breaker.record(success: success, .now(), pool.settings.breaker) else { return }
         let target = "\(pool.key.host):\(pool.key.port)"
         if changed == .open {

@@ -117,7 +117,10 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
         return key
     }()
 
-    public var inEventLoop: Bool { pthread_equal(pthread_self(), thread) != 0 }
+    /// Whether the caller runs on this loop's thread. Asked of the thread's own key, not by
+    /// comparing `pthread_t`s: once the loop's thread has ended, a new thread may be given the
+    /// same `pthread_t`, and would pass for the loop (and queue work nobody runs).
+    public var inEventLoop: Bool { pthread_getspecific(Self.currentKey) == Unmanaged.passUnretained(self).toOpaque() }
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
         enqueue(task)

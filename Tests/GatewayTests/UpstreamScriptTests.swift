@@ -86,4 +86,43 @@ import Testing
             #expect(Date().timeIntervalSince(started) < 0.8)
         }
     }
+
+    /// A sub-request counts as a try of its target: failures to reach it feed passive health
+    /// (the target is ejected, and the next calls go to the one that answers) and the breaker.
+    @Test func subRequestsFeedPassiveHealth() async throws {
+        let main = try EchoProcess(), other = try EchoProcess()
+        let dead = try RawClient.freePort()
+        let yaml = """
+            listeners:
+              - name: test
+                address: 127.0.0.1:@PORT@
+            upstreams:
+              main:
+                targets: [ "127.0.0.1:\(main.port)" ]
+              other:
+                targets: [ "127.0.0.1:\(dead)", "127.0.0.1:\(other.port)" ]
+                passive_health: { failures: 2, eject: 30s }
+            routes:
+              - match: { path_prefix: / }
+                upstream: main
+                policy: route.lua
+            """
+        let policy = """
+            return { access = function()
+              local res, err = upstream.call("other", {path = "/x", timeout = 1})
+              request.respond(res and 200 or 502, err or "ok")
+            end }
+            """
+        try await withGateway(yaml, workers: 1, scripts: ["route.lua": policy]) { gw in
+            let client = try gw.client()
+            var statuses: [Int] = []
+            for _ in 0..<8 { statuses.append(try client.request("GET", "/call").status) }
+            let ejected = await gw.gateway.ejectedTargets()
+            #expect(ejected["127.0.0.1:\(dead)"] != nil, "\(ejected)")
+            // Once the dead target is out, every call reaches the live one.
+            var after: [Int] = []
+            for _ in 0..<6 { after.append(try client.request("GET", "/call").status) }
+            #expect(after.allSatisfy { $0 == 200 }, "before \(statuses), after \(after)")
+        }
+    }
 }

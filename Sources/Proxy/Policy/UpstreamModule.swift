@@ -133,10 +133,31 @@ struct UpstreamModule: LuaModule {
         let endpoint = HTTPEndpoint(host: pool.key.host, port: pool.key.port, path: path)
         guard let to = try? HTTPFetch.Target(endpoint) else { return fail(L, "unavailable") }
         let resumer = h.scriptSuspend()
+        // The target's address as the generation resolved it (no lookup on the request path),
+        // and the call counted as a try would be: in flight, then passive health and breaker.
+        let started = NIODeadline.now()
+        pool.health.inFlight += 1
+        pool.breaker.sent(started, pool.settings.breaker)
         HTTPFetch.send(
             method, to, headers: headers, body: body, on: h.worker.eventLoop, timeout: timeout,
-            maxBytes: min(maxCallBytes, max(0, Lua.memoryLeft(L) / 2))
+            maxBytes: min(maxCallBytes, max(0, Lua.memoryLeft(L) / 2)), address: pool.address
         ).assumeIsolatedUnsafeUnchecked().whenComplete { result in
+            pool.health.inFlight -= 1
+            switch result {
+            case .success(let response):
+                pool.health.succeeded()
+                h.breakerRecord(pool, success: response.status < 500)
+            case .failure(let error as HTTPFetch.Failure) where error.kind == .tooLarge:
+                pool.health.succeeded()  // it answered; the answer was too large for the script
+                h.breakerRecord(pool, success: true)
+            case .failure:
+                if pool.health.failed(.now(), pool.settings) {
+                    h.worker.logger.warning(
+                        "upstream target ejected after failed tries",
+                        metadata: ["target": "\(pool.key.host):\(pool.key.port)", "by": "upstream.call"])
+                }
+                h.breakerRecord(pool, success: false)
+            }
             resumer.resume { L in push(L, result) }
         }
         return Lua.yield(L)

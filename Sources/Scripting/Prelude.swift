@@ -87,11 +87,10 @@ base.rawget = function(t, k)
     local value = rawget(t, k)
     return value
   end
-  for i = 1, 3 do
-    local value = rawget(layers[i](), k)
-    if value ~= nil then return value end
-  end
-  return nil
+  local value = rawget(layers.entry.globals, k)
+  if value == nil then value = rawget(layers.kept, k) end
+  if value == nil then value = rawget(base, k) end
+  return value
 end
 base.rawset = function(t, k, v)
   if frozen[t] then error("rawset: library tables are read-only", 2) end
@@ -101,11 +100,12 @@ base.rawset = function(t, k, v)
   return t
 end
 local function layered_pairs(t)
-  local layers, i, seen, key = layers_of[t], 1, {}, nil
+  local layers = layers_of[t]
+  local order, i, seen, key = {layers.entry.globals, layers.kept, base}, 1, {}, nil
   return function()
     while i <= 3 do
       local value
-      key, value = next(layers[i](), key)
+      key, value = next(order[i], key)
       if key == nil then
         i = i + 1
       elseif not seen[key] then
@@ -209,7 +209,7 @@ local function seal(env)
   end
   entry.fresh()
   raw_setmetatable(env, meta)
-  layers_of[env] = {function() return entry.globals end, function() return kept end, function() return base end}
+  layers_of[env] = {entry = entry, kept = kept}
   sealed[#sealed + 1] = entry
 end
 local function reset()

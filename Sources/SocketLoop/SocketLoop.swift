@@ -176,7 +176,9 @@ public final class SocketLoop: EventLoop, @unchecked Sendable {
 
     private func schedule<T>(deadline: NIODeadline, _ task: @escaping () throws -> T) -> Scheduled<T> {
         let promise = makePromise(of: T.self)
-        if isStopped {
+        // Only a caller off the loop can find it stopped; on the loop (every request's timers)
+        // no lock is taken.
+        if !inEventLoop, isStopped {
             promise.fail(EventLoopError.shutdown)
             return Scheduled(promise: promise) {}
         }

@@ -22,4 +22,12 @@ describe("hello", function()
     assert.equals("abc-123", json.decode(res.body).request_id)
     assert.equals("abc-123", res.headers["x-request-id"])
   end)
+
+  it("writes one access-log line per request", function()
+    harness.request{path = "/hello?name=log"}
+    local lines = harness.access_log()
+    assert.equals(1, #lines)
+    assert.equals(200, lines[1].status)
+    assert.equals("/hello?name=log", lines[1].path)
+  end)
 end)

@@ -486,6 +486,18 @@ public actor Gateway {
         return (clients, upstreams)
     }
 
+    /// Requests in progress across workers (connections holding an exchange) and the spare
+    /// exchanges the workers keep, for tests.
+    public func exchangeCounts() async -> (inUse: Int, spare: Int) {
+        var inUse = 0, spare = 0
+        for worker in workers {
+            let (u, s) = (try? await worker.eventLoop.submit { worker.value.exchangeCounts }.get()) ?? (0, 0)
+            inUse += u
+            spare += s
+        }
+        return (inUse, spare)
+    }
+
     /// Binds `listener` on every loop. With port 0 the first bind picks the port and the
     /// others join it, so the listener is one port however many loops serve it.
     private func bind(_ listener: Listener) async throws -> RunningListener {

@@ -36,6 +36,7 @@ public struct GatewayService: Service {
     /// secret, API keys) changes: rotating a key is saving its file. A reload that changes
     /// what is watched moves the watch with it.
     private func watchFiles() async {
+        var warned = false
         while !Task.isCancelled {
             let config = await gateway.generation?.config
             let scripts = config?.scripts.directory
@@ -43,9 +44,15 @@ public struct GatewayService: Service {
             let keyFiles = config.map(Self.keyFiles) ?? []
             let paths = [gateway.configPath] + keyFiles
             guard let watcher = try? FileWatcher(paths: paths, directories: directories) else {
-                logger.warning("cannot watch the config file; reload with SIGHUP")
-                return
+                // Out of descriptors or inotify watches, say. Returning would end the service
+                // (and so the gateway): try again in a while instead.
+                if !warned { logger.warning("cannot watch the config file; reload with SIGHUP (trying again every second)") }
+                warned = true
+                try? await Task.sleep(for: .seconds(1))
+                continue
             }
+            if warned { logger.info("watching the config file again") }
+            warned = false
             // A change made after the files were read but before the watch began is not an
             // event: look for one.
             if Self.modified(since: await gateway.lastReadAt, paths: paths, directories: directories) {

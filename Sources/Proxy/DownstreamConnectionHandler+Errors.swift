@@ -6,12 +6,17 @@ extension DownstreamConnectionHandler {
     /// (closing the connection after it when the error says so). If part of a response was
     /// already sent, the only honest move left is to cut the connection.
     func respondError(_ error: ProxyError) {
+        guard !exchange.isVacant else {
+            // No request to answer (a late event after the request ended): nothing to say.
+            assertionFailure("respondError(\(error.message)) with no request in progress")
+            return
+        }
         finishTry()
-        if let upstream {
-            self.upstream = nil
+        if let upstream = exchange.attempt.upstream {
+            self.exchange.attempt.upstream = nil
             upstream.close()
         }
-        guard !responseStarted, state != .closed, state != .closing else {
+        guard !exchange.responseStarted, state != .closed, state != .closing else {
             forceClose()
             return
         }
@@ -20,13 +25,13 @@ extension DownstreamConnectionHandler {
 
     /// `{"error": message, "request_id": ...}`.
     func errorBody(_ message: String) -> ByteBuffer {
-        if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
+        if exchange.requestID.readableBytes == 0 { worker.requestIDs.next(into: &exchange.requestID) }
         var body = ByteBuffer()
-        body.writeHead(estimate: 64 + message.utf8.count + requestID.readableBytes) { w in
+        body.writeHead(estimate: 64 + message.utf8.count + exchange.requestID.readableBytes) { w in
             w.put("{\"error\":\"")
             w.put(string: message)  // messages are ours: no quotes or backslashes to escape
             w.put("\",\"request_id\":\"")
-            w.put(requestID)
+            w.put(exchange.requestID)
             w.put("\"}\n")
         }
         return body
@@ -36,14 +41,14 @@ extension DownstreamConnectionHandler {
     /// `close` forces the connection closed (a broken request); otherwise it stays open if
     /// what is left of the request body has arrived and can be dropped.
     func writeLocalResponse(_ status: Int, headers: HeaderEdits?, json: Bool, body: ByteBuffer, close: Bool) {
-        if requestID.readableBytes == 0 { worker.requestIDs.next(into: &requestID) }
-        responseStarted = true
-        responsePhase = .done
-        upstreamHead = nil
-        sentStatus = status
+        if exchange.requestID.readableBytes == 0 { worker.requestIDs.next(into: &exchange.requestID) }
+        exchange.responseStarted = true
+        exchange.responsePhase = .done
+        exchange.attempt.upstreamHead = nil
+        exchange.sentStatus = status
         let closing = close || !keepAliveClient || closeAfterResponse || !dropBufferedBody()
         var head = ByteBuffer()
-        head.writeHead(estimate: 192 + requestID.readableBytes + (headers?.bytes ?? 0)) { w in
+        head.writeHead(estimate: 192 + exchange.requestID.readableBytes + (headers?.bytes ?? 0)) { w in
             w.put("HTTP/1.1 ")
             w.decimal(status)
             w.put(byte: HTTPBytes.sp)
@@ -58,13 +63,13 @@ extension DownstreamConnectionHandler {
             }
             if headers?.entry(Self.requestIDName) == nil {
                 w.put("X-Request-Id: ")
-                w.put(requestID)
+                w.put(exchange.requestID)
                 w.put("\r\n")
             }
             w.put(closing ? "Connection: close\r\n\r\n" : "\r\n")
         }
         sendToClient(head)
-        if !request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
+        if !exchange.request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
             sendToClient(body)
         }
         if closing {
@@ -72,7 +77,7 @@ extension DownstreamConnectionHandler {
             closeAfterFlush()
         } else {
             io.flush()
-            requestBodyDone = true
+            exchange.requestBodyDone = true
             finishExchange()
         }
     }
@@ -82,8 +87,8 @@ extension DownstreamConnectionHandler {
     /// Drops an unread request body that has fully arrived, so that an early answer need
     /// not close the connection; false if some of it is still to come.
     func dropBufferedBody() -> Bool {
-        if requestBodyDone { return true }
-        switch requestBody {
+        if exchange.requestBodyDone { return true }
+        switch exchange.requestBody {
         case .none, .untilClose:
             return true
         case .length(let remaining):
@@ -96,8 +101,8 @@ extension DownstreamConnectionHandler {
             guard var buffer = inbound, case .done = decoder.collect(&buffer, max: .max) else { return false }
             inbound = buffer.readableBytes > 0 ? buffer : nil
         }
-        requestBody = .none
-        requestBodyDone = true
+        exchange.requestBody = .none
+        exchange.requestBodyDone = true
         return true
     }
 

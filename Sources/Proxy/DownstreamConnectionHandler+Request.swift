@@ -23,6 +23,7 @@ extension DownstreamConnectionHandler {
             if buffer.readableBytes > limits.maxHeaderBytes {
                 inbound = nil
                 let lineDone = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } != nil
+                beginExchange()
                 respondError(lineDone ? .headerTooLarge : .uriTooLong)
             } else {
                 inbound = buffer
@@ -33,6 +34,7 @@ extension DownstreamConnectionHandler {
             inbound = nil
             let lineEnd = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } ?? end
             // A target far past its own limit is the reason; otherwise the head as a whole.
+            beginExchange()
             respondError(lineEnd > limits.maxURIBytes + 32 ? .uriTooLong : .headerTooLarge)
             return
         }
@@ -43,36 +45,21 @@ extension DownstreamConnectionHandler {
     }
 
     private func startRequest(_ head: ByteBuffer) {
-        let generation = worker.generation
-        self.generation = generation
-        requestSerial &+= 1
-        requestOpen = true
-        metricMethod = 9
-        bytesSent = 0
-        upstreamNanoseconds = 0
-        luaNanoseconds = 0
-        if !logFields.isEmpty { logFields.removeAll(keepingCapacity: true) }
-        logRequestLine.clear()
-        retriedStale = false
-        finishTry()
-        forwardedHead = nil
-        responseStarted = false
-        responsePhase = .head
-        responseHeadBuffer = nil
-        upstreamReusable = true
-        requestID.clear()
+        beginExchange()
+        exchange.open = true
+        let generation = exchange.generation!
 
         let parsed: HeadError? = head.withUnsafeReadableBytes { p in
             do throws(HeadError) {
-                try HeadParser.parseRequest(p, into: &request, limits: generation.shared.limits)
+                try HeadParser.parseRequest(p, into: &exchange.request, limits: generation.shared.limits)
                 return nil
             } catch {
                 return error
             }
         }
-        keepAliveClient = request.keepAlive && !worker.draining
+        keepAliveClient = exchange.request.keepAlive && !worker.draining
         if let parsed {
-            worker.requestIDs.next(into: &requestID)
+            worker.requestIDs.next(into: &exchange.requestID)
             respondError(.head(parsed))
             return
         }
@@ -80,47 +67,47 @@ extension DownstreamConnectionHandler {
         var headError: ProxyError?
         let route: CompiledRoute? = head.withUnsafeReadableBytes { p in
             setRequestID(p)
-            trace = TraceContext(p, request.headers.traceparent, random: &worker.requestIDs)
+            exchange.trace = TraceContext(p, exchange.request.headers.traceparent, random: &worker.requestIDs)
             if let export = generation.shared.traceExport {
                 // A caller's decision stands; a new trace is kept at the configured ratio.
-                if !trace.continued { trace.flags = trace.traceLow <= export.sampleBelow ? 1 : 0 }
-                traced = trace.flags & 1 == 1
+                if !exchange.trace.continued { exchange.trace.flags = exchange.trace.traceLow <= export.sampleBelow ? 1 : 0 }
+                exchange.traced = exchange.trace.flags & 1 == 1
             } else {
-                traced = false
+                exchange.traced = false
             }
-            if worker.accessLog.isOn || traced {
-                logRequestLine.clear()
-                logRequestLine.writeBytes(UnsafeRawBufferPointer(rebasing: p[request.method.lower..<request.method.upper]))
-                logRequestLine.writeInteger(UInt8(ascii: " "))
-                logRequestLine.writeBytes(UnsafeRawBufferPointer(rebasing: p[request.target.lower..<request.target.upper]))
+            if worker.accessLog.isOn || exchange.traced {
+                exchange.record.logRequestLine.clear()
+                exchange.record.logRequestLine.writeBytes(UnsafeRawBufferPointer(rebasing: p[exchange.request.method.lower..<exchange.request.method.upper]))
+                exchange.record.logRequestLine.writeInteger(UInt8(ascii: " "))
+                exchange.record.logRequestLine.writeBytes(UnsafeRawBufferPointer(rebasing: p[exchange.request.target.lower..<exchange.request.target.upper]))
             }
-            metricMethod = MethodLabel.index(UnsafeRawBufferPointer(rebasing: p[request.method.lower..<request.method.upper]))
-            if p[request.target.lower] != UInt8(ascii: "/") {
+            exchange.metricMethod = MethodLabel.index(UnsafeRawBufferPointer(rebasing: p[exchange.request.method.lower..<exchange.request.method.upper]))
+            if p[exchange.request.target.lower] != UInt8(ascii: "/") {
                 headError = .absolutePathRequired
                 return nil
             }
-            if PathSafety.hasDotSegment(p, request.path) {
+            if PathSafety.hasDotSegment(p, exchange.request.path) {
                 headError = .dotSegments
                 return nil
             }
-            return generation.shared.match(p, request)
+            return generation.shared.match(p, exchange.request)
         }
         if let headError {
             respondError(headError)
             return
         }
-        switch request.framing {
+        switch exchange.request.framing {
         case .none, .untilClose:
-            requestBody = .none
-            requestBodyDone = true
+            exchange.requestBody = .none
+            exchange.requestBodyDone = true
         case .contentLength(let length):
-            requestBody = .length(remaining: length)
-            requestBodyDone = false
+            exchange.requestBody = .length(remaining: length)
+            exchange.requestBodyDone = false
         case .chunked:
-            requestBody = .chunked(ChunkedDecoder())
-            requestBodyDone = false
+            exchange.requestBody = .chunked(ChunkedDecoder())
+            exchange.requestBodyDone = false
         }
-        requestBodyBytes = 0
+        exchange.requestBodyBytes = 0
 
         var chosen = route
         if !generation.shared.routers.isEmpty, let router = generation.shared.routers[listener.name] {
@@ -134,24 +121,23 @@ extension DownstreamConnectionHandler {
             respondError(.noRoute)
             return
         }
-        self.route = route
-        if case .contentLength(let length) = request.framing, route.maxBodyBytes > 0, length > route.maxBodyBytes {
+        self.exchange.route = route
+        if case .contentLength(let length) = exchange.request.framing, route.maxBodyBytes > 0, length > route.maxBodyBytes {
             respondError(.bodyTooLarge)
             return
         }
 
         if route.policy >= 0 {
-            if lua == nil {  // else a router ran: its state, head and changes carry on
-                requestHead = keep(head, in: &requestHeadStorage)
-                edits.reset()
-                responseEdits.reset()
+            if exchange.policy.lua == nil {  // else a router ran: its state, head and changes carry on
+                exchange.policy.used = true
+                exchange.policy.requestHead = keep(head, in: &exchange.requestHeadStorage)
             }
             state = .policy
             armTimer()
             startPolicy(route)
             return
         }
-        if lua != nil { releaseScript() }
+        if exchange.policy.lua != nil { releaseScript() }
         forward(head, route: route)
     }
 
@@ -168,14 +154,14 @@ extension DownstreamConnectionHandler {
 
     /// Sends the request to its upstream (the route's, or the one a script chose).
     func forward(_ head: ByteBuffer, route: CompiledRoute) {
-        guard let generation else { return }
-        let balancer = generation.balancers[edits.upstream ?? route.upstream]
-        self.balancer = balancer
-        triedTargets = 0
-        tries = 0
-        hashKey = edits.hashKey ?? requestHashKey(head, balancer.upstream.balancer)
-        forwardedHead = keep(head, in: &forwardedHeadStorage)
-        retryableBody = requestBodyDone
+        guard let generation = exchange.generation else { return }
+        let balancer = generation.balancers[exchange.policy.edits.upstream ?? route.upstream]
+        self.exchange.attempt.balancer = balancer
+        exchange.attempt.tried = 0
+        exchange.attempt.count = 0
+        exchange.attempt.hashKey = exchange.policy.edits.hashKey ?? requestHashKey(head, balancer.upstream.balancer)
+        exchange.attempt.forwardedHead = keep(head, in: &exchange.forwardedHeadStorage)
+        exchange.attempt.retryableBody = exchange.requestBodyDone
         // The time the request's bytes were read: close enough, and no clock read per request.
         balancer.countRequest(lastActivity)
         startTry(route: route)
@@ -193,7 +179,7 @@ extension DownstreamConnectionHandler {
                 begin(connection)
             case .failure(let error):
                 guard state == .connecting, requestSerial == serial else { return }
-                if let balancer { worker.metrics.upstream(.connectError, upstream: balancer.upstream.metricID) }
+                if let balancer = exchange.attempt.balancer { worker.metrics.upstream(.connectError, upstream: balancer.upstream.metricID) }
                 // The pool reports why, as a ProxyError; anything else is a failure to connect.
                 tryFailed(error as? ProxyError ?? .unreachable)
             }
@@ -201,13 +187,13 @@ extension DownstreamConnectionHandler {
     }
 
     func begin(_ connection: UpstreamConnectionHandler) {
-        guard let targetPool else { return }
-        upstream = connection
-        connection.attach(self, readTimeout: edits.tryTimeout ?? balancer?.upstream.tryTimeout ?? targetPool.settings.readTimeout, now: lastActivity)
+        guard let targetPool = exchange.attempt.pool else { return }
+        exchange.attempt.upstream = connection
+        connection.attach(self, readTimeout: exchange.policy.edits.tryTimeout ?? exchange.attempt.balancer?.upstream.tryTimeout ?? targetPool.settings.readTimeout, now: lastActivity)
         if !downstreamWritable { connection.setReadsPaused(true) }
         state = .proxying
-        connection.write(upstreamHead!)
-        if !requestBodyDone, var body = inbound {
+        connection.write(exchange.attempt.upstreamHead!)
+        if !exchange.requestBodyDone, var body = inbound {
             inbound = nil
             forwardRequestBody(&body)
             if body.readableBytes > 0 { inbound = body }
@@ -218,36 +204,36 @@ extension DownstreamConnectionHandler {
 
     /// Sends request body bytes upstream, re-framing chunked bodies and enforcing the size limit.
     func forwardRequestBody(_ buffer: inout ByteBuffer) {
-        guard let upstream else { return }
+        guard let upstream = exchange.attempt.upstream else { return }
         upstreamUnflushed = true
-        switch requestBody {
+        switch exchange.requestBody {
         case .none, .untilClose:
-            requestBodyDone = true
+            exchange.requestBodyDone = true
         case .length(let remaining):
             let take = min(remaining, buffer.readableBytes)
             upstream.write(buffer.readSlice(length: take)!)
-            requestBody = .length(remaining: remaining - take)
+            exchange.requestBody = .length(remaining: remaining - take)
             if remaining == take { requestBodyFinished() }
         case .chunked(var decoder):
-            let limit = route?.maxBodyBytes ?? 0
+            let limit = exchange.route?.maxBodyBytes ?? 0
             do {
                 while let event = try decoder.next(&buffer) {
                     switch event {
                     case .data(let slice):
-                        requestBodyBytes += slice.readableBytes
-                        if limit > 0, requestBodyBytes > limit {
+                        exchange.requestBodyBytes += slice.readableBytes
+                        if limit > 0, exchange.requestBodyBytes > limit {
                             respondError(.bodyTooLarge)
                             return
                         }
                         writeChunk(slice, to: upstream)
                     case .end:
                         upstream.write(lastChunk)
-                        requestBody = .chunked(decoder)
+                        exchange.requestBody = .chunked(decoder)
                         requestBodyFinished()
                         return
                     }
                 }
-                requestBody = .chunked(decoder)
+                exchange.requestBody = .chunked(decoder)
             } catch {
                 respondError(.malformedChunkedBody)
             }
@@ -255,9 +241,9 @@ extension DownstreamConnectionHandler {
     }
 
     private func requestBodyFinished() {
-        requestBodyDone = true
-        upstreamHead = nil
-        if responsePhase == .done { finishExchange() }
+        exchange.requestBodyDone = true
+        exchange.attempt.upstreamHead = nil
+        if exchange.responsePhase == .done { finishExchange() }
     }
 
     func writeChunk(_ slice: ByteBuffer, to upstream: UpstreamConnectionHandler) {
@@ -277,7 +263,7 @@ extension DownstreamConnectionHandler {
     /// Keeps a client's `X-Request-Id` if it is safe to echo (visible ASCII, no quotes, at
     /// most 128 bytes), else makes one.
     private func setRequestID(_ p: UnsafeRawBufferPointer) {
-        if let id = request.headers.requestID, id.count > 0, id.count <= 128 {
+        if let id = exchange.request.headers.requestID, id.count > 0, id.count <= 128 {
             var ok = true
             for i in id.lower..<id.upper {
                 let c = p[i]
@@ -287,43 +273,43 @@ extension DownstreamConnectionHandler {
                 }
             }
             if ok {
-                requestID.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + id.lower, count: id.count))
+                exchange.requestID.writeBytes(UnsafeRawBufferPointer(start: p.baseAddress! + id.lower, count: id.count))
                 return
             }
         }
-        worker.requestIDs.next(into: &requestID)
+        worker.requestIDs.next(into: &exchange.requestID)
     }
 
     /// The request head as the upstream gets it: hop-by-hop fields removed, `X-Forwarded-*`
     /// and `X-Request-Id` set, `Host` as the route says, the body's framing re-stated.
     func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
         var out = ByteBuffer()
-        swap(&out, &upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
+        swap(&out, &exchange.upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
         if out.capacity == 0 { out = worker.lendScratch() }
         // Field by field: `edits.changesHead` copied the whole struct (8 reference counts) per request.
-        let scripted = !edits.headers.isEmpty || edits.path != nil || edits.query != nil || edits.body != nil
-        var estimate = head.readableBytes + 256 + clientAddress.count + requestID.readableBytes + pool.hostHeader.count
-        if scripted { estimate += edits.headers.bytes + (edits.path?.count ?? 0) + (edits.query?.count ?? 0) }
-        out.clear(minimumCapacity: estimate + (edits.body?.readableBytes ?? 0))
-        defer { upstreamHeadOut = out }
+        let scripted = !exchange.policy.edits.headers.isEmpty || exchange.policy.edits.path != nil || exchange.policy.edits.query != nil || exchange.policy.edits.body != nil
+        var estimate = head.readableBytes + 256 + clientAddress.count + exchange.requestID.readableBytes + pool.hostHeader.count
+        if scripted { estimate += exchange.policy.edits.headers.bytes + (exchange.policy.edits.path?.count ?? 0) + (exchange.policy.edits.query?.count ?? 0) }
+        out.clear(minimumCapacity: estimate + (exchange.policy.edits.body?.readableBytes ?? 0))
+        defer { exchange.upstreamHeadOut = out }
         head.withUnsafeReadableBytes { p in
             out.writeHead(estimate: estimate) { w in
                 writeUpstreamHead(&w, p, route: route, pool: pool, scripted: scripted)
             }
         }
         // A body a script read or set travels with the head (it is whole, and bounded).
-        if var body = edits.body {
+        if var body = exchange.policy.edits.body {
             out.writeBuffer(&body)
             return out
         }
         // A small body already here travels in the head's buffer: one write, and the kept
         // head is then the whole request, so a stale-connection retry can resend it.
-        if case .length(let length) = requestBody, length <= Self.coalesceLimit, var rest = inbound, rest.readableBytes >= length {
+        if case .length(let length) = exchange.requestBody, length <= Self.coalesceLimit, var rest = inbound, rest.readableBytes >= length {
             var body = rest.readSlice(length: length)!
             inbound = rest.readableBytes > 0 ? rest : nil
             out.writeBuffer(&body)
-            requestBody = .length(remaining: 0)
-            requestBodyDone = true
+            exchange.requestBody = .length(remaining: 0)
+            exchange.requestBodyDone = true
         }
         return out
     }
@@ -332,34 +318,34 @@ extension DownstreamConnectionHandler {
 extension DownstreamConnectionHandler {
     @inline(__always)
     private func writeUpstreamHead(_ w: inout HeadWriter, _ p: UnsafeRawBufferPointer, route: CompiledRoute, pool: TargetPool, scripted: Bool) {
-        let h = request.headers
-        w.put(p, request.method)
+        let h = exchange.request.headers
+        w.put(p, exchange.request.method)
         w.put(byte: HTTPBytes.sp)
         // Without a script's path or query, the target is copied whole (query included).
-        let targetEnd = scripted ? request.path.upper : request.target.upper
-        if let path = edits.path {
+        let targetEnd = scripted ? exchange.request.path.upper : exchange.request.target.upper
+        if let path = exchange.policy.edits.path {
             w.put(path)
         } else if route.stripPrefix, !route.exact {
-            var rest = request.target.lower + route.path.count
+            var rest = exchange.request.target.lower + route.path.count
             // A prefix that ends in "/" keeps it in the rewritten path.
             if route.path.last == UInt8(ascii: "/") { rest -= 1 }
             if rest >= targetEnd || p[rest] != UInt8(ascii: "/") { w.put(byte: UInt8(ascii: "/")) }
             if rest < targetEnd { w.put(p, rest, targetEnd - rest) }
         } else {
-            w.put(p, request.target.lower, targetEnd - request.target.lower)
+            w.put(p, exchange.request.target.lower, targetEnd - exchange.request.target.lower)
         }
         if scripted {
-            if let query = edits.query {
+            if let query = exchange.policy.edits.query {
                 if !query.isEmpty {
                     w.put(byte: UInt8(ascii: "?"))
                     w.put(query)
                 }
-            } else if request.path.upper < request.target.upper {
-                w.put(p, request.path.upper, request.target.upper - request.path.upper)
+            } else if exchange.request.path.upper < exchange.request.target.upper {
+                w.put(p, exchange.request.path.upper, exchange.request.target.upper - exchange.request.path.upper)
             }
         }
         w.put(" HTTP/1.1\r\nHost: ")
-        let hostEdit = scripted ? edits.headers.entry(Self.hostName)?.values.first : nil
+        let hostEdit = scripted ? exchange.policy.edits.headers.entry(Self.hostName)?.values.first : nil
         if let hostEdit {
             w.put(hostEdit)
         } else {
@@ -378,7 +364,7 @@ extension DownstreamConnectionHandler {
         for field in h.fields {
             switch field.kind {
             case .other:
-                if scripted, edits.headers.drops(p, field.name.lower, field.name.count) { continue }
+                if scripted, exchange.policy.edits.headers.drops(p, field.name.lower, field.name.count) { continue }
                 w.put(p, field.line)
             case .xForwardedFor:
                 // nginx's $proxy_add_x_forwarded_for: earlier hops first, this client last.
@@ -399,16 +385,16 @@ extension DownstreamConnectionHandler {
             w.put("\r\n")
         }
         w.put("X-Request-Id: ")
-        w.put(requestID)
+        w.put(exchange.requestID)
         w.put("\r\n")
-        trace.write(into: &w)
-        if scripted { edits.headers.write(into: &w, skipping: Self.hostName) }
-        if scripted, let body = edits.body {
+        exchange.trace.write(into: &w)
+        if scripted { exchange.policy.edits.headers.write(into: &w, skipping: Self.hostName) }
+        if scripted, let body = exchange.policy.edits.body {
             w.put("Content-Length: ")
             w.decimal(body.readableBytes)
             w.put("\r\n")
         } else {
-            switch request.framing {
+            switch exchange.request.framing {
             case .contentLength(let length):
                 w.put("Content-Length: ")
                 w.decimal(length)

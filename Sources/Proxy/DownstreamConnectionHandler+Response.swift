@@ -10,19 +10,22 @@ extension DownstreamConnectionHandler {
 
     func upstreamRead(_ buffer: ByteBuffer) {
         var buffer = buffer
-        while buffer.readableBytes > 0 {
-            switch responsePhase {
+        let current = exchange
+        // Once the response is done the exchange may end inside this loop (and the next
+        // request's begin): what is left of the read is not its response.
+        while buffer.readableBytes > 0, exchange === current {
+            switch exchange.responsePhase {
             case .head:
                 guard readResponseHead(&buffer) else { return }
             case .collecting:
-                responseRest!.writeBuffer(&buffer)
+                exchange.policy.responseRest!.writeBuffer(&buffer)
                 continueResponseWait()
                 return
             case .body:
                 forwardResponseBody(&buffer)
             case .done:
                 // Bytes after a complete response: the upstream is out of step; don't reuse it.
-                upstreamReusable = false
+                exchange.upstreamReusable = false
                 return
             }
         }
@@ -30,16 +33,16 @@ extension DownstreamConnectionHandler {
 
     /// Accumulates and handles the response head; false when more bytes are needed or it failed.
     private func readResponseHead(_ buffer: inout ByteBuffer) -> Bool {
-        if responseHeadBuffer != nil {
-            responseHeadBuffer!.writeBuffer(&buffer)
-            buffer = responseHeadBuffer!
-            responseHeadBuffer = nil
+        if exchange.responseHeadBuffer != nil {
+            exchange.responseHeadBuffer!.writeBuffer(&buffer)
+            buffer = exchange.responseHeadBuffer!
+            exchange.responseHeadBuffer = nil
         }
         guard let end = buffer.withUnsafeReadableBytes({ HeadParser.findEnd($0, from: 0) }) else {
             if buffer.readableBytes > Self.maxResponseHeadBytes {
                 upstreamFailed(.responseHeadTooLarge)
             } else {
-                responseHeadBuffer = buffer
+                exchange.responseHeadBuffer = buffer
                 buffer.moveReaderIndex(to: buffer.writerIndex)
             }
             return false
@@ -48,7 +51,7 @@ extension DownstreamConnectionHandler {
         let limits = HeadLimits(maxHeaderBytes: Self.maxResponseHeadBytes, maxHeaderCount: 1000, maxURIBytes: 0)
         let failed: Bool = head.withUnsafeReadableBytes { p in
             do throws(HeadError) {
-                try HeadParser.parseResponse(p, into: &response, limits: limits)
+                try HeadParser.parseResponse(p, into: &exchange.response, limits: limits)
                 return false
             } catch {
                 return true
@@ -58,8 +61,8 @@ extension DownstreamConnectionHandler {
             upstreamFailed(.invalidResponse)
             return false
         }
-        upstreamHead = nil  // a response started: never retry this request
-        let status = response.status
+        exchange.attempt.upstreamHead = nil  // a response started: never retry this request
+        let status = exchange.response.status
         if status >= 200 { tryAnswered(status: status) }
         if status >= 100, status < 200 {
             if status == 101 {
@@ -67,37 +70,37 @@ extension DownstreamConnectionHandler {
                 return false
             }
             // Interim responses (100 Continue, 103 Early Hints) go to the client as they came.
-            if request.minorVersion >= 1 { sendToClient(makeClientHead(head, framing: .none)) }
+            if exchange.request.minorVersion >= 1 { sendToClient(makeClientHead(head, framing: .none)) }
             return true
         }
 
         let framing: Body
-        if request.isHEAD || status == 204 || status == 304 {
+        if exchange.request.isHEAD || status == 204 || status == 304 {
             framing = .none
-        } else if response.headers.chunked {
+        } else if exchange.response.headers.chunked {
             framing = .chunked(ChunkedDecoder())
-        } else if let length = response.headers.contentLength {
+        } else if let length = exchange.response.headers.contentLength {
             framing = length > 0 ? .length(remaining: length) : .none
         } else {
             framing = .untilClose
         }
-        responseBody = framing
-        if !response.keepAlive { upstreamReusable = false }
-        if case .untilClose = framing { upstreamReusable = false }
-        if laterResponse, lua == nil, reborrow() == nil {
-            upstreamReusable = false
+        exchange.responseBody = framing
+        if !exchange.response.keepAlive { exchange.upstreamReusable = false }
+        if case .untilClose = framing { exchange.upstreamReusable = false }
+        if exchange.policy.laterResponse, exchange.policy.lua == nil, reborrow() == nil {
+            exchange.upstreamReusable = false
             upstreamFailed(.noLuaState)
             return false
         }
-        if let lua, let route, lua.has(.response, policy: route.policy) {
-            responseHeadKept = head
+        if let lua = exchange.policy.lua, let route = exchange.route, lua.has(.response, policy: route.policy) {
+            exchange.policy.responseHead = head
             // The script may read the body: it waits here, in `responseRest`, until the phase ends.
-            responseRest = buffer
+            exchange.policy.responseRest = buffer
             buffer = ByteBuffer()
             guard runResponsePhase(lua, route: route) else { return false }
-            if responsePhase == .collecting { return false }
-            buffer = responseRest!
-            responseRest = nil
+            if exchange.responsePhase == .collecting { return false }
+            buffer = exchange.policy.responseRest!
+            exchange.policy.responseRest = nil
         }
         return sendResponseHead(head, framing: framing, &buffer)
     }
@@ -105,9 +108,9 @@ extension DownstreamConnectionHandler {
     /// Writes the client's response head (and a body a script set, or a small body that came
     /// with the head); what is left of `buffer` is then body to forward.
     func sendResponseHead(_ head: ByteBuffer, framing: Body, _ buffer: inout ByteBuffer) -> Bool {
-        responseStarted = true
-        responsePhase = .body
-        if let body = responseEdits.body {
+        exchange.responseStarted = true
+        exchange.responsePhase = .body
+        if let body = exchange.policy.responseEdits.body {
             let sent: Body
             if case .none = framing { sent = .none } else { sent = .length(remaining: body.readableBytes) }
             if case .none = sent {
@@ -115,9 +118,9 @@ extension DownstreamConnectionHandler {
             } else {
                 sendToClient(makeClientHead(head, framing: sent, body: body))
             }
-            responseBody = .length(remaining: 0)
+            exchange.responseBody = .length(remaining: 0)
             // Bytes past the body the script read: the upstream is out of step.
-            if buffer.readableBytes > 0 { upstreamReusable = false }
+            if buffer.readableBytes > 0 { exchange.upstreamReusable = false }
             buffer.moveReaderIndex(to: buffer.writerIndex)
             responseFinished()
             return true
@@ -126,25 +129,25 @@ extension DownstreamConnectionHandler {
         // through the pipeline instead of two (measured: a few percent per request).
         if case .length(let length) = framing, length <= Self.coalesceLimit, buffer.readableBytes >= length {
             let out = makeClientHead(head, framing: framing, body: buffer.readSlice(length: length)!)
-            responseBody = .length(remaining: 0)
+            exchange.responseBody = .length(remaining: 0)
             sendToClient(out)
-            responseFinished()
+            finishedWith(buffer)
             return true
         }
         sendToClient(makeClientHead(head, framing: framing))
-        if case .none = framing { responseFinished() }
+        if case .none = framing { finishedWith(buffer) }
         return true
     }
 
     private func forwardResponseBody(_ buffer: inout ByteBuffer) {
-        switch responseBody {
+        switch exchange.responseBody {
         case .none:
             responseFinished()
         case .length(let remaining):
             let take = min(remaining, buffer.readableBytes)
             sendToClient(buffer.readSlice(length: take)!)
-            responseBody = .length(remaining: remaining - take)
-            if remaining == take { responseFinished() }
+            exchange.responseBody = .length(remaining: remaining - take)
+            if remaining == take { finishedWith(buffer) }
         case .untilClose:
             writeClientBody(buffer)
             buffer.moveReaderIndex(to: buffer.writerIndex)
@@ -155,12 +158,12 @@ extension DownstreamConnectionHandler {
                     case .data(let slice):
                         writeClientBody(slice)
                     case .end:
-                        responseBody = .chunked(decoder)
-                        responseFinished()
+                        exchange.responseBody = .chunked(decoder)
+                        finishedWith(buffer)
                         return
                     }
                 }
-                responseBody = .chunked(decoder)
+                exchange.responseBody = .chunked(decoder)
             } catch {
                 // The response is already under way: all that is left is to cut it.
                 forceClose()
@@ -170,7 +173,7 @@ extension DownstreamConnectionHandler {
     }
 
     private func writeClientBody(_ slice: ByteBuffer) {
-        if responseChunkedOut {
+        if exchange.responseChunkedOut {
             sendToClient(chunkHeader(slice.readableBytes))
             sendToClient(slice)
             sendToClient(crlf)
@@ -179,71 +182,35 @@ extension DownstreamConnectionHandler {
         }
     }
 
+    /// The response ended inside `rest`'s read: bytes after it mean the upstream is out of
+    /// step, and its connection must not go back to the pool.
+    private func finishedWith(_ rest: ByteBuffer) {
+        if rest.readableBytes > 0 { exchange.upstreamReusable = false }
+        responseFinished()
+    }
+
     func responseFinished() {
-        responsePhase = .done
-        if responseChunkedOut {
+        exchange.responsePhase = .done
+        if exchange.responseChunkedOut {
             sendToClient(lastChunk)
         }
-        if requestBodyDone {
+        if exchange.requestBodyDone {
             finishExchange()
         } else {
             // The origin answered before reading the whole body (an early 413, say). What is
             // left of the body cannot be told from a next request: close both sides after this.
-            upstreamReusable = false
+            exchange.upstreamReusable = false
             closeAfterResponse = true
             finishExchange()
         }
     }
 
-    /// Both directions of the exchange are complete: return the upstream connection and get
-    /// ready for the client's next request (or close).
-    func finishExchange() {
-        recordRequest(status: sentStatus)
-        // The upstream's read-complete (which flushes) reaches us only while we hold it.
-        io.flush()
-        if requestHead != nil { endScript() }
-        if let upstream {
-            self.upstream = nil
-            if upstreamReusable, requestBodyDone, let targetPool {
-                targetPool.release(upstream)
-            } else {
-                upstream.close()
-            }
-        }
-        targetPool = nil
-        route = nil
-        generation = nil
-        upstreamHead = nil
-        if closeAfterResponse || !keepAliveClient {
-            closeAfterFlush()
-            return
-        }
-        state = .idle
-        lastActivity = .now()
-        // The request's buffers go back to the worker: an idle connection keeps none.
-        worker.takeBack(&upstreamHeadOut)
-        worker.takeBack(&clientHeadOut)
-        forwardedHead = nil
-        worker.takeBack(&forwardedHeadStorage)
-        if requestHead == nil { worker.takeBack(&requestHeadStorage) }
-        if inbound != nil { processInbound() }
-        updateReads()
-    }
-
-    func closeAfterFlush() {
-        recordRequest(status: sentStatus)
-        if requestHead != nil { endScript() }
-        state = .closing
-        // The client may still be sending (a refused head or body): drained, not reset.
-        io.closeAfterFlush(linger: true)
-    }
-
     func upstreamClosed(error: Error?, reused: Bool) {
-        upstream = nil
-        switch responsePhase {
+        exchange.attempt.upstream = nil
+        switch exchange.responsePhase {
         case .collecting:
-            if case .untilClose = responseBody {
-                upstreamEnded = true
+            if case .untilClose = exchange.responseBody {
+                exchange.policy.upstreamEnded = true
                 continueResponseWait()
             } else {
                 upstreamFailed(.upstreamClosed)
@@ -252,17 +219,17 @@ extension DownstreamConnectionHandler {
             // A pooled connection the origin closed as we reused it (its keep-alive timeout):
             // send the request again on a new connection, once, if it is idempotent and had no
             // body (RFC 9110 9.2.2; nginx does the same and never retries a POST by default).
-            if reused, request.isIdempotent, let pool = targetPool, upstreamHead != nil, !retriedStale, requestBodyDone,
-                responseHeadBuffer == nil
+            if reused, exchange.request.isIdempotent, let pool = exchange.attempt.pool, exchange.attempt.upstreamHead != nil, !exchange.attempt.retriedStale, exchange.requestBodyDone,
+                exchange.responseHeadBuffer == nil
             {
-                retriedStale = true
+                exchange.attempt.retriedStale = true
                 state = .connecting
                 connectUpstream(pool)
                 return
             }
             tryFailed(.upstreamClosed)
         case .body:
-            if case .untilClose = responseBody {
+            if case .untilClose = exchange.responseBody {
                 responseFinished()
             } else {
                 forceClose()
@@ -273,12 +240,12 @@ extension DownstreamConnectionHandler {
     }
 
     func upstreamTimedOut() {
-        upstream = nil
-        upstreamReusable = false
-        if responsePhase == .head {
-            if let balancer { worker.metrics.upstream(.timeout, upstream: balancer.upstream.metricID) }
+        exchange.attempt.upstream = nil
+        exchange.upstreamReusable = false
+        if exchange.responsePhase == .head {
+            if let balancer = exchange.attempt.balancer { worker.metrics.upstream(.timeout, upstream: balancer.upstream.metricID) }
             tryFailed(.upstreamTimeout)
-        } else if responsePhase == .collecting {
+        } else if exchange.responsePhase == .collecting {
             upstreamFailed(.upstreamTimeout)
         } else {
             forceClose()
@@ -287,8 +254,8 @@ extension DownstreamConnectionHandler {
 
     /// The upstream failed after the try was answered (or in a way no other try would mend).
     func upstreamFailed(_ error: ProxyError) {
-        if let upstream {
-            self.upstream = nil
+        if let upstream = exchange.attempt.upstream {
+            self.exchange.attempt.upstream = nil
             upstream.close()
         }
         respondError(error)
@@ -299,11 +266,11 @@ extension DownstreamConnectionHandler {
     /// shared, so no copy-on-write).
     private func makeClientHead(_ head: ByteBuffer, framing: Body, body: ByteBuffer? = nil) -> ByteBuffer {
         var out = ByteBuffer()
-        swap(&out, &clientHeadOut)  // `out` is then the only reference, so clear() reuses storage
+        swap(&out, &exchange.clientHeadOut)  // `out` is then the only reference, so clear() reuses storage
         if out.capacity == 0 { out = worker.lendScratch() }
-        let estimate = head.readableBytes + 128 + requestID.readableBytes + responseEdits.headers.bytes
+        let estimate = head.readableBytes + 128 + exchange.requestID.readableBytes + exchange.policy.responseEdits.headers.bytes
         out.clear(minimumCapacity: estimate + (body?.readableBytes ?? 0))
-        defer { clientHeadOut = out }
+        defer { exchange.clientHeadOut = out }
         head.withUnsafeReadableBytes { p in
             out.writeHead(estimate: estimate) { w in writeClientHead(&w, p, framing: framing) }
         }
@@ -313,26 +280,26 @@ extension DownstreamConnectionHandler {
 
     @inline(__always)
     private func writeClientHead(_ w: inout HeadWriter, _ p: UnsafeRawBufferPointer, framing: Body) {
-        responseChunkedOut = false
-        let h = response.headers
-        let scripted = !responseEdits.isEmpty
+        exchange.responseChunkedOut = false
+        let h = exchange.response.headers
+        let scripted = !exchange.policy.responseEdits.isEmpty
         // We speak HTTP/1.1 whatever the origin spoke; the status code and reason stay.
-        if let status = responseEdits.status {
+        if let status = exchange.policy.responseEdits.status {
             w.put("HTTP/1.1 ")
             w.decimal(status)
             w.put(byte: HTTPBytes.sp)
             var reason = Self.reason(status)
             reason.withUTF8 { w.put(UnsafeRawBufferPointer($0)) }
-            sentStatus = status
+            exchange.sentStatus = status
         } else {
             w.put("HTTP/1.1")
-            w.put(p, ByteRange(8, response.statusLine.upper))
-            sentStatus = response.status
+            w.put(p, ByteRange(8, exchange.response.statusLine.upper))
+            exchange.sentStatus = exchange.response.status
         }
         w.put("\r\n")
         var sawRequestID = false
         for field in h.fields {
-            if scripted, field.kind != .contentLength, responseEdits.headers.drops(p, field.name.lower, field.name.count) {
+            if scripted, field.kind != .contentLength, exchange.policy.responseEdits.headers.drops(p, field.name.lower, field.name.count) {
                 continue
             }
             switch field.kind {
@@ -354,8 +321,8 @@ extension DownstreamConnectionHandler {
             w.decimal(length)
             w.put("\r\n")
         case .chunked, .untilClose:
-            if request.minorVersion >= 1 {
-                responseChunkedOut = true
+            if exchange.request.minorVersion >= 1 {
+                exchange.responseChunkedOut = true
                 w.put("Transfer-Encoding: chunked\r\n")
             } else {
                 closeAfterResponse = true  // an HTTP/1.0 client reads to the close
@@ -364,17 +331,17 @@ extension DownstreamConnectionHandler {
             break
         }
         if scripted {
-            responseEdits.headers.write(into: &w)
-            if responseEdits.headers.entry(Self.requestIDName) != nil { sawRequestID = true }
+            exchange.policy.responseEdits.headers.write(into: &w)
+            if exchange.policy.responseEdits.headers.entry(Self.requestIDName) != nil { sawRequestID = true }
         }
         if !sawRequestID {
             w.put("X-Request-Id: ")
-            w.put(requestID)
+            w.put(exchange.requestID)
             w.put("\r\n")
         }
         if closeAfterResponse || !keepAliveClient {
             w.put("Connection: close\r\n")
-        } else if request.minorVersion == 0 {
+        } else if exchange.request.minorVersion == 0 {
             w.put("Connection: keep-alive\r\n")
         }
         w.put("\r\n")

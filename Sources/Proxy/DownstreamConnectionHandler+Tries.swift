@@ -8,9 +8,9 @@ extension DownstreamConnectionHandler {
     /// Sends the request to the target the balancer picks (or `index`, picked already), or
     /// answers `503` if every target is ejected.
     func startTry(route: CompiledRoute, index picked: Int? = nil) {
-        guard let balancer, let head = forwardedHead else { return }
+        guard let balancer = exchange.attempt.balancer, let head = exchange.attempt.forwardedHead else { return }
         let pool: TargetPool
-        if let target = edits.target {
+        if let target = exchange.policy.edits.target {
             // A target the script named: one try, no balancing.
             guard let dynamic = worker.dynamicPool(target.key, target.address, settings: balancer.upstream.settings) else {
                 respondError(.tooManyScriptTargets)
@@ -18,22 +18,22 @@ extension DownstreamConnectionHandler {
             }
             pool = dynamic
         } else {
-            guard let index = picked ?? balancer.pick(tried: triedTargets, key: hashKey, now: lastActivity) else {
+            guard let index = picked ?? balancer.pick(tried: exchange.attempt.tried, key: exchange.attempt.hashKey, now: lastActivity) else {
                 respondError(.noHealthyTarget)
                 return
             }
-            if index < 64 { triedTargets |= 1 << UInt64(index) }
+            if index < 64 { exchange.attempt.tried |= 1 << UInt64(index) }
             pool = balancer.pool(index)
         }
-        tries += 1
-        tryStart = .now()
-        trace.trySpanID = worker.requestIDs.next64() | 1
-        if tries > 1 { worker.metrics.upstream(.retry, upstream: balancer.upstream.metricID) }
-        targetPool = pool
+        exchange.attempt.count += 1
+        exchange.attempt.start = .now()
+        exchange.trace.trySpanID = worker.requestIDs.next64() | 1
+        if exchange.attempt.count > 1 { worker.metrics.upstream(.retry, upstream: balancer.upstream.metricID) }
+        exchange.attempt.pool = pool
         pool.health.inFlight += 1
         pool.breaker.sent(lastActivity, pool.settings.breaker)
-        tryPending = true
-        upstreamHead = makeUpstreamHead(head, route: route, pool: pool)
+        exchange.attempt.pending = true
+        exchange.attempt.upstreamHead = makeUpstreamHead(head, route: route, pool: pool)
         state = .connecting
         armTimer()
         if let connection = pool.takeIdle() {
@@ -51,7 +51,7 @@ extension DownstreamConnectionHandler {
         var timer: Scheduled<Void>?
         let id = pool.wait { [self] connection in
             timer?.cancel()
-            guard requestSerial == serial, state == .connecting, targetPool === pool else {
+            guard requestSerial == serial, state == .connecting, exchange.attempt.pool === pool else {
                 // Gone meanwhile: what it was given goes to the next in line.
                 if let connection { pool.release(connection) } else { pool.wakeNext() }
                 return
@@ -72,27 +72,27 @@ extension DownstreamConnectionHandler {
     /// The try's target answered (a response head came): it is reachable; a 5xx counts
     /// against its breaker.
     func tryAnswered(status: Int) {
-        guard tryPending, let pool = targetPool else { return }
-        tryPending = false
-        if let balancer {
-            let nanoseconds = (NIODeadline.now() - tryStart).nanoseconds
-            upstreamNanoseconds += nanoseconds
+        guard exchange.attempt.pending, let pool = exchange.attempt.pool else { return }
+        exchange.attempt.pending = false
+        if let balancer = exchange.attempt.balancer {
+            let nanoseconds = (NIODeadline.now() - exchange.attempt.start).nanoseconds
+            exchange.record.upstreamNanoseconds += nanoseconds
             if worker.generation.shared.metricsEnabled {
                 worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double(nanoseconds) / 1e9)
             }
         }
-        if traced { recordTrySpan(pool, status: status, error: nil) }
+        if exchange.traced { recordTrySpan(pool, status: status, error: nil) }
         pool.health.inFlight -= 1
         pool.health.succeeded()
-        forwardedHead = nil
+        exchange.attempt.forwardedHead = nil
         breakerRecord(pool, success: status < 500)
     }
 
     /// Ends the try's count in flight without a verdict (the client left, the request ended).
     func finishTry() {
-        guard tryPending, let pool = targetPool else { return }
-        tryPending = false
-        if traced { recordTrySpan(pool, status: 0, error: "cancelled") }
+        guard exchange.attempt.pending, let pool = exchange.attempt.pool else { return }
+        exchange.attempt.pending = false
+        if exchange.traced { recordTrySpan(pool, status: 0, error: "cancelled") }
         pool.health.inFlight -= 1
         pool.breaker.abandoned()
     }
@@ -110,23 +110,23 @@ extension DownstreamConnectionHandler {
     /// The try failed before any answer: count it against the target, then retry elsewhere
     /// (if the error allows) or answer with it.
     func tryFailed(_ error: ProxyError) {
-        if let upstream {
-            self.upstream = nil
+        if let upstream = exchange.attempt.upstream {
+            self.exchange.attempt.upstream = nil
             upstream.close()
         }
-        if tryPending, let pool = targetPool {
-            tryPending = false
-            if traced { recordTrySpan(pool, status: 0, error: error.message) }
+        if exchange.attempt.pending, let pool = exchange.attempt.pool {
+            exchange.attempt.pending = false
+            if exchange.traced { recordTrySpan(pool, status: 0, error: error.message) }
             pool.health.inFlight -= 1
             if pool.health.failed(.now(), pool.settings) {
                 worker.logger.warning(
                     "upstream target ejected after failed tries",
-                    metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(error.message)", "request_id": "\(String(buffer: requestID))"])
+                    metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(error.message)", "request_id": "\(String(buffer: exchange.requestID))"])
             }
             breakerRecord(pool, success: false)
         }
         // Another target, if one is left and the budget allows: else this try's failure stands.
-        if error.retryable, canRetry(), let route, let balancer, let index = balancer.pick(tried: triedTargets, key: hashKey), balancer.takeRetry() {
+        if error.retryable, canRetry(), let route = exchange.route, let balancer = exchange.attempt.balancer, let index = balancer.pick(tried: exchange.attempt.tried, key: exchange.attempt.hashKey), balancer.takeRetry() {
             startTry(route: route, index: index)
             return
         }
@@ -136,8 +136,8 @@ extension DownstreamConnectionHandler {
     /// Never after the client got a byte; only what can be sent again whole; idempotent
     /// methods unless the route allows more; within the tries and the retry budget.
     private func canRetry() -> Bool {
-        guard let balancer, let route, forwardedHead != nil, !responseStarted, retryableBody, edits.target == nil,
-            tries < (edits.retries.map { $0 + 1 } ?? balancer.upstream.maxTries), request.isIdempotent || route.retryNonIdempotent,
+        guard let balancer = exchange.attempt.balancer, let route = exchange.route, exchange.attempt.forwardedHead != nil, !exchange.responseStarted, exchange.attempt.retryableBody, exchange.policy.edits.target == nil,
+            exchange.attempt.count < (exchange.policy.edits.retries.map { $0 + 1 } ?? balancer.upstream.maxTries), exchange.request.isIdempotent || route.retryNonIdempotent,
             state != .closed, state != .closing
         else { return false }
         return true
@@ -168,7 +168,7 @@ extension DownstreamConnectionHandler {
         head.withUnsafeReadableBytes { p in
             var n = Array(name.utf8)
             n.withUnsafeMutableBytes { nameBytes in
-                HeaderView(p: p, fields: request.headers.fields, edits: edits.headers).forEach(UnsafeRawBufferPointer(nameBytes)) { value in
+                HeaderView(p: p, fields: exchange.request.headers.fields, edits: exchange.policy.edits.headers).forEach(UnsafeRawBufferPointer(nameBytes)) { value in
                     found = Array(value)
                     return false
                 }

@@ -63,118 +63,33 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     var headScanned = 0
     var clientAddress: [UInt8] = []
 
-    // The request in progress.
-    var generation: WorkerGeneration?
-    var request = RequestHead()
-    var route: CompiledRoute?
-    var requestBody = Body.none
-    var requestBodyDone = true
-    var requestBodyBytes = 0
-    var requestID: ByteBuffer
+    /// The request in progress, or the worker's vacant exchange between requests.
+    var exchange: Exchange
+    /// Counts requests: callbacks that outlive their request (a pool's answer, a timer) check it.
     var requestSerial = 0
-    var upstream: UpstreamConnectionHandler?
-    var targetPool: TargetPool?
-    /// The rewritten head, kept until a response starts so a stale pooled connection can be retried.
-    var upstreamHead: ByteBuffer?
-    /// Head buffers reused across requests: once the socket write has released one, `clear()`
-    /// recycles its storage, saving two allocations per request.
-    var upstreamHeadOut = ByteBuffer()
-    var clientHeadOut = ByteBuffer()
-    /// Chunked framing written as-is, made once per connection: `CRLF` after each chunk's
-    /// data, and the last chunk with an empty trailer section.
-    /// Shared by every connection (immutable, so never copied): none allocates its own.
+    /// Chunked framing written as-is: `CRLF` after each chunk's data, and the last chunk with
+    /// an empty trailer section. Shared by every connection (immutable, so never copied).
     static let crlfBytes = ByteBuffer(string: "\r\n")
     static let lastChunkBytes = ByteBuffer(string: "0\r\n\r\n")
     var crlf: ByteBuffer { Self.crlfBytes }
     var lastChunk: ByteBuffer { Self.lastChunkBytes }
-    var retriedStale = false
-    // Tries of the current request (see `DownstreamConnectionHandler+Tries`).
-    var balancer: UpstreamBalancer?
-    /// A bit per target index already tried.
-    var triedTargets: UInt64 = 0
-    var tries = 0
-    var hashKey: UInt64?
-    /// The client's request head, kept until a response starts so a retry can rewrite it for
-    /// another target.
-    var forwardedHead: ByteBuffer?
-    var forwardedHeadStorage = ByteBuffer()
-    /// The whole request went with the head (no body left to stream), so it can be sent again.
-    var retryableBody = false
-    /// `targetPool.health.inFlight` counts this request.
-    var tryPending = false
     var keepAliveClient = true
     var closeAfterResponse = false
-
-    // The route's policy, for a request that has one.
-    /// The Lua state the request holds while its phases may run, and where it goes back.
-    var lua: LuaState?
-    var luaPool: LuaStatePool?
-    var scriptPhase = Phase.access
-    var edits = RequestEdits()
-    var responseEdits = ResponseEdits()
-    /// The request head, kept while a script may read it.
-    var requestHead: ByteBuffer?
-    var requestHeadStorage = ByteBuffer()
-    /// The response head, kept while a script may read it.
-    var responseHeadKept: ByteBuffer?
-    /// The state went back after `access` (its `ctx` was empty): the response and log phases
-    /// borrow one again when they come.
-    var laterResponse = false
-    var laterLog = false
-    /// A request waiting for a free Lua state: its place in line and its deadline.
-    var poolWait: (id: Int, timer: Scheduled<Void>)?
-    /// The status the client got (for the log phase).
-    var sentStatus = 0
-    /// A script waits for the request body (`request.body`, `request.set_body`).
-    var bodyWait: BodyWait?
-    /// A script waits for an API call (`redis_bucket.take` on a Redis store).
-    var apiWait = false
-    /// A response phase waits for the upstream's body (`response.body`, `response.set_body`).
-    var responseWait: BodyWait?
-    /// Upstream bytes after the response head, held while a response phase may read them.
-    var responseRest: ByteBuffer?
-    /// The upstream closed while its body was being collected (the end of a close-delimited body).
-    var upstreamEnded = false
-
-    // The response in progress.
-    var response = ResponseHead()
-    var responsePhase = ResponsePhase.head
-    var responseHeadBuffer: ByteBuffer?
-    var responseBody = Body.none
-    var responseChunkedOut = false
-    var responseStarted = false
-    var upstreamReusable = true
 
     // Flow control and time.
     /// Whether `autoRead` is off on the client channel.
     var readsOff = false
     var upstreamUnflushed = false
     var lastActivity = NIODeadline.now()
+    /// When the current request's first byte came (its head may still be arriving).
     var requestStart = NIODeadline.now()
-    /// A request has started and is not counted in the metrics yet.
-    var requestOpen = false
-    /// The request's method as a `MethodLabel` index.
-    var metricMethod = 9
-    // The access log's figures for the request.
-    var bytesSent = 0
-    var upstreamNanoseconds: Int64 = 0
-    var luaNanoseconds: UInt64 = 0
-    var logFields: [(String, String)] = []
-    /// `METHOD target` of the request, kept for its log line.
-    var logRequestLine = ByteBuffer()
-    /// The request's W3C trace context.
-    var trace = TraceContext()
-    /// This request's spans are recorded (tracing is on and the trace is sampled).
-    var traced = false
-    /// When the current try was sent.
-    var tryStart = NIODeadline.now()
     var timer: Scheduled<Void>?
     var timerDeadline = NIODeadline.distantFuture
 
     init(worker: ProxyWorker, listener: ListenerHandle) {
         self.worker = worker
         self.listener = listener
-        self.requestID = ByteBuffer()
+        self.exchange = worker.vacantExchange
     }
 
     // MARK: channel events
@@ -182,9 +97,6 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     /// Starts serving the connection behind `io`.
     func attach(_ io: ConnectionIO) {
         self.io = io
-        requestID = allocator.buffer(capacity: 64)
-        // The head buffers are lent by the worker for each request (`lendScratch`): an idle
-        // kept-alive connection holds none.
         if let ip = io.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
         worker.register(self)
         armTimer()
@@ -239,16 +151,9 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
 
     /// The client connection has closed.
     func closed() {
-        recordRequest(status: responseStarted ? sentStatus : 499)
         let wasClosed = state == .closed
         state = .closed
-        finishTry()
-        abandonScript()
-        if let upstream {
-            // The request did not finish: the upstream connection is mid-message, never reuse it.
-            self.upstream = nil
-            upstream.close()
-        }
+        endExchange(completed: false)
         if !wasClosed { worker.unregister(self) }
         timer?.cancel()
         timer = nil
@@ -265,9 +170,9 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
             appendInbound(&buffer)
         case .policy:
             appendInbound(&buffer)
-            if bodyWait != nil { continueBodyWait() }
+            if exchange.policy.bodyWait != nil { continueBodyWait() }
         case .proxying:
-            if requestBodyDone || inbound != nil {
+            if exchange.requestBodyDone || inbound != nil {
                 appendInbound(&buffer)
             } else {
                 forwardRequestBody(&buffer)
@@ -284,13 +189,13 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
         // flush themselves. An empty flush is still a trip through the pipeline.
         if upstreamUnflushed {
             upstreamUnflushed = false
-            upstream?.flush()
+            exchange.attempt.upstream?.flush()
         }
     }
 
     func writabilityChanged(_ writable: Bool) {
         downstreamWritable = writable
-        upstream?.setReadsPaused(!downstreamWritable)
+        exchange.attempt.upstream?.setReadsPaused(!downstreamWritable)
     }
 
     // MARK: flow control
@@ -307,10 +212,10 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
         case .idle, .head: return false
         case .closing, .closed: return true
         case .connecting: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
-        case .policy: return (inbound?.readableBytes ?? 0) > max(Self.maxBufferedInbound, bodyWait?.bufferLimit ?? 0)
+        case .policy: return (inbound?.readableBytes ?? 0) > max(Self.maxBufferedInbound, exchange.policy.bodyWait?.bufferLimit ?? 0)
         case .proxying:
-            if requestBodyDone { return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound }
-            return !(upstream?.isWritable ?? false)
+            if exchange.requestBodyDone { return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound }
+            return !(exchange.attempt.upstream?.isWritable ?? false)
         }
     }
 
@@ -358,13 +263,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
 
     /// Ends the connection at once (timeouts past the response head, errors, shutdown).
     func forceClose() {
-        recordRequest(status: responseStarted ? sentStatus : 499)
-        finishTry()
-        abandonScript()
-        if let upstream {
-            self.upstream = nil
-            upstream.close()
-        }
+        endExchange(completed: false)
         guard state != .closed else { return }
         state = .closing
         io.close()
@@ -394,7 +293,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
         switch state {
         case .idle: return lastActivity + worker.generation.shared.clientIdleTimeout
         case .head, .policy, .connecting, .proxying:
-            return requestStart + (generation ?? worker.generation).shared.requestTimeout
+            return requestStart + (exchange.generation ?? worker.generation).shared.requestTimeout
         case .closing, .closed: return .distantFuture
         }
     }
@@ -410,6 +309,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
             state = .closing
             io.close()
         case .head:
+            beginExchange()
             respondError(.clientTimeout)
         case .policy, .connecting, .proxying:
             respondError(.requestTimeout)

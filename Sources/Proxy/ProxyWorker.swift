@@ -178,6 +178,31 @@ public final class ProxyWorker {
         if scratch.count < Self.maxScratch { scratch.append(returned) }
     }
 
+    /// What connections point at between requests (`Exchange.isVacant`).
+    let vacantExchange = Exchange(vacant: true)
+    /// Exchanges of requests that ended, ready for the next ones: as many as were ever in
+    /// flight at once on this loop, up to `maxSpareExchanges`.
+    private var spareExchanges: [Exchange] = []
+    static let maxSpareExchanges = 1024
+
+    /// An exchange for a request that starts now.
+    func takeExchange() -> Exchange {
+        spareExchanges.popLast() ?? Exchange()
+    }
+
+    /// Takes back the exchange of a request that ended (forgotten, its storage kept).
+    func giveBack(_ exchange: Exchange) {
+        guard !exchange.isVacant else { return }
+        exchange.reset()
+        if spareExchanges.count < Self.maxSpareExchanges { spareExchanges.append(exchange) }
+    }
+
+    /// Requests in progress on this loop (connections holding an exchange) and the spare
+    /// exchanges waiting for the next ones, for tests.
+    public var exchangeCounts: (inUse: Int, spare: Int) {
+        (connections.values.reduce(0) { $0 + ($1.exchange.isVacant ? 0 : 1) }, spareExchanges.count)
+    }
+
     /// Whether this loop may accept another client connection (`limits.max_connections`).
     public var admitsConnection: Bool { connections.count < generation.shared.config.limits.maxConnections }
 

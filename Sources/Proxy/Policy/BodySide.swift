@@ -16,12 +16,12 @@ struct BodySide {
     let malformed: (OpaquePointer, DownstreamConnectionHandler) -> Int32
 
     static var request: BodySide { BodySide(
-        name: "request", collect: { $0.collectBody(max: $1) }, wait: { $0.waitForBody($1) }, keep: { $0.edits.body = $1 },
+        name: "request", collect: { $0.collectBody(max: $1) }, wait: { $0.waitForBody($1) }, keep: { $0.exchange.policy.edits.body = $1 },
         malformed: { L, h in h.answerMalformedBody(L) }) }
 
     static var response: BodySide { BodySide(
         name: "response", collect: { $0.collectResponseBody(max: $1) }, wait: { $0.waitForResponseBody($1) },
-        keep: { $0.responseEdits.body = $1 },
+        keep: { $0.exchange.policy.responseEdits.body = $1 },
         malformed: { L, _ in Lua.raise(L, "response.body: the upstream's chunked body is malformed") }) }
 
     /// `body([max])`: the body, `nil, reason` if larger than `cap`, or a wait.

@@ -12,21 +12,21 @@ import Scripting
 /// it keeps the state, and the `ctx` table in it, until the log phase has run.
 extension DownstreamConnectionHandler: ScriptHost {
     func startPolicy(_ route: CompiledRoute) {
-        if let state = lua {  // the listener's router lent it
+        if let state = exchange.policy.lua {  // the listener's router lent it
             runAccess(state, route: route)
             return
         }
-        guard let pool = generation?.luaPool() else {
+        guard let pool = exchange.generation?.luaPool() else {
             respondError(.policyUnavailable)
             return
         }
-        luaPool = pool
+        exchange.policy.luaPool = pool
         let state: LuaState?
         do {
             state = try pool.checkout()
         } catch {
             worker.logger.error(
-                "cannot create a Lua state", metadata: ["error": "\(error)", "route": "\(route.name)", "request_id": "\(String(buffer: requestID))"])
+                "cannot create a Lua state", metadata: ["error": "\(error)", "route": "\(route.name)", "request_id": "\(String(buffer: exchange.requestID))"])
             respondError(.policyUnavailable)
             return
         }
@@ -37,28 +37,28 @@ extension DownstreamConnectionHandler: ScriptHost {
         // Every state is lent: wait in line, briefly.
         let serial = requestSerial
         let id = pool.wait { [self] state in
-            guard requestSerial == serial, self.state == .policy, let route = self.route else {
+            guard requestSerial == serial, self.state == .policy, let route = self.exchange.route else {
                 pool.release(state)
                 return
             }
-            poolWait?.timer.cancel()
-            poolWait = nil
+            exchange.policy.poolWait?.timer.cancel()
+            exchange.policy.poolWait = nil
             runAccess(state, route: route)
         }
         let timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(pool.program.settings.poolWait)) {
             [self] in
-            guard let wait = poolWait, wait.id == id else { return }
-            poolWait = nil
+            guard let wait = exchange.policy.poolWait, wait.id == id else { return }
+            exchange.policy.poolWait = nil
             pool.cancel(id)
             respondError(.noLuaState)
         }
-        poolWait = (id, timer)
+        exchange.policy.poolWait = (id, timer)
     }
 
     private func runAccess(_ state: LuaState, route: CompiledRoute) {
-        if lua == nil { state.beginRequest(host: self) }
-        lua = state
-        scriptPhase = .access
+        if exchange.policy.lua == nil { state.beginRequest(host: self) }
+        exchange.policy.lua = state
+        exchange.policy.phase = .access
         let result = state.run(.access, policy: route.policy, budget: route.budget, current: Unmanaged.passUnretained(self).toOpaque())
         accessEnded(result, route: route)
     }
@@ -70,29 +70,29 @@ extension DownstreamConnectionHandler: ScriptHost {
         case .waiting:
             // An API call waits; it resumes the script when its answer comes. An early
             // answer also leaves the script suspended: it never runs again.
-            guard edits.early != nil else { return }
-            lua?.abandon()
+            guard exchange.policy.edits.early != nil else { return }
+            exchange.policy.lua?.abandon()
         case .failed(let failure):
             scriptFailed(failure, route: route)
             return
         }
-        if let lua {
+        if let lua = exchange.policy.lua {
             let response = lua.has(.response, policy: route.policy), log = lua.has(.log, policy: route.policy)
             // A request keeps its state across the upstream wait only if its ctx holds
             // something: otherwise the later phases borrow any state, and one state per loop
             // serves the load instead of one per request in flight (measured: 19 against 39 MB
             // RSS, and 5-15% more requests/s, on the benchmark policy).
             if !response && !log || lua.ctxIsEmpty() {
-                laterResponse = response
-                laterLog = log
+                exchange.policy.laterResponse = response
+                exchange.policy.laterLog = log
                 releaseScript()
             }
         }
-        if let early = edits.early {
+        if let early = exchange.policy.edits.early {
             writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: false)
             return
         }
-        guard state == .policy, let head = requestHead else { return }
+        guard state == .policy, let head = exchange.policy.requestHead else { return }
         forward(head, route: route)
     }
 
@@ -109,19 +109,18 @@ extension DownstreamConnectionHandler: ScriptHost {
     /// Runs the listener's router on the request. Its state stays with the request when the
     /// route it picks has a policy.
     func runRouter(_ head: ByteBuffer, router: Int) -> RouterOutcome {
-        guard let generation, let pool = generation.luaPool() else {
+        guard let generation = exchange.generation, let pool = generation.luaPool() else {
             respondError(.policyUnavailable)
             return .answered
         }
-        requestHead = keep(head, in: &requestHeadStorage)
-        edits.reset()
-        responseEdits.reset()
-        route = nil
+        exchange.policy.used = true
+        exchange.policy.requestHead = keep(head, in: &exchange.requestHeadStorage)
+        exchange.route = nil
         let checkedOut: LuaState?
         do {
             checkedOut = try pool.checkout()
         } catch {
-            worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)", "request_id": "\(String(buffer: requestID))"])
+            worker.logger.error("cannot create a Lua state", metadata: ["error": "\(error)", "request_id": "\(String(buffer: exchange.requestID))"])
             respondError(.policyUnavailable)
             return .answered
         }
@@ -129,22 +128,22 @@ extension DownstreamConnectionHandler: ScriptHost {
             respondError(.noLuaState)
             return .answered
         }
-        luaPool = pool
-        lua = state
+        exchange.policy.luaPool = pool
+        exchange.policy.lua = state
         state.beginRequest(host: self)
-        scriptPhase = .access
+        exchange.policy.phase = .access
         let budget = generation.shared.config.scripts.budget
         switch state.run(.route, policy: router, budget: budget, current: Unmanaged.passUnretained(self).toOpaque()) {
         case .done:
             guard let name = state.routeResult else { return .fallback }
             if let picked = generation.shared.routesByName[name] { return .route(picked) }
-            worker.logger.error("the router returned an unknown route", metadata: ["route": "\(name)", "request_id": "\(String(buffer: requestID))"])
+            worker.logger.error("the router returned an unknown route", metadata: ["route": "\(name)", "request_id": "\(String(buffer: exchange.requestID))"])
             releaseScript()
             respondError(.scriptFailed(budget: false))
             return .answered
         case .waiting:
             state.abandon()
-            if let early = edits.early {
+            if let early = exchange.policy.edits.early {
                 writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: false)
             } else {
                 releaseScript()
@@ -162,8 +161,8 @@ extension DownstreamConnectionHandler: ScriptHost {
     /// Collects the whole request body, up to `max` bytes. Nothing is consumed unless all
     /// of it is there, so a body found too large still goes upstream as it came.
     func collectBody(max: Int) -> BodyCollect {
-        if let body = edits.body { return body.readableBytes <= max ? .done(body) : .tooLarge }
-        switch requestBody {
+        if let body = exchange.policy.edits.body { return body.readableBytes <= max ? .done(body) : .tooLarge }
+        switch exchange.requestBody {
         case .none, .untilClose:
             return .done(allocator.buffer(capacity: 0))
         case .length(let remaining):
@@ -185,11 +184,11 @@ extension DownstreamConnectionHandler: ScriptHost {
     }
 
     private func bodyCollected(_ body: ByteBuffer) {
-        edits.body = body
-        requestBody = .none
-        requestBodyDone = true
+        exchange.policy.edits.body = body
+        exchange.requestBody = .none
+        exchange.requestBodyDone = true
         // The upstream gets the body with the head: there is no `100 Continue` to wait for.
-        edits.headers.set(Self.expectName, lower: Self.expectLower, nil)
+        exchange.policy.edits.headers.set(Self.expectName, lower: Self.expectLower, nil)
     }
 
     static let expectName: [UInt8] = Array("Expect".utf8)
@@ -197,9 +196,9 @@ extension DownstreamConnectionHandler: ScriptHost {
 
     /// Suspends the script until the body is in (`request.body`, `request.set_body`).
     func waitForBody(_ wait: BodyWait) {
-        bodyWait = wait
+        exchange.policy.bodyWait = wait
         // A client that sent `Expect: 100-continue` holds its body until told to go on.
-        if request.expectContinue, request.minorVersion >= 1 {
+        if exchange.request.expectContinue, exchange.request.minorVersion >= 1 {
             var interim = allocator.buffer(capacity: 32)
             interim.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
             io.write(interim)
@@ -210,16 +209,16 @@ extension DownstreamConnectionHandler: ScriptHost {
 
     /// A malformed chunked body: the client gets `400` and the script ends where it is.
     func answerMalformedBody(_ L: OpaquePointer) -> Int32 {
-        edits.early = EarlyResponse(status: 400, body: errorBody("malformed chunked body"), json: true)
+        exchange.policy.edits.early = EarlyResponse(status: 400, body: errorBody("malformed chunked body"), json: true)
         return Lua.yield(L)
     }
 
     /// More client bytes came while a script waits for the body.
     func continueBodyWait() {
-        guard let wait = bodyWait, let lua, let route else { return }
+        guard let wait = exchange.policy.bodyWait, let lua = exchange.policy.lua, let route = exchange.route else { return }
         let collected = collectBody(max: wait.max)
         if case .pending = collected { return }
-        bodyWait = nil
+        exchange.policy.bodyWait = nil
         if case .malformed = collected {
             lua.abandon()
             releaseScript()
@@ -233,76 +232,70 @@ extension DownstreamConnectionHandler: ScriptHost {
     /// Runs the response phase on the upstream's head; false if the script failed (the
     /// client then has its `500`).
     func runResponsePhase(_ state: LuaState, route: CompiledRoute) -> Bool {
-        scriptPhase = .response
+        exchange.policy.phase = .response
         switch state.run(.response, policy: route.policy, budget: route.budget, current: Unmanaged.passUnretained(self).toOpaque()) {
         case .done:
             return true
         case .waiting:
             // Waiting for the upstream body (`responsePhase` is `.collecting`), or nothing to wait for.
-            if responseWait == nil { state.abandon() }
+            if exchange.policy.responseWait == nil { state.abandon() }
             return true
         case .failed(let failure):
-            upstreamReusable = false
+            exchange.upstreamReusable = false
             scriptFailed(failure, route: route)
             return false
         }
     }
 
-    /// The request is over: the log phase runs (if the policy has one), the state goes back.
     /// A state for the later phases of a request that gave its own back after `access`.
     func reborrow() -> LuaState? {
-        if let lua { return lua }
-        guard let pool = generation?.luaPool(), let state = try? pool.checkout(overflow: true) else { return nil }
+        if let lua = exchange.policy.lua { return lua }
+        guard let pool = exchange.generation?.luaPool(), let state = try? pool.checkout(overflow: true) else { return nil }
         state.beginRequest(host: self)
-        lua = state
-        luaPool = pool
+        exchange.policy.lua = state
+        exchange.policy.luaPool = pool
         return state
     }
 
+    /// The request is over: the log phase runs (if the policy has one), the state goes back.
     func endScript() {
-        if laterLog, lua == nil { _ = reborrow() }
-        laterResponse = false
-        laterLog = false
-        if let lua, let route, !lua.broken, lua.has(.log, policy: route.policy) {
-            scriptPhase = .log
+        if exchange.policy.laterLog, exchange.policy.lua == nil { _ = reborrow() }
+        exchange.policy.laterResponse = false
+        exchange.policy.laterLog = false
+        if let lua = exchange.policy.lua, let route = exchange.route, !lua.broken, lua.has(.log, policy: route.policy) {
+            exchange.policy.phase = .log
             switch lua.run(.log, policy: route.policy, budget: route.budget, current: Unmanaged.passUnretained(self).toOpaque()) {
             case .done: break
             case .waiting: lua.abandon()
             case .failed(let failure): logFailure(failure, route: route)
             }
         }
-        apiWait = false
+        exchange.policy.apiWait = false
         releaseScript()
-        requestHead = nil
-        responseHeadKept = nil
-        responseRest = nil
-        responseWait = nil
-        upstreamEnded = false
-        edits.reset()
-        responseEdits.reset()
+        // The rest goes with the exchange (`endExchange`).
     }
 
     /// The connection went away mid-request: no log phase, the state goes back.
     func abandonScript() {
-        apiWait = false
-        laterResponse = false
-        laterLog = false
-        bodyWait = nil
-        responseWait = nil
-        if let wait = poolWait {
-            poolWait = nil
+        exchange.policy.apiWait = false
+        exchange.policy.laterResponse = false
+        exchange.policy.laterLog = false
+        exchange.policy.bodyWait = nil
+        exchange.policy.responseWait = nil
+        if let wait = exchange.policy.poolWait {
+            exchange.policy.poolWait = nil
             wait.timer.cancel()
-            luaPool?.cancel(wait.id)
+            exchange.policy.luaPool?.cancel(wait.id)
         }
         releaseScript()
     }
 
     func releaseScript() {
-        if let state = lua {
-            lua = nil
-            luaPool?.release(state)
+        if let state = exchange.policy.lua {
+            exchange.policy.lua = nil
+            exchange.policy.luaPool?.release(state)
         }
-        luaPool = nil
+        exchange.policy.luaPool = nil
     }
 
     func scriptFailed(_ failure: ScriptFailure, route: CompiledRoute?) {
@@ -314,7 +307,7 @@ extension DownstreamConnectionHandler: ScriptHost {
 
     private func logFailure(_ failure: ScriptFailure, route: CompiledRoute?) {
         var metadata: Logger.Metadata = [
-            "request_id": "\(String(buffer: requestID))", "route": "\(route?.name ?? "(router)")", "phase": "\(scriptPhase.name)",
+            "request_id": "\(String(buffer: exchange.requestID))", "route": "\(route?.name ?? "(router)")", "phase": "\(exchange.policy.phase.name)",
             "error": "\(failure.message)",
         ]
         if let location = failure.location { metadata["script"] = "\(location)" }
@@ -326,7 +319,7 @@ extension DownstreamConnectionHandler: ScriptHost {
 
     /// The policy (or router) a failure belongs to, as a metric label.
     private func scriptName(_ route: CompiledRoute?) -> String {
-        guard let program = (generation ?? worker.generation).shared.scripts else { return "?" }
+        guard let program = (exchange.generation ?? worker.generation).shared.scripts else { return "?" }
         if let route, route.policy >= 0, route.policy < program.policies.count { return program.policies[route.policy] }
         return route == nil ? "(router)" : "?"
     }
@@ -334,54 +327,54 @@ extension DownstreamConnectionHandler: ScriptHost {
     // MARK: ScriptHost
 
     func scriptLog(_ level: Logger.Level, _ message: String, location: String?) {
-        var metadata: Logger.Metadata = ["request_id": "\(String(buffer: requestID))", "route": "\(route?.name ?? "")"]
+        var metadata: Logger.Metadata = ["request_id": "\(String(buffer: exchange.requestID))", "route": "\(exchange.route?.name ?? "")"]
         if let location { metadata["script"] = "\(location)" }
         worker.logger.log(level: level, "\(message)", metadata: metadata)
     }
 
-    var scriptRouteIndex: Int? { route?.index }
+    var scriptRouteIndex: Int? { exchange.route?.index }
 
     var scriptMetrics: MetricStore? { worker.metrics }
 
-    var scriptMetricRoute: Int { route?.metricID ?? -1 }
+    var scriptMetricRoute: Int { exchange.route?.metricID ?? -1 }
 
-    func scriptRan(nanoseconds: UInt64) { luaNanoseconds &+= nanoseconds }
+    func scriptRan(nanoseconds: UInt64) { exchange.record.luaNanoseconds &+= nanoseconds }
 
     func scriptAddLogField(_ name: String, _ value: String) -> Bool {
-        guard logFields.count < 16 else { return false }
-        logFields.append((name, value))
+        guard exchange.record.logFields.count < 16 else { return false }
+        exchange.record.logFields.append((name, value))
         return true
     }
 
     func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool {
         let bytes = Array(name.utf8)
-        guard responseEdits.headers.fits(bytes.count + value.utf8.count) else { return false }
-        responseEdits.headers.add(bytes, lower: Array(name.lowercased().utf8), Array(value.utf8))
+        guard exchange.policy.responseEdits.headers.fits(bytes.count + value.utf8.count) else { return false }
+        exchange.policy.responseEdits.headers.add(bytes, lower: Array(name.lowercased().utf8), Array(value.utf8))
         return true
     }
 
     func scriptAnswer(_ answer: ScriptAnswer) {
         var early = EarlyResponse(status: answer.status, body: errorBody(answer.message), json: true)
         for (name, value) in answer.headers { early.headers.add(Array(name.utf8), lower: Array(name.lowercased().utf8), Array(value.utf8)) }
-        edits.early = early
+        exchange.policy.edits.early = early
     }
 
     /// Only the access phase of a route's policy waits: the router's answer is needed at
     /// once, and later phases have an upstream answer in hand.
-    var scriptCanWait: Bool { scriptPhase == .access && route != nil && state == .policy }
+    var scriptCanWait: Bool { exchange.policy.phase == .access && exchange.route != nil && state == .policy }
 
     func scriptSuspend() -> ScriptResumer {
         let serial = requestSerial
-        apiWait = true
+        exchange.policy.apiWait = true
         return ScriptResumer(
             resume: { [self] push in
-                guard requestSerial == serial, apiWait, let lua, let route else { return }
-                apiWait = false
+                guard requestSerial == serial, exchange.policy.apiWait, let lua = exchange.policy.lua, let route = exchange.route else { return }
+                exchange.policy.apiWait = false
                 accessEnded(lua.resume(pushing: push), route: route)
             },
             answer: { [self] answer in
-                guard requestSerial == serial, apiWait, let lua, let route else { return }
-                apiWait = false
+                guard requestSerial == serial, exchange.policy.apiWait, let lua = exchange.policy.lua, let route = exchange.route else { return }
+                exchange.policy.apiWait = false
                 _ = lua
                 scriptAnswer(answer)
                 accessEnded(.waiting, route: route)  // abandons the script, writes the answer

@@ -8,9 +8,9 @@ import Scripting
 /// large still streams to the client as it came.
 extension DownstreamConnectionHandler {
     func collectResponseBody(max: Int) -> BodyCollect {
-        if let body = responseEdits.body { return body.readableBytes <= max ? .done(body) : .tooLarge }
-        let raw = responseRest ?? ByteBuffer()
-        switch responseBody {
+        if let body = exchange.policy.responseEdits.body { return body.readableBytes <= max ? .done(body) : .tooLarge }
+        let raw = exchange.policy.responseRest ?? ByteBuffer()
+        switch exchange.responseBody {
         case .none:
             return .done(allocator.buffer(capacity: 0))
         case .length(let remaining):
@@ -18,21 +18,21 @@ extension DownstreamConnectionHandler {
             guard raw.readableBytes >= remaining else { return .pending }
             var rest = raw
             let body = rest.readSlice(length: remaining)!
-            responseRest = rest
-            responseBody = .length(remaining: 0)
+            exchange.policy.responseRest = rest
+            exchange.responseBody = .length(remaining: 0)
             return .done(body)
         case .untilClose:
             if raw.readableBytes > max { return .tooLarge }
-            guard upstreamEnded else { return .pending }
-            responseRest = ByteBuffer()
+            guard exchange.policy.upstreamEnded else { return .pending }
+            exchange.policy.responseRest = ByteBuffer()
             return .done(raw)
         case .chunked(var decoder):
             var rest = raw
             let collected = decoder.collect(&rest, max: max)
             switch collected {
             case .done:
-                responseRest = rest
-                responseBody = .chunked(decoder)
+                exchange.policy.responseRest = rest
+                exchange.responseBody = .chunked(decoder)
             case .pending:
                 // Framing is at most a few bytes per chunk, unless the upstream is hostile.
                 if raw.readableBytes > BodyWait(max: max).bufferLimit { return .tooLarge }
@@ -45,19 +45,19 @@ extension DownstreamConnectionHandler {
 
     /// Suspends the response phase until the upstream body is in.
     func waitForResponseBody(_ wait: BodyWait) {
-        responseWait = wait
-        responsePhase = .collecting
+        exchange.policy.responseWait = wait
+        exchange.responsePhase = .collecting
     }
 
     /// More upstream bytes (or its close) while a response phase waits for the body.
     func continueResponseWait() {
-        guard let wait = responseWait, let lua, let route, let head = responseHeadKept else { return }
+        guard let wait = exchange.policy.responseWait, let lua = exchange.policy.lua, let route = exchange.route, let head = exchange.policy.responseHead else { return }
         let collected = collectResponseBody(max: wait.max)
         if case .pending = collected { return }
-        responseWait = nil
+        exchange.policy.responseWait = nil
         if case .malformed = collected {
             lua.abandon()
-            upstreamReusable = false
+            exchange.upstreamReusable = false
             upstreamFailed(.invalidResponse)
             return
         }
@@ -68,14 +68,14 @@ extension DownstreamConnectionHandler {
         case .waiting:
             lua.abandon()
         case .failed(let failure):
-            upstreamReusable = false
+            exchange.upstreamReusable = false
             scriptFailed(failure, route: route)
             return
         }
-        var rest = responseRest ?? ByteBuffer()
-        responseRest = nil
-        responsePhase = .head
-        guard sendResponseHead(head, framing: responseBody, &rest) else { return }
+        var rest = exchange.policy.responseRest ?? ByteBuffer()
+        exchange.policy.responseRest = nil
+        exchange.responsePhase = .head
+        guard sendResponseHead(head, framing: exchange.responseBody, &rest) else { return }
         // What stayed in `rest` (a body found too large) streams on as usual.
         upstreamRead(rest)
     }

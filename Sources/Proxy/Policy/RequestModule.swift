@@ -11,7 +11,7 @@ struct RequestModule: LuaModule {
     /// The cap a script asked for at `index`, bounded by the route's body limit.
     static func bodyCap(_ L: OpaquePointer, _ index: Int32, _ h: DownstreamConnectionHandler) -> Int? {
         guard var cap = BodySide.cap(L, index) else { return nil }
-        if let route = h.route, route.maxBodyBytes > 0 { cap = min(cap, route.maxBodyBytes) }
+        if let route = h.exchange.route, route.maxBodyBytes > 0 { cap = min(cap, route.maxBodyBytes) }
         return cap
     }
 
@@ -19,16 +19,16 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "method") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.method") }
-            h.withRequestBytes { p in Lua.push(L, bytes: slice(p, h.request.method)) }
+            h.withRequestBytes { p in Lua.push(L, bytes: slice(p, h.exchange.request.method)) }
             return 1
         }
         Lua.setFunction(L, "path") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.path") }
-            if let path = h.edits.path {
+            if let path = h.exchange.policy.edits.path {
                 path.withUnsafeBytes { Lua.push(L, bytes: $0) }
             } else {
-                h.withRequestBytes { p in Lua.push(L, bytes: slice(p, h.request.path)) }
+                h.withRequestBytes { p in Lua.push(L, bytes: slice(p, h.exchange.request.path)) }
             }
             return 1
         }
@@ -97,10 +97,10 @@ struct RequestModule: LuaModule {
             let L = L!
             guard let h = changing(L) else { return notChanging(L, "request.set_path") }
             guard let path = Lua.bytes(L, 1) else { return Lua.raise(L, "request.set_path: the path must be a string") }
-            if let problem = TargetCheck.path(path, limit: h.generation?.shared.limits.maxURIBytes ?? 8192) {
+            if let problem = TargetCheck.path(path, limit: h.exchange.generation?.shared.limits.maxURIBytes ?? 8192) {
                 return Lua.raise(L, "request.set_path: \(problem)")
             }
-            h.edits.path = Array(path)
+            h.exchange.policy.edits.path = Array(path)
             return 0
         }
         Lua.setFunction(L, "set_query") { L in
@@ -108,21 +108,21 @@ struct RequestModule: LuaModule {
             guard let h = changing(L) else { return notChanging(L, "request.set_query") }
             switch lua_type(L, 1) {
             case LUA_TNONE, LUA_TNIL:
-                h.edits.query = []
+                h.exchange.policy.edits.query = []
             case LUA_TSTRING:
                 var query = Lua.bytes(L, 1)!
                 if query.first == UInt8(ascii: "?") { query = UnsafeRawBufferPointer(rebasing: query.dropFirst()) }
                 if let problem = TargetCheck.query(query) { return Lua.raise(L, "request.set_query: \(problem)") }
-                let limit = h.generation?.shared.limits.maxURIBytes ?? 8192
+                let limit = h.exchange.generation?.shared.limits.maxURIBytes ?? 8192
                 if query.count > limit { return Lua.raise(L, "request.set_query: the query is longer than \(limit) bytes") }
-                h.edits.query = Array(query)
+                h.exchange.policy.edits.query = Array(query)
             case LUA_TTABLE:
                 guard let encoded = QueryString.encode(L, 1) else {
                     return Lua.raise(L, "request.set_query: a table's keys must be strings and its values strings, numbers, booleans or lists of them")
                 }
-                let limit = h.generation?.shared.limits.maxURIBytes ?? 8192
+                let limit = h.exchange.generation?.shared.limits.maxURIBytes ?? 8192
                 if encoded.count > limit { return Lua.raise(L, "request.set_query: the query is longer than \(limit) bytes") }
-                h.edits.query = encoded
+                h.exchange.policy.edits.query = encoded
             default:
                 return Lua.raise(L, "request.set_query: expected a string, a table or nil, got \(Lua.typeName(L, 1))")
             }
@@ -148,10 +148,10 @@ struct RequestModule: LuaModule {
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.body") }
             guard let cap = RequestModule.bodyCap(L, 1, h) else { return Lua.raise(L, "request.body: the cap must be a non-negative integer") }
-            if h.route == nil { return Lua.raise(L, "request.body: not in a router (read it in the route's access phase)") }
-            if h.scriptPhase != .access {
+            if h.exchange.route == nil { return Lua.raise(L, "request.body: not in a router (read it in the route's access phase)") }
+            if h.exchange.policy.phase != .access {
                 // After access the body went upstream as a stream, unless a script read it.
-                guard let body = h.edits.body else { return Lua.raise(L, "request.body: read it in the access phase") }
+                guard let body = h.exchange.policy.edits.body else { return Lua.raise(L, "request.body: read it in the access phase") }
                 return BodySide.pushBody(L, body, function: "request.body")
             }
             return BodySide.request.read(L, h, cap: cap)
@@ -159,7 +159,7 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "set_body") { L in
             let L = L!
             guard let h = changing(L) else { return notChanging(L, "request.set_body") }
-            if h.route == nil { return Lua.raise(L, "request.set_body: not in a router (set it in the route's access phase)") }
+            if h.exchange.route == nil { return Lua.raise(L, "request.set_body: not in a router (set it in the route's access phase)") }
             guard let bytes = Lua.bytes(L, 1) else { return Lua.raise(L, "request.set_body: the body must be a string") }
             guard let cap = RequestModule.bodyCap(L, 2, h) else { return Lua.raise(L, "request.set_body: the cap must be a non-negative integer") }
             var replacement = h.allocator.buffer(capacity: bytes.count)
@@ -175,29 +175,29 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "id") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.id") }
-            h.requestID.withUnsafeReadableBytes { Lua.push(L, bytes: $0) }
+            h.exchange.requestID.withUnsafeReadableBytes { Lua.push(L, bytes: $0) }
             return 1
         }
         Lua.setFunction(L, "route") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.route") }
-            (h.route?.nameBytes ?? []).withUnsafeBytes { Lua.push(L, bytes: $0) }
+            (h.exchange.route?.nameBytes ?? []).withUnsafeBytes { Lua.push(L, bytes: $0) }
             return 1
         }
         Lua.setFunction(L, "upstream") { L in
             let L = L!
-            guard let h = serving(L), let route = h.route, let generation = h.generation else { return notServing(L, "request.upstream") }
-            Lua.push(L, generation.shared.config.upstreams[h.edits.upstream ?? route.upstream].name)
+            guard let h = serving(L), let route = h.exchange.route, let generation = h.exchange.generation else { return notServing(L, "request.upstream") }
+            Lua.push(L, generation.shared.config.upstreams[h.exchange.policy.edits.upstream ?? route.upstream].name)
             return 1
         }
         Lua.setFunction(L, "set_upstream") { L in
             let L = L!
             guard let h = changing(L) else { return notChanging(L, "request.set_upstream") }
             guard let name = Lua.string(L, 1) else { return Lua.raise(L, "request.set_upstream: the name must be a string") }
-            guard let index = h.generation?.shared.config.upstreamIndex(named: name) else {
+            guard let index = h.exchange.generation?.shared.config.upstreamIndex(named: name) else {
                 return Lua.raise(L, "request.set_upstream: unknown upstream \"\(name)\"")
             }
-            h.edits.upstream = index
+            h.exchange.policy.edits.upstream = index
             return 0
         }
         Lua.setFunction(L, "respond") { L in
@@ -215,7 +215,7 @@ struct RequestModule: LuaModule {
             if !Lua.isNoneOrNil(L, 3) {
                 if let problem = readHeaderTable(L, 3, into: &early.headers) { return Lua.raise(L, "request.respond: \(problem)") }
             }
-            h.edits.early = early
+            h.exchange.policy.edits.early = early
             // Nothing after respond runs, as with ngx.exit or Envoy's respond().
             return Lua.yield(L)
         }
@@ -233,7 +233,7 @@ func serving(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
 /// The request, if the running phase may still change it (access).
 @inline(__always)
 func changing(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
-    guard let h = serving(L), h.scriptPhase == .access else { return nil }
+    guard let h = serving(L), h.exchange.policy.phase == .access else { return nil }
     return h
 }
 
@@ -263,10 +263,10 @@ private func editHeader(_ L: OpaquePointer, _ function: String, add: Bool) -> In
     case .failure(let message):
         return Lua.raise(L, message.text)
     case .success(let (name, lower, value)):
-        guard h.edits.headers.fits(name.count + (value?.count ?? 0)) else {
+        guard h.exchange.policy.edits.headers.fits(name.count + (value?.count ?? 0)) else {
             return Lua.raise(L, "\(function): the script's header changes exceed \(HeaderEdits.maxBytes / 1024) KiB")
         }
-        if add, let value { h.edits.headers.add(name, lower: lower, value) } else { h.edits.headers.set(name, lower: lower, value) }
+        if add, let value { h.exchange.policy.edits.headers.add(name, lower: lower, value) } else { h.exchange.policy.edits.headers.set(name, lower: lower, value) }
         return 0
     }
 }
@@ -353,20 +353,20 @@ extension DownstreamConnectionHandler {
     /// The request head's bytes, for reading what the parser's ranges point at.
     @inline(__always)
     func withRequestBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        (requestHead ?? ByteBuffer()).withUnsafeReadableBytes(body)
+        (exchange.policy.requestHead ?? ByteBuffer()).withUnsafeReadableBytes(body)
     }
 
     /// The request's header fields with the script's edits.
     func withRequestHeaders(_ body: (HeaderView) -> Void) {
-        withRequestBytes { p in body(HeaderView(p: p, fields: request.headers.fields, edits: edits.headers)) }
+        withRequestBytes { p in body(HeaderView(p: p, fields: exchange.request.headers.fields, edits: exchange.policy.edits.headers)) }
     }
 
     /// The query as the upstream will get it (without `?`), or nil when there is none.
     func withQuery<R>(_ body: (UnsafeRawBufferPointer?) -> R) -> R {
-        if let query = edits.query { return query.isEmpty ? body(nil) : query.withUnsafeBytes { body($0) } }
+        if let query = exchange.policy.edits.query { return query.isEmpty ? body(nil) : query.withUnsafeBytes { body($0) } }
         return withRequestBytes { p in
-            guard request.path.upper < request.target.upper else { return body(nil) }
-            return body(UnsafeRawBufferPointer(rebasing: p[(request.path.upper + 1)..<request.target.upper]))
+            guard exchange.request.path.upper < exchange.request.target.upper else { return body(nil) }
+            return body(UnsafeRawBufferPointer(rebasing: p[(exchange.request.path.upper + 1)..<exchange.request.target.upper]))
         }
     }
 }

@@ -24,10 +24,10 @@ struct UpstreamModule: LuaModule {
             let L = L!
             guard let h = changing(L) else { return notChanging(L, "upstream.use") }
             guard let name = Lua.string(L, 1) else { return Lua.raise(L, "upstream.use(name): the name must be a string") }
-            guard let index = h.generation?.shared.config.upstreamIndex(named: name) else {
+            guard let index = h.exchange.generation?.shared.config.upstreamIndex(named: name) else {
                 return Lua.raise(L, "upstream.use: unknown upstream \"\(name)\"")
             }
-            h.edits.upstream = index
+            h.exchange.policy.edits.upstream = index
             return 0
         }
         Lua.setFunction(L, "target") { L in
@@ -40,7 +40,7 @@ struct UpstreamModule: LuaModule {
             guard let address = try? SocketAddress(ipAddress: host, port: port) else {
                 return Lua.raise(L, "upstream.target: \"\(host.prefix(64))\" is not an IP address (names are resolved in the config only)")
             }
-            h.edits.target = (TargetKey(host: host, port: port), address)
+            h.exchange.policy.edits.target = (TargetKey(host: host, port: port), address)
             return 0
         }
         Lua.setFunction(L, "options") { L in UpstreamModule.options(L!) }
@@ -53,18 +53,18 @@ struct UpstreamModule: LuaModule {
         switch Lua.rawField(L, 1, "retries") {
         case LUA_TNIL: break
         case LUA_TNUMBER where (Lua.integer(L, -1) ?? -1) >= 0 && (Lua.integer(L, -1) ?? 99) <= 10:
-            h.edits.retries = Lua.integer(L, -1)
+            h.exchange.policy.edits.retries = Lua.integer(L, -1)
         default: return Lua.raise(L, "upstream.options: retries must be an integer from 0 to 10")
         }
         switch Lua.rawField(L, 1, "try_timeout") {
         case LUA_TNIL: break
         case LUA_TNUMBER where lua_tonumberx(L, -1, nil) > 0 && lua_tonumberx(L, -1, nil) <= 300:
-            h.edits.tryTimeout = .nanoseconds(Int64(lua_tonumberx(L, -1, nil) * 1e9))
+            h.exchange.policy.edits.tryTimeout = .nanoseconds(Int64(lua_tonumberx(L, -1, nil) * 1e9))
         default: return Lua.raise(L, "upstream.options: try_timeout must be seconds, above 0 and at most 300")
         }
         switch Lua.rawField(L, 1, "hash_key") {
         case LUA_TNIL: break
-        case LUA_TSTRING: h.edits.hashKey = HashRing.hash(Lua.bytes(L, -1)!)
+        case LUA_TSTRING: h.exchange.policy.edits.hashKey = HashRing.hash(Lua.bytes(L, -1)!)
         default: return Lua.raise(L, "upstream.options: hash_key must be a string")
         }
         lua_settop(L, 1)
@@ -84,8 +84,8 @@ struct UpstreamModule: LuaModule {
     static func call(_ L: OpaquePointer) -> Int32 {
         guard let h = serving(L) else { return notServing(L, "upstream.call") }
         guard h.scriptCanWait else { return Lua.raise(L, "upstream.call: only in the access phase (it waits for the answer)") }
-        guard let name = Lua.string(L, 1), let index = h.generation?.shared.config.upstreamIndex(named: name),
-            let balancer = h.generation?.balancers[index]
+        guard let name = Lua.string(L, 1), let index = h.exchange.generation?.shared.config.upstreamIndex(named: name),
+            let balancer = h.exchange.generation?.balancers[index]
         else { return Lua.raise(L, "upstream.call(name, request): unknown upstream \"\(Lua.string(L, 1)?.prefix(64) ?? "?")\"") }
         guard lua_type(L, 2) == LUA_TTABLE else { return Lua.raise(L, "upstream.call(name, request): request must be a table with a path") }
         var method = HTTPMethod.GET
@@ -109,7 +109,7 @@ struct UpstreamModule: LuaModule {
         case LUA_TSTRING: body = Array(Lua.bytes(L, -1)!)
         default: return Lua.raise(L, "upstream.call: request.body must be a string")
         }
-        var headers: [(String, String)] = [("X-Request-Id", String(buffer: h.requestID))]
+        var headers: [(String, String)] = [("X-Request-Id", String(buffer: h.exchange.requestID))]
         if Lua.rawField(L, 2, "headers") == LUA_TTABLE {
             var edits = HeaderEdits()
             if let problem = readHeaderTable(L, lua_gettop(L), into: &edits) { return Lua.raise(L, "upstream.call: \(problem)") }

@@ -93,7 +93,7 @@ public final class SimulatedGateway {
                 }
                 if let sent = try Self.parse(&upstream.received, request: true, closed: false, isHEAD: false) {
                     let handler = try channel.pipeline.syncOperations.handler(type: DownstreamConnectionHandler.self)
-                    let index = handler.edits.upstream ?? handler.route?.upstream ?? 0
+                    let index = handler.exchange.policy.edits.upstream ?? handler.exchange.route?.upstream ?? 0
                     let call = UpstreamCall(upstream: generation.config.upstreams[index].name, request: sent)
                     calls.append(call)
                     let answer = stub(call)

@@ -1,0 +1,70 @@
+import NIOCore
+
+/// Where a request's `Exchange` starts and ends. Every way a request can end (its response
+/// sent, an error answered, the client gone, a forced close) comes through `endExchange`, so
+/// what ending means is written once.
+extension DownstreamConnectionHandler {
+    /// Takes an exchange for the request whose head has come (or failed), unless one is in progress.
+    func beginExchange() {
+        guard exchange.isVacant else { return }
+        exchange = worker.takeExchange()
+        exchange.generation = worker.generation
+        requestSerial &+= 1
+    }
+
+    /// The one end of every request: counted and logged once (`499` if the client never had
+    /// an answer), the log phase run if the response went out (else the script stops where
+    /// it stands), waits cancelled, the try settled, the upstream connection pooled when the
+    /// exchange left it clean and closed otherwise, and the exchange given back whole. A
+    /// no-op between requests.
+    func endExchange(completed: Bool) {
+        let ended = exchange
+        guard !ended.isVacant else { return }
+        recordRequest(status: ended.responseStarted ? ended.sentStatus : 499)
+        if ended.policy.used {
+            if completed, ended.policy.requestHead != nil { endScript() }
+            abandonScript()
+        }
+        finishTry()
+        if let upstream = ended.attempt.upstream {
+            ended.attempt.upstream = nil
+            if completed, ended.upstreamReusable, ended.requestBodyDone, let pool = ended.attempt.pool {
+                pool.release(upstream)
+            } else {
+                // Mid-message (or out of step): never reused.
+                upstream.close()
+            }
+        }
+        exchange = worker.vacantExchange
+        worker.giveBack(ended)
+    }
+
+    /// Both directions of the exchange are complete: the connection serves the client's next
+    /// request (or closes, if this one said so).
+    func finishExchange() {
+        // The upstream's read-complete (which flushes) reaches us only while we hold it.
+        io.flush()
+        endExchange(completed: true)
+        if closeAfterResponse || !keepAliveClient {
+            closeAfterAnswer()
+            return
+        }
+        state = .idle
+        lastActivity = .now()
+        if inbound != nil { processInbound() }
+        updateReads()
+    }
+
+    /// The answer is written and the connection ends: the request ends with it, and the
+    /// connection closes once the answer has gone out.
+    func closeAfterFlush() {
+        endExchange(completed: true)
+        closeAfterAnswer()
+    }
+
+    private func closeAfterAnswer() {
+        state = .closing
+        // The client may still be sending (a refused head or body): drained, not reset.
+        io.closeAfterFlush(linger: true)
+    }
+}

@@ -1,0 +1,201 @@
+// Hot path: taken from the worker's spares when a request starts, given back when it ends.
+import NIOCore
+import Scripting
+
+/// Everything one request owns, from its parsed head to its log line (Pingora's `CTX`): the
+/// route and generation it was matched in, the try in progress, the policy's state, the
+/// response as it comes down, and the figures for its metrics, log line and spans.
+///
+/// A connection holds one only while a request is in progress: it takes one from its worker
+/// when a head arrives and gives it back whole when the request ends (`endExchange`), so an
+/// idle kept-alive connection holds none, and a warm worker allocates none per request.
+/// Between requests the connection points at its worker's `vacant` exchange, which no
+/// request ever uses: a late event that reads it finds an exchange with nothing in progress.
+final class Exchange {
+    /// The worker's placeholder for connections between requests.
+    let isVacant: Bool
+
+    // What was asked.
+    /// The generation the request was matched in; it serves the request to its end.
+    var generation: WorkerGeneration?
+    var request = RequestHead()
+    var route: CompiledRoute?
+    var requestID = ByteBuffer()
+    /// Not yet counted in the metrics and the access log (`recordRequest` counts it once).
+    var open = false
+    /// The request's method as a `MethodLabel` index.
+    var metricMethod = 9
+    var trace = TraceContext()
+    /// This request's spans are recorded (tracing is on and the trace is sampled).
+    var traced = false
+
+    // The request body on its way up.
+    var requestBody = DownstreamConnectionHandler.Body.none
+    var requestBodyDone = true
+    var requestBodyBytes = 0
+
+    // The response on its way down.
+    var response = ResponseHead()
+    var responsePhase = DownstreamConnectionHandler.ResponsePhase.head
+    /// A response head that has not fully arrived.
+    var responseHeadBuffer: ByteBuffer?
+    var responseBody = DownstreamConnectionHandler.Body.none
+    /// The client gets the body re-framed as chunks.
+    var responseChunkedOut = false
+    /// The client has had bytes of the response: no retry, and an error can only cut it.
+    var responseStarted = false
+    var upstreamReusable = true
+    /// The status the client got (for the log phase, metrics and the log line).
+    var sentStatus = 0
+
+    var attempt = Attempt()
+    var policy = PolicyState()
+    var record = ExchangeRecord()
+
+    /// Head buffers reused from request to request: once the socket write has released one,
+    /// `clear()` recycles its storage. They stay with the exchange while it waits among the
+    /// worker's spares, unless a large head grew them (`reset`).
+    var upstreamHeadOut = ByteBuffer()
+    var clientHeadOut = ByteBuffer()
+    var forwardedHeadStorage = ByteBuffer()
+    var requestHeadStorage = ByteBuffer()
+
+    init(vacant: Bool = false) {
+        isVacant = vacant
+    }
+
+    /// Forgets the request, keeping only storage (cleared) for the next one.
+    func reset() {
+        generation = nil
+        // The parser resets the heads' field tables as it fills them (resetting them here too
+        // cost a twentieth of a proxied request's instructions); an answer to a head that never
+        // parsed reads only these.
+        request.isHEAD = false
+        request.minorVersion = 1
+        request.expectContinue = false
+        route = nil
+        requestID.clear()
+        open = false
+        metricMethod = 9
+        trace = TraceContext()
+        traced = false
+        requestBody = .none
+        requestBodyDone = true
+        requestBodyBytes = 0
+        response.status = 0
+        responsePhase = .head
+        responseHeadBuffer = nil
+        responseBody = .none
+        responseChunkedOut = false
+        responseStarted = false
+        upstreamReusable = true
+        sentStatus = 0
+        attempt = Attempt()
+        if policy.used { policy.reset() }
+        record.reset()
+        // A spare keeps ordinary heads' storage, not a 64 KB one a single request needed.
+        if upstreamHeadOut.capacity > Self.keptCapacity { upstreamHeadOut = ByteBuffer() }
+        if clientHeadOut.capacity > Self.keptCapacity { clientHeadOut = ByteBuffer() }
+        if forwardedHeadStorage.capacity > Self.keptCapacity { forwardedHeadStorage = ByteBuffer() }
+        if requestHeadStorage.capacity > Self.keptCapacity { requestHeadStorage = ByteBuffer() }
+    }
+
+    static let keptCapacity = 8192
+}
+
+/// The request's tries: the balancer that picks them, the one in progress, and what a retry
+/// needs (the client's head, which targets were tried).
+struct Attempt {
+    var balancer: UpstreamBalancer?
+    /// The current try's target.
+    var pool: TargetPool?
+    /// The current try's connection, once it has one.
+    var upstream: UpstreamConnectionHandler?
+    /// The rewritten head, kept until a response starts so a stale pooled connection can be retried.
+    var upstreamHead: ByteBuffer?
+    /// The client's request head, kept until a response starts so a retry can rewrite it for
+    /// another target.
+    var forwardedHead: ByteBuffer?
+    /// A bit per target index already tried.
+    var tried: UInt64 = 0
+    var count = 0
+    var hashKey: UInt64?
+    /// The whole request went with the head (no body left to stream), so it can be sent again.
+    var retryableBody = false
+    /// `pool.health.inFlight` counts this try.
+    var pending = false
+    /// The try was sent again once on a new connection after a pooled one turned out closed.
+    var retriedStale = false
+    /// When the current try was sent.
+    var start = NIODeadline.uptimeNanoseconds(0)
+}
+
+/// The route's policy for this request: the Lua state it holds, what its phases changed, and
+/// what it waits for.
+struct PolicyState {
+    /// A router or policy ran for this request (else there is nothing here to reset).
+    var used = false
+    /// The Lua state the request holds while its phases may run, and where it goes back.
+    var lua: LuaState?
+    var luaPool: LuaStatePool?
+    var phase = Phase.access
+    var edits = RequestEdits()
+    var responseEdits = ResponseEdits()
+    /// The request head, kept while a script may read it.
+    var requestHead: ByteBuffer?
+    /// The response head, kept while a script may read it.
+    var responseHead: ByteBuffer?
+    /// The state went back after `access` (its `ctx` was empty): the response and log phases
+    /// borrow one again when they come.
+    var laterResponse = false
+    var laterLog = false
+    /// A request waiting for a free Lua state: its place in line and its deadline.
+    var poolWait: (id: Int, timer: Scheduled<Void>)?
+    /// A script waits for the request body (`request.body`, `request.set_body`).
+    var bodyWait: BodyWait?
+    /// A script waits for an API call (`redis_bucket.take` on a Redis store).
+    var apiWait = false
+    /// A response phase waits for the upstream's body (`response.body`, `response.set_body`).
+    var responseWait: BodyWait?
+    /// Upstream bytes after the response head, held while a response phase may read them.
+    var responseRest: ByteBuffer?
+    /// The upstream closed while its body was being collected (the end of a close-delimited body).
+    var upstreamEnded = false
+
+    mutating func reset() {
+        used = false
+        lua = nil
+        luaPool = nil
+        phase = .access
+        edits.reset()
+        responseEdits.reset()
+        requestHead = nil
+        responseHead = nil
+        laterResponse = false
+        laterLog = false
+        poolWait = nil
+        bodyWait = nil
+        apiWait = false
+        responseWait = nil
+        responseRest = nil
+        upstreamEnded = false
+    }
+}
+
+/// The figures of the request's access-log line.
+struct ExchangeRecord {
+    var bytesSent = 0
+    var upstreamNanoseconds: Int64 = 0
+    var luaNanoseconds: UInt64 = 0
+    var logFields: [(String, String)] = []
+    /// `METHOD target` of the request, kept for its log line and span.
+    var logRequestLine = ByteBuffer()
+
+    mutating func reset() {
+        bytesSent = 0
+        upstreamNanoseconds = 0
+        luaNanoseconds = 0
+        if !logFields.isEmpty { logFields.removeAll(keepingCapacity: true) }
+        logRequestLine.clear()
+    }
+}

@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+
+/// A connection costs what it holds: a request's state (its `Exchange`) is taken from the
+/// worker when a head arrives and given back whole when the request ends, so idle kept-alive
+/// connections and half-sent heads hold none, and a warm worker reuses them.
+/// `scripts/bench --idle` measures the bytes this saves.
+@Suite struct ConnectionCostTests {
+    @Test func idleKeptAliveConnectionsHoldNoExchange() async throws {
+        try await withGateway(workers: 1) { gw in
+            var clients: [RawClient] = []
+            for i in 0..<20 {
+                let client = try gw.client()
+                #expect(try client.request("GET", "/idle/\(i)").status == 200)
+                clients.append(client)
+            }
+            let counts = await gw.gateway.exchangeCounts()
+            #expect(await gw.gateway.connectionCounts().clients == 20)
+            #expect(counts.inUse == 0, "idle connections hold \(counts.inUse) exchanges")
+            // One after another: the same exchange served every request.
+            #expect(counts.spare == 1, "\(counts.spare) spare exchanges after 20 sequential requests")
+            // Kept alive: each connection still serves.
+            for client in clients { #expect(try client.request("GET", "/again").status == 200) }
+            #expect(await gw.gateway.exchangeCounts().inUse == 0)
+        }
+    }
+
+    @Test func halfReceivedHeadsHoldNoExchange() async throws {
+        try await withGateway(workers: 1) { gw in
+            var clients: [RawClient] = []
+            for _ in 0..<10 {
+                let client = try gw.client()
+                try client.send("GET /half HTTP/1.1\r\nHost: a\r\nX-Pad: " + String(repeating: "a", count: 500))
+                clients.append(client)
+            }
+            var connected = 0
+            for _ in 0..<50 where connected < 10 {
+                try await Task.sleep(for: .milliseconds(20))
+                connected = await gw.gateway.connectionCounts().clients
+            }
+            #expect(connected == 10)
+            #expect(await gw.gateway.exchangeCounts().inUse == 0)
+            // The rest of a head arrives: the request starts, is served, and gives its exchange back.
+            try clients[0].send("\r\n\r\n")
+            #expect(try clients[0].readResponse().status == 200)
+            #expect(await gw.gateway.exchangeCounts().inUse == 0)
+        }
+    }
+
+    @Test func aRequestInProgressHoldsOneExchangeUntilItEnds() async throws {
+        try await withGateway(workers: 1) { gw in
+            let slow = try gw.client()
+            try slow.send("GET /delay/400 HTTP/1.1\r\nHost: a\r\n\r\n")
+            var inUse = 0
+            for _ in 0..<50 where inUse == 0 {
+                try await Task.sleep(for: .milliseconds(10))
+                inUse = await gw.gateway.exchangeCounts().inUse
+            }
+            #expect(inUse == 1)
+            // Meanwhile another request takes an exchange of its own.
+            #expect(try gw.client().request("GET", "/other").status == 200)
+            #expect(try slow.readResponse().status == 200)
+            let counts = await gw.gateway.exchangeCounts()
+            #expect(counts.inUse == 0)
+            #expect(counts.spare == 2)
+        }
+    }
+
+    /// A client that leaves mid-request ends its exchange too (status 499 in the log).
+    @Test func aClientThatLeavesGivesItsExchangeBack() async throws {
+        try await withGateway(workers: 1) { gw in
+            do {
+                let slow = try gw.client()
+                try slow.send("GET /delay/300 HTTP/1.1\r\nHost: a\r\n\r\n")
+                try await Task.sleep(for: .milliseconds(100))
+                #expect(await gw.gateway.exchangeCounts().inUse == 1)
+            }
+            var inUse = 1
+            for _ in 0..<50 where inUse != 0 {
+                try await Task.sleep(for: .milliseconds(10))
+                inUse = await gw.gateway.exchangeCounts().inUse
+            }
+            #expect(inUse == 0)
+            #expect(await gw.gateway.connectionCounts().clients == 0)
+        }
+    }
+}

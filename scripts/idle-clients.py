@@ -85,27 +85,22 @@ def main():
     for s in warm:
         s.close()
     time.sleep(1)
+    measure(a, "idle kept-alive clients", request, True)
+    half = b"GET " + a.path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 1000
+    measure(a, "clients with half a head (1 KB), after those left", half, False)
+
+
+def measure(a, what, payload, want_response):
+    """Opens the clients, prints the RSS they added per connection, and closes them."""
     before = rss_kb(a.pid)
-    idle = open_clients(a.port, a.clients, request, True)
+    clients = open_clients(a.port, a.clients, payload, want_response)
     time.sleep(2)
     after = rss_kb(a.pid)
     per = (after - before) * 1024 / a.clients
-    print(f"{a.name}: {a.clients} idle kept-alive clients: RSS {before / 1024:.1f} -> {after / 1024:.1f} MB, "
-          f"{per:.0f} bytes a connection")
-    for s in idle:
+    print(f"{a.name}: {a.clients} {what}: RSS {before / 1024:.1f} -> {after / 1024:.1f} MB, {per:.0f} bytes a connection")
+    for s in clients:
         s.close()
     time.sleep(2)
-    base = rss_kb(a.pid)
-    half = b"GET " + a.path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 1000
-    halves = open_clients(a.port, a.clients, half, False)
-    time.sleep(2)
-    later = rss_kb(a.pid)
-    per_half = (later - base) * 1024 / a.clients
-    print(f"{a.name}: {a.clients} clients with half a head (1 KB) instead: RSS {base / 1024:.1f} -> {later / 1024:.1f} MB, "
-          f"{per_half:.0f} bytes a connection")
-    for s in halves:
-        s.close()
-
 
 if __name__ == "__main__":
     main()

@@ -46,42 +46,4 @@ import Testing
             #expect(await gw.gateway.exchangeCounts().inUse == 0)
         }
     }
-
-    @Test func aRequestInProgressHoldsOneExchangeUntilItEnds() async throws {
-        try await withGateway(workers: 1) { gw in
-            let slow = try gw.client()
-            try slow.send("GET /delay/400 HTTP/1.1\r\nHost: a\r\n\r\n")
-            var inUse = 0
-            for _ in 0..<50 where inUse == 0 {
-                try await Task.sleep(for: .milliseconds(10))
-                inUse = await gw.gateway.exchangeCounts().inUse
-            }
-            #expect(inUse == 1)
-            // Meanwhile another request takes an exchange of its own.
-            #expect(try gw.client().request("GET", "/other").status == 200)
-            #expect(try slow.readResponse().status == 200)
-            let counts = await gw.gateway.exchangeCounts()
-            #expect(counts.inUse == 0)
-            #expect(counts.spare == 2)
-        }
-    }
-
-    /// A client that leaves mid-request ends its exchange too (status 499 in the log).
-    @Test func aClientThatLeavesGivesItsExchangeBack() async throws {
-        try await withGateway(workers: 1) { gw in
-            do {
-                let slow = try gw.client()
-                try slow.send("GET /delay/300 HTTP/1.1\r\nHost: a\r\n\r\n")
-                try await Task.sleep(for: .milliseconds(100))
-                #expect(await gw.gateway.exchangeCounts().inUse == 1)
-            }
-            var inUse = 1
-            for _ in 0..<50 where inUse != 0 {
-                try await Task.sleep(for: .milliseconds(10))
-                inUse = await gw.gateway.exchangeCounts().inUse
-            }
-            #expect(inUse == 0)
-            #expect(await gw.gateway.connectionCounts().clients == 0)
-        }
-    }
 }

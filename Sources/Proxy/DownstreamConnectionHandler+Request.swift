@@ -146,7 +146,7 @@ extension DownstreamConnectionHandler {
     /// (the upstream's answer) then allocates a new 16 KB one: callgrind, one malloc and free
     /// and about 1K instructions a proxied request, against a copy of the head's bytes.
     func keep(_ head: ByteBuffer, in storage: inout ByteBuffer) -> ByteBuffer {
-        if storage.capacity == 0 { storage = worker.lendScratch() }
+        if storage.capacity == 0 { storage = Exchange.newHeadBuffer() }
         storage.clear()
         storage.writeImmutableBuffer(head)
         return storage
@@ -285,7 +285,7 @@ extension DownstreamConnectionHandler {
     func makeUpstreamHead(_ head: ByteBuffer, route: CompiledRoute, pool: TargetPool) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &exchange.upstreamHeadOut)  // `out` is then the only reference, so clear() reuses storage
-        if out.capacity == 0 { out = worker.lendScratch() }
+        if out.capacity == 0 { out = Exchange.newHeadBuffer() }
         // Field by field: `edits.changesHead` copied the whole struct (8 reference counts) per request.
         let scripted = !exchange.policy.edits.headers.isEmpty || exchange.policy.edits.path != nil || exchange.policy.edits.query != nil || exchange.policy.edits.body != nil
         var estimate = head.readableBytes + 256 + clientAddress.count + exchange.requestID.readableBytes + pool.hostHeader.count

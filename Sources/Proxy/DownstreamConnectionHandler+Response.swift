@@ -267,7 +267,7 @@ extension DownstreamConnectionHandler {
     private func makeClientHead(_ head: ByteBuffer, framing: Body, body: ByteBuffer? = nil) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &exchange.clientHeadOut)  // `out` is then the only reference, so clear() reuses storage
-        if out.capacity == 0 { out = worker.lendScratch() }
+        if out.capacity == 0 { out = Exchange.newHeadBuffer() }
         let estimate = head.readableBytes + 128 + exchange.requestID.readableBytes + exchange.policy.responseEdits.headers.bytes
         out.clear(minimumCapacity: estimate + (body?.readableBytes ?? 0))
         defer { exchange.clientHeadOut = out }

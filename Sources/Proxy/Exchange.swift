@@ -101,6 +101,9 @@ final class Exchange {
     }
 
     static let keptCapacity = 8192
+
+    /// Storage for one of the head buffers above, on an exchange's first use of it.
+    static func newHeadBuffer() -> ByteBuffer { ByteBufferAllocator().buffer(capacity: 1024) }
 }
 
 /// The request's tries: the balancer that picks them, the one in progress, and what a retry

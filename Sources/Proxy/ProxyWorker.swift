@@ -158,26 +158,6 @@ public final class ProxyWorker {
     /// Client connections open on this loop.
     public var connectionCount: Int { connections.count }
 
-    /// Buffers lent to client connections for the length of a request (the heads they write
-    /// and keep), as nginx lends its buffers: an idle kept-alive connection holds none, and a
-    /// request on a warm loop allocates none. At most `maxScratch` wait here.
-    private var scratch: [ByteBuffer] = []
-    static let maxScratch = 1024
-
-    /// A buffer to write into (cleared by the borrower): a returned one, or a new one.
-    func lendScratch() -> ByteBuffer {
-        scratch.popLast() ?? ByteBufferAllocator().buffer(capacity: 1024)
-    }
-
-    /// Takes `buffer` back (it is left empty). One still referenced elsewhere (a write not yet
-    /// taken by the kernel) is safe to lend again: a `ByteBuffer` copies on write.
-    func takeBack(_ buffer: inout ByteBuffer) {
-        guard buffer.capacity > 0 else { return }
-        var returned = ByteBuffer()
-        swap(&returned, &buffer)
-        if scratch.count < Self.maxScratch { scratch.append(returned) }
-    }
-
     /// What connections point at between requests (`Exchange.isVacant`).
     let vacantExchange = Exchange(vacant: true)
     /// Exchanges of requests that ended, ready for the next ones: as many as were ever in

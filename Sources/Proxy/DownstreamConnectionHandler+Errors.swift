@@ -25,16 +25,7 @@ extension DownstreamConnectionHandler {
 
     /// `{"error": message, "request_id": ...}`.
     func errorBody(_ message: String) -> ByteBuffer {
-        if exchange.requestID.readableBytes == 0 { worker.requestIDs.next(into: &exchange.requestID) }
-        var body = ByteBuffer()
-        body.writeHead(estimate: 64 + message.utf8.count + exchange.requestID.readableBytes) { w in
-            w.put("{\"error\":\"")
-            w.put(string: message)  // messages are ours: no quotes or backslashes to escape
-            w.put("\",\"request_id\":\"")
-            w.put(exchange.requestID)
-            w.put("\"}\n")
-        }
-        return body
+        exchange.errorBody(message, ids: &worker.requestIDs)
     }
 
     /// Answers the request from the gateway itself (an error, or a script's early answer).

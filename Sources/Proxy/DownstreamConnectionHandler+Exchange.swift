@@ -8,6 +8,7 @@ extension DownstreamConnectionHandler {
     func beginExchange() {
         guard exchange.isVacant else { return }
         exchange = worker.takeExchange()
+        exchange.policy.stream = self
         exchange.generation = worker.generation
         requestSerial &+= 1
     }
@@ -21,10 +22,7 @@ extension DownstreamConnectionHandler {
         let ended = exchange
         guard !ended.isVacant else { return }
         recordRequest(status: ended.responseStarted ? ended.sentStatus : 499)
-        if ended.policy.used {
-            if completed, ended.policy.requestHead != nil { endScript() }
-            abandonScript()
-        }
+        if ended.policy.used { ended.policy.end(completed: completed) }
         finishTry()
         if let upstream = ended.attempt.upstream {
             ended.attempt.upstream = nil

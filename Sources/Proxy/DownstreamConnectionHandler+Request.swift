@@ -137,7 +137,7 @@ extension DownstreamConnectionHandler {
             startPolicy(route)
             return
         }
-        if exchange.policy.lua != nil { releaseScript() }
+        if exchange.policy.lua != nil { exchange.policy.release() }
         forward(head, route: route)
     }
 

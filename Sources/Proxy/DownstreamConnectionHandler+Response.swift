@@ -87,20 +87,24 @@ extension DownstreamConnectionHandler {
         exchange.responseBody = framing
         if !exchange.response.keepAlive { exchange.upstreamReusable = false }
         if case .untilClose = framing { exchange.upstreamReusable = false }
-        if exchange.policy.laterResponse, exchange.policy.lua == nil, reborrow() == nil {
-            exchange.upstreamReusable = false
-            upstreamFailed(.noLuaState)
-            return false
-        }
-        if let lua = exchange.policy.lua, let route = exchange.route, lua.has(.response, policy: route.policy) {
-            exchange.policy.responseHead = head
-            // The script may read the body: it waits here, in `responseRest`, until the phase ends.
-            exchange.policy.responseRest = buffer
-            buffer = ByteBuffer()
-            guard runResponsePhase(lua, route: route) else { return false }
-            if exchange.responsePhase == .collecting { return false }
-            buffer = exchange.policy.responseRest!
-            exchange.policy.responseRest = nil
+        if exchange.policy.used, let route = exchange.route {
+            switch exchange.policy.wantsResponsePhase(route) {
+            case nil:
+                exchange.upstreamReusable = false
+                upstreamFailed(.noLuaState)
+                return false
+            case true?:
+                exchange.policy.responseHead = head
+                // The script may read the body: it waits here, in `responseRest`, until the phase ends.
+                exchange.policy.responseRest = buffer
+                buffer = ByteBuffer()
+                guard runResponsePhase(route) else { return false }
+                if exchange.responsePhase == .collecting { return false }
+                buffer = exchange.policy.responseRest!
+                exchange.policy.responseRest = nil
+            case false?:
+                break
+            }
         }
         return sendResponseHead(head, framing: framing, &buffer)
     }

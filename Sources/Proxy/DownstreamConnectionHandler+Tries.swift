@@ -85,7 +85,7 @@ extension DownstreamConnectionHandler {
         pool.health.inFlight -= 1
         pool.health.succeeded()
         exchange.attempt.forwardedHead = nil
-        breakerRecord(pool, success: status < 500)
+        worker.breakerRecord(pool, success: status < 500)
     }
 
     /// Ends the try's count in flight without a verdict (the client left, the request ended).
@@ -95,16 +95,6 @@ extension DownstreamConnectionHandler {
         if exchange.traced { recordTrySpan(pool, status: 0, error: "cancelled") }
         pool.health.inFlight -= 1
         pool.breaker.abandoned()
-    }
-
-    func breakerRecord(_ pool: TargetPool, success: Bool) {
-        guard let changed = pool.breaker.record(success: success, .now(), pool.settings.breaker) else { return }
-        let target = "\(pool.key.host):\(pool.key.port)"
-        if changed == .open {
-            worker.logger.warning("circuit breaker open: upstream target skipped", metadata: ["target": "\(target)"])
-        } else {
-            worker.logger.notice("circuit breaker closed: upstream target back", metadata: ["target": "\(target)"])
-        }
     }
 
     /// The try failed before any answer: count it against the target, then retry elsewhere
@@ -123,7 +113,7 @@ extension DownstreamConnectionHandler {
                     "upstream target ejected after failed tries",
                     metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(error.message)", "request_id": "\(String(buffer: exchange.requestID))"])
             }
-            breakerRecord(pool, success: false)
+            worker.breakerRecord(pool, success: false)
         }
         // Another target, if one is left and the budget allows: else this try's failure stands.
         if error.retryable, canRetry(), let route = exchange.route, let balancer = exchange.attempt.balancer, let index = balancer.pick(tried: exchange.attempt.tried, key: exchange.attempt.hashKey), balancer.takeRetry() {

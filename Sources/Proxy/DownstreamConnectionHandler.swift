@@ -170,7 +170,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
             appendInbound(&buffer)
         case .policy:
             appendInbound(&buffer)
-            if exchange.policy.bodyWait != nil { continueBodyWait() }
+            if exchange.policy.requestBodyWait != nil { continueBodyWait() }
         case .proxying:
             if exchange.requestBodyDone || inbound != nil {
                 appendInbound(&buffer)
@@ -212,7 +212,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
         case .idle, .head: return false
         case .closing, .closed: return true
         case .connecting: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
-        case .policy: return (inbound?.readableBytes ?? 0) > max(Self.maxBufferedInbound, exchange.policy.bodyWait?.bufferLimit ?? 0)
+        case .policy: return (inbound?.readableBytes ?? 0) > max(Self.maxBufferedInbound, exchange.policy.requestBodyWait?.bufferLimit ?? 0)
         case .proxying:
             if exchange.requestBodyDone { return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound }
             return !(exchange.attempt.upstream?.isWritable ?? false)

@@ -49,7 +49,8 @@ final class Exchange {
     var sentStatus = 0
 
     var attempt = Attempt()
-    var policy = PolicyState()
+    /// The route's policy for this request (one per exchange, reused with it).
+    let policy: PolicySession
     var record = ExchangeRecord()
 
     /// Head buffers reused from request to request: once the socket write has released one,
@@ -60,8 +61,10 @@ final class Exchange {
     var forwardedHeadStorage = ByteBuffer()
     var requestHeadStorage = ByteBuffer()
 
-    init(vacant: Bool = false) {
+    init(worker: ProxyWorker, vacant: Bool = false) {
         isVacant = vacant
+        policy = PolicySession(worker: worker)
+        policy.exchange = self
     }
 
     /// Forgets the request, keeping only storage (cleared) for the next one.
@@ -102,6 +105,20 @@ final class Exchange {
 
     static let keptCapacity = 8192
 
+    /// `{"error": message, "request_id": ...}`, giving the request its id if it has none yet.
+    func errorBody(_ message: String, ids: inout RequestIDGenerator) -> ByteBuffer {
+        if requestID.readableBytes == 0 { ids.next(into: &requestID) }
+        var body = ByteBuffer()
+        body.writeHead(estimate: 64 + message.utf8.count + requestID.readableBytes) { w in
+            w.put("{\"error\":\"")
+            w.put(string: message)  // messages are ours: no quotes or backslashes to escape
+            w.put("\",\"request_id\":\"")
+            w.put(requestID)
+            w.put("\"}\n")
+        }
+        return body
+    }
+
     /// Storage for one of the head buffers above, on an exchange's first use of it.
     static func newHeadBuffer() -> ByteBuffer { ByteBufferAllocator().buffer(capacity: 1024) }
 }
@@ -131,58 +148,6 @@ struct Attempt {
     var retriedStale = false
     /// When the current try was sent.
     var start = NIODeadline.uptimeNanoseconds(0)
-}
-
-/// The route's policy for this request: the Lua state it holds, what its phases changed, and
-/// what it waits for.
-struct PolicyState {
-    /// A router or policy ran for this request (else there is nothing here to reset).
-    var used = false
-    /// The Lua state the request holds while its phases may run, and where it goes back.
-    var lua: LuaState?
-    var luaPool: LuaStatePool?
-    var phase = Phase.access
-    var edits = RequestEdits()
-    var responseEdits = ResponseEdits()
-    /// The request head, kept while a script may read it.
-    var requestHead: ByteBuffer?
-    /// The response head, kept while a script may read it.
-    var responseHead: ByteBuffer?
-    /// The state went back after `access` (its `ctx` was empty): the response and log phases
-    /// borrow one again when they come.
-    var laterResponse = false
-    var laterLog = false
-    /// A request waiting for a free Lua state: its place in line and its deadline.
-    var poolWait: (id: Int, timer: Scheduled<Void>)?
-    /// A script waits for the request body (`request.body`, `request.set_body`).
-    var bodyWait: BodyWait?
-    /// A script waits for an API call (`redis_bucket.take` on a Redis store).
-    var apiWait = false
-    /// A response phase waits for the upstream's body (`response.body`, `response.set_body`).
-    var responseWait: BodyWait?
-    /// Upstream bytes after the response head, held while a response phase may read them.
-    var responseRest: ByteBuffer?
-    /// The upstream closed while its body was being collected (the end of a close-delimited body).
-    var upstreamEnded = false
-
-    mutating func reset() {
-        used = false
-        lua = nil
-        luaPool = nil
-        phase = .access
-        edits.reset()
-        responseEdits.reset()
-        requestHead = nil
-        responseHead = nil
-        laterResponse = false
-        laterLog = false
-        poolWait = nil
-        bodyWait = nil
-        apiWait = false
-        responseWait = nil
-        responseRest = nil
-        upstreamEnded = false
-    }
 }
 
 /// The figures of the request's access-log line.

@@ -155,11 +155,22 @@ public final class ProxyWorker {
         return out
     }
 
+    /// Counts a try's (or call's) outcome in its target's breaker, and says when the breaker opens or closes.
+    func breakerRecord(_ pool: TargetPool, success: Bool) {
+        guard let changed = pool.breaker.record(success: success, .now(), pool.settings.breaker) else { return }
+        let target = "\(pool.key.host):\(pool.key.port)"
+        if changed == .open {
+            logger.warning("circuit breaker open: upstream target skipped", metadata: ["target": "\(target)"])
+        } else {
+            logger.notice("circuit breaker closed: upstream target back", metadata: ["target": "\(target)"])
+        }
+    }
+
     /// Client connections open on this loop.
     public var connectionCount: Int { connections.count }
 
     /// What connections point at between requests (`Exchange.isVacant`).
-    let vacantExchange = Exchange(vacant: true)
+    private(set) lazy var vacantExchange = Exchange(worker: self, vacant: true)
     /// Exchanges of requests that ended, ready for the next ones: as many as were ever in
     /// flight at once on this loop, up to `maxSpareExchanges`.
     private var spareExchanges: [Exchange] = []
@@ -167,7 +178,7 @@ public final class ProxyWorker {
 
     /// An exchange for a request that starts now.
     func takeExchange() -> Exchange {
-        spareExchanges.popLast() ?? Exchange()
+        spareExchanges.popLast() ?? Exchange(worker: self)
     }
 
     /// Takes back the exchange of a request that ended (forgotten, its storage kept).

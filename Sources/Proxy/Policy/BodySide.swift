@@ -7,25 +7,26 @@ import Scripting
 struct BodySide {
     let name: String
     /// Collects the whole body, up to a cap, without consuming it unless it is all there.
-    let collect: (DownstreamConnectionHandler, Int) -> BodyCollect
+    let collect: (PolicySession, Int) -> BodyCollect
     /// Suspends the script until more of the body arrives.
-    let wait: (DownstreamConnectionHandler, BodyWait) -> Void
+    let wait: (PolicySession, BodyWait) -> Void
     /// Keeps the body that goes on (read, or replaced).
-    let keep: (DownstreamConnectionHandler, ByteBuffer) -> Void
+    let keep: (PolicySession, ByteBuffer) -> Void
     /// A malformed chunked body.
-    let malformed: (OpaquePointer, DownstreamConnectionHandler) -> Int32
+    let malformed: (OpaquePointer, PolicySession) -> Int32
 
     static var request: BodySide { BodySide(
-        name: "request", collect: { $0.collectBody(max: $1) }, wait: { $0.waitForBody($1) }, keep: { $0.exchange.policy.edits.body = $1 },
+        name: "request", collect: { $0.stream?.collectRequestBody(max: $1) ?? .tooLarge }, wait: { $0.waitForRequestBody($1) },
+        keep: { $0.edits.body = $1 },
         malformed: { L, h in h.answerMalformedBody(L) }) }
 
     static var response: BodySide { BodySide(
-        name: "response", collect: { $0.collectResponseBody(max: $1) }, wait: { $0.waitForResponseBody($1) },
-        keep: { $0.exchange.policy.responseEdits.body = $1 },
+        name: "response", collect: { $0.stream?.collectResponseBody(max: $1) ?? .tooLarge }, wait: { $0.waitForResponseBody($1) },
+        keep: { $0.responseEdits.body = $1 },
         malformed: { L, _ in Lua.raise(L, "response.body: the upstream's chunked body is malformed") }) }
 
     /// `body([max])`: the body, `nil, reason` if larger than `cap`, or a wait.
-    func read(_ L: OpaquePointer, _ h: DownstreamConnectionHandler, cap: Int) -> Int32 {
+    func read(_ L: OpaquePointer, _ h: PolicySession, cap: Int) -> Int32 {
         let collected = collect(h, cap)
         if case .pending = collected {
             wait(h, BodyWait(max: cap))
@@ -37,7 +38,7 @@ struct BodySide {
 
     /// `set_body(body, [max])`: `true` once the original is read and dropped, `nil, reason`
     /// if it is larger than `cap`, or a wait.
-    func replace(_ L: OpaquePointer, _ h: DownstreamConnectionHandler, with replacement: ByteBuffer, cap: Int) -> Int32 {
+    func replace(_ L: OpaquePointer, _ h: PolicySession, with replacement: ByteBuffer, cap: Int) -> Int32 {
         let wait = BodyWait(max: cap, replacement: replacement)
         let collected = collect(h, cap)
         if case .pending = collected {
@@ -49,7 +50,7 @@ struct BodySide {
     }
 
     /// Pushes the results of a `body` or `set_body` call whose body is in (or too large).
-    func resumed(_ L: OpaquePointer, _ h: DownstreamConnectionHandler, _ collected: BodyCollect, _ wait: BodyWait) -> Int32 {
+    func resumed(_ L: OpaquePointer, _ h: PolicySession, _ collected: BodyCollect, _ wait: BodyWait) -> Int32 {
         guard case .done(let body) = collected else { return Self.pushTooLarge(L, wait.max) }
         if let replacement = wait.replacement {
             keep(h, replacement)

@@ -43,33 +43,23 @@ extension DownstreamConnectionHandler {
         }
     }
 
-    /// Suspends the response phase until the upstream body is in.
-    func waitForResponseBody(_ wait: BodyWait) {
-        exchange.policy.responseWait = wait
+    func responseBodyWanted() {
         exchange.responsePhase = .collecting
     }
 
     /// More upstream bytes (or its close) while a response phase waits for the body.
     func continueResponseWait() {
-        guard let wait = exchange.policy.responseWait, let lua = exchange.policy.lua, let route = exchange.route, let head = exchange.policy.responseHead else { return }
-        let collected = collectResponseBody(max: wait.max)
-        if case .pending = collected { return }
-        exchange.policy.responseWait = nil
-        if case .malformed = collected {
-            lua.abandon()
-            exchange.upstreamReusable = false
-            upstreamFailed(.invalidResponse)
-            return
-        }
-        let result = lua.resume { L in BodySide.response.resumed(L, self, collected, wait) }
-        switch result {
-        case .done:
+        guard let head = exchange.policy.responseHead, let outcome = exchange.policy.responseBodyArrived() else { return }
+        switch outcome {
+        case .proceed, .waiting, .respond:
             break
-        case .waiting:
-            lua.abandon()
-        case .failed(let failure):
+        case .failed(let error):
             exchange.upstreamReusable = false
-            scriptFailed(failure, route: route)
+            if error.source == .upstream {
+                upstreamFailed(error)
+            } else {
+                respondError(error)
+            }
             return
         }
         var rest = exchange.policy.responseRest ?? ByteBuffer()

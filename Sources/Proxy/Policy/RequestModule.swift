@@ -9,7 +9,7 @@ struct RequestModule: LuaModule {
     let name = "request"
 
     /// The cap a script asked for at `index`, bounded by the route's body limit.
-    static func bodyCap(_ L: OpaquePointer, _ index: Int32, _ h: DownstreamConnectionHandler) -> Int? {
+    static func bodyCap(_ L: OpaquePointer, _ index: Int32, _ h: PolicySession) -> Int? {
         guard var cap = BodySide.cap(L, index) else { return nil }
         if let route = h.exchange.route, route.maxBodyBytes > 0 { cap = min(cap, route.maxBodyBytes) }
         return cap
@@ -25,7 +25,7 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "path") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.path") }
-            if let path = h.exchange.policy.edits.path {
+            if let path = h.edits.path {
                 path.withUnsafeBytes { Lua.push(L, bytes: $0) }
             } else {
                 h.withRequestBytes { p in Lua.push(L, bytes: slice(p, h.exchange.request.path)) }
@@ -100,7 +100,7 @@ struct RequestModule: LuaModule {
             if let problem = TargetCheck.path(path, limit: h.exchange.generation?.shared.limits.maxURIBytes ?? 8192) {
                 return Lua.raise(L, "request.set_path: \(problem)")
             }
-            h.exchange.policy.edits.path = Array(path)
+            h.edits.path = Array(path)
             return 0
         }
         Lua.setFunction(L, "set_query") { L in
@@ -108,21 +108,21 @@ struct RequestModule: LuaModule {
             guard let h = changing(L) else { return notChanging(L, "request.set_query") }
             switch lua_type(L, 1) {
             case LUA_TNONE, LUA_TNIL:
-                h.exchange.policy.edits.query = []
+                h.edits.query = []
             case LUA_TSTRING:
                 var query = Lua.bytes(L, 1)!
                 if query.first == UInt8(ascii: "?") { query = UnsafeRawBufferPointer(rebasing: query.dropFirst()) }
                 if let problem = TargetCheck.query(query) { return Lua.raise(L, "request.set_query: \(problem)") }
                 let limit = h.exchange.generation?.shared.limits.maxURIBytes ?? 8192
                 if query.count > limit { return Lua.raise(L, "request.set_query: the query is longer than \(limit) bytes") }
-                h.exchange.policy.edits.query = Array(query)
+                h.edits.query = Array(query)
             case LUA_TTABLE:
                 guard let encoded = QueryString.encode(L, 1) else {
                     return Lua.raise(L, "request.set_query: a table's keys must be strings and its values strings, numbers, booleans or lists of them")
                 }
                 let limit = h.exchange.generation?.shared.limits.maxURIBytes ?? 8192
                 if encoded.count > limit { return Lua.raise(L, "request.set_query: the query is longer than \(limit) bytes") }
-                h.exchange.policy.edits.query = encoded
+                h.edits.query = encoded
             default:
                 return Lua.raise(L, "request.set_query: expected a string, a table or nil, got \(Lua.typeName(L, 1))")
             }
@@ -149,9 +149,9 @@ struct RequestModule: LuaModule {
             guard let h = serving(L) else { return notServing(L, "request.body") }
             guard let cap = RequestModule.bodyCap(L, 1, h) else { return Lua.raise(L, "request.body: the cap must be a non-negative integer") }
             if h.exchange.route == nil { return Lua.raise(L, "request.body: not in a router (read it in the route's access phase)") }
-            if h.exchange.policy.phase != .access {
+            if h.phase != .access {
                 // After access the body went upstream as a stream, unless a script read it.
-                guard let body = h.exchange.policy.edits.body else { return Lua.raise(L, "request.body: read it in the access phase") }
+                guard let body = h.edits.body else { return Lua.raise(L, "request.body: read it in the access phase") }
                 return BodySide.pushBody(L, body, function: "request.body")
             }
             return BodySide.request.read(L, h, cap: cap)
@@ -169,7 +169,7 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "client_ip") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.client_ip") }
-            h.clientAddress.withUnsafeBytes { Lua.push(L, bytes: $0) }
+            (h.stream?.clientAddress ?? []).withUnsafeBytes { Lua.push(L, bytes: $0) }
             return 1
         }
         Lua.setFunction(L, "id") { L in
@@ -187,7 +187,7 @@ struct RequestModule: LuaModule {
         Lua.setFunction(L, "upstream") { L in
             let L = L!
             guard let h = serving(L), let route = h.exchange.route, let generation = h.exchange.generation else { return notServing(L, "request.upstream") }
-            Lua.push(L, generation.shared.config.upstreams[h.exchange.policy.edits.upstream ?? route.upstream].name)
+            Lua.push(L, generation.shared.config.upstreams[h.edits.upstream ?? route.upstream].name)
             return 1
         }
         Lua.setFunction(L, "set_upstream") { L in
@@ -197,7 +197,7 @@ struct RequestModule: LuaModule {
             guard let index = h.exchange.generation?.shared.config.upstreamIndex(named: name) else {
                 return Lua.raise(L, "request.set_upstream: unknown upstream \"\(name)\"")
             }
-            h.exchange.policy.edits.upstream = index
+            h.edits.upstream = index
             return 0
         }
         Lua.setFunction(L, "respond") { L in
@@ -215,7 +215,7 @@ struct RequestModule: LuaModule {
             if !Lua.isNoneOrNil(L, 3) {
                 if let problem = readHeaderTable(L, 3, into: &early.headers) { return Lua.raise(L, "request.respond: \(problem)") }
             }
-            h.exchange.policy.edits.early = early
+            h.edits.early = early
             // Nothing after respond runs, as with ngx.exit or Envoy's respond().
             return Lua.yield(L)
         }
@@ -225,15 +225,15 @@ struct RequestModule: LuaModule {
 // MARK: helpers shared with the response module
 
 @inline(__always)
-func serving(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
+func serving(_ L: OpaquePointer) -> PolicySession? {
     guard let p = Lua.current(L) else { return nil }
-    return Unmanaged<DownstreamConnectionHandler>.fromOpaque(p).takeUnretainedValue()
+    return Unmanaged<PolicySession>.fromOpaque(p).takeUnretainedValue()
 }
 
 /// The request, if the running phase may still change it (access).
 @inline(__always)
-func changing(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
-    guard let h = serving(L), h.exchange.policy.phase == .access else { return nil }
+func changing(_ L: OpaquePointer) -> PolicySession? {
+    guard let h = serving(L), h.phase == .access else { return nil }
     return h
 }
 
@@ -263,10 +263,10 @@ private func editHeader(_ L: OpaquePointer, _ function: String, add: Bool) -> In
     case .failure(let message):
         return Lua.raise(L, message.text)
     case .success(let (name, lower, value)):
-        guard h.exchange.policy.edits.headers.fits(name.count + (value?.count ?? 0)) else {
+        guard h.edits.headers.fits(name.count + (value?.count ?? 0)) else {
             return Lua.raise(L, "\(function): the script's header changes exceed \(HeaderEdits.maxBytes / 1024) KiB")
         }
-        if add, let value { h.exchange.policy.edits.headers.add(name, lower: lower, value) } else { h.exchange.policy.edits.headers.set(name, lower: lower, value) }
+        if add, let value { h.edits.headers.add(name, lower: lower, value) } else { h.edits.headers.set(name, lower: lower, value) }
         return 0
     }
 }
@@ -349,21 +349,21 @@ func readHeaderTable(_ L: OpaquePointer, _ index: Int32, into edits: inout Heade
     return nil
 }
 
-extension DownstreamConnectionHandler {
+extension PolicySession {
     /// The request head's bytes, for reading what the parser's ranges point at.
     @inline(__always)
     func withRequestBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        (exchange.policy.requestHead ?? ByteBuffer()).withUnsafeReadableBytes(body)
+        (requestHead ?? ByteBuffer()).withUnsafeReadableBytes(body)
     }
 
     /// The request's header fields with the script's edits.
     func withRequestHeaders(_ body: (HeaderView) -> Void) {
-        withRequestBytes { p in body(HeaderView(p: p, fields: exchange.request.headers.fields, edits: exchange.policy.edits.headers)) }
+        withRequestBytes { p in body(HeaderView(p: p, fields: exchange.request.headers.fields, edits: edits.headers)) }
     }
 
     /// The query as the upstream will get it (without `?`), or nil when there is none.
     func withQuery<R>(_ body: (UnsafeRawBufferPointer?) -> R) -> R {
-        if let query = exchange.policy.edits.query { return query.isEmpty ? body(nil) : query.withUnsafeBytes { body($0) } }
+        if let query = edits.query { return query.isEmpty ? body(nil) : query.withUnsafeBytes { body($0) } }
         return withRequestBytes { p in
             guard exchange.request.path.upper < exchange.request.target.upper else { return body(nil) }
             return body(UnsafeRawBufferPointer(rebasing: p[(exchange.request.path.upper + 1)..<exchange.request.target.upper]))

@@ -11,7 +11,7 @@ struct ResponseModule: LuaModule {
         Lua.setFunction(L, "status") { L in
             let L = L!
             guard let h = answered(L) else { return notAnswered(L, "response.status") }
-            let status = h.exchange.policy.phase == .log ? h.exchange.sentStatus : (h.exchange.policy.responseEdits.status ?? h.exchange.response.status)
+            let status = h.phase == .log ? h.exchange.sentStatus : (h.responseEdits.status ?? h.exchange.response.status)
             lua_pushinteger(L, lua_Integer(status))
             return 1
         }
@@ -21,7 +21,7 @@ struct ResponseModule: LuaModule {
             guard let status = Lua.integer(L, 1), (200...599).contains(status) else {
                 return Lua.raise(L, "response.set_status: the status must be an integer from 200 to 599")
             }
-            h.exchange.policy.responseEdits.status = status
+            h.responseEdits.status = status
             return 0
         }
         Lua.setFunction(L, "header") { L in responseHeaders(L!, "response.header", .first) }
@@ -31,8 +31,8 @@ struct ResponseModule: LuaModule {
             let L = L!
             guard let h = answered(L) else { return notAnswered(L, "response.body") }
             guard let cap = BodySide.cap(L, 1) else { return Lua.raise(L, "response.body: the cap must be a non-negative integer") }
-            if h.exchange.policy.phase == .log {
-                guard let body = h.exchange.policy.responseEdits.body else { return Lua.raise(L, "response.body: read it in the response phase") }
+            if h.phase == .log {
+                guard let body = h.responseEdits.body else { return Lua.raise(L, "response.body: read it in the response phase") }
                 return BodySide.pushBody(L, body, function: "response.body")
             }
             return BodySide.response.read(L, h, cap: cap)
@@ -62,14 +62,14 @@ private func responseHeaders(_ L: OpaquePointer, _ function: String, _ read: Hea
 }
 
 /// The request, once an answer exists (response and log phases).
-private func answered(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
-    guard let h = serving(L), h.exchange.policy.phase != .access else { return nil }
+private func answered(_ L: OpaquePointer) -> PolicySession? {
+    guard let h = serving(L), h.phase != .access else { return nil }
     return h
 }
 
 /// The request, while its answer may still change (response phase).
-private func answering(_ L: OpaquePointer) -> DownstreamConnectionHandler? {
-    guard let h = serving(L), h.exchange.policy.phase == .response else { return nil }
+private func answering(_ L: OpaquePointer) -> PolicySession? {
+    guard let h = serving(L), h.phase == .response else { return nil }
     return h
 }
 
@@ -89,21 +89,21 @@ private func editResponseHeader(_ L: OpaquePointer, _ function: String, add: Boo
     case .failure(let message):
         return Lua.raise(L, message.text)
     case .success(let (name, lower, value)):
-        guard h.exchange.policy.responseEdits.headers.fits(name.count + (value?.count ?? 0)) else {
+        guard h.responseEdits.headers.fits(name.count + (value?.count ?? 0)) else {
             return Lua.raise(L, "\(function): the script's header changes exceed \(HeaderEdits.maxBytes / 1024) KiB")
         }
-        if add, let value { h.exchange.policy.responseEdits.headers.add(name, lower: lower, value) } else { h.exchange.policy.responseEdits.headers.set(name, lower: lower, value) }
+        if add, let value { h.responseEdits.headers.add(name, lower: lower, value) } else { h.responseEdits.headers.set(name, lower: lower, value) }
         return 0
     }
 }
 
-extension DownstreamConnectionHandler {
+extension PolicySession {
     /// The upstream's response headers with the script's edits (none after a local answer).
     func withResponseHeaders(_ body: (HeaderView) -> Void) {
-        if let head = exchange.policy.responseHead {
-            head.withUnsafeReadableBytes { p in body(HeaderView(p: p, fields: exchange.response.headers.fields, edits: exchange.policy.responseEdits.headers)) }
+        if let head = responseHead {
+            head.withUnsafeReadableBytes { p in body(HeaderView(p: p, fields: exchange.response.headers.fields, edits: responseEdits.headers)) }
         } else {
-            body(HeaderView(p: UnsafeRawBufferPointer(start: nil, count: 0), fields: [], edits: exchange.policy.responseEdits.headers))
+            body(HeaderView(p: UnsafeRawBufferPointer(start: nil, count: 0), fields: [], edits: responseEdits.headers))
         }
     }
 }

@@ -27,7 +27,7 @@ struct UpstreamModule: LuaModule {
             guard let index = h.exchange.generation?.shared.config.upstreamIndex(named: name) else {
                 return Lua.raise(L, "upstream.use: unknown upstream \"\(name)\"")
             }
-            h.exchange.policy.edits.upstream = index
+            h.edits.upstream = index
             return 0
         }
         Lua.setFunction(L, "target") { L in
@@ -40,7 +40,7 @@ struct UpstreamModule: LuaModule {
             guard let address = try? SocketAddress(ipAddress: host, port: port) else {
                 return Lua.raise(L, "upstream.target: \"\(host.prefix(64))\" is not an IP address (names are resolved in the config only)")
             }
-            h.exchange.policy.edits.target = (TargetKey(host: host, port: port), address)
+            h.edits.target = (TargetKey(host: host, port: port), address)
             return 0
         }
         Lua.setFunction(L, "options") { L in UpstreamModule.options(L!) }
@@ -53,18 +53,18 @@ struct UpstreamModule: LuaModule {
         switch Lua.rawField(L, 1, "retries") {
         case LUA_TNIL: break
         case LUA_TNUMBER where (Lua.integer(L, -1) ?? -1) >= 0 && (Lua.integer(L, -1) ?? 99) <= 10:
-            h.exchange.policy.edits.retries = Lua.integer(L, -1)
+            h.edits.retries = Lua.integer(L, -1)
         default: return Lua.raise(L, "upstream.options: retries must be an integer from 0 to 10")
         }
         switch Lua.rawField(L, 1, "try_timeout") {
         case LUA_TNIL: break
         case LUA_TNUMBER where lua_tonumberx(L, -1, nil) > 0 && lua_tonumberx(L, -1, nil) <= 300:
-            h.exchange.policy.edits.tryTimeout = .nanoseconds(Int64(lua_tonumberx(L, -1, nil) * 1e9))
+            h.edits.tryTimeout = .nanoseconds(Int64(lua_tonumberx(L, -1, nil) * 1e9))
         default: return Lua.raise(L, "upstream.options: try_timeout must be seconds, above 0 and at most 300")
         }
         switch Lua.rawField(L, 1, "hash_key") {
         case LUA_TNIL: break
-        case LUA_TSTRING: h.exchange.policy.edits.hashKey = HashRing.hash(Lua.bytes(L, -1)!)
+        case LUA_TSTRING: h.edits.hashKey = HashRing.hash(Lua.bytes(L, -1)!)
         default: return Lua.raise(L, "upstream.options: hash_key must be a string")
         }
         lua_settop(L, 1)
@@ -146,17 +146,17 @@ struct UpstreamModule: LuaModule {
             switch result {
             case .success(let response):
                 pool.health.succeeded()
-                h.breakerRecord(pool, success: response.status < 500)
+                h.worker.breakerRecord(pool, success: response.status < 500)
             case .failure(let error as HTTPFetch.Failure) where error.kind == .tooLarge:
                 pool.health.succeeded()  // it answered; the answer was too large for the script
-                h.breakerRecord(pool, success: true)
+                h.worker.breakerRecord(pool, success: true)
             case .failure:
                 if pool.health.failed(.now(), pool.settings) {
                     h.worker.logger.warning(
                         "upstream target ejected after failed tries",
                         metadata: ["target": "\(pool.key.host):\(pool.key.port)", "by": "upstream.call"])
                 }
-                h.breakerRecord(pool, success: false)
+                h.worker.breakerRecord(pool, success: false)
             }
             resumer.resume { L in push(L, result) }
         }

@@ -88,7 +88,8 @@ import Testing
     }
 
     /// A sub-request counts as a try of its target: failures to reach it feed passive health
-    /// (the target is ejected, and the next calls go to the one that answers) and the breaker.
+    /// (the target is ejected, and the next calls go to the one that answers) and the breaker,
+    /// and an idempotent call that could not reach one target is retried on another.
     @Test func subRequestsFeedPassiveHealth() async throws {
         let main = try EchoProcess(), other = try EchoProcess()
         let dead = try RawClient.freePort()
@@ -119,10 +120,55 @@ import Testing
             for _ in 0..<8 { statuses.append(try client.request("GET", "/call").status) }
             let ejected = await gw.gateway.ejectedTargets()
             #expect(ejected["127.0.0.1:\(dead)"] != nil, "\(ejected)")
+            // A GET that found the dead target went on to the live one (a retry, as a proxied try's).
+            #expect(statuses.allSatisfy { $0 == 200 }, "\(statuses)")
             // Once the dead target is out, every call reaches the live one.
             var after: [Int] = []
             for _ in 0..<6 { after.append(try client.request("GET", "/call").status) }
             #expect(after.allSatisfy { $0 == 200 }, "before \(statuses), after \(after)")
+        }
+    }
+
+    /// `upstream.call` goes through the upstream's own pool, as a proxied request's tries do:
+    /// sequential calls share one kept-alive connection, a pooled connection the origin
+    /// dropped is replaced once without failing the call, and every call is counted in the
+    /// upstream's try metrics.
+    @Test func subRequestsUseTheUpstreamsKeptAlivePool() async throws {
+        let yaml = """
+            listeners:
+              - name: test
+                address: 127.0.0.1:@PORT@
+            admin:
+              address: 127.0.0.1:0
+            upstreams:
+              echo:
+                targets: [ "@ECHO@" ]
+            routes:
+              - match: { path_prefix: / }
+                upstream: echo
+                policy: call.lua
+            """
+        let policy = """
+            return { access = function()
+              local res, err = upstream.call("echo", {path = request.path(), timeout = 2})
+              if not res then request.respond(502, err) end
+              request.respond(res.status, res.headers["content-type"])
+            end }
+            """
+        try await withGateway(yaml, workers: 1, scripts: ["call.lua": policy]) { gw in
+            let client = try gw.client()
+            for _ in 0..<30 {
+                let r = try client.request("GET", "/x")
+                #expect(r.status == 200 && r.text == "application/json", "\(r.status) \(r.text)")
+            }
+            #expect(gw.stats.accepted.withLockedValue { $0 } == 1, "30 calls opened \(gw.stats.accepted.withLockedValue { $0 }) connections")
+            // `/stale-next` answers, then drops its connection when the next request arrives on it.
+            #expect(try client.request("GET", "/stale-next").status == 200)
+            let after = try client.request("GET", "/x")
+            #expect(after.status == 200, "\(after.status) \(after.text)")
+            #expect(gw.stats.accepted.withLockedValue { $0 } == 2)
+            let samples = MetricsTests.samples(await gw.gateway.metricsText())
+            #expect(MetricsTests.value(samples, "moongate_upstream_duration_seconds_count", ["upstream": "echo"]) == 32)
         }
     }
 }

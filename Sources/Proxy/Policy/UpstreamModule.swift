@@ -3,7 +3,6 @@ import Config
 import HTTPClient
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 import Scripting
 
 /// The `upstream` module: where this request goes and how it is tried, and sub-requests a
@@ -128,45 +127,30 @@ struct UpstreamModule: LuaModule {
             connector.subrequest(call).assumeIsolatedUnsafeUnchecked().whenComplete { result in resumer.resume { L in push(L, result) } }
             return Lua.yield(L)
         }
-        guard let target = balancer.pick() else { return fail(L, "no_target") }
-        let pool = balancer.pool(target)
-        let endpoint = HTTPEndpoint(host: pool.key.host, port: pool.key.port, path: path)
-        guard let to = try? HTTPFetch.Target(endpoint) else { return fail(L, "unavailable") }
         let resumer = h.scriptSuspend()
-        // The target's address as the generation resolved it (no lookup on the request path),
-        // and the call counted as a try would be: in flight, then passive health and breaker.
-        let started = NIODeadline.now()
-        pool.health.inFlight += 1
-        pool.breaker.sent(started, pool.settings.breaker)
-        HTTPFetch.send(
-            method, to, headers: headers, body: body, on: h.worker.eventLoop, timeout: timeout,
-            maxBytes: min(maxCallBytes, max(0, Lua.memoryLeft(L) / 2)), address: pool.address
-        ).assumeIsolatedUnsafeUnchecked().whenComplete { result in
-            pool.health.inFlight -= 1
-            switch result {
-            case .success(let response):
-                pool.health.succeeded()
-                h.worker.breakerRecord(pool, success: response.status < 500)
-            case .failure(let error as HTTPFetch.Failure) where error.kind == .tooLarge:
-                pool.health.succeeded()  // it answered; the answer was too large for the script
-                h.worker.breakerRecord(pool, success: true)
-            case .failure:
-                if pool.health.failed(.now(), pool.settings) {
-                    h.worker.logger.warning(
-                        "upstream target ejected after failed tries",
-                        metadata: ["target": "\(pool.key.host):\(pool.key.port)", "by": "upstream.call"])
-                }
-                h.worker.breakerRecord(pool, success: false)
-            }
-            resumer.resume { L in push(L, result) }
-        }
+        let request = Subrequest.Request(
+            method: method.rawValue, path: path, headers: headers, body: body, timeout: timeout,
+            maxBytes: min(maxCallBytes, max(0, Lua.memoryLeft(L) / 2)))
+        Subrequest.send(request, through: balancer, on: h.worker) { result in resumer.resume { L in push(L, result) } }
         return Lua.yield(L)
     }
 
-    private static func push(_ L: OpaquePointer, _ result: Result<HTTPFetch.Response, Error>) -> Int32 {
-        let response: HTTPFetch.Response
+    private static func push(_ L: OpaquePointer, _ result: Result<Subrequest.Response, Subrequest.Failure>) -> Int32 {
         switch result {
-        case .success(let r): response = r
+        case .success(let response):
+            return response.body.withUnsafeReadableBytes { pushResponse(L, status: response.status, headers: response.headers, body: $0) }
+        case .failure(.timeout): return fail(L, "timeout")
+        case .failure(.tooLarge): return fail(L, "too_large")
+        case .failure(.unavailable): return fail(L, "unavailable")
+        case .failure(.noTarget): return fail(L, "no_target")
+        }
+    }
+
+    /// The harness's stubs answer with an `HTTPFetch.Response`, or fail as a fetch would.
+    private static func push(_ L: OpaquePointer, _ result: Result<HTTPFetch.Response, Error>) -> Int32 {
+        switch result {
+        case .success(let response):
+            return response.body.withUnsafeBytes { pushResponse(L, status: response.status, headers: response.headers, body: $0) }
         case .failure(let error as HTTPFetch.Failure):
             switch error.kind {
             case .timeout: return fail(L, "timeout")
@@ -175,15 +159,19 @@ struct UpstreamModule: LuaModule {
             }
         case .failure: return fail(L, "unavailable")
         }
-        guard Lua.memoryLeft(L) > response.body.count + 16 * 1024 else { return fail(L, "too_large") }
+    }
+
+    /// `{status=, headers=, body=}`, unless the body does not fit the script's memory.
+    private static func pushResponse(_ L: OpaquePointer, status: Int, headers: [(String, String)], body: UnsafeRawBufferPointer) -> Int32 {
+        guard Lua.memoryLeft(L) > body.count + 16 * 1024 else { return fail(L, "too_large") }
         lua_createtable(L, 0, 3)
-        lua_pushinteger(L, lua_Integer(response.status))
+        lua_pushinteger(L, lua_Integer(status))
         lua_setfield(L, -2, "status")
-        response.body.withUnsafeBytes { Lua.push(L, bytes: $0) }
+        Lua.push(L, bytes: body)
         lua_setfield(L, -2, "body")
         // Lower-case names; a repeated field's values joined with ", " (RFC 9110 5.3).
-        lua_createtable(L, 0, Int32(response.headers.count))
-        for (name, value) in response.headers.prefix(100) {
+        lua_createtable(L, 0, Int32(min(headers.count, 100)))
+        for (name, value) in headers.prefix(100) {
             let lower = name.lowercased()
             Lua.push(L, lower)
             if Lua.rawField(L, -2, lower) == LUA_TSTRING, let previous = Lua.string(L, -1) {

@@ -16,7 +16,7 @@ extension DownstreamConnectionHandler {
             self.exchange.attempt.upstream = nil
             upstream.close()
         }
-        guard !exchange.responseStarted, state != .closed, state != .closing else {
+        guard lifecycle.errorAction() == .answer else {
             forceClose()
             return
         }
@@ -33,11 +33,10 @@ extension DownstreamConnectionHandler {
     /// what is left of the request body has arrived and can be dropped.
     func writeLocalResponse(_ status: Int, headers: HeaderEdits?, json: Bool, body: ByteBuffer, close: Bool) {
         if exchange.requestID.readableBytes == 0 { worker.requestIDs.next(into: &exchange.requestID) }
-        exchange.responseStarted = true
-        exchange.responsePhase = .done
         exchange.attempt.upstreamHead = nil
         exchange.sentStatus = status
-        let closing = close || !keepAliveClient || closeAfterResponse || !dropBufferedBody()
+        let next = lifecycle.answering(mustClose: close, bodyDropped: dropBufferedBody())
+        let closing = next == .closeAfterFlush
         var head = ByteBuffer()
         head.writeHead(estimate: 192 + exchange.requestID.readableBytes + (headers?.bytes ?? 0)) { w in
             w.put("HTTP/1.1 ")
@@ -63,14 +62,8 @@ extension DownstreamConnectionHandler {
         if !exchange.request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
             sendToClient(body)
         }
-        if closing {
-            inbound = nil
-            closeAfterFlush()
-        } else {
-            io.flush()
-            exchange.requestBodyDone = true
-            finishExchange()
-        }
+        if closing { inbound = nil }
+        finishExchange(next)
     }
 
     static let requestIDName: [UInt8] = Array("x-request-id".utf8)
@@ -78,7 +71,7 @@ extension DownstreamConnectionHandler {
     /// Drops an unread request body that has fully arrived, so that an early answer need
     /// not close the connection; false if some of it is still to come.
     func dropBufferedBody() -> Bool {
-        if exchange.requestBodyDone { return true }
+        if lifecycle.requestBodyDone { return true }
         switch exchange.requestBody {
         case .none, .untilClose:
             return true
@@ -93,7 +86,6 @@ extension DownstreamConnectionHandler {
             inbound = buffer.readableBytes > 0 ? buffer : nil
         }
         exchange.requestBody = .none
-        exchange.requestBodyDone = true
         return true
     }
 

@@ -21,12 +21,12 @@ extension DownstreamConnectionHandler {
     func endExchange(completed: Bool) {
         let ended = exchange
         guard !ended.isVacant else { return }
-        recordRequest(status: ended.responseStarted ? ended.sentStatus : 499)
+        recordRequest(status: lifecycle.responseStarted ? ended.sentStatus : 499)
         if ended.policy.used { ended.policy.end(completed: completed) }
         finishTry()
         if let upstream = ended.attempt.upstream {
             ended.attempt.upstream = nil
-            if completed, ended.upstreamReusable, ended.requestBodyDone, let pool = ended.attempt.pool {
+            if completed, ended.upstreamReusable, lifecycle.requestBodyDone, let pool = ended.attempt.pool {
                 pool.release(upstream)
             } else {
                 // Mid-message (or out of step): never reused.
@@ -37,32 +37,25 @@ extension DownstreamConnectionHandler {
         worker.giveBack(ended)
     }
 
-    /// Both directions of the exchange are complete: the connection serves the client's next
-    /// request (or closes, if this one said so).
-    func finishExchange() {
+    /// The exchange is over (its answer written): the connection serves the client's next
+    /// request, or closes once the answer is out, as the lifecycle decided.
+    func finishExchange(_ next: ConnectionStateMachine.Next) {
         // The upstream's read-complete (which flushes) reaches us only while we hold it.
         io.flush()
         endExchange(completed: true)
-        if closeAfterResponse || !keepAliveClient {
-            closeAfterAnswer()
-            return
+        switch lifecycle.exchangeEnded(next, buffered: inbound != nil) {
+        case .readNextHead:
+            lastActivity = .now()
+            processInbound()
+            updateReads()
+        case .waitForNext:
+            lastActivity = .now()
+            updateReads()
+        case .closeAfterFlush:
+            // The client may still be sending (a refused head or body): drained, not reset.
+            io.closeAfterFlush(linger: true)
+        case .nothing:
+            break
         }
-        state = .idle
-        lastActivity = .now()
-        if inbound != nil { processInbound() }
-        updateReads()
-    }
-
-    /// The answer is written and the connection ends: the request ends with it, and the
-    /// connection closes once the answer has gone out.
-    func closeAfterFlush() {
-        endExchange(completed: true)
-        closeAfterAnswer()
-    }
-
-    private func closeAfterAnswer() {
-        state = .closing
-        // The client may still be sending (a refused head or body): drained, not reset.
-        io.closeAfterFlush(linger: true)
     }
 }

@@ -13,7 +13,7 @@ extension DownstreamConnectionHandler {
         let shared = worker.generation.shared
         let log = worker.accessLog
         guard shared.metricsEnabled || log.isOn || exchange.traced else { return }
-        let nanoseconds = (NIODeadline.now() - requestStart).nanoseconds
+        let nanoseconds = (NIODeadline.now() - (lifecycle.requestStarted ?? lastActivity)).nanoseconds
         if shared.metricsEnabled {
             worker.metrics.request(route: exchange.route?.metricID ?? -1, method: exchange.metricMethod, status: status, seconds: Double(nanoseconds) / 1e9)
         }
@@ -84,7 +84,7 @@ extension DownstreamConnectionHandler {
             w.jsonInteger("status", status)
             w.jsonInteger("bytes_sent", exchange.record.bytesSent)
             // A small body travels in the head's buffer without being counted as body bytes.
-            if case .contentLength(let length) = exchange.request.framing, exchange.requestBodyDone {
+            if case .contentLength(let length) = exchange.request.framing, lifecycle.requestBodyDone {
                 w.jsonInteger("bytes_received", length)
             } else {
                 w.jsonInteger("bytes_received", exchange.requestBodyBytes)

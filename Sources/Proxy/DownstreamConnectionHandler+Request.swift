@@ -9,11 +9,7 @@ extension DownstreamConnectionHandler {
             inbound = nil
             return
         }
-        if state == .idle {
-            state = .head
-            requestStart = lastActivity
-            headScanned = 0
-        }
+        if lifecycle.headBytes(now: lastActivity) { headScanned = 0 }
         let limits = worker.generation.shared.limits
         let end = buffer.withUnsafeReadableBytes { HeadParser.findEnd($0, from: max(0, headScanned - 3)) }
         guard let end else {
@@ -23,6 +19,7 @@ extension DownstreamConnectionHandler {
             if buffer.readableBytes > limits.maxHeaderBytes {
                 inbound = nil
                 let lineDone = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } != nil
+                lifecycle.headRefused()
                 beginExchange()
                 respondError(lineDone ? .headerTooLarge : .uriTooLong)
             } else {
@@ -34,6 +31,7 @@ extension DownstreamConnectionHandler {
             inbound = nil
             let lineEnd = buffer.withUnsafeReadableBytes { HeadParser.requestLineEnd($0) } ?? end
             // A target far past its own limit is the reason; otherwise the head as a whole.
+            lifecycle.headRefused()
             beginExchange()
             respondError(lineEnd > limits.maxURIBytes + 32 ? .uriTooLong : .headerTooLarge)
             return
@@ -57,7 +55,14 @@ extension DownstreamConnectionHandler {
                 return error
             }
         }
-        keepAliveClient = exchange.request.keepAlive && !worker.draining
+        let bodyDone: Bool
+        switch exchange.request.framing {
+        case .none, .untilClose: bodyDone = true
+        case .contentLength, .chunked: bodyDone = parsed != nil
+        }
+        lifecycle.headParsed(
+            keepAlive: exchange.request.keepAlive, bodyDone: bodyDone, idempotent: exchange.request.isIdempotent,
+            expectContinue: exchange.request.expectContinue && exchange.request.minorVersion >= 1, draining: worker.draining)
         if let parsed {
             worker.requestIDs.next(into: &exchange.requestID)
             respondError(.head(parsed))
@@ -99,13 +104,10 @@ extension DownstreamConnectionHandler {
         switch exchange.request.framing {
         case .none, .untilClose:
             exchange.requestBody = .none
-            exchange.requestBodyDone = true
         case .contentLength(let length):
             exchange.requestBody = .length(remaining: length)
-            exchange.requestBodyDone = false
         case .chunked:
             exchange.requestBody = .chunked(ChunkedDecoder())
-            exchange.requestBodyDone = false
         }
         exchange.requestBodyBytes = 0
 
@@ -132,7 +134,7 @@ extension DownstreamConnectionHandler {
                 exchange.policy.used = true
                 exchange.policy.requestHead = keep(head, in: &exchange.requestHeadStorage)
             }
-            state = .policy
+            lifecycle.policyStarted()
             armTimer()
             startPolicy(route)
             return
@@ -161,7 +163,7 @@ extension DownstreamConnectionHandler {
         exchange.attempt.count = 0
         exchange.attempt.hashKey = exchange.policy.edits.hashKey ?? requestHashKey(head, balancer.upstream.balancer)
         exchange.attempt.forwardedHead = keep(head, in: &exchange.forwardedHeadStorage)
-        exchange.attempt.retryableBody = exchange.requestBodyDone
+        exchange.attempt.retryableBody = lifecycle.requestBodyDone
         // The time the request's bytes were read: close enough, and no clock read per request.
         balancer.countRequest(lastActivity)
         startTry(route: route)
@@ -172,13 +174,13 @@ extension DownstreamConnectionHandler {
         pool.connect().assumeIsolatedUnsafeUnchecked().whenComplete { [self] result in
             switch result {
             case .success(let connection):
-                guard state == .connecting, requestSerial == serial else {
+                guard lifecycle.awaitingConnection, requestSerial == serial else {
                     pool.release(connection)
                     return
                 }
                 begin(connection)
             case .failure(let error):
-                guard state == .connecting, requestSerial == serial else { return }
+                guard lifecycle.awaitingConnection, requestSerial == serial else { return }
                 if let balancer = exchange.attempt.balancer { worker.metrics.upstream(.connectError, upstream: balancer.upstream.metricID) }
                 // The pool reports why, as a ProxyError; anything else is a failure to connect.
                 tryFailed(error as? ProxyError ?? .unreachable)
@@ -191,9 +193,9 @@ extension DownstreamConnectionHandler {
         exchange.attempt.upstream = connection
         connection.attach(self, readTimeout: exchange.policy.edits.tryTimeout ?? exchange.attempt.balancer?.upstream.tryTimeout ?? targetPool.settings.readTimeout, now: lastActivity)
         if !downstreamWritable { connection.setReadsPaused(true) }
-        state = .proxying
+        lifecycle.connected()
         connection.write(exchange.attempt.upstreamHead!)
-        if !exchange.requestBodyDone, var body = inbound {
+        if !lifecycle.requestBodyDone, var body = inbound {
             inbound = nil
             forwardRequestBody(&body)
             if body.readableBytes > 0 { inbound = body }
@@ -208,7 +210,7 @@ extension DownstreamConnectionHandler {
         upstreamUnflushed = true
         switch exchange.requestBody {
         case .none, .untilClose:
-            exchange.requestBodyDone = true
+            lifecycle.requestBodyFinished()
         case .length(let remaining):
             let take = min(remaining, buffer.readableBytes)
             upstream.write(buffer.readSlice(length: take)!)
@@ -241,9 +243,8 @@ extension DownstreamConnectionHandler {
     }
 
     private func requestBodyFinished() {
-        exchange.requestBodyDone = true
+        lifecycle.requestBodyFinished()
         exchange.attempt.upstreamHead = nil
-        if exchange.responsePhase == .done { finishExchange() }
     }
 
     func writeChunk(_ slice: ByteBuffer, to upstream: UpstreamConnectionHandler) {
@@ -309,7 +310,7 @@ extension DownstreamConnectionHandler {
             inbound = rest.readableBytes > 0 ? rest : nil
             out.writeBuffer(&body)
             exchange.requestBody = .length(remaining: 0)
-            exchange.requestBodyDone = true
+            lifecycle.requestBodyFinished()
         }
         return out
     }

@@ -14,7 +14,7 @@ extension DownstreamConnectionHandler {
         // Once the response is done the exchange may end inside this loop (and the next
         // request's begin): what is left of the read is not its response.
         while buffer.readableBytes > 0, exchange === current {
-            switch exchange.responsePhase {
+            switch lifecycle.response {
             case .head:
                 guard readResponseHead(&buffer) else { return }
             case .collecting:
@@ -99,7 +99,7 @@ extension DownstreamConnectionHandler {
                 exchange.policy.responseRest = buffer
                 buffer = ByteBuffer()
                 guard runResponsePhase(route) else { return false }
-                if exchange.responsePhase == .collecting { return false }
+                if lifecycle.response == .collecting { return false }
                 buffer = exchange.policy.responseRest!
                 exchange.policy.responseRest = nil
             case false?:
@@ -112,8 +112,7 @@ extension DownstreamConnectionHandler {
     /// Writes the client's response head (and a body a script set, or a small body that came
     /// with the head); what is left of `buffer` is then body to forward.
     func sendResponseHead(_ head: ByteBuffer, framing: Body, _ buffer: inout ByteBuffer) -> Bool {
-        exchange.responseStarted = true
-        exchange.responsePhase = .body
+        lifecycle.responseHeadSent()
         if let body = exchange.policy.responseEdits.body {
             let sent: Body
             if case .none = framing { sent = .none } else { sent = .length(remaining: body.readableBytes) }
@@ -194,51 +193,34 @@ extension DownstreamConnectionHandler {
     }
 
     func responseFinished() {
-        exchange.responsePhase = .done
         if exchange.responseChunkedOut {
             sendToClient(lastChunk)
         }
-        if exchange.requestBodyDone {
-            finishExchange()
-        } else {
-            // The origin answered before reading the whole body (an early 413, say). What is
-            // left of the body cannot be told from a next request: close both sides after this.
-            exchange.upstreamReusable = false
-            closeAfterResponse = true
-            finishExchange()
-        }
+        let (next, clean) = lifecycle.responseFinished()
+        if !clean { exchange.upstreamReusable = false }
+        finishExchange(next)
     }
 
     func upstreamClosed(error: Error?, reused: Bool) {
         exchange.attempt.upstream = nil
-        switch exchange.responsePhase {
-        case .collecting:
-            if case .untilClose = exchange.responseBody {
-                exchange.policy.upstreamEnded = true
-                continueResponseWait()
-            } else {
-                upstreamFailed(.upstreamClosed)
-            }
-        case .head:
-            // A pooled connection the origin closed as we reused it (its keep-alive timeout):
-            // send the request again on a new connection, once, if it is idempotent and had no
-            // body (RFC 9110 9.2.2; nginx does the same and never retries a POST by default).
-            if reused, exchange.request.isIdempotent, let pool = exchange.attempt.pool, exchange.attempt.upstreamHead != nil, !exchange.attempt.retriedStale, exchange.requestBodyDone,
-                exchange.responseHeadBuffer == nil
-            {
-                exchange.attempt.retriedStale = true
-                state = .connecting
-                connectUpstream(pool)
-                return
-            }
-            tryFailed(.upstreamClosed)
-        case .body:
-            if case .untilClose = exchange.responseBody {
-                responseFinished()
-            } else {
-                forceClose()
-            }
-        case .done:
+        var untilClose = false
+        if case .untilClose = exchange.responseBody { untilClose = true }
+        let canResend = exchange.attempt.pool != nil && exchange.attempt.upstreamHead != nil && exchange.responseHeadBuffer == nil
+        switch lifecycle.upstreamClosed(reused: reused, canResend: canResend, untilClose: untilClose) {
+        case .reconnect:
+            connectUpstream(exchange.attempt.pool!)
+        case .tryFailed(let error):
+            tryFailed(error)
+        case .failed(let error):
+            upstreamFailed(error)
+        case .responseEnded:
+            responseFinished()
+        case .collectedToClose:
+            exchange.policy.upstreamEnded = true
+            continueResponseWait()
+        case .cut:
+            forceClose()
+        case .nothing:
             break
         }
     }
@@ -246,12 +228,13 @@ extension DownstreamConnectionHandler {
     func upstreamTimedOut() {
         exchange.attempt.upstream = nil
         exchange.upstreamReusable = false
-        if exchange.responsePhase == .head {
+        switch lifecycle.upstreamTimedOut() {
+        case .tryFailed(let error):
             if let balancer = exchange.attempt.balancer { worker.metrics.upstream(.timeout, upstream: balancer.upstream.metricID) }
-            tryFailed(.upstreamTimeout)
-        } else if exchange.responsePhase == .collecting {
-            upstreamFailed(.upstreamTimeout)
-        } else {
+            tryFailed(error)
+        case .failed(let error):
+            upstreamFailed(error)
+        case .reconnect, .responseEnded, .collectedToClose, .cut, .nothing:
             forceClose()
         }
     }
@@ -329,7 +312,7 @@ extension DownstreamConnectionHandler {
                 exchange.responseChunkedOut = true
                 w.put("Transfer-Encoding: chunked\r\n")
             } else {
-                closeAfterResponse = true  // an HTTP/1.0 client reads to the close
+                lifecycle.closeAfterThisResponse()  // an HTTP/1.0 client reads to the close
             }
         case .none:
             break
@@ -343,7 +326,7 @@ extension DownstreamConnectionHandler {
             w.put(exchange.requestID)
             w.put("\r\n")
         }
-        if closeAfterResponse || !keepAliveClient {
+        if lifecycle.closesAfterResponse {
             w.put("Connection: close\r\n")
         } else if exchange.request.minorVersion == 0 {
             w.put("Connection: keep-alive\r\n")

@@ -34,7 +34,7 @@ extension DownstreamConnectionHandler {
         pool.breaker.sent(lastActivity, pool.settings.breaker)
         exchange.attempt.pending = true
         exchange.attempt.upstreamHead = makeUpstreamHead(head, route: route, pool: pool)
-        state = .connecting
+        lifecycle.tryStarted()
         armTimer()
         if let connection = pool.takeIdle() {
             begin(connection)
@@ -51,7 +51,7 @@ extension DownstreamConnectionHandler {
         var timer: Scheduled<Void>?
         let id = pool.wait { [self] connection in
             timer?.cancel()
-            guard requestSerial == serial, state == .connecting, exchange.attempt.pool === pool else {
+            guard requestSerial == serial, lifecycle.awaitingConnection, exchange.attempt.pool === pool else {
                 // Gone meanwhile: what it was given goes to the next in line.
                 if let connection { pool.release(connection) } else { pool.wakeNext() }
                 return
@@ -64,7 +64,7 @@ extension DownstreamConnectionHandler {
         }
         timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: pool.settings.queueTimeout) { [self] in
             pool.cancelWait(id)
-            guard requestSerial == serial, state == .connecting else { return }
+            guard requestSerial == serial, lifecycle.awaitingConnection else { return }
             respondError(.poolWaitTimeout)
         }
     }
@@ -126,10 +126,8 @@ extension DownstreamConnectionHandler {
     /// Never after the client got a byte; only what can be sent again whole; idempotent
     /// methods unless the route allows more; within the tries and the retry budget.
     private func canRetry() -> Bool {
-        guard let balancer = exchange.attempt.balancer, let route = exchange.route, exchange.attempt.forwardedHead != nil, !exchange.responseStarted, exchange.attempt.retryableBody, exchange.policy.edits.target == nil,
-            exchange.attempt.count < (exchange.policy.edits.retries.map { $0 + 1 } ?? balancer.upstream.maxTries), exchange.request.isIdempotent || route.retryNonIdempotent,
-            state != .closed, state != .closing
-        else { return false }
+        guard let balancer = exchange.attempt.balancer, let route = exchange.route, exchange.attempt.forwardedHead != nil, lifecycle.mayRetry, exchange.attempt.retryableBody, exchange.policy.edits.target == nil,
+            exchange.attempt.count < (exchange.policy.edits.retries.map { $0 + 1 } ?? balancer.upstream.maxTries), exchange.request.isIdempotent || route.retryNonIdempotent else { return false }
         return true
     }
 

@@ -19,30 +19,6 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    enum State {
-        /// Between requests.
-        case idle
-        /// Part of a head has arrived.
-        case head
-        /// The route's policy runs its access phase (or waits for a Lua state).
-        case policy
-        /// Head parsed; waiting for an upstream connection.
-        case connecting
-        /// Connected: the request body goes up, the response comes down.
-        case proxying
-        /// The response is written; the connection closes once the write completes.
-        case closing
-        case closed
-    }
-
-    enum ResponsePhase {
-        case head
-        /// The head is in, and a response phase waits for the whole body (`response.body`).
-        case collecting
-        case body
-        case done
-    }
-
     enum Body {
         case none
         case length(remaining: Int)
@@ -57,7 +33,8 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     var allocator = ByteBufferAllocator()
     let listener: ListenerHandle
     var io = ConnectionIO.none
-    var state = State.idle
+    /// Where the connection and its request stand; the handler carries out what it decides.
+    var lifecycle = ConnectionStateMachine()
     /// Client bytes not yet consumed: a partial head, or what came after the current request.
     var inbound: ByteBuffer?
     var headScanned = 0
@@ -73,16 +50,12 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     static let lastChunkBytes = ByteBuffer(string: "0\r\n\r\n")
     var crlf: ByteBuffer { Self.crlfBytes }
     var lastChunk: ByteBuffer { Self.lastChunkBytes }
-    var keepAliveClient = true
-    var closeAfterResponse = false
 
     // Flow control and time.
     /// Whether `autoRead` is off on the client channel.
     var readsOff = false
     var upstreamUnflushed = false
     var lastActivity = NIODeadline.now()
-    /// When the current request's first byte came (its head may still be arriving).
-    var requestStart = NIODeadline.now()
     var timer: Scheduled<Void>?
     var timerDeadline = NIODeadline.distantFuture
 
@@ -151,10 +124,9 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
 
     /// The client connection has closed.
     func closed() {
-        let wasClosed = state == .closed
-        state = .closed
+        // The exchange ends first: its log line says whether the client had an answer.
         endExchange(completed: false)
-        if !wasClosed { worker.unregister(self) }
+        if lifecycle.clientClosed() { worker.unregister(self) }
         timer?.cancel()
         timer = nil
     }
@@ -162,23 +134,23 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     func read(_ bytes: ByteBuffer) {
         var buffer = bytes
         lastActivity = .now()
-        switch state {
-        case .idle, .head:
+        switch lifecycle.clientBytes() {
+        case .parseHead:
             appendInbound(&buffer)
             processInbound()
-        case .connecting:
+        case .hold:
             appendInbound(&buffer)
-        case .policy:
+        case .holdForPolicy:
             appendInbound(&buffer)
             if exchange.policy.requestBodyWait != nil { continueBodyWait() }
-        case .proxying:
-            if exchange.requestBodyDone || inbound != nil {
+        case .forwardBody:
+            if inbound != nil {
                 appendInbound(&buffer)
             } else {
                 forwardRequestBody(&buffer)
                 if buffer.readableBytes > 0 { appendInbound(&buffer) }
             }
-        case .closing, .closed:
+        case .drop:
             break
         }
         updateReads()
@@ -208,15 +180,9 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     /// re-add read interest (two `epoll_ctl` per request, measured); they pause only when the
     /// upstream cannot take the body or too much has been buffered.
     var readsPaused: Bool {
-        switch state {
-        case .idle, .head: return false
-        case .closing, .closed: return true
-        case .connecting: return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound
-        case .policy: return (inbound?.readableBytes ?? 0) > max(Self.maxBufferedInbound, exchange.policy.requestBodyWait?.bufferLimit ?? 0)
-        case .proxying:
-            if exchange.requestBodyDone { return (inbound?.readableBytes ?? 0) > Self.maxBufferedInbound }
-            return !(exchange.attempt.upstream?.isWritable ?? false)
-        }
+        lifecycle.readsPaused(
+            buffered: inbound?.readableBytes ?? 0, limit: Self.maxBufferedInbound, bodyWaitLimit: exchange.policy.requestBodyWait?.bufferLimit,
+            upstreamWritable: exchange.attempt.upstream?.isWritable ?? false)
     }
 
     /// Switches client reads to match `readsPaused`; a no-op unless that changed.
@@ -254,18 +220,13 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
 
     /// Drain: closes now if between requests, else after the current response.
     func closeWhenIdle() {
-        keepAliveClient = false
-        if state == .idle, inbound == nil {
-            state = .closing
-            io.close()
-        }
+        if lifecycle.drain(buffered: inbound != nil) { io.close() }
     }
 
     /// Ends the connection at once (timeouts past the response head, errors, shutdown).
     func forceClose() {
         endExchange(completed: false)
-        guard state != .closed else { return }
-        state = .closing
+        guard lifecycle.closeNow() else { return }
         io.close()
     }
 
@@ -290,30 +251,24 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     }
 
     var currentDeadline: NIODeadline {
-        switch state {
-        case .idle: return lastActivity + worker.generation.shared.clientIdleTimeout
-        case .head, .policy, .connecting, .proxying:
-            return requestStart + (exchange.generation ?? worker.generation).shared.requestTimeout
-        case .closing, .closed: return .distantFuture
-        }
+        lifecycle.deadline(
+            lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
+            requestTimeout: (exchange.generation ?? worker.generation).shared.requestTimeout)
     }
 
     func timerFired() {
-        guard state != .closed, state != .closing else { return }
-        if NIODeadline.now() < currentDeadline {
+        let action = lifecycle.timerFired(
+            now: .now(), lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
+            requestTimeout: (exchange.generation ?? worker.generation).shared.requestTimeout)
+        switch action {
+        case .rearm:
             armTimer()
-            return
-        }
-        switch state {
-        case .idle:
-            state = .closing
+        case .close:
             io.close()
-        case .head:
-            beginExchange()
-            respondError(.clientTimeout)
-        case .policy, .connecting, .proxying:
-            respondError(.requestTimeout)
-        case .closing, .closed:
+        case .answer(let error):
+            beginExchange()  // a head that never completed is answered as a request
+            respondError(error)
+        case .nothing:
             break
         }
     }

@@ -31,19 +31,15 @@ final class Exchange {
 
     // The request body on its way up.
     var requestBody = DownstreamConnectionHandler.Body.none
-    var requestBodyDone = true
     var requestBodyBytes = 0
 
     // The response on its way down.
     var response = ResponseHead()
-    var responsePhase = DownstreamConnectionHandler.ResponsePhase.head
     /// A response head that has not fully arrived.
     var responseHeadBuffer: ByteBuffer?
     var responseBody = DownstreamConnectionHandler.Body.none
     /// The client gets the body re-framed as chunks.
     var responseChunkedOut = false
-    /// The client has had bytes of the response: no retry, and an error can only cut it.
-    var responseStarted = false
     var upstreamReusable = true
     /// The status the client got (for the log phase, metrics and the log line).
     var sentStatus = 0
@@ -83,14 +79,11 @@ final class Exchange {
         trace = TraceContext()
         traced = false
         requestBody = .none
-        requestBodyDone = true
         requestBodyBytes = 0
         response.status = 0
-        responsePhase = .head
         responseHeadBuffer = nil
         responseBody = .none
         responseChunkedOut = false
-        responseStarted = false
         upstreamReusable = true
         sentStatus = 0
         attempt = Attempt()
@@ -144,8 +137,6 @@ struct Attempt {
     var retryableBody = false
     /// `pool.health.inFlight` counts this try.
     var pending = false
-    /// The try was sent again once on a new connection after a pooled one turned out closed.
-    var retriedStale = false
     /// When the current try was sent.
     var start = NIODeadline.uptimeNanoseconds(0)
 }

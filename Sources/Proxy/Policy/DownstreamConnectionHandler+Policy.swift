@@ -13,7 +13,7 @@ extension DownstreamConnectionHandler: PolicyStream {
     func accessEnded(_ outcome: PolicyOutcome) {
         switch outcome {
         case .proceed:
-            guard state == .policy, let head = exchange.policy.requestHead, let route = exchange.route else { return }
+            guard lifecycle.awaitingPolicy, let head = exchange.policy.requestHead, let route = exchange.route else { return }
             forward(head, route: route)
         case .respond(let early):
             writeLocalResponse(early.status, headers: early.headers, json: early.json, body: early.body, close: false)
@@ -28,7 +28,7 @@ extension DownstreamConnectionHandler: PolicyStream {
         accessEnded(outcome)
     }
 
-    var awaitingPolicy: Bool { state == .policy }
+    var awaitingPolicy: Bool { lifecycle.awaitingPolicy }
 
     // MARK: the listener's router
 
@@ -84,7 +84,7 @@ extension DownstreamConnectionHandler: PolicyStream {
     private func bodyCollected(_ body: ByteBuffer) {
         exchange.policy.edits.body = body
         exchange.requestBody = .none
-        exchange.requestBodyDone = true
+        lifecycle.requestBodyFinished()
         // The upstream gets the body with the head: there is no `100 Continue` to wait for.
         exchange.policy.edits.headers.set(Self.expectName, lower: Self.expectLower, nil)
     }
@@ -94,7 +94,7 @@ extension DownstreamConnectionHandler: PolicyStream {
 
     func requestBodyWanted() {
         // A client that sent `Expect: 100-continue` holds its body until told to go on.
-        if exchange.request.expectContinue, exchange.request.minorVersion >= 1 {
+        if lifecycle.bodyWanted() {
             var interim = allocator.buffer(capacity: 32)
             interim.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
             io.write(interim)

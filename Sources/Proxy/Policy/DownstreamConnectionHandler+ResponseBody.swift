@@ -44,7 +44,7 @@ extension DownstreamConnectionHandler {
     }
 
     func responseBodyWanted() {
-        exchange.responsePhase = .collecting
+        lifecycle.responseCollecting()
     }
 
     /// More upstream bytes (or its close) while a response phase waits for the body.
@@ -64,7 +64,7 @@ extension DownstreamConnectionHandler {
         }
         var rest = exchange.policy.responseRest ?? ByteBuffer()
         exchange.policy.responseRest = nil
-        exchange.responsePhase = .head
+        lifecycle.responseCollected()
         guard sendResponseHead(head, framing: exchange.responseBody, &rest) else { return }
         // What stayed in `rest` (a body found too large) streams on as usual.
         upstreamRead(rest)

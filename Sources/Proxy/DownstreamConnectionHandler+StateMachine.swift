@@ -7,18 +7,23 @@ import NIOCore
 /// no socket, buffer or clock (time is passed in), so every move is tested without a socket
 /// (`ConnectionStateMachineTests`). Switches are exhaustive, and moves that cannot happen assert.
 ///
+/// The request's data sits beside the state rather than in an enum payload: it is valid from
+/// `head` (its start) to the end of `request`. Every event on the hot path then changes a field
+/// in place; as a payload, each cost 30-45 instructions of copying out and back (callgrind,
+/// about 2% of a proxied request).
+///
 /// What it decides: whether bytes are a head to read, body to forward or held; when a request
 /// ends and whether the connection then serves the next one or closes; what a timeout, an
 /// upstream that closed or an error means at each point; whether reads pause. What it leaves to
 /// the handler: the bytes themselves, the route, the policy session and the tries' targets.
 struct ConnectionStateMachine {
-    enum State {
+    enum State: Equatable {
         /// Between requests.
         case idle
-        /// Part of a head has arrived.
-        case head(started: NIODeadline)
-        /// A request is in progress.
-        case request(Request)
+        /// Part of a head has arrived (`request.started` says when).
+        case head
+        /// A request is in progress (`request` says where it stands).
+        case request
         /// The last answer is written; the connection closes once it is out.
         case closing
         case closed
@@ -50,21 +55,23 @@ struct ConnectionStateMachine {
 
         var stage = Stage.routing
         /// When the request's first byte came (its deadline runs from there).
-        let started: NIODeadline
-        var bodyDone: Bool
+        var started: NIODeadline
+        var bodyDone = true
         var response = Response.head
         /// The client has had bytes of the response: no retry, and an error can only cut it.
         var responseStarted = false
         /// The request may be sent again as it is (RFC 9110 9.2.2).
-        let idempotent: Bool
+        var idempotent = false
         /// The client asked to be told to send its body (`Expect: 100-continue`, HTTP/1.1).
-        let expectContinue: Bool
+        var expectContinue = false
         var continueSent = false
         /// The try was sent again once on a new connection after a pooled one turned out closed.
         var retriedStale = false
     }
 
     private(set) var state = State.idle
+    /// The request in progress (or whose head is arriving); stale otherwise.
+    private(set) var request = Request(started: .uptimeNanoseconds(0))
     /// The client keeps the connection after the current request (its head said so, and the
     /// gateway is not draining).
     private(set) var keepAlive = true
@@ -92,7 +99,7 @@ struct ConnectionStateMachine {
         switch state {
         case .idle, .head:
             return .parseHead
-        case .request(let request):
+        case .request:
             switch request.stage {
             case .routing, .connecting, .answered: return .hold
             case .policy: return .holdForPolicy
@@ -106,39 +113,41 @@ struct ConnectionStateMachine {
     /// Bytes of a head are in (read now, or held since the last request): true if they start
     /// one, whose deadline then runs from `now`.
     mutating func headBytes(now: NIODeadline) -> Bool {
-        guard case .idle = state else { return false }
-        state = .head(started: now)
+        guard state == .idle else { return false }
+        state = .head
+        request.started = now
         return true
     }
 
     /// When the request in progress (or its head) began.
     var requestStarted: NIODeadline? {
         switch state {
-        case .head(let started): return started
-        case .request(let request): return request.started
+        case .head, .request: return request.started
         case .idle, .closing, .closed: return nil
         }
     }
 
     /// The head parsed (or failed to): a request is in progress from here.
     mutating func headParsed(keepAlive: Bool, bodyDone: Bool, idempotent: Bool, expectContinue: Bool, draining: Bool) {
-        guard case .head(let started) = state else {
+        guard state == .head else {
             assertionFailure("a head parsed in \(state)")
             return
         }
         self.keepAlive = keepAlive && !draining
         closeAfterResponse = false
-        state = .request(Request(started: started, bodyDone: bodyDone, idempotent: idempotent, expectContinue: expectContinue))
+        request = Request(started: request.started, bodyDone: bodyDone, idempotent: idempotent, expectContinue: expectContinue)
+        state = .request
     }
 
     /// A head that cannot be read (too large, timed out) is answered as a request of its own.
     mutating func headRefused() {
-        guard case .head(let started) = state else {
+        guard state == .head else {
             assertionFailure("a head refused in \(state)")
             return
         }
         keepAlive = false
-        state = .request(Request(started: started, bodyDone: true, idempotent: false, expectContinue: false))
+        request = Request(started: request.started)
+        state = .request
     }
 
     // MARK: the request's stages
@@ -152,42 +161,36 @@ struct ConnectionStateMachine {
 
     /// Whether the access phase is what the request waits for.
     var awaitingPolicy: Bool {
-        if case .request(let request) = state, request.stage == .policy { return true }
-        return false
+        state == .request && request.stage == .policy
     }
 
     /// Whether the request waits for an upstream connection (a late one is not used otherwise).
     var awaitingConnection: Bool {
-        if case .request(let request) = state, request.stage == .connecting { return true }
-        return false
+        state == .request && request.stage == .connecting
     }
 
     /// A script wants the request body: whether to send `100 Continue` first (once, and only
     /// to a client that asked and has not sent the body).
     mutating func bodyWanted() -> Bool {
-        guard case .request(var request) = state, request.expectContinue, !request.continueSent, !request.bodyDone else { return false }
+        guard state == .request, request.expectContinue, !request.continueSent, !request.bodyDone else { return false }
         request.continueSent = true
-        state = .request(request)
         return true
     }
 
     mutating func requestBodyFinished() { update { $0.bodyDone = true } }
 
     var requestBodyDone: Bool {
-        if case .request(let request) = state { return request.bodyDone }
-        return true
+        state == .request ? request.bodyDone : true
     }
 
     // MARK: the response
 
     var response: Request.Response {
-        if case .request(let request) = state { return request.response }
-        return .head
+        state == .request ? request.response : .head
     }
 
     var responseStarted: Bool {
-        if case .request(let request) = state { return request.responseStarted }
-        return false
+        state == .request && request.responseStarted
     }
 
     /// An HTTP/1.0 client reads the body to the close.
@@ -214,12 +217,11 @@ struct ConnectionStateMachine {
     /// The last byte of the upstream's response went to the client. `clean`: the upstream
     /// connection may be pooled (the origin read the whole request).
     mutating func responseFinished() -> (next: Next, clean: Bool) {
-        guard case .request(var request) = state else {
+        guard state == .request else {
             assertionFailure("a response finished in \(state)")
             return (.closeAfterFlush, false)
         }
         request.response = .done
-        state = .request(request)
         if request.bodyDone { return (nextAfterResponse, true) }
         // The origin answered before reading the whole body (an early 413, say). What is
         // left of the body cannot be told from a next request: close both sides after this.
@@ -232,7 +234,7 @@ struct ConnectionStateMachine {
     /// dropped. Whether the connection then serves the next request: before the head is written,
     /// which says `Connection: close` when it will not.
     mutating func answering(mustClose: Bool, bodyDropped: Bool) -> Next {
-        guard case .request(var request) = state else {
+        guard state == .request else {
             assertionFailure("an answer in \(state)")
             return .closeAfterFlush
         }
@@ -240,7 +242,6 @@ struct ConnectionStateMachine {
         request.response = .done
         request.responseStarted = true
         if bodyDropped { request.bodyDone = true }
-        state = .request(request)
         return mustClose || !bodyDropped ? .closeAfterFlush : nextAfterResponse
     }
 
@@ -288,7 +289,7 @@ struct ConnectionStateMachine {
 
     func errorAction() -> ErrorAction {
         switch state {
-        case .request(let request): return request.responseStarted ? .cut : .answer
+        case .request: return request.responseStarted ? .cut : .answer
         case .head: return .answer
         case .idle, .closing, .closed: return .cut
         }
@@ -296,8 +297,7 @@ struct ConnectionStateMachine {
 
     /// Whether a failed try may go to another target as far as the connection is concerned.
     var mayRetry: Bool {
-        if case .request(let request) = state { return !request.responseStarted }
-        return false
+        state == .request && !request.responseStarted
     }
 
     /// What the upstream closing means.
@@ -321,7 +321,7 @@ struct ConnectionStateMachine {
     /// `canResend`: the request head is still in hand and no response byte came;
     /// `untilClose`: the response body is delimited by the close.
     mutating func upstreamClosed(reused: Bool, canResend: Bool, untilClose: Bool) -> UpstreamClosedAction {
-        guard case .request(var request) = state else { return .nothing }
+        guard state == .request else { return .nothing }
         switch request.response {
         case .head:
             // A pooled connection the origin closed as it was reused (its keep-alive timeout):
@@ -330,7 +330,6 @@ struct ConnectionStateMachine {
             if reused, canResend, request.idempotent, request.bodyDone, !request.retriedStale, request.stage == .proxying {
                 request.retriedStale = true
                 request.stage = .connecting
-                state = .request(request)
                 return .reconnect
             }
             return .tryFailed(.upstreamClosed)
@@ -357,14 +356,14 @@ struct ConnectionStateMachine {
 
     /// The client's connection closed. False if it was closed already.
     mutating func clientClosed() -> Bool {
-        if case .closed = state { return false }
+        if state == .closed { return false }
         state = .closed
         return true
     }
 
     /// Closes at once (an error past the response head, shutdown). False if it was closed already.
     mutating func closeNow() -> Bool {
-        if case .closed = state { return false }
+        if state == .closed { return false }
         state = .closing
         return true
     }
@@ -372,7 +371,7 @@ struct ConnectionStateMachine {
     /// The gateway drains: no request after the current one. True if the connection may close now.
     mutating func drain(buffered: Bool) -> Bool {
         keepAlive = false
-        guard case .idle = state, !buffered else { return false }
+        guard state == .idle, !buffered else { return false }
         state = .closing
         return true
     }
@@ -388,11 +387,11 @@ struct ConnectionStateMachine {
 
     /// When the timer should next look: the idle timeout between requests, the request
     /// timeout from a request's first byte.
-    func deadline(lastActivity: NIODeadline, idleTimeout: TimeAmount, requestTimeout: TimeAmount) -> NIODeadline {
+    /// (The timeouts are read only when they apply: each is a few loads through the generation.)
+    func deadline(lastActivity: NIODeadline, idleTimeout: @autoclosure () -> TimeAmount, requestTimeout: @autoclosure () -> TimeAmount) -> NIODeadline {
         switch state {
-        case .idle: return lastActivity + idleTimeout
-        case .head(let started): return started + requestTimeout
-        case .request(let request): return request.started + requestTimeout
+        case .idle: return lastActivity + idleTimeout()
+        case .head, .request: return request.started + requestTimeout()
         case .closing, .closed: return .distantFuture
         }
     }
@@ -407,9 +406,11 @@ struct ConnectionStateMachine {
         case nothing
     }
 
-    mutating func timerFired(now: NIODeadline, lastActivity: NIODeadline, idleTimeout: TimeAmount, requestTimeout: TimeAmount) -> TimerAction {
+    mutating func timerFired(
+        now: NIODeadline, lastActivity: NIODeadline, idleTimeout: @autoclosure () -> TimeAmount, requestTimeout: @autoclosure () -> TimeAmount
+    ) -> TimerAction {
         if isClosing { return .nothing }
-        if now < deadline(lastActivity: lastActivity, idleTimeout: idleTimeout, requestTimeout: requestTimeout) { return .rearm }
+        if now < deadline(lastActivity: lastActivity, idleTimeout: idleTimeout(), requestTimeout: requestTimeout()) { return .rearm }
         switch state {
         case .idle:
             state = .closing
@@ -428,16 +429,19 @@ struct ConnectionStateMachine {
 
     /// Whether client reads pause: a head is read whole; a request in progress may hold
     /// `buffered` bytes up to `limit` (more while a script waits for a body it may hold);
-    /// a streamed body goes only as fast as the upstream takes it.
-    func readsPaused(buffered: Int, limit: Int, bodyWaitLimit: Int?, upstreamWritable: Bool) -> Bool {
+    /// a streamed body goes only as fast as the upstream takes it. (Inputs are read only where
+    /// they decide: this runs on every read.)
+    func readsPaused(
+        buffered: @autoclosure () -> Int, limit: Int, bodyWaitLimit: @autoclosure () -> Int?, upstreamWritable: @autoclosure () -> Bool
+    ) -> Bool {
         switch state {
         case .idle, .head: return false
         case .closing, .closed: return true
-        case .request(let request):
+        case .request:
             switch request.stage {
-            case .routing, .connecting, .answered: return buffered > limit
-            case .policy: return buffered > max(limit, bodyWaitLimit ?? 0)
-            case .proxying: return request.bodyDone ? buffered > limit : !upstreamWritable
+            case .routing, .connecting, .answered: return buffered() > limit
+            case .policy: return buffered() > max(limit, bodyWaitLimit() ?? 0)
+            case .proxying: return request.bodyDone ? buffered() > limit : !upstreamWritable()
             }
         }
     }
@@ -449,13 +453,10 @@ struct ConnectionStateMachine {
     }
 
     private mutating func update(_ change: (inout Request) -> Void) {
-        guard case .request(var request) = state else {
+        guard state == .request else {
             assertionFailure("a request event in \(state)")
             return
         }
-        // Out of the enum while it changes, so the payload is not copied.
-        state = .idle
         change(&request)
-        state = .request(request)
     }
 }

@@ -56,8 +56,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     var readsOff = false
     var upstreamUnflushed = false
     var lastActivity = NIODeadline.now()
-    var timer: Scheduled<Void>?
-    var timerDeadline = NIODeadline.distantFuture
+    var timer = ConnectionTimer()
 
     init(worker: ProxyWorker, listener: ListenerHandle) {
         self.worker = worker
@@ -81,8 +80,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
         io = .none
     }
 
@@ -127,8 +125,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
         // The exchange ends first: its log line says whether the client had an answer.
         endExchange(completed: false)
         if lifecycle.clientClosed() { worker.unregister(self) }
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
     }
 
     func read(_ bytes: ByteBuffer) {
@@ -237,15 +234,11 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     func armTimer() {
         guard io.isAttached else { return }
         let deadline = currentDeadline
-        if timer != nil {
-            // Keep the scheduled timer unless the new deadline is earlier (a request timeout
-            // shorter than the idle one); a later one is picked up when it fires.
-            if timerDeadline <= deadline { return }
-            timer?.cancel()
-        }
-        timerDeadline = deadline
-        timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
-            timer = nil
+        // Keep the armed timer unless the new deadline is earlier (a request timeout shorter
+        // than the idle one); a later one is picked up when it fires.
+        if timer.isArmed, timer.deadline <= deadline { return }
+        timer.arm(at: deadline, loop: worker.eventLoop, socketLoop: worker.socketLoop) { [self] in
+            timer.fired()
             timerFired()
         }
     }

@@ -3,11 +3,14 @@ import Logging
 import Telemetry
 import NIOCore
 import Scripting
+import SocketLoop
 
 /// Everything one event loop owns: the generation it serves, its upstream pools, its client
 /// connections and its request-id sequence. Touched only on its loop, so nothing here locks.
 public final class ProxyWorker {
     public let eventLoop: EventLoop
+    /// The same loop when it is the gateway's own (its cheaper loop-thread timers), else nil.
+    let socketLoop: SocketLoop?
     let logger: Logger
     private(set) var generation: WorkerGeneration
     private var pools: [TargetKey: TargetPool] = [:]
@@ -37,6 +40,7 @@ public final class ProxyWorker {
     init(eventLoop: EventLoop, generation: ProxyGeneration, logger: Logger, connector: UpstreamConnector?) {
         self.connector = connector
         self.eventLoop = eventLoop
+        self.socketLoop = eventLoop as? SocketLoop
         self.logger = logger
         self.requestIDs = RequestIDGenerator()
         // A placeholder first: building the balancers fills `pools`, which needs `self`.

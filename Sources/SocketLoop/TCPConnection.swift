@@ -53,7 +53,9 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     private var pending = CircularBuffer<PendingWrite>(initialCapacity: 4)
     /// Promises of writes the kernel has taken, completed once the queue is consistent again
     /// (a completion may write, flush or close).
-    private var written = CircularBuffer<EventLoopPromise<Void>>()
+    /// Made on the first write with a promise: most connections never have one, and an empty
+    /// `CircularBuffer` still holds storage for 16 (about 160 bytes a connection).
+    private var written: CircularBuffer<EventLoopPromise<Void>>?
     private var readsPaused = false
     private var waitingForWritable = false
     private var closeWhenFlushed = false
@@ -351,14 +353,17 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         while !pending.isEmpty, pending[pending.startIndex].bytes.readableBytes <= left {
             let size = pending[pending.startIndex].bytes.readableBytes
             left -= size
-            if let promise = pending.removeFirst().promise { written.append(promise) }
+            if let promise = pending.removeFirst().promise {
+                if written == nil { written = CircularBuffer(initialCapacity: 4) }
+                written!.append(promise)
+            }
         }
         if left > 0 { pending[pending.startIndex].bytes.moveReaderIndex(forwardBy: left) }
         if !isWritable, pendingBytes < writeWatermarks.low {
             isWritable = true
             delegate?.connectionWritabilityChanged(self)
         }
-        while let promise = written.popFirst() { promise.succeed() }
+        while let promise = written?.popFirst() { promise.succeed() }
     }
 
     // MARK: closing

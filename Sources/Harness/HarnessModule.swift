@@ -1,5 +1,6 @@
 import CLuaRuntime
 import Config
+import NIOCore
 import Proxy
 import Scripting
 import Telemetry
@@ -39,6 +40,7 @@ final class TestContext {
         accessLog = []
         clock.reset()
         simulation.metrics.reset()
+        simulation.resetTargetHealth()
     }
 }
 
@@ -119,7 +121,11 @@ public struct HarnessModule: LuaModule {
             let L = L!
             guard let context = testContext(L) else { return notInTest(L, "harness.clock.advance") }
             guard lua_type(L, 1) == LUA_TNUMBER else { return Lua.raise(L, "harness.clock.advance(seconds)") }
-            context.clock.advance(lua_tonumberx(L, 1, nil))
+            let seconds = lua_tonumberx(L, 1, nil)
+            guard seconds >= 0, seconds <= 1e9 else { return Lua.raise(L, "harness.clock.advance: seconds from 0 to 1e9") }
+            context.clock.advance(seconds)
+            // The data plane's clock too: its timeouts, breakers and ejections come due.
+            context.simulation.advance(by: .nanoseconds(Int64((seconds * 1e9).rounded())))
             return 0
         }
         lua_setfield(L, -2, "clock")

@@ -125,10 +125,13 @@ extension DownstreamConnectionHandler {
 }
 
 extension ProxyWorker {
-    /// Serves a newly accepted client connection on this worker.
-    public func accept(_ channel: Channel, listener: ListenerHandle) throws {
-        eventLoop.assertInEventLoop()
-        try channel.pipeline.syncOperations.addHandler(DownstreamConnectionHandler(worker: self, listener: listener))
+    /// Serves the server end of an in-memory pipe (the simulation's client connection).
+    @discardableResult
+    func accept(_ end: MemoryPipe.End, listener: ListenerHandle) -> DownstreamConnectionHandler {
+        let handler = DownstreamConnectionHandler(worker: self, listener: listener)
+        end.delegate = handler
+        handler.attach(.memory(end))
+        return handler
     }
 
     /// Serves a newly accepted socket on this worker's `SocketLoop`, with no pipeline between

@@ -45,11 +45,11 @@ extension DownstreamConnectionHandler {
         endExchange(completed: true)
         switch lifecycle.exchangeEnded(next, buffered: inbound != nil) {
         case .readNextHead:
-            lastActivity = .now()
+            lastActivity = worker.clock.now()
             processInbound()
             updateReads()
         case .waitForNext:
-            lastActivity = .now()
+            lastActivity = worker.clock.now()
             updateReads()
         case .closeAfterFlush:
             // The client may still be sending (a refused head or body): drained, not reset.

@@ -13,7 +13,7 @@ extension DownstreamConnectionHandler {
         let shared = worker.generation.shared
         let log = worker.accessLog
         guard shared.metricsEnabled || log.isOn || exchange.traced else { return }
-        let nanoseconds = (NIODeadline.now() - (lifecycle.requestStarted ?? lastActivity)).nanoseconds
+        let nanoseconds = (worker.clock.now() - (lifecycle.requestStarted ?? lastActivity)).nanoseconds
         if shared.metricsEnabled {
             worker.metrics.request(route: exchange.route?.metricID ?? -1, method: exchange.metricMethod, status: status, seconds: Double(nanoseconds) / 1e9)
         }
@@ -45,7 +45,7 @@ extension DownstreamConnectionHandler {
     /// The current try's span, ended now: its status, or why it failed.
     func recordTrySpan(_ pool: TargetPool, status: Int, error: String?) {
         let end = Self.wallClockNanoseconds()
-        let nanoseconds = (NIODeadline.now() - exchange.attempt.start).nanoseconds
+        let nanoseconds = (worker.clock.now() - exchange.attempt.start).nanoseconds
         worker.spans.record(
             RecordedSpan(
                 traceHigh: exchange.trace.traceHigh, traceLow: exchange.trace.traceLow, spanID: exchange.trace.trySpanID, parentID: exchange.trace.spanID,

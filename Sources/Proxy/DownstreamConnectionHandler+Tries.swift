@@ -26,7 +26,7 @@ extension DownstreamConnectionHandler {
             pool = balancer.pool(index)
         }
         exchange.attempt.count += 1
-        exchange.attempt.start = .now()
+        exchange.attempt.start = worker.clock.now()
         exchange.trace.trySpanID = worker.requestIDs.next64() | 1
         if exchange.attempt.count > 1 { worker.metrics.upstream(.retry, upstream: balancer.upstream.metricID) }
         exchange.attempt.pool = pool
@@ -75,7 +75,7 @@ extension DownstreamConnectionHandler {
         guard exchange.attempt.pending, let pool = exchange.attempt.pool else { return }
         exchange.attempt.pending = false
         if let balancer = exchange.attempt.balancer {
-            let nanoseconds = (NIODeadline.now() - exchange.attempt.start).nanoseconds
+            let nanoseconds = (worker.clock.now() - exchange.attempt.start).nanoseconds
             exchange.record.upstreamNanoseconds += nanoseconds
             if worker.generation.shared.metricsEnabled {
                 worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double(nanoseconds) / 1e9)
@@ -108,7 +108,7 @@ extension DownstreamConnectionHandler {
             exchange.attempt.pending = false
             if exchange.traced { recordTrySpan(pool, status: 0, error: error.message) }
             pool.health.inFlight -= 1
-            if pool.health.failed(.now(), pool.settings) {
+            if pool.health.failed(worker.clock.now(), pool.settings) {
                 worker.logger.warning(
                     "upstream target ejected after failed tries",
                     metadata: ["target": "\(pool.key.host):\(pool.key.port)", "error": "\(error.message)", "request_id": "\(String(buffer: exchange.requestID))"])
@@ -116,7 +116,7 @@ extension DownstreamConnectionHandler {
             worker.breakerRecord(pool, success: false)
         }
         // Another target, if one is left and the budget allows: else this try's failure stands.
-        if error.retryable, canRetry(), let route = exchange.route, let balancer = exchange.attempt.balancer, let index = balancer.pick(tried: exchange.attempt.tried, key: exchange.attempt.hashKey), balancer.takeRetry() {
+        if error.retryable, canRetry(), let route = exchange.route, let balancer = exchange.attempt.balancer, let index = balancer.pick(tried: exchange.attempt.tried, key: exchange.attempt.hashKey, now: worker.clock.now()), balancer.takeRetry(worker.clock.now()) {
             startTry(route: route, index: index)
             return
         }

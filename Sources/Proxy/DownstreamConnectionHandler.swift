@@ -15,9 +15,7 @@ import SocketLoop
 ///
 /// On the gateway's workers it is its socket's delegate (`ConnectionIO.socket`); in the test
 /// harness and on NIO loops, a handler in the channel's pipeline. Both feed the same methods.
-final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDelegate, UpstreamExchange {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
 
     enum Body {
         case none
@@ -55,13 +53,14 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
     /// Whether `autoRead` is off on the client channel.
     var readsOff = false
     var upstreamUnflushed = false
-    var lastActivity = NIODeadline.now()
+    var lastActivity: NIODeadline
     var timer = ConnectionTimer()
 
     init(worker: ProxyWorker, listener: ListenerHandle) {
         self.worker = worker
         self.listener = listener
         self.exchange = worker.vacantExchange
+        self.lastActivity = worker.clock.now()
     }
 
     // MARK: channel events
@@ -74,46 +73,13 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
         armTimer()
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        allocator = context.channel.allocator
-        attach(.pipeline(context))
-    }
+    // MARK: stream events (ByteStreamDelegate)
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        timer.cancel()
-        io = .none
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        closed()
-        context.fireChannelInactive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        read(unwrapInboundIn(data))
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        readComplete()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        forceClose()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        writabilityChanged(context.channel.isWritable)
-        context.fireChannelWritabilityChanged()
-    }
-
-    // MARK: socket events (TCPConnectionDelegate)
-
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) { read(bytes) }
-    func connectionReadComplete(_ connection: TCPConnection) { readComplete() }
-    func connectionWritabilityChanged(_ connection: TCPConnection) { writabilityChanged(connection.isWritable) }
-    /// An error has already closed the socket: what `errorCaught` then `channelInactive` do
-    /// on a pipeline comes down to `closed()`.
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {
+    func streamRead(_ stream: ByteStream, _ bytes: ByteBuffer) { read(bytes) }
+    func streamReadComplete(_ stream: ByteStream) { readComplete() }
+    func streamWritabilityChanged(_ stream: ByteStream) { writabilityChanged(stream.isWritable) }
+    /// An error has already closed the stream: all that is left is `closed()`.
+    func streamClosed(_ stream: ByteStream, error: SocketError?) {
         closed()
         io = .none
     }
@@ -130,7 +96,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
 
     func read(_ bytes: ByteBuffer) {
         var buffer = bytes
-        lastActivity = .now()
+        lastActivity = worker.clock.now()
         switch lifecycle.clientBytes() {
         case .parseHead:
             appendInbound(&buffer)
@@ -251,7 +217,7 @@ final class DownstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDel
 
     func timerFired() {
         let action = lifecycle.timerFired(
-            now: .now(), lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
+            now: worker.clock.now(), lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
             requestTimeout: (exchange.generation ?? worker.generation).shared.requestTimeout)
         switch action {
         case .rearm:

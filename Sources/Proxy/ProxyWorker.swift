@@ -11,6 +11,9 @@ public final class ProxyWorker {
     public let eventLoop: EventLoop
     /// The same loop when it is the gateway's own (its cheaper loop-thread timers), else nil.
     let socketLoop: SocketLoop?
+    /// Where the data plane reads the time: the system's clock, or the simulation's, which
+    /// moves only when a test advances it (timeouts, breakers and ejections follow it).
+    let clock: WorkerClock
     let logger: Logger
     private(set) var generation: WorkerGeneration
     private var pools: [TargetKey: TargetPool] = [:]
@@ -41,12 +44,16 @@ public final class ProxyWorker {
         self.connector = connector
         self.eventLoop = eventLoop
         self.socketLoop = eventLoop as? SocketLoop
+        self.clock = (eventLoop as? ManualLoop).map { .manual($0) } ?? .system
         self.logger = logger
         self.requestIDs = RequestIDGenerator()
         // A placeholder first: building the balancers fills `pools`, which needs `self`.
         self.generation = WorkerGeneration(shared: generation, balancers: [])
         self.generation = WorkerGeneration(shared: generation, balancers: makeBalancers(generation))
         accessLog.use(generation.config.accessLog.destination)
+        // The simulation keeps its log lines as they are written and exports no spans: no
+        // flush to run (a test that advances its clock by an hour would run 36,000 of them).
+        if clock.isManual { return }
         // Weak: the task lives as long as the worker, which owns it.
         let this = NIOLoopBound(WeakWorker(self), eventLoop: eventLoop)
         logFlush = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
@@ -100,7 +107,7 @@ public final class ProxyWorker {
                         pool = existing
                     } else {
                         pool = TargetPool(
-                            key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, connector: connector)
+                            key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, clock: clock, connector: connector)
                         pool.probedDown = probedDown.contains("\(target.key.host):\(target.key.port)")
                         pools[target.key] = pool
                     }
@@ -118,7 +125,7 @@ public final class ProxyWorker {
         if let pool = pools[key] { return pool }
         guard dynamicPools < Self.maxDynamicPools else { return nil }
         dynamicPools += 1
-        let pool = TargetPool(key: key, address: address, settings: settings, eventLoop: eventLoop, connector: connector)
+        let pool = TargetPool(key: key, address: address, settings: settings, eventLoop: eventLoop, clock: clock, connector: connector)
         pools[key] = pool
         return pool
     }
@@ -146,7 +153,7 @@ public final class ProxyWorker {
     public var targetHealth: [String: (ejected: Bool, breaker: String, inFlight: Int)] {
         Dictionary(
             uniqueKeysWithValues: pools.values.map {
-                ("\($0.key.host):\($0.key.port)", ($0.health.isEjected, $0.breaker.state.rawValue, $0.health.inFlight))
+                ("\($0.key.host):\($0.key.port)", ($0.health.isEjected(clock.now()), $0.breaker.state.rawValue, $0.health.inFlight))
             })
     }
 
@@ -161,12 +168,21 @@ public final class ProxyWorker {
 
     /// Counts a try's (or call's) outcome in its target's breaker, and says when the breaker opens or closes.
     func breakerRecord(_ pool: TargetPool, success: Bool) {
-        guard let changed = pool.breaker.record(success: success, .now(), pool.settings.breaker) else { return }
+        guard let changed = pool.breaker.record(success: success, clock.now(), pool.settings.breaker) else { return }
         let target = "\(pool.key.host):\(pool.key.port)"
         if changed == .open {
             logger.warning("circuit breaker open: upstream target skipped", metadata: ["target": "\(target)"])
         } else {
             logger.notice("circuit breaker closed: upstream target back", metadata: ["target": "\(target)"])
+        }
+    }
+
+    /// Forgets what passive health and the breakers learned about every target (a test's
+    /// fresh start under `moongate test`).
+    func resetTargetHealth() {
+        for pool in pools.values {
+            pool.health = TargetHealth()
+            pool.breaker = TargetBreaker()
         }
     }
 

@@ -8,6 +8,9 @@ import SocketLoop
 final class TargetPool {
     let key: TargetKey
     let eventLoop: EventLoop
+    /// The worker's clock (the simulation's moves only when a test advances it).
+    let clock: WorkerClock
+    private let socketLoop: SocketLoop?
     private(set) var address: SocketAddress
     private(set) var settings: PoolSettings
     /// `host:port`, the Host header for routes with `host_header: target`.
@@ -48,8 +51,10 @@ final class TargetPool {
     var waiting: Int { waiters.count }
     var idleCount: Int { idle.count }
 
-    init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, connector: UpstreamConnector? = nil) {
+    init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, clock: WorkerClock = .system, connector: UpstreamConnector? = nil) {
         self.connector = connector
+        self.clock = clock
+        self.socketLoop = eventLoop as? SocketLoop
         self.key = key
         self.hostHeader = Array(SocketAddressSpec(host: key.host, port: key.port).description.utf8)
         self.logName = Array("\(key.host):\(key.port)".utf8)
@@ -76,19 +81,18 @@ final class TargetPool {
     func connect() -> EventLoopFuture<UpstreamConnectionHandler> {
         let settings = self.settings
         openConnections += 1
-        if let connector {
-            let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
-            handler.pool = self
-            return connector.connect(self, handler: handler).assumeIsolatedUnsafeUnchecked().map { handler }.nonisolated()
-        }
+        let clock = self.clock, socketLoop = self.socketLoop
         let future: EventLoopFuture<UpstreamConnectionHandler>
-        if let loop = eventLoop as? SocketLoop {
+        if let connector {
+            let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout, clock: clock, socketLoop: nil)
+            future = connector.connect(self, handler: handler).assumeIsolatedUnsafeUnchecked().map { handler }.nonisolated()
+        } else if let loop = socketLoop {
             // The gateway's workers: the handler is the socket's delegate, no pipeline.
             let promise = loop.makePromise(of: UpstreamConnectionHandler.self)
             TCPClient.connectSocket(to: address, on: loop, timeout: settings.connectTimeout) { result in
                 switch result {
                 case .success(let connection):
-                    let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
+                    let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout, clock: clock, socketLoop: loop)
                     do {
                         try handler.attach(socket: connection)
                         promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
@@ -104,18 +108,8 @@ final class TargetPool {
             }
             future = promise.futureResult
         } else {
-            future = TCPClient.connect(to: address, on: eventLoop, timeout: settings.connectTimeout) { channel in
-                let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout)
-                try channel.pipeline.syncOperations.addHandler(handler)
-            }
-            .flatMapThrowing { channel in
-                try channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self)
-            }
-            .flatMapErrorThrowing { error in
-                // NIO's bootstrap says a timeout its own way; the pool says it as ours.
-                if case ChannelError.connectTimeout = error { throw ProxyError.connectTimeout }
-                throw ProxyError.unreachable
-            }
+            // Proxy handlers run on the gateway's loops or in the simulation only.
+            future = eventLoop.makeFailedFuture(ProxyError.unreachable)
         }
         let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
         return future.always { result in
@@ -171,7 +165,7 @@ extension TargetPool: Sendable {}
 
 /// Makes upstream connections without sockets: `moongate test` answers them with stubs.
 protocol UpstreamConnector: AnyObject {
-    /// Sets up a channel with `handler` in its pipeline for `pool`'s target.
+    /// Connects `handler` to `pool`'s target (an in-memory pipe a stub answers).
     func connect(_ pool: TargetPool, handler: UpstreamConnectionHandler) -> EventLoopFuture<Void>
     /// Answers an `upstream.call` sub-request to `upstream` (its name in the config).
     func subrequest(_ call: UpstreamCall) -> EventLoopFuture<HTTPFetch.Response>

@@ -6,11 +6,9 @@ import SocketLoop
 /// one request while in use; it forwards bytes and events to that request and holds reads
 /// while the client cannot keep up (back-pressure toward the upstream).
 ///
-/// Like the downstream handler, a socket's delegate on the gateway's workers and a pipeline
-/// handler elsewhere (see `ConnectionIO`).
-final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDelegate {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+/// Like the downstream handler, the delegate of a `ByteStream`: a socket on the gateway's
+/// workers, an in-memory pipe in the simulation (see `ConnectionIO`).
+final class UpstreamConnectionHandler: ByteStreamDelegate {
 
     private var io = ConnectionIO.none
     /// The request using this connection; nil while pooled.
@@ -21,17 +19,21 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
     var pool: TargetPool?
     /// Whether `autoRead` is off (the client cannot take more).
     private var readsOff = false
-    private var lastActivity = NIODeadline.now()
-    private var timer: Scheduled<Void>?
-    private var timerDeadline = NIODeadline.distantFuture
+    private let clock: WorkerClock
+    private let socketLoop: SocketLoop?
+    private var lastActivity: NIODeadline
+    private var timer = ConnectionTimer()
     private var readTimeout: TimeAmount
     private var idleTimeout: TimeAmount
     /// Requests this connection has carried; a reused one may have gone stale in the pool.
     private(set) var uses = 0
 
-    init(readTimeout: TimeAmount, idleTimeout: TimeAmount) {
+    init(readTimeout: TimeAmount, idleTimeout: TimeAmount, clock: WorkerClock, socketLoop: SocketLoop?) {
         self.readTimeout = readTimeout
         self.idleTimeout = idleTimeout
+        self.clock = clock
+        self.socketLoop = socketLoop
+        lastActivity = clock.now()
     }
 
     /// Kept from channel events: asking the channel costs an atomic load and two retains.
@@ -46,20 +48,11 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
         try connection.start(delegate: self)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        io = .pipeline(context)
-        isActive = context.channel.isActive
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
+    /// Takes over one end of an in-memory pipe (`moongate test`'s simulation).
+    func attach(memory end: MemoryPipe.End) {
+        io = .memory(end)
         isActive = true
-        context.fireChannelActive()
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        io = .none
-        timer?.cancel()
-        timer = nil
+        end.delegate = self
     }
 
     /// Hands the connection to a request. `now` is the request's own recent timestamp, so the
@@ -76,7 +69,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
     func detach(idleTimeout: TimeAmount) {
         exchange = nil
         self.idleTimeout = idleTimeout
-        lastActivity = .now()
+        lastActivity = clock.now()
         setReadsPaused(false)
         armTimer()
     }
@@ -84,7 +77,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
     /// Writing counts as activity: the read timeout runs from the end of the request (as
     /// nginx's proxy_read_timeout), so a long upload is not cut while the origin listens.
     func write(_ buffer: ByteBuffer) {
-        lastActivity = .now()
+        lastActivity = clock.now()
         io.write(buffer)
     }
 
@@ -106,34 +99,13 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
 
     // MARK: channel events
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        read(unwrapInboundIn(data))
-    }
+    // MARK: stream events (ByteStreamDelegate)
 
-    func channelReadComplete(context: ChannelHandlerContext) {
-        exchange?.upstreamReadComplete()
-    }
+    func streamRead(_ stream: ByteStream, _ bytes: ByteBuffer) { read(bytes) }
+    func streamReadComplete(_ stream: ByteStream) { exchange?.upstreamReadComplete() }
+    func streamWritabilityChanged(_ stream: ByteStream) { writabilityChanged(stream.isWritable) }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        closed()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        failed(error)
-        context.close(promise: nil)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        writabilityChanged(context.channel.isWritable)
-    }
-
-    // MARK: socket events (TCPConnectionDelegate)
-
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) { read(bytes) }
-    func connectionReadComplete(_ connection: TCPConnection) { exchange?.upstreamReadComplete() }
-    func connectionWritabilityChanged(_ connection: TCPConnection) { writabilityChanged(connection.isWritable) }
-
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {
+    func streamClosed(_ stream: ByteStream, error: SocketError?) {
         if let error { failed(error) }
         closed()
         io = .none
@@ -142,7 +114,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
     // MARK: events
 
     private func read(_ buffer: ByteBuffer) {
-        lastActivity = .now()
+        lastActivity = clock.now()
         if let exchange {
             exchange.upstreamRead(buffer)
         } else {
@@ -153,8 +125,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
 
     private func closed() {
         isActive = false
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
         pool?.remove(self)
         pool = nil
         let exchange = self.exchange
@@ -180,14 +151,10 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
     private func armTimer() {
         guard let eventLoop = io.eventLoop else { return }
         let deadline = lastActivity + (exchange == nil ? idleTimeout : readTimeout)
-        if timer != nil {
-            // A later deadline is picked up when the timer fires; an earlier one reschedules.
-            if timerDeadline <= deadline { return }
-            timer?.cancel()
-        }
-        timerDeadline = deadline
-        timer = eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
-            timer = nil
+        // A later deadline is picked up when the timer fires; an earlier one re-arms it.
+        if timer.isArmed, timer.deadline <= deadline { return }
+        timer.arm(at: deadline, loop: eventLoop, socketLoop: socketLoop) { [self] in
+            timer.fired()
             timerFired()
         }
     }
@@ -195,7 +162,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, TCPConnectionDeleg
     private func timerFired() {
         guard io.isAttached else { return }
         let wait = exchange == nil ? idleTimeout : readTimeout
-        if NIODeadline.now() >= lastActivity + wait {
+        if clock.now() >= lastActivity + wait {
             if let exchange {
                 self.exchange = nil
                 exchange.upstreamTimedOut()

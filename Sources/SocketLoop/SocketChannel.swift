@@ -23,7 +23,7 @@ import Synchronization
 ///
 /// Loop-bound, like NIO's channels: only `isActive`, `isWritable`, `closeFuture` and the
 /// future-returning calls may be used from other threads.
-public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @unchecked Sendable {
+public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unchecked Sendable {
     // @unchecked Sendable: mutable state is touched on the loop only (NIO's own rule for
     // channels); the two flags read from anywhere are atomics.
 
@@ -220,13 +220,13 @@ public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @
     public func channelRead0(_ data: NIOAny) {}
     public func errorCaught0(error: Error) {}
 
-    // MARK: TCPConnectionDelegate
+    // MARK: ByteStreamDelegate
 
-    public func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) {
+    public func streamRead(_ stream: ByteStream, _ bytes: ByteBuffer) {
         _pipeline.syncOperations.fireChannelRead(NIOAny(bytes))
     }
 
-    public func connectionReadComplete(_ connection: TCPConnection) {
+    public func streamReadComplete(_ stream: ByteStream) {
         readRequested = false
         let pipeline = _pipeline.syncOperations
         pipeline.fireChannelReadComplete()
@@ -236,12 +236,12 @@ public final class SocketChannel: Channel, ChannelCore, TCPConnectionDelegate, @
         if !readRequested { connection.pauseReads() }
     }
 
-    public func connectionWritabilityChanged(_ connection: TCPConnection) {
+    public func streamWritabilityChanged(_ stream: ByteStream) {
         writable.store(connection.isWritable, ordering: .relaxed)
         _pipeline.syncOperations.fireChannelWritabilityChanged()
     }
 
-    public func connectionClosed(_ connection: TCPConnection, error: SocketError?) {
+    public func streamClosed(_ stream: ByteStream, error: SocketError?) {
         active.store(false, ordering: .relaxed)
         let pipeline = _pipeline.syncOperations
         if let promise = closing {

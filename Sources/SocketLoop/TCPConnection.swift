@@ -2,31 +2,12 @@ import CEpoll
 import Glibc
 import NIOCore
 
-/// What a ``TCPConnection`` tells its owner. Every call comes on the connection's loop.
-public protocol TCPConnectionDelegate: AnyObject {
-    /// Bytes arrived. The buffer may share storage with the loop's receive buffer; keeping it
-    /// (or a slice) is safe, it only makes the next read allocate.
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer)
-    /// The reads of one readiness event are done: the place to flush what they produced.
-    func connectionReadComplete(_ connection: TCPConnection)
-    /// ``TCPConnection/isWritable`` changed: stop or resume producing.
-    func connectionWritabilityChanged(_ connection: TCPConnection)
-    /// The connection is closed, by either side or an error (`nil`: an orderly close or end of
-    /// stream). Called once; the connection forgets its delegate afterwards.
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?)
-}
-
-extension TCPConnectionDelegate {
-    public func connectionReadComplete(_ connection: TCPConnection) {}
-    public func connectionWritabilityChanged(_ connection: TCPConnection) {}
-}
-
 /// A non-blocking TCP socket on a ``SocketLoop``: reads into `ByteBuffer`s, queues writes and
 /// sends them with `sendmsg` (a gather write), with NIO's back-pressure contract (not writable above a high
 /// watermark of queued bytes until it drains below the low one).
 ///
 /// Loop-bound: create, use and close it on its loop only.
-public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
+public final class TCPConnection: SocketLoopSource, SocketLoopClosable, ByteStream {
     /// Bytes asked of each `read`.
     static let readSize = 16 * 1024
     /// At most this many reads per readiness event, so one busy peer cannot starve the rest.
@@ -39,7 +20,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     public let remoteAddress: SocketAddress?
     /// Whoever handles the bytes; dropped when the connection closes (breaking the cycle with a
     /// delegate that holds the connection).
-    public var delegate: TCPConnectionDelegate?
+    public var delegate: ByteStreamDelegate?
 
     /// Queued bytes above which ``isWritable`` turns false, and below which it turns back.
     public var writeWatermarks = (low: 32 * 1024, high: 64 * 1024)
@@ -92,7 +73,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
     }
 
     /// Starts reading into `delegate` (an accepted connection waits for this).
-    public func start(delegate: TCPConnectionDelegate) throws(SocketError) {
+    public func start(delegate: ByteStreamDelegate) throws(SocketError) {
         loop.preconditionInEventLoop()
         self.delegate = delegate
         guard registration == nil else { return }
@@ -209,24 +190,24 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
             if result > 0 {
                 let filled = buffer.writableBytes == 0
                 delivered = true
-                delegate?.connectionRead(self, buffer)
+                delegate?.streamRead(self, buffer)
                 loop.receiveBuffer = buffer
                 guard isOpen, !readsPaused, filled else { break }
                 continue
             }
             loop.receiveBuffer = buffer
             if result == 0 {
-                if delivered { delegate?.connectionReadComplete(self) }
+                if delivered { delegate?.streamReadComplete(self) }
                 close(error: nil)
                 return
             }
             if failure == EINTR { continue }
             if failure == EAGAIN || failure == EWOULDBLOCK { break }
-            if delivered { delegate?.connectionReadComplete(self) }
+            if delivered { delegate?.streamReadComplete(self) }
             close(error: .system("read", failure))
             return
         }
-        if delivered, isOpen { delegate?.connectionReadComplete(self) }
+        if delivered, isOpen { delegate?.streamReadComplete(self) }
     }
 
     // MARK: reading control
@@ -273,7 +254,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         pendingBytes += bytes.readableBytes
         if isWritable, pendingBytes > writeWatermarks.high {
             isWritable = false
-            delegate?.connectionWritabilityChanged(self)
+            delegate?.streamWritabilityChanged(self)
         }
     }
 
@@ -361,7 +342,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         if left > 0 { pending[pending.startIndex].bytes.moveReaderIndex(forwardBy: left) }
         if !isWritable, pendingBytes < writeWatermarks.low {
             isWritable = true
-            delegate?.connectionWritabilityChanged(self)
+            delegate?.streamWritabilityChanged(self)
         }
         while let promise = written?.popFirst() { promise.succeed() }
     }
@@ -426,7 +407,7 @@ public final class TCPConnection: SocketLoopSource, SocketLoopClosable {
         closeSilently()
         let delegate = self.delegate
         self.delegate = nil
-        delegate?.connectionClosed(self, error: error)
+        delegate?.streamClosed(self, error: error)
     }
 
     private func closeSilently() {

@@ -40,10 +40,10 @@ import FoundationXML
     final class Project {
         let folder: String
 
-        init(tests: [String: String], policy: String = HarnessTests.policy) throws {
+        init(tests: [String: String], policy: String = HarnessTests.policy, config: String = HarnessTests.config) throws {
             folder = FileManager.default.temporaryDirectory.appendingPathComponent("moongate-harness-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: folder + "/policies", withIntermediateDirectories: true)
-            try HarnessTests.config.write(toFile: folder + "/gateway.yaml", atomically: true, encoding: .utf8)
+            try config.write(toFile: folder + "/gateway.yaml", atomically: true, encoding: .utf8)
             try policy.write(toFile: folder + "/policies/policy.lua", atomically: true, encoding: .utf8)
             for (name, source) in tests { try source.write(toFile: folder + "/policies/" + name, atomically: true, encoding: .utf8) }
         }
@@ -75,6 +75,50 @@ import FoundationXML
             end)
             """
         ])
+        let (results, _) = try project.run()
+        #expect(results.first?.tests.map(\.status) == [.passed, .passed], "\(results)")
+    }
+
+    /// `harness.clock.advance` drives the data plane's clock as well as the scripts': passive
+    /// health ejects a failing target, and it is back once its eject time has passed. Each
+    /// test starts with every target healthy.
+    @Test func theClockDrivesPassiveHealth() throws {
+        let config = Self.config.replacingOccurrences(
+            of: "targets: [ \"127.0.0.1:9\" ]", with: "targets: [ \"127.0.0.1:9\" ]\n    passive_health: { failures: 2, eject: 30s }")
+        let project = try Project(
+            tests: [
+                "health_test.lua": """
+                it("ejects a failing target until its eject time passes", function()
+                  local calls = 0
+                  harness.upstream("app", function(req)
+                    calls = calls + 1
+                    if calls <= 2 then return nil, "unavailable" end
+                    return {status = 200, body = "back"}
+                  end)
+                  assert.equals(502, harness.request{path = "/"}.status)
+                  assert.equals(502, harness.request{path = "/"}.status)
+                  -- Ejected: the gateway answers without trying it.
+                  assert.equals(503, harness.request{path = "/"}.status)
+                  assert.equals(2, calls)
+                  harness.clock.advance(29)
+                  assert.equals(503, harness.request{path = "/"}.status)
+                  harness.clock.advance(2)
+                  local res = harness.request{path = "/"}
+                  assert.equals(200, res.status)
+                  assert.equals("back", res.body)
+                  assert.equals(3, calls)
+                  -- It fails again: ejected, and left so for the next test.
+                  harness.upstream("app", function(req) return nil, "unavailable" end)
+                  harness.request{path = "/"}
+                  harness.request{path = "/"}
+                  assert.equals(503, harness.request{path = "/"}.status)
+                end)
+                it("starts with every target healthy", function()
+                  harness.upstream("app", function(req) return {status = 200} end)
+                  assert.equals(200, harness.request{path = "/"}.status)
+                end)
+                """
+            ], config: config)
         let (results, _) = try project.run()
         #expect(results.first?.tests.map(\.status) == [.passed, .passed], "\(results)")
     }

@@ -272,7 +272,7 @@ final class LoopCounter: @unchecked Sendable {
     var value = 0
 }
 
-final class EchoServer: TCPConnectionDelegate, @unchecked Sendable {
+final class EchoServer: ByteStreamDelegate, @unchecked Sendable {
     let address: SocketAddress
     private var listener: TCPListener!
 
@@ -289,7 +289,7 @@ final class EchoServer: TCPConnectionDelegate, @unchecked Sendable {
 
     final class Box { var server: EchoServer? }
 
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) {
+    func streamRead(_ connection: ByteStream, _ bytes: ByteBuffer) {
         if bytes.getString(at: bytes.readerIndex, length: bytes.readableBytes) == "bye" {
             connection.write(bytes)
             connection.closeAfterFlush()
@@ -298,11 +298,11 @@ final class EchoServer: TCPConnectionDelegate, @unchecked Sendable {
         connection.write(bytes)
     }
 
-    func connectionReadComplete(_ connection: TCPConnection) { connection.flush() }
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {}
+    func streamReadComplete(_ connection: ByteStream) { connection.flush() }
+    func streamClosed(_ connection: ByteStream, error: SocketError?) {}
 }
 
-final class Collector: TCPConnectionDelegate {
+final class Collector: ByteStreamDelegate {
     var received = ByteBuffer()
     let until: Int
     let done: (ByteBuffer) -> Void
@@ -310,23 +310,23 @@ final class Collector: TCPConnectionDelegate {
         self.until = until
         self.done = done
     }
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) {
+    func streamRead(_ connection: ByteStream, _ bytes: ByteBuffer) {
         var bytes = bytes
         received.writeBuffer(&bytes)
         if received.readableBytes >= until { done(received) }
     }
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {}
+    func streamClosed(_ connection: ByteStream, error: SocketError?) {}
 }
 
-final class CloseWatcher: TCPConnectionDelegate {
+final class CloseWatcher: ByteStreamDelegate {
     let closed: (SocketError?) -> Void
     init(_ closed: @escaping (SocketError?) -> Void) { self.closed = closed }
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) {}
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?) { closed(error) }
+    func streamRead(_ connection: ByteStream, _ bytes: ByteBuffer) {}
+    func streamClosed(_ connection: ByteStream, error: SocketError?) { closed(error) }
 }
 
 /// Writes `total` bytes of a known pattern, only while the connection is writable.
-final class Source: TCPConnectionDelegate {
+final class Source: ByteStreamDelegate {
     static let chunk = 16 * 1024
     let total: Int
     var sent = 0
@@ -356,12 +356,12 @@ final class Source: TCPConnectionDelegate {
             connection.flush()
         }
     }
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) {}
-    func connectionWritabilityChanged(_ connection: TCPConnection) { if connection.isWritable { pump() } }
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {}
+    func streamRead(_ connection: ByteStream, _ bytes: ByteBuffer) {}
+    func streamWritabilityChanged(_ connection: ByteStream) { if connection.isWritable { pump() } }
+    func streamClosed(_ connection: ByteStream, error: SocketError?) {}
 }
 
-final class Sink: TCPConnectionDelegate {
+final class Sink: ByteStreamDelegate {
     let expected: Int
     var received = 0
     var checksum: UInt64 = 0
@@ -371,7 +371,7 @@ final class Sink: TCPConnectionDelegate {
         self.expected = expected
         self.onDone = onDone
     }
-    func connectionRead(_ connection: TCPConnection, _ bytes: ByteBuffer) {
+    func streamRead(_ connection: ByteStream, _ bytes: ByteBuffer) {
         bytes.withUnsafeReadableBytes { p in
             for b in p { checksum = checksum &* 1_000_003 &+ UInt64(b) }
         }
@@ -381,7 +381,7 @@ final class Sink: TCPConnectionDelegate {
             connection.close()
         }
     }
-    func connectionClosed(_ connection: TCPConnection, error: SocketError?) {}
+    func streamClosed(_ connection: ByteStream, error: SocketError?) {}
 }
 
 /// Which thread SIGPIPE hit, for `aWriteToAClosedSocketRaisesNoSIGPIPE` (a C signal handler

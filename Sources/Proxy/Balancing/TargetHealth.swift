@@ -14,7 +14,7 @@ struct TargetHealth {
     @inline(__always)
     func isAvailable(_ now: NIODeadline) -> Bool { now >= ejectedUntil }
 
-    var isEjected: Bool { NIODeadline.now() < ejectedUntil }
+    func isEjected(_ now: NIODeadline) -> Bool { now < ejectedUntil }
 
     /// Returns true if this ejected the target.
     mutating func failed(_ now: NIODeadline, _ settings: PoolSettings) -> Bool {

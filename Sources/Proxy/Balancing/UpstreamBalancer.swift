@@ -35,7 +35,7 @@ final class UpstreamBalancer {
     /// a bit per target index (targets past 63 are never excluded); `key` is the request's
     /// hash key, for `balancer: hash` (without one, round robin).
     @inline(__always)
-    func pick(tried: UInt64 = 0, key: UInt64? = nil, now: NIODeadline = .now()) -> Int? {
+    func pick(tried: UInt64 = 0, key: UInt64? = nil, now: NIODeadline) -> Int? {
         if pools.count == 1 {
             return tried & 1 == 0 && available(0, now) ? 0 : nil
         }
@@ -100,7 +100,7 @@ final class UpstreamBalancer {
     func countRequest(_ now: NIODeadline) { budget.request(now) }
 
     /// Whether one more retry fits the budget; takes it if so.
-    func takeRetry() -> Bool { budget.retry(NIODeadline.now()) }
+    func takeRetry(_ now: NIODeadline) -> Bool { budget.retry(now) }
 }
 
 /// Retries allowed per 10 s: `minimum` plus `ratio` of the requests, counted over the current

@@ -2,7 +2,6 @@ import HTTPClient
 import Logging
 import NIOCore
 import Telemetry
-import NIOEmbedded
 
 /// An HTTP message as a test sees it: a request (method, target) or a response (status).
 public struct SimulatedMessage: Sendable {
@@ -43,13 +42,14 @@ public struct SimulationError: Error, CustomStringConvertible {
 }
 
 /// The gateway's data plane without sockets, for `moongate test`: the same workers, handlers,
-/// parser, policies and Lua states as production, on NIO's embedded channels. A request
-/// goes in as bytes on a client channel; each upstream connection is a channel whose bytes
-/// are parsed and answered by a stub; the client's bytes come back out as the response.
-/// Time stands still unless the test moves it (the scripts' clock is the program's).
+/// parser, policies and Lua states as production, over in-memory pipes (`MemoryPipe`) on a
+/// loop whose clock moves only when the test advances it (`ManualLoop`). A request goes in as
+/// bytes on a client pipe; each upstream connection is a pipe whose bytes are parsed and
+/// answered by a stub; the client's bytes come back out as the response. Timeouts, breakers
+/// and ejections read the loop's clock, so `advance` drives them.
 public final class SimulatedGateway {
     public let generation: ProxyGeneration
-    let loop = EmbeddedEventLoop()
+    let loop = ManualLoop()
     let connector: StubConnector
     let worker: ProxyWorker
     /// The simulated worker's metric values (`harness.metric`).
@@ -67,40 +67,56 @@ public final class SimulatedGateway {
     /// The access-log lines (JSON) written since the last call, when the config turns the log on.
     public func takeAccessLog() -> [String] { worker.accessLog.takeCaptured() }
 
+    /// Every target healthy again, its breaker closed: a test's fresh start.
+    public func resetTargetHealth() {
+        worker.resetTargetHealth()
+    }
+
+    /// Moves the data plane's clock forward, firing the timers that come due on the way.
+    public func advance(by amount: TimeAmount) {
+        loop.advance(by: amount)
+    }
+
     /// Sends `request` through the gateway; `stub` answers each upstream request. Returns the
     /// client's response and the upstream requests, in order.
     public func send(
         _ request: SimulatedMessage, client: String = "127.0.0.1", listener: String? = nil,
         stub: (UpstreamCall) -> SimulatedMessage
     ) throws -> (response: SimulatedMessage, upstream: [UpstreamCall]) {
-        let channel = EmbeddedChannel(loop: loop)
         nextClientPort = nextClientPort == 65000 ? 40000 : nextClientPort + 1
-        channel.remoteAddress = try SocketAddress(ipAddress: client, port: nextClientPort)
+        let (clientEnd, serverEnd) = MemoryPipe.pair(
+            loop: loop, clientAddress: try SocketAddress(ipAddress: client, port: nextClientPort),
+            serverAddress: try SocketAddress(ipAddress: "127.0.0.1", port: 8080))
         let name = listener ?? generation.config.listeners.first?.name ?? "test"
-        try worker.accept(channel, listener: ListenerHandle(name: name))
-        defer { channel.close(promise: nil) }
-        try channel.writeInbound(ByteBuffer(bytes: Self.serialize(request)))
+        let handler = worker.accept(serverEnd, listener: ListenerHandle(name: name))
+        defer {
+            clientEnd.close()
+            loop.run()
+        }
+        clientEnd.write(ByteBuffer(bytes: Self.serialize(request)), promise: nil)
+        clientEnd.flush()
 
         var calls: [UpstreamCall] = []
         var clientBytes = ByteBuffer()
         for _ in 0..<10_000 {
             loop.run()
             var progressed = false
-            for upstream in connector.channels {
-                while let bytes = try upstream.channel.readOutbound(as: ByteBuffer.self) {
+            for upstream in connector.upstreams {
+                let bytes = upstream.end.takeReceived()
+                if bytes.readableBytes > 0 {
                     upstream.received.writeImmutableBuffer(bytes)
                     progressed = true
                 }
                 if let sent = try Self.parse(&upstream.received, request: true, closed: false, isHEAD: false) {
-                    let handler = try channel.pipeline.syncOperations.handler(type: DownstreamConnectionHandler.self)
                     let index = handler.exchange.policy.edits.upstream ?? handler.exchange.route?.upstream ?? 0
                     let call = UpstreamCall(upstream: generation.config.upstreams[index].name, request: sent)
                     calls.append(call)
                     let answer = stub(call)
                     if answer.failure != nil {
-                        upstream.channel.close(promise: nil)
-                    } else if upstream.channel.isActive {
-                        try upstream.channel.writeInbound(ByteBuffer(bytes: Self.serialize(answer)))
+                        upstream.end.close()
+                    } else if upstream.end.isOpen {
+                        upstream.end.write(ByteBuffer(bytes: Self.serialize(answer)), promise: nil)
+                        upstream.end.flush()
                     }
                     progressed = true
                 }
@@ -116,11 +132,12 @@ public final class SimulatedGateway {
                 }
                 progressed = true
             }
-            while let bytes = try channel.readOutbound(as: ByteBuffer.self) {
+            let bytes = clientEnd.takeReceived()
+            if bytes.readableBytes > 0 {
                 clientBytes.writeImmutableBuffer(bytes)
                 progressed = true
             }
-            if let response = try Self.parse(&clientBytes, request: false, closed: !channel.isActive, isHEAD: request.method == "HEAD") {
+            if let response = try Self.parse(&clientBytes, request: false, closed: clientEnd.peerClosed, isHEAD: request.method == "HEAD") {
                 return (response, calls)
             }
             if !progressed { break }
@@ -209,20 +226,21 @@ public final class SimulatedGateway {
     }
 }
 
-/// Upstream connections as embedded channels, kept so the simulation can answer them.
+/// Upstream connections as in-memory pipes, kept so the simulation can answer them.
 final class StubConnector: UpstreamConnector {
     final class Upstream {
-        let channel: EmbeddedChannel
+        /// The origin's end of the pipe (the handler has the other).
+        let end: MemoryPipe.End
         var received = ByteBuffer()
 
-        init(channel: EmbeddedChannel) { self.channel = channel }
+        init(end: MemoryPipe.End) { self.end = end }
     }
 
-    let loop: EmbeddedEventLoop
-    private(set) var channels: [Upstream] = []
+    let loop: ManualLoop
+    private(set) var upstreams: [Upstream] = []
     private var subrequests: [(UpstreamCall, EventLoopPromise<HTTPFetch.Response>)] = []
 
-    init(loop: EmbeddedEventLoop) { self.loop = loop }
+    init(loop: ManualLoop) { self.loop = loop }
 
     func subrequest(_ call: UpstreamCall) -> EventLoopFuture<HTTPFetch.Response> {
         let promise = loop.makePromise(of: HTTPFetch.Response.self)
@@ -237,15 +255,11 @@ final class StubConnector: UpstreamConnector {
     }
 
     func connect(_ pool: TargetPool, handler: UpstreamConnectionHandler) -> EventLoopFuture<Void> {
-        let channel = EmbeddedChannel(loop: loop)
-        channels.removeAll { !$0.channel.isActive }
-        do {
-            try channel.pipeline.syncOperations.addHandler(handler)
-        } catch {
-            return loop.makeFailedFuture(error)
-        }
-        channels.append(Upstream(channel: channel))
-        return channel.connect(to: pool.address)
+        upstreams.removeAll { !$0.end.isOpen }
+        let (gatewayEnd, originEnd) = MemoryPipe.pair(loop: loop, clientAddress: nil, serverAddress: pool.address)
+        handler.attach(memory: gatewayEnd)
+        upstreams.append(Upstream(end: originEnd))
+        return loop.makeSucceededVoidFuture()
     }
 }
 

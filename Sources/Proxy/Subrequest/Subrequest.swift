@@ -68,7 +68,7 @@ final class Subrequest: UpstreamExchange {
         self.balancer = balancer
         self.request = request
         self.completion = completion
-        self.deadline = .now() + request.timeout
+        self.deadline = worker.clock.now() + request.timeout
         self.reader = ResponseReader(maxBytes: request.maxBytes, isHEAD: request.method == "HEAD")
     }
 
@@ -79,7 +79,7 @@ final class Subrequest: UpstreamExchange {
     }
 
     private func start() {
-        let now = NIODeadline.now()
+        let now = worker.clock.now()
         balancer.countRequest(now)
         // The call owns itself until it finishes: the timer and the connection hold it.
         timer = worker.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
@@ -145,7 +145,7 @@ final class Subrequest: UpstreamExchange {
     private func send(on connection: UpstreamConnectionHandler) {
         guard let pool else { return }
         self.connection = connection
-        let now = NIODeadline.now()
+        let now = worker.clock.now()
         connection.attach(self, readTimeout: max(deadline - now, .milliseconds(1)), now: now)
         connection.write(head(for: pool))
         if let body = request.body {
@@ -232,7 +232,7 @@ final class Subrequest: UpstreamExchange {
         pool.health.succeeded()
         worker.breakerRecord(pool, success: reader.status < 500)
         if worker.generation.shared.metricsEnabled {
-            worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double((NIODeadline.now() - tryStart).nanoseconds) / 1e9)
+            worker.metrics.upstreamTry(upstream: balancer.upstream.metricID, seconds: Double((worker.clock.now() - tryStart).nanoseconds) / 1e9)
         }
     }
 
@@ -240,7 +240,7 @@ final class Subrequest: UpstreamExchange {
         guard pending, let pool else { return }
         pending = false
         pool.health.inFlight -= 1
-        if pool.health.failed(.now(), pool.settings) {
+        if pool.health.failed(worker.clock.now(), pool.settings) {
             worker.logger.warning(
                 "upstream target ejected after failed tries", metadata: ["target": "\(pool.key.host):\(pool.key.port)", "by": "upstream.call", "error": "\(reason)"])
         }
@@ -256,9 +256,9 @@ final class Subrequest: UpstreamExchange {
             queued = nil
             pool.cancelWait(id)
         }
-        let now = NIODeadline.now()
+        let now = worker.clock.now()
         if retryable, request.idempotent, tries < balancer.upstream.maxTries, now < deadline, balancer.pick(tried: tried, key: nil, now: now) != nil,
-            balancer.takeRetry()
+            balancer.takeRetry(now)
         {
             nextTry(now)
             return

@@ -158,6 +158,17 @@ let package = Package(
                 "Config", "Scripting", "Proxy", "CLuaRuntime", "Auth", "RateLimit", "Telemetry",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // For tests of a gateway: one config and its policies run in-process (the real handlers
+        // over in-memory pipes, on a clock the test moves) or live on sockets, the same way.
+        .target(
+            name: "MoongateTesting",
+            dependencies: [
+                "Config", "Proxy", "Gateway", "Harness", "HTTPClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Workers, listeners, config generations, reload and graceful shutdown.
         .target(
             name: "Gateway",
@@ -236,7 +247,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis", "Telemetry", "AllocationCounter",
+                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis", "Telemetry", "AllocationCounter", "MoongateTesting",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -9,6 +9,14 @@ extension TestRunner {
     /// `jwt`, `apikey` and `oauth2` on the config's keysets and endpoints (with `harness.jwt`
     /// and `harness.oauth2`, whose answers stand in for the endpoints), and `redis_bucket`
     /// on the fake clock, its Redis stores in memory or in the real server at `redis`.
+    /// The Lua modules a gateway with `config` has, in their test form (`redis_bucket` in
+    /// memory, introspection answered by stubs), on `clock`.
+    public static func gatewayModules(config: GatewayConfig, clock: FakeClock) throws -> [any LuaModule] {
+        let auth = try AuthModules.make(config, introspection: StubIntrospection())
+        let buckets = try RateLimitModules.forTests(config: config, clock: clock, redis: nil)
+        return auth + buckets.modules + [MetricsModule(families: ScriptMetricFamilies(maxSeries: config.metrics.maxSeries))]
+    }
+
     public static func forGateway(config: GatewayConfig, redis: SocketAddressSpec? = nil, coverage: Bool = false) throws -> TestRunner {
         let auth = try AuthModules.make(config, introspection: StubIntrospection())
         let clock = FakeClock()

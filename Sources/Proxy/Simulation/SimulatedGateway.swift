@@ -34,11 +34,20 @@ public struct SimulatedMessage: Sendable {
 public struct UpstreamCall: Sendable {
     public var upstream: String
     public var request: SimulatedMessage
+
+    public init(upstream: String, request: SimulatedMessage) {
+        self.upstream = upstream
+        self.request = request
+    }
 }
 
 /// Why a simulated exchange could not complete.
 public struct SimulationError: Error, CustomStringConvertible {
     public var description: String
+
+    public init(description: String) {
+        self.description = description
+    }
 }
 
 /// The gateway's data plane without sockets, for `moongate test`: the same workers, handlers,

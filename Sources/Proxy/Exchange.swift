@@ -14,6 +14,8 @@ import Scripting
 final class Exchange {
     /// The worker's placeholder for connections between requests.
     let isVacant: Bool
+    /// The next exchange in the worker's spares, while this one is among them.
+    var nextSpare: Exchange?
 
     // What was asked.
     /// The generation the request was matched in; it serves the request to its end.
@@ -86,7 +88,7 @@ final class Exchange {
         responseChunkedOut = false
         upstreamReusable = true
         sentStatus = 0
-        attempt = Attempt()
+        attempt.reset()
         if policy.used { policy.reset() }
         record.reset()
         // A spare keeps ordinary heads' storage, not a 64 KB one a single request needed.
@@ -139,6 +141,21 @@ struct Attempt {
     var pending = false
     /// When the current try was sent.
     var start = NIODeadline.uptimeNanoseconds(0)
+
+    /// Back to a fresh try, dropping only what is set: assigning a whole new `Attempt`
+    /// destroyed the old one through an outlined function (callgrind: about 170 instructions).
+    mutating func reset() {
+        if balancer != nil { balancer = nil }
+        if pool != nil { pool = nil }
+        if upstream != nil { upstream = nil }
+        if upstreamHead != nil { upstreamHead = nil }
+        if forwardedHead != nil { forwardedHead = nil }
+        tried = 0
+        count = 0
+        hashKey = nil
+        retryableBody = false
+        pending = false
+    }
 }
 
 /// The figures of the request's access-log line.

@@ -46,4 +46,34 @@ import Testing
             #expect(await gw.gateway.exchangeCounts().inUse == 0)
         }
     }
+
+    /// A request whose body is still coming holds one exchange; a client that leaves in the
+    /// middle of it gives it back (the lifecycle's "client gone" during the upstream wait).
+    @Test func aClientThatLeavesMidBodyGivesItsExchangeBack() async throws {
+        // Timeouts long enough that only the client's leaving can end the request, however
+        // slowly a loaded machine polls.
+        let yaml = TestGateway.defaultConfig
+            .replacingOccurrences(of: "read_timeout: 500ms", with: "read_timeout: 60s")
+            .replacingOccurrences(of: "request: 5s", with: "request: 60s")
+        try await withGateway(yaml, workers: 1) { gw in
+            var client: RawClient? = try gw.client()
+            try client?.send("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + String(repeating: "x", count: 100))
+            var inUse = 0
+            for _ in 0..<250 where inUse != 1 {
+                try await Task.sleep(for: .milliseconds(20))
+                inUse = await gw.gateway.exchangeCounts().inUse
+            }
+            #expect(inUse == 1, "a request in progress holds \(inUse) exchanges")
+            client = nil  // the client goes away with 99,900 bytes unsent
+            for _ in 0..<250 where inUse != 0 {
+                try await Task.sleep(for: .milliseconds(20))
+                inUse = await gw.gateway.exchangeCounts().inUse
+            }
+            #expect(inUse == 0, "\(inUse) exchanges still held after the client left")
+            #expect(await gw.gateway.connectionCounts().clients == 0)
+            let next = try gw.client()
+            #expect(try next.request("GET", "/after").status == 200)
+            #expect(await gw.gateway.exchangeCounts().spare >= 1)
+        }
+    }
 }

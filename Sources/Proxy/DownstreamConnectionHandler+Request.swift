@@ -45,11 +45,12 @@ extension DownstreamConnectionHandler {
     private func startRequest(_ head: ByteBuffer) {
         beginExchange()
         exchange.open = true
-        let generation = exchange.generation!
+        // The shared part alone: copying the whole generation retained and released its balancers too.
+        let shared = exchange.generation!.shared
 
         let parsed: HeadError? = head.withUnsafeReadableBytes { p in
             do throws(HeadError) {
-                try HeadParser.parseRequest(p, into: &exchange.request, limits: generation.shared.limits)
+                try HeadParser.parseRequest(p, into: &exchange.request, limits: shared.limits)
                 return nil
             } catch {
                 return error
@@ -73,7 +74,7 @@ extension DownstreamConnectionHandler {
         let route: CompiledRoute? = head.withUnsafeReadableBytes { p in
             setRequestID(p)
             exchange.trace = TraceContext(p, exchange.request.headers.traceparent, random: &worker.requestIDs)
-            if let export = generation.shared.traceExport {
+            if let export = shared.traceExport {
                 // A caller's decision stands; a new trace is kept at the configured ratio.
                 if !exchange.trace.continued { exchange.trace.flags = exchange.trace.traceLow <= export.sampleBelow ? 1 : 0 }
                 exchange.traced = exchange.trace.flags & 1 == 1
@@ -95,7 +96,7 @@ extension DownstreamConnectionHandler {
                 headError = .dotSegments
                 return nil
             }
-            return generation.shared.match(p, exchange.request)
+            return shared.match(p, exchange.request)
         }
         if let headError {
             respondError(headError)
@@ -112,7 +113,7 @@ extension DownstreamConnectionHandler {
         exchange.requestBodyBytes = 0
 
         var chosen = route
-        if !generation.shared.routers.isEmpty, let router = generation.shared.routers[listener.name] {
+        if !shared.routers.isEmpty, let router = shared.routers[listener.name] {
             switch runRouter(head, router: router) {
             case .route(let picked): chosen = picked
             case .fallback: break
@@ -156,8 +157,8 @@ extension DownstreamConnectionHandler {
 
     /// Sends the request to its upstream (the route's, or the one a script chose).
     func forward(_ head: ByteBuffer, route: CompiledRoute) {
-        guard let generation = exchange.generation else { return }
-        let balancer = generation.balancers[exchange.policy.edits.upstream ?? route.upstream]
+        // The balancer alone, not a copy of the whole generation (two more retains and releases).
+        guard let balancer = exchange.generation?.balancers[exchange.policy.edits.upstream ?? route.upstream] else { return }
         self.exchange.attempt.balancer = balancer
         exchange.attempt.tried = 0
         exchange.attempt.count = 0

@@ -212,13 +212,13 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
     var currentDeadline: NIODeadline {
         lifecycle.deadline(
             lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
-            requestTimeout: (exchange.generation ?? worker.generation).shared.requestTimeout)
+            requestTimeout: (exchange.generation?.shared ?? worker.generation.shared).requestTimeout)
     }
 
     func timerFired() {
         let action = lifecycle.timerFired(
             now: worker.clock.now(), lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
-            requestTimeout: (exchange.generation ?? worker.generation).shared.requestTimeout)
+            requestTimeout: (exchange.generation?.shared ?? worker.generation.shared).requestTimeout)
         switch action {
         case .rearm:
             armTimer()

@@ -74,6 +74,12 @@ final class CompiledRoute: Sendable {
                 return false
             }
         }
+        return matchesHostAndMethod(p, head)
+    }
+
+    /// The route's host and methods (its path checked already, by `RouteIndex`).
+    @inline(__always)
+    func matchesHostAndMethod(_ p: UnsafeRawBufferPointer, _ head: RequestHead) -> Bool {
         if !methods.isEmpty {
             var allowed = false
             for m in methods where m.count == head.method.count && bytesEqual(p, head.method.lower, m) {
@@ -96,7 +102,7 @@ final class CompiledRoute: Sendable {
     }
 
     @inline(__always)
-    private func bytesEqual(_ p: UnsafeRawBufferPointer, _ start: Int, _ bytes: [UInt8]) -> Bool {
+    func bytesEqual(_ p: UnsafeRawBufferPointer, _ start: Int, _ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { b in
             memcmp(p.baseAddress! + start, b.baseAddress!, b.count) == 0
         }

@@ -325,13 +325,7 @@ public actor Gateway {
 
     /// Lua states across workers and the heap bytes of the idle ones, for tests and figures.
     public func luaStats() async -> (states: Int, idleBytes: Int) {
-        var states = 0, bytes = 0
-        for worker in workers {
-            let (s, b) = (try? await worker.eventLoop.submit { worker.value.luaStats }.get()) ?? (0, 0)
-            states += s
-            bytes += b
-        }
-        return (states, bytes)
+        await sumOverWorkers { $0.luaStats }
     }
 
     // MARK: JWKS URLs
@@ -477,25 +471,24 @@ public actor Gateway {
 
     /// Client and upstream connections open across workers, for tests.
     public func connectionCounts() async -> (clients: Int, upstreams: Int) {
-        var clients = 0, upstreams = 0
-        for worker in workers {
-            let (c, u) = (try? await worker.eventLoop.submit { (worker.value.connectionCount, worker.value.upstreamConnectionCount) }.get()) ?? (0, 0)
-            clients += c
-            upstreams += u
-        }
-        return (clients, upstreams)
+        await sumOverWorkers { ($0.connectionCount, $0.upstreamConnectionCount) }
     }
 
     /// Requests in progress across workers (connections holding an exchange) and the spare
     /// exchanges the workers keep, for tests.
     public func exchangeCounts() async -> (inUse: Int, spare: Int) {
-        var inUse = 0, spare = 0
+        await sumOverWorkers { $0.exchangeCounts }
+    }
+
+    /// Two counts read on each worker's loop, summed across workers.
+    private func sumOverWorkers(_ read: @escaping @Sendable (ProxyWorker) -> (Int, Int)) async -> (Int, Int) {
+        var first = 0, second = 0
         for worker in workers {
-            let (u, s) = (try? await worker.eventLoop.submit { worker.value.exchangeCounts }.get()) ?? (0, 0)
-            inUse += u
-            spare += s
+            let (a, b) = (try? await worker.eventLoop.submit { read(worker.value) }.get()) ?? (0, 0)
+            first += a
+            second += b
         }
-        return (inUse, spare)
+        return (first, second)
     }
 
     /// Binds `listener` on every loop. With port 0 the first bind picks the port and the

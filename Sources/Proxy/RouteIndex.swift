@@ -90,17 +90,18 @@ struct PathTrie {
         var exact: [Int32] = []
     }
 
-    private var nodes = [Node()]
     /// The trie flattened for matching, one `Int32` array: per node, its edge count, prefix
     /// count and exact count, then (byte, child offset) per edge, then the routes. One buffer
     /// walked by offset: reading `Node`s (four arrays each) cost a retain and release per
     /// array per byte of the path (callgrind: 290 instructions a request with a short path).
-    private var table: [Int32] = []
+    private let table: [Int32]
 
     init(_ routes: [CompiledRoute]) {
+        // Built as linked nodes, then flattened; the nodes are not kept.
+        var nodes = [Node()]
         for route in routes {
             var node = 0
-            for byte in route.path { node = child(of: node, byte) }
+            for byte in route.path { node = Self.child(of: node, byte, in: &nodes) }
             if route.exact {
                 nodes[node].exact.append(Int32(route.index))
             } else {
@@ -114,6 +115,7 @@ struct PathTrie {
             offsets[i] = size
             size += 3 + 2 * node.bytes.count + node.prefix.count + node.exact.count
         }
+        var table: [Int32] = []
         table.reserveCapacity(size)
         for node in nodes {
             table.append(Int32(node.bytes.count))
@@ -126,10 +128,10 @@ struct PathTrie {
             table.append(contentsOf: node.prefix)
             table.append(contentsOf: node.exact)
         }
-        nodes = []
+        self.table = table
     }
 
-    private mutating func child(of node: Int, _ byte: UInt8) -> Int {
+    private static func child(of node: Int, _ byte: UInt8, in nodes: inout [Node]) -> Int {
         let bytes = nodes[node].bytes
         var i = 0
         while i < bytes.count, bytes[i] < byte { i += 1 }

@@ -26,6 +26,17 @@ describe("the gateway", function()
     assert.equals(before + 3600, harness.clock.now())
   end)
 
+  it("takes a failing target out, and back once the clock passes its eject time", function()
+    -- Passive health (gateway.yaml's defaults: 3 failures in a row eject a target for 1 s)
+    -- runs on the test's clock: no real second goes by.
+    harness.upstream("echo", function() return nil, "unavailable" end)
+    for _ = 1, 3 do assert.equals(502, harness.request{path = "/echo/x"}.status) end
+    harness.upstream("echo", function() return {status = 200, body = "back"} end)
+    assert.equals(503, harness.request{path = "/echo/x"}.status)  -- ejected: not even tried
+    harness.clock.advance(1)
+    assert.equals("back", harness.request{path = "/echo/x"}.body)
+  end)
+
   it("starts every test at the same time", function()
     assert.equals(1700000000, harness.clock.now())
   end)

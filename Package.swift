@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // C libraries from Debian, found through pkg-config.
@@ -181,6 +182,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                "CJOSE",
             ]),
         // `moongate echo`: a small upstream that answers with what it received.
         .target(
@@ -211,6 +214,10 @@ let package = Package(
             name: "RedisTestServer",
             dependencies: ["Redis"],
             path: "Tests/RedisTestServer"),
+        // A real PostgreSQL server for the config store's tests (a new cluster on a free port).
+        .target(
+            name: "PostgresTestServer",
+            path: "Tests/PostgresTestServer"),
         .testTarget(
             name: "RateLimitTests",
             dependencies: [
@@ -247,7 +254,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "Redis", "Telemetry", "AllocationCounter", "MoongateTesting",
+                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "PostgresTestServer", "Redis", "Telemetry", "AllocationCounter", "MoongateTesting",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -14,7 +14,7 @@ struct ConfigDecoder {
             let top = r.mapping(
                 root, "",
                 allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection", "metrics", "access_log",
-                    "tracing",
+                    "tracing", "store",
                 ])
         else { return nil }
 
@@ -32,10 +32,7 @@ struct ConfigDecoder {
         let listeners = top["listeners"].map { decodeListeners($0.value) } ?? []
         if top["listeners"] == nil { r.fail(root, "listeners", "at least one listener is required") }
 
-        var admin: SocketAddressSpec?
-        if let node = top["admin"]?.value, let map = r.mapping(node, "admin", allowed: ["address"]) {
-            if let a = map["address"]?.value { admin = r.address(a, "admin.address") } else { r.fail(node, "admin.address", "required") }
-        }
+        let (admin, adminTokenFile) = top["admin"].map { decodeAdmin($0.value) } ?? (nil, nil)
 
         let limits = top["limits"].map { decodeLimits($0.value) } ?? Limits()
         let timeouts = top["timeouts"].map { decodeTimeouts($0.value) } ?? Timeouts()
@@ -52,6 +49,8 @@ struct ConfigDecoder {
             workers: workers, logLevel: logLevel, listeners: listeners, admin: admin, limits: limits,
             timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys,
             redis: redis, rateLimit: rateLimit, introspection: top["introspection"].map { decodeIntrospection($0.value) } ?? [])
+        config.adminTokenFile = adminTokenFile
+        if let node = top["store"]?.value { config.store = decodeStore(node) }
         if let node = top["metrics"]?.value, let map = r.mapping(node, "metrics", allowed: ["enabled", "max_series"]) {
             if let n = map["enabled"]?.value, let v = r.bool(n, "metrics.enabled") { config.metrics.enabled = v }
             if let n = map["max_series"]?.value, let v = r.int(n, "metrics.max_series", range: 1...100_000) { config.metrics.maxSeries = v }
@@ -274,7 +273,7 @@ struct ConfigDecoder {
             return nil
         }
         let module = segments.joined(separator: ".")
-        reader.scriptReferences.append(ScriptReference(module: module, line: node.mark?.line ?? 0, path: path))
+        reader.scriptReferences.append(ScriptReference(module: module, line: node.mark?.line ?? 0, path: path, pointer: reader.pointer(path)))
         return module
     }
 

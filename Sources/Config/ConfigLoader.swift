@@ -4,17 +4,16 @@ import Yams
 /// Reads, interpolates and validates a gateway YAML file into a `GatewayConfig`.
 public enum ConfigLoader {
     /// Loads `path`; throws a `ConfigError` naming every problem with file, line and path.
+    ///
+    /// With a `document` (from the admin API or the config store), its routes, upstreams,
+    /// keysets, API keys and scripts replace the file's, and are checked by the same code: its
+    /// problems carry JSON pointers into the document.
     public static func load(
-        path: String, environment: [String: String] = ProcessInfo.processInfo.environment
+        path: String, environment: [String: String] = ProcessInfo.processInfo.environment, document: ConfigDocument? = nil
     ) throws(ConfigError) -> GatewayConfig {
         let name = (path as NSString).lastPathComponent
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "cannot read: \(error.localizedDescription)")])
-        }
-        let decoded = try decode(text, file: name, environment: environment)
+        let text = try read(path)
+        let decoded = try decode(text, file: name, environment: environment, document: document)
         let folder = (path as NSString).deletingLastPathComponent
         // Script paths in the file are relative to the file, wherever the gateway was started.
         let written = decoded.config?.scripts.directory ?? ScriptsConfig().directory
@@ -24,13 +23,22 @@ public enum ConfigLoader {
         var diagnostics = decoded.diagnostics
         for reference in decoded.scripts {
             let relative = reference.module.split(separator: ".").joined(separator: "/") + ".lua"
+            if let document {
+                if document.scripts[relative] == nil {
+                    diagnostics.append(
+                        ConfigDiagnostic(file: name, line: reference.line, path: reference.path, message: "no script \(relative) in /scripts", pointer: reference.pointer))
+                }
+                continue
+            }
             var isDirectory: ObjCBool = false
             if !FileManager.default.fileExists(atPath: directory + "/" + relative, isDirectory: &isDirectory) || isDirectory.boolValue {
-                diagnostics.append(ConfigDiagnostic(file: name, line: reference.line, path: reference.path, message: "no \(relative) in \(written)"))
+                diagnostics.append(
+                    ConfigDiagnostic(file: name, line: reference.line, path: reference.path, message: "no \(relative) in \(written)", pointer: reference.pointer))
             }
         }
         guard var config = decoded.config, diagnostics.isEmpty else { throw ConfigError(sorted(diagnostics)) }
         config.scripts.directory = directory
+        config.scripts.sources = document?.scripts
         func resolve(_ file: String) -> String { file.hasPrefix("/") || folder.isEmpty ? file : folder + "/" + file }
         for i in config.keysets.indices {
             config.keysets[i].jwksFile = config.keysets[i].jwksFile.map(resolve)
@@ -45,7 +53,46 @@ public enum ConfigLoader {
             config.introspection[i].endpoint.caFile = ca
         }
         for i in config.redis.indices { config.redis[i].passwordFile = config.redis[i].passwordFile.map(resolve) }
+        config.adminTokenFile = config.adminTokenFile.map(resolve)
+        config.store.passwordFile = config.store.passwordFile.map(resolve)
+        config.store.cache = config.store.cache.map(resolve)
         return config
+    }
+
+    /// The file's `store:` section alone (paths resolved against the file's folder): where the
+    /// rest of the configuration comes from, read before the rest.
+    public static func storeSettings(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> StoreConfig {
+        let name = (path as NSString).lastPathComponent
+        let text = try read(path)
+        guard let root = try? Yams.compose(yaml: text), case .mapping(let mapping) = root,
+            let node = mapping.first(where: { $0.key.string == "store" })?.value
+        else { return StoreConfig() }
+        let reader = YAMLReader(file: name, environment: environment)
+        var store = ConfigDecoder(reader: reader).decodeStore(node)
+        if !reader.diagnostics.isEmpty { throw ConfigError(sorted(reader.diagnostics)) }
+        let folder = (path as NSString).deletingLastPathComponent
+        func resolve(_ file: String) -> String { file.hasPrefix("/") || folder.isEmpty ? file : folder + "/" + file }
+        store.passwordFile = store.passwordFile.map(resolve)
+        store.cache = store.cache.map(resolve)
+        return store
+    }
+
+    /// The file's routes, upstreams, keysets and API keys as written (`${VAR}` unexpanded):
+    /// what `GET /v1/config` shows for a file store, and what seeds an empty config store.
+    public static func sections(path: String) throws(ConfigError) -> [ConfigDocument.Section: JSONValue] {
+        let text = try read(path)
+        guard let root = try? Yams.compose(yaml: text) else {
+            throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "not a YAML document")])
+        }
+        return ConfigDocument.sections(of: root)
+    }
+
+    private static func read(_ path: String) throws(ConfigError) -> String {
+        do {
+            return try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "cannot read: \(error.localizedDescription)")])
+        }
     }
 
     /// Validates YAML text; `file` names it in diagnostics.
@@ -65,7 +112,7 @@ public enum ConfigLoader {
     /// problem found, and the scripts the config names. A syntax error stops it; a duplicate
     /// key does not (see `DuplicateKeys`).
     static func decode(
-        _ text: String, file: String, environment: [String: String]
+        _ text: String, file: String, environment: [String: String], document: ConfigDocument? = nil
     ) throws(ConfigError) -> (config: GatewayConfig?, diagnostics: [ConfigDiagnostic], scripts: [ScriptReference]) {
         var text = text
         var root: Node?
@@ -89,9 +136,10 @@ public enum ConfigLoader {
                 throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "", message: "YAML error: \(error)")])
             }
         }
-        guard let root else {
+        guard var root else {
             throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "", message: "the file is empty")])
         }
+        if let document { root = document.replacingSections(of: root) }
         let reader = YAMLReader(file: file, environment: environment)
         let config = ConfigDecoder(reader: reader).decode(root)
         return (config, reader.diagnostics, reader.scriptReferences)

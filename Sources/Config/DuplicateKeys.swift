@@ -5,6 +5,7 @@ struct ScriptReference: Sendable {
     var module: String
     var line: Int
     var path: String
+    var pointer: String
 }
 
 /// Yams refuses a document with a duplicate key as a whole, naming the first occurrence and

@@ -7,6 +7,11 @@ public struct GatewayConfig: Sendable, Equatable {
     public var logLevel: String
     public var listeners: [Listener]
     public var admin: SocketAddressSpec?
+    /// `admin.token_file`: the admin API's bearer tokens (`id sha256-hex` lines); required
+    /// off loopback. Resolved against the config file's folder by the loader.
+    public var adminTokenFile: String?
+    /// `store:` — where the dynamic part of the configuration lives.
+    public var store = StoreConfig()
     public var limits: Limits
     public var timeouts: Timeouts
     /// Upstreams in file order; routes refer to them by index.
@@ -296,6 +301,9 @@ public struct ScriptsConfig: Sendable, Equatable {
     public var poolWait: Duration = .milliseconds(100)
     /// Budgets for routes that set none of their own.
     public var budget = ScriptBudget()
+    /// The scripts' sources by relative path when they come from the config store rather than
+    /// `directory` (set by `ConfigLoader.load(path:document:)`).
+    public var sources: [String: String]?
 
     public init() {}
 }

@@ -14,9 +14,15 @@ final class YAMLReader {
         self.environment = environment
     }
 
+    /// The JSON pointer of each path `join` built: names may hold dots, which the dotted path
+    /// cannot tell from nesting.
+    private var pointers: [String: String] = [:]
+
     func fail(_ node: Node?, _ path: String, _ message: String) {
-        diagnostics.append(ConfigDiagnostic(file: file, line: node?.mark?.line ?? 0, path: path, message: message))
+        diagnostics.append(ConfigDiagnostic(file: file, line: node?.mark?.line ?? 0, path: path, message: message, pointer: pointer(path)))
     }
+
+    func pointer(_ path: String) -> String { pointers[path] ?? ConfigDiagnostic.pointer(path: path) }
 
     /// The pairs of a mapping, reporting keys outside `allowed` as errors.
     func mapping(_ node: Node, _ path: String, allowed: Set<String>) -> [String: (key: Node, value: Node)]? {
@@ -120,6 +126,15 @@ final class YAMLReader {
         return value
     }
 
-    func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
-    func join(_ path: String, _ index: Int) -> String { "\(path)[\(index)]" }
+    func join(_ path: String, _ key: String) -> String {
+        let joined = path.isEmpty ? key : "\(path).\(key)"
+        pointers[joined] = JSONPointer.join(pointer(path), key)
+        return joined
+    }
+
+    func join(_ path: String, _ index: Int) -> String {
+        let joined = "\(path)[\(index)]"
+        pointers[joined] = pointer(path) + "/\(index)"
+        return joined
+    }
 }

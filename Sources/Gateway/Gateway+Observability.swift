@@ -146,6 +146,7 @@ extension Gateway {
             "config": ["path": configPath, "generation": generation?.id ?? 0, "scripts": generation?.scripts?.policies ?? []],
             "workers": views.count,
             "last_reload": reload,
+            "store": await storeHealth().foundationValue,
             "targets": targets,
         ]
         guard let data = try? JSONSerialization.data(withJSONObject: status, options: [.sortedKeys]) else { return "{}" }

@@ -25,7 +25,14 @@ public actor Gateway {
     public struct ReloadResult: Sendable {
         public var generation: Int
         public var errors: [String]
+        /// The same problems, each with its place in the document (for the admin API).
+        public var problems: [ConfigProblem] = []
         public var succeeded: Bool { errors.isEmpty }
+
+        public init(generation: Int, errors: [String]) {
+            self.generation = generation
+            self.errors = errors
+        }
     }
 
     public let configPath: String
@@ -39,6 +46,13 @@ public actor Gateway {
     var workers: [NIOLoopBound<ProxyWorker>] = []
     private var listeners: [SocketAddressSpec: RunningListener] = [:]
     private(set) public var generation: ProxyGeneration?
+    /// The config store's document the running generation was built from (nil: the file's).
+    private(set) public var storeDocument: ConfigDocument?
+    /// The config store this gateway follows (`store.kind: postgres`), nil for a file.
+    private(set) var controlPlane: ControlPlane?
+    /// Who may use the admin API (`admin.token_file`), as of the last load.
+    private(set) var adminTokens = AdminTokens.open
+    let storeRefusals: Prometheus.Counter
     private(set) public var lastReload: ReloadResult?
     /// When the files of the last attempted load were read (before reading them).
     private(set) public var lastReadAt = Date.distantPast
@@ -91,16 +105,43 @@ public actor Gateway {
             namespace: "moongate", metricName: "reloads", unitName: "total", helpText: "Config and script reloads, by result.")
         reloadsSucceeded = prometheus.makeCounter(descriptor: reloads, labels: [("result", "success")])
         reloadsFailed = prometheus.makeCounter(descriptor: reloads, labels: [("result", "failure")])
+        storeRefusals = prometheus.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "moongate", metricName: "config_store_refused", unitName: "total",
+                helpText: "Config store versions this gateway refused (they failed its validation)."))
         self.configPath = configPath
         self.workerOverride = workers
         self.environment = environment
         self.logger = logger
     }
 
-    /// Loads the configuration and starts serving; throws `ConfigError` if it does not validate.
+    /// Loads the configuration (with a config store's `document` over the file's dynamic
+    /// part) and starts serving; throws `ConfigError` if it does not validate.
     public func start() async throws {
         lastReadAt = Date()
-        let config = try ConfigLoader.load(path: configPath, environment: environment)
+        var document: ConfigDocument?
+        let settings = try ConfigLoader.storeSettings(path: configPath, environment: environment)
+        if settings.kind == .postgres {
+            let plane = try ControlPlane(settings: settings, logger: logger)
+            let (path, environment) = (configPath, self.environment)
+            do {
+                document = try await plane.bootstrap(seed: { try Self.fileDocument(path: path, environment: environment) })
+            } catch {
+                await plane.stop()
+                throw error
+            }
+            controlPlane = plane
+        }
+        let config: GatewayConfig
+        do {
+            config = try ConfigLoader.load(path: configPath, environment: environment, document: document)
+            adminTokens = try config.adminTokenFile.map { file throws(ConfigError) in try AdminTokens.load(file: file) } ?? .open
+        } catch {
+            await controlPlane?.stop()
+            controlPlane = nil
+            throw error
+        }
+        storeDocument = document
         let count = workerOverride ?? config.workers ?? System.coreCount
         let group = try SocketLoopGroup(count: count, name: "worker")
         scriptFamilies = ScriptMetricFamilies(maxSeries: config.metrics.maxSeries)
@@ -117,6 +158,8 @@ public actor Gateway {
                 id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies)], logger: logger)
         } catch {
             try? await group.shutdownGracefully()
+            await controlPlane?.stop()
+            controlPlane = nil
             throw error
         }
         nextGenerationID += 1
@@ -143,7 +186,11 @@ public actor Gateway {
             let adminGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             self.adminGroup = adminGroup
             admin = try await AdminServer.start(address, gateway: self, group: adminGroup, logger: logger)
+            if adminTokens.isOpen {
+                logger.warning("the admin API has no tokens (admin.token_file): any local process can change the configuration")
+            }
         }
+        await controlPlane?.follow(self)
         logger.info(
             "gateway started",
             metadata: [
@@ -158,35 +205,85 @@ public actor Gateway {
     }
 
     /// Re-reads the configuration. A file that fails to load changes nothing: the current
-    /// generation keeps serving and the errors are returned (and logged).
+    /// generation keeps serving and the errors are returned (and logged). With a config store,
+    /// the store's last document applied stands in for the file's dynamic part.
     @discardableResult
     public func reload() async -> ReloadResult {
-        guard let current = generation else { return ReloadResult(generation: 0, errors: ["not started"]) }
-        lastReadAt = Date()
-        let config: GatewayConfig
-        let next: ProxyGeneration
-        let nextModules: [any LuaModule]
-        var nextRedis = redisBuckets
+        await load(document: storeDocument)
+    }
+
+    /// Applies `document` (from the config store) over the file's static part: one new
+    /// generation on every worker, or nothing changed and the problems returned.
+    @discardableResult
+    public func apply(_ document: ConfigDocument) async -> ReloadResult {
+        let result = await load(document: document)
+        if result.succeeded { storeDocument = document }
+        return result
+    }
+
+    /// Checks `document` as `apply` would (the file's static part, every field, the scripts
+    /// compiled and loaded) without applying it: the admin API's `dry_run`.
+    public func check(_ document: ConfigDocument) async -> [ConfigProblem] {
         do {
-            config = try ConfigLoader.load(path: configPath, environment: environment)
-            nextModules = try AuthModules.make(config)
-            if config.redis.isEmpty {
-                nextRedis = nil
-            } else if let group, redisBuckets?.serves(config.redis) != true {
-                nextRedis = try await RedisBuckets.make(servers: config.redis, group: group, logger: logger)
-            }
-            guard let local = localBuckets else { return ReloadResult(generation: 0, errors: ["not started"]) }
+            let prepared = try await prepare(document: document)
+            await discard(prepared)
+            return []
+        } catch {
+            return ConfigProblem.from(error, file: configPath)
+        }
+    }
+
+    /// A generation built and checked but not yet serving, with what it needs.
+    private struct Prepared {
+        let config: GatewayConfig
+        let tokens: AdminTokens
+        let generation: ProxyGeneration
+        let modules: [any LuaModule]
+        let redis: RedisBuckets?
+    }
+
+    /// Reads the file (with `document` over it), makes the modules and compiles the generation.
+    private func prepare(document: ConfigDocument?) async throws -> Prepared {
+        guard let local = localBuckets else { throw NotStarted() }
+        let config = try ConfigLoader.load(path: configPath, environment: environment, document: document)
+        let tokens = try config.adminTokenFile.map { file throws(ConfigError) in try AdminTokens.load(file: file) } ?? .open
+        let modules = try AuthModules.make(config)
+        var nextRedis = redisBuckets
+        if config.redis.isEmpty {
+            nextRedis = nil
+        } else if let group, redisBuckets?.serves(config.redis) != true {
+            nextRedis = try await RedisBuckets.make(servers: config.redis, group: group, logger: logger)
+        }
+        do {
             let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, counters: bucketCounters, logger: logger)
-            next = try ProxyGeneration(
-                id: nextGenerationID, config: config, modules: nextModules + buckets + [MetricsModule(families: scriptFamilies)], logger: logger)
+            let generation = try ProxyGeneration(
+                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies)], logger: logger)
+            return Prepared(config: config, tokens: tokens, generation: generation, modules: modules, redis: nextRedis)
         } catch {
             if let nextRedis, nextRedis !== redisBuckets { await nextRedis.close() }
-            switch error {
-            case let error as ConfigError: return rejected(current, error.diagnostics.map(\.description))
-            case let error as ScriptErrors: return rejected(current, error.errors.map(\.description))
-            default: return rejected(current, ["\(configPath): \(error)"])
-            }
+            throw error
         }
+    }
+
+    /// Lets go of what `prepare` opened for a generation that will not serve.
+    private func discard(_ prepared: Prepared) async {
+        if let redis = prepared.redis, redis !== redisBuckets { await redis.close() }
+    }
+
+    private struct NotStarted: Error, CustomStringConvertible {
+        var description: String { "not started" }
+    }
+
+    private func load(document: ConfigDocument?) async -> ReloadResult {
+        guard let current = generation else { return ReloadResult(generation: 0, errors: ["not started"]) }
+        lastReadAt = Date()
+        let prepared: Prepared
+        do {
+            prepared = try await prepare(document: document)
+        } catch {
+            return rejected(current, ConfigProblem.from(error, file: configPath))
+        }
+        let config = prepared.config, next = prepared.generation, nextModules = prepared.modules, nextRedis = prepared.redis
 
         // Open new listeners first: if one cannot bind, nothing has changed yet.
         let wanted = Set(config.listeners.map(\.address))
@@ -196,7 +293,8 @@ public actor Gateway {
                 opened[listener.address] = try await bind(listener)
             } catch {
                 for l in opened.values { await l.close() }
-                return rejected(current, ["\(configPath): \(error)"])
+                await discard(prepared)
+                return rejected(current, [ConfigProblem(pointer: "", message: "\(configPath): \(error)")])
             }
         }
         nextGenerationID += 1
@@ -234,6 +332,7 @@ public actor Gateway {
             logger.warning("rate_limit.local_keys changed in the config; takes effect on restart")
         }
         generation = next
+        adminTokens = prepared.tokens
         reloadsSucceeded.increment()
         if config.admin != current.config.admin {
             logger.warning("admin.address changed in the config; takes effect on restart")
@@ -247,11 +346,12 @@ public actor Gateway {
         return result
     }
 
-    private func rejected(_ current: ProxyGeneration, _ errors: [String]) -> ReloadResult {
+    private func rejected(_ current: ProxyGeneration, _ problems: [ConfigProblem]) -> ReloadResult {
         reloadsFailed.increment()
-        for error in errors { logger.error("config reload rejected: \(error)") }
+        for problem in problems { logger.error("config reload rejected: \(problem.text)") }
         logger.error("still serving the last good config", metadata: ["generation": "\(current.id)"])
-        let result = ReloadResult(generation: current.id, errors: errors)
+        var result = ReloadResult(generation: current.id, errors: problems.map(\.text))
+        result.problems = problems
         lastReload = result
         return result
     }
@@ -305,6 +405,8 @@ public actor Gateway {
         }
         await redisBuckets?.close()
         redisBuckets = nil
+        await controlPlane?.stop()
+        controlPlane = nil
         self.workers = []
         await admin?.close()
         admin = nil

@@ -73,8 +73,15 @@ public final class ProxyGeneration: Sendable {
         var routers: [String] = []
         for listener in config.listeners { if let r = listener.router, !routers.contains(r) { routers.append(r) } }
         if policies.isEmpty, routers.isEmpty { return nil }
+        let scripts: ScriptSet
+        if let sources = config.scripts.sources {
+            scripts = try ScriptSet.make(sources: sources)
+        } else {
+            scripts = try ScriptSet.load(directory: config.scripts.directory)
+        }
         return ScriptProgram(
-            scripts: try ScriptSet.load(directory: config.scripts.directory), policies: policies, routers: routers,
+            scripts: scripts,
+            policies: policies, routers: routers,
             modules: [RequestModule(), ResponseModule(), UpstreamModule()] + modules, settings: config.scripts, clock: clock, logger: logger,
             coverage: coverage)
     }

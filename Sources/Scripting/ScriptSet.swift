@@ -67,6 +67,27 @@ public struct ScriptSet: Sendable, Equatable {
         return ScriptSet(directory: directory, files: files)
     }
 
+    /// The scripts the config store holds, by path relative to the scripts directory, held to
+    /// the rules of a directory (names `require` can spell, sizes, count).
+    public static func make(sources: [String: String], label: String = "the config store") throws(ScriptErrors) -> ScriptSet {
+        var errors: [ScriptError] = []
+        var files: [ScriptFile] = []
+        if sources.count > maxFiles { errors.append(ScriptError(file: label, line: nil, message: "more than \(maxFiles) scripts")) }
+        for (relative, source) in sources.sorted(by: { $0.key < $1.key }) {
+            guard relative.hasSuffix(".lua"), let module = moduleName(relative) else {
+                errors.append(ScriptError(file: relative, line: nil, message: "a script's path must be made of names such as lib/auth_util.lua (letters, digits, _)"))
+                continue
+            }
+            guard source.utf8.count <= maxFileBytes else {
+                errors.append(ScriptError(file: relative, line: nil, message: "larger than \(maxFileBytes / 1024) KiB"))
+                continue
+            }
+            files.append(ScriptFile(module: module, path: relative, source: Array(source.utf8)))
+        }
+        if !errors.isEmpty { throw ScriptErrors(errors) }
+        return ScriptSet(directory: label, files: files)
+    }
+
     /// `path` relative to the working directory when it is inside it: Lua keeps only the
     /// last 60 characters of a script's path in messages, so shorter is clearer.
     public static func shortPath(_ path: String) -> String {

@@ -22,7 +22,7 @@ struct Moongate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A programmable HTTP API gateway: SwiftNIO data plane, policies in Lua 5.4.",
         version: Version.text,
-        subcommands: [Run.self, Check.self, Test.self, Echo.self, BenchRuntime.self],
+        subcommands: [Run.self, Check.self, Test.self, Echo.self, AdminToken.self, BenchRuntime.self],
         defaultSubcommand: nil)
 }
 
@@ -121,6 +121,28 @@ extension Moongate {
                 FileHandle.standardError.write(Data("\(error)\n".utf8))
                 throw ExitCode(1)
             }
+        }
+    }
+
+    struct AdminToken: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "admin-token",
+            abstract: "Make an admin API token: prints the token (give it to the client) and its line for admin.token_file.",
+            discussion: "The token file keeps only the token's SHA-256; the token itself is shown once, here.")
+
+        @Argument(help: "The token's id: it names the writer in GET /v1/config/versions and the log.")
+        var id: String
+
+        func validate() throws {
+            guard !id.isEmpty, id.utf8.count <= 64, id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }) else {
+                throw ValidationError("the id is 1 to 64 letters, digits, -, _, . or @")
+            }
+        }
+
+        func run() throws {
+            let (token, line) = AdminTokens.make(id: id)
+            print("token: \(token)")
+            print("line for admin.token_file: \(line)")
         }
     }
 

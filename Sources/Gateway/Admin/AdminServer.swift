@@ -44,8 +44,13 @@ final class AdminHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
+    /// Largest request body (a whole configuration with its scripts).
+    static let maxBodyBytes = 16 << 20
+
     let gateway: Gateway
     private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var tooLarge = false
 
     init(gateway: Gateway) {
         self.gateway = gateway
@@ -53,29 +58,51 @@ final class AdminHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head(let head): self.head = head
-        case .body: break
+        case .head(let head):
+            self.head = head
+            body = []
+            tooLarge = head.headers.first(name: "content-length").flatMap { Int($0) }.map { $0 > Self.maxBodyBytes } ?? false
+        case .body(var chunk):
+            guard !tooLarge else { return }
+            if body.count + chunk.readableBytes > Self.maxBodyBytes {
+                tooLarge = true
+                body = []
+            } else {
+                body.append(contentsOf: chunk.readBytes(length: chunk.readableBytes) ?? [])
+            }
         case .end:
             guard let head else { return }
             self.head = nil
+            let body = self.body
+            self.body = []
+            if tooLarge {
+                write(.error(413, "the body is larger than \(Self.maxBodyBytes >> 20) MiB"), keepAlive: false, context: context)
+                return
+            }
+            guard let request = AdminRequest(head: head, body: body) else {
+                write(.error(400, "the request target is not valid (bad % escape, NUL or not UTF-8)"), keepAlive: head.isKeepAlive, context: context)
+                return
+            }
             let gateway = self.gateway
             let promise = context.eventLoop.makePromise(of: AdminResponse.self)
-            promise.completeWithTask { await AdminResponse.answer(head, gateway: gateway) }
+            promise.completeWithTask { await AdminAPI.answer(request, gateway: gateway) }
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             promise.futureResult.whenSuccess { response in
                 let (handler, context) = bound.value
-                handler.write(response, keepAlive: head.isKeepAlive, context: context)
+                handler.write(response, keepAlive: head.isKeepAlive, head: head.method == .HEAD, context: context)
             }
         }
     }
 
-    private func write(_ response: AdminResponse, keepAlive: Bool, context: ChannelHandlerContext) {
+    private func write(_ response: AdminResponse, keepAlive: Bool, head: Bool = false, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: String(response.body.utf8.count))
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        headers.add(name: "Cache-Control", value: "no-store")
+        for (name, value) in response.headers { headers.add(name: name, value: value) }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: response.status), headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: response.body)))), promise: nil)
+        if !head { context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: response.body)))), promise: nil) }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive {
             let channel = context.channel
@@ -86,31 +113,3 @@ final class AdminHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 @available(*, unavailable)
 extension AdminHandler: Sendable {}
-
-struct AdminResponse: Sendable {
-    var status: Int
-    var contentType: String
-    var body: String
-
-    static func json(_ status: Int, _ body: String) -> AdminResponse {
-        AdminResponse(status: status, contentType: "application/json", body: body + "\n")
-    }
-
-    static func answer(_ head: HTTPRequestHead, gateway: Gateway) async -> AdminResponse {
-        guard head.method == .GET || head.method == .HEAD else { return .json(405, #"{"error":"method not allowed"}"#) }
-        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        switch path {
-        case "/metrics":
-            return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: await gateway.metricsText())
-        case "/healthz":
-            return .json(200, #"{"status":"alive"}"#)
-        case "/readyz":
-            let (ready, why) = await gateway.readiness()
-            return ready ? .json(200, #"{"status":"ready"}"#) : .json(503, #"{"status":"not ready","reason":"\#(why)"}"#)
-        case "/status":
-            return .json(200, await gateway.statusJSON())
-        default:
-            return .json(404, #"{"error":"not found: try /metrics, /healthz, /readyz or /status"}"#)
-        }
-    }
-}

@@ -1,0 +1,242 @@
+import Yams
+
+/// The dynamic part of a configuration as one JSON document: routes, upstreams, keysets, API
+/// key sets and the Lua scripts' sources. The admin API reads and replaces it, the config
+/// store keeps its versions; the YAML file keeps the rest (listeners, limits, timeouts, ...).
+///
+/// ```json
+/// {"routes": [{"name": "hello", "match": {"path": "/hello"}, "upstream": "echo"}],
+///  "upstreams": {"echo": {"targets": [{"address": "127.0.0.1:9000"}]}},
+///  "keysets": {}, "apikeys": {}, "scripts": {"hello.lua": "return function() end"}}
+/// ```
+/// The same keys mean what they mean in the YAML file and are checked by the same code.
+public struct ConfigDocument: Sendable, Equatable {
+    /// One kind of thing the API addresses by name (`/v1/routes/{name}`, ...).
+    public enum Section: String, Sendable, CaseIterable {
+        case routes, upstreams, keysets, apikeys, scripts
+    }
+
+    /// The config sections in YAML form (`routes` a list, the others mappings by name).
+    public private(set) var sections: [Section: JSONValue]
+    /// Lua sources by path relative to the scripts directory (`lib/util.lua`).
+    public private(set) var scripts: [String: String]
+
+    /// The sections the YAML file holds (all but `scripts`, which are files).
+    public static let configSections: [Section] = [.routes, .upstreams, .keysets, .apikeys]
+
+    public init(sections: [Section: JSONValue] = [:], scripts: [String: String] = [:]) {
+        self.sections = Self.filled(sections.filter { $0.key != .scripts })
+        self.scripts = scripts
+    }
+
+    /// Every config section present (an absent one is an empty one): a document reads the same
+    /// whether a section was left out or written empty.
+    private static func filled(_ sections: [Section: JSONValue]) -> [Section: JSONValue] {
+        var out = sections
+        for section in configSections where out[section] == nil || out[section] == .null {
+            out[section] = section == .routes ? .array([]) : .object([:])
+        }
+        return out
+    }
+
+    /// Reads a document sent to the API or kept in the store, checking its shape only (what the
+    /// sections say is checked by `ConfigLoader.load(path:document:)`).
+    public init(json: JSONValue) throws(ConfigError) {
+        guard case .object(let members) = json else {
+            throw ConfigError([ConfigDiagnostic(pointer: "", message: "expected an object with routes, upstreams, keysets, apikeys and scripts")])
+        }
+        var sections: [Section: JSONValue] = [:]
+        var scripts: [String: String] = [:]
+        var problems: [ConfigDiagnostic] = []
+        for (key, value) in members {
+            guard let section = Section(rawValue: key) else {
+                let known = Section.allCases.map(\.rawValue).joined(separator: ", ")
+                problems.append(ConfigDiagnostic(pointer: JSONPointer.join("", key), message: "unknown key \"\(key)\" (expected one of: \(known))"))
+                continue
+            }
+            if section == .scripts {
+                guard case .object(let files) = value else {
+                    problems.append(ConfigDiagnostic(pointer: "/scripts", message: "expected an object of script paths to Lua sources"))
+                    continue
+                }
+                for (path, source) in files {
+                    guard case .string(let text) = source else {
+                        problems.append(ConfigDiagnostic(pointer: JSONPointer.join("/scripts", path), message: "expected the script's Lua source as a string"))
+                        continue
+                    }
+                    scripts[path] = text
+                }
+            } else {
+                sections[section] = value
+            }
+        }
+        if !problems.isEmpty { throw ConfigError(problems.sorted { $0.pointer < $1.pointer }) }
+        self.sections = Self.filled(sections)
+        self.scripts = scripts
+    }
+
+    /// The document as JSON (every section present, empty when unset).
+    public var json: JSONValue {
+        var members: [String: JSONValue] = [:]
+        for section in Self.configSections { members[section.rawValue] = sections[section] }
+        members[Section.scripts.rawValue] = .object(scripts.mapValues(JSONValue.string))
+        return .object(members)
+    }
+
+    /// A short tag for this exact content (FNV-1a over the canonical text): the `ETag` of a
+    /// configuration that has no store version.
+    public var digest: String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in json.canonicalText.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x100_0000_01b3
+        }
+        let hex = String(hash, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    // MARK: Entities
+
+    /// Names of the entities of `section`, in document order for routes, sorted for the rest.
+    public func names(_ section: Section) -> [String] {
+        switch section {
+        case .scripts: return scripts.keys.sorted()
+        case .routes:
+            guard case .array(let routes) = sections[.routes] else { return [] }
+            return routes.enumerated().map { Self.routeName($1, index: $0) }
+        default:
+            guard case .object(let members) = sections[section] else { return [] }
+            return members.keys.sorted()
+        }
+    }
+
+    /// One entity by name: a route, an upstream, a keyset, an API key set or a script (a string).
+    public func entity(_ section: Section, _ name: String) -> JSONValue? {
+        switch section {
+        case .scripts: return scripts[name].map(JSONValue.string)
+        case .routes:
+            guard case .array(let routes) = sections[.routes] else { return nil }
+            return routes.enumerated().first { Self.routeName($1, index: $0) == name }?.element
+        default:
+            return sections[section]?[name]
+        }
+    }
+
+    /// Adds or replaces one entity. A route keeps its place in the list (order is match
+    /// priority); a new one goes last. A route's `name` is the one in the path.
+    public mutating func put(_ section: Section, _ name: String, _ value: JSONValue) {
+        switch section {
+        case .scripts:
+            scripts[name] = value.stringValue ?? ""
+        case .routes:
+            var route = value
+            if case .object(var members) = value {
+                members["name"] = .string(name)
+                route = .object(members)
+            }
+            guard case .array(var routes) = sections[.routes] else {
+                sections[.routes] = .array([route])
+                return
+            }
+            if let i = routes.enumerated().first(where: { Self.routeName($1, index: $0) == name })?.offset {
+                routes[i] = route
+            } else {
+                routes.append(route)
+            }
+            sections[.routes] = .array(routes)
+        default:
+            var members: [String: JSONValue] = [:]
+            if case .object(let existing) = sections[section] { members = existing }
+            members[name] = value
+            sections[section] = .object(members)
+        }
+    }
+
+    /// Removes one entity; false when there was none.
+    public mutating func delete(_ section: Section, _ name: String) -> Bool {
+        switch section {
+        case .scripts:
+            return scripts.removeValue(forKey: name) != nil
+        case .routes:
+            guard case .array(var routes) = sections[.routes],
+                let i = routes.enumerated().first(where: { Self.routeName($1, index: $0) == name })?.offset
+            else { return false }
+            routes.remove(at: i)
+            sections[.routes] = .array(routes)
+            return true
+        default:
+            guard case .object(var members) = sections[section], members.removeValue(forKey: name) != nil else { return false }
+            sections[section] = .object(members)
+            return true
+        }
+    }
+
+    /// The name the config gives a route: its `name`, or `route<i>` without one.
+    static func routeName(_ route: JSONValue, index: Int) -> String {
+        route["name"]?.stringValue ?? "route\(index)"
+    }
+
+    // MARK: Differences
+
+    /// One entity added, removed or changed between two documents.
+    public struct Change: Sendable, Equatable, CustomStringConvertible {
+        public enum Kind: String, Sendable { case added, removed, changed }
+        public var section: Section
+        public var name: String
+        public var kind: Kind
+        public var description: String { "\(kind.rawValue) \(section.rawValue)/\(name)" }
+        public var json: JSONValue { .object(["section": .string(section.rawValue), "name": .string(name), "change": .string(kind.rawValue)]) }
+    }
+
+    /// What `self` changes relative to `old`, section by section (route order counts: a route
+    /// that moved before or after another is changed).
+    public func changes(from old: ConfigDocument) -> [Change] {
+        var out: [Change] = []
+        for section in Section.allCases {
+            let before = old.names(section), after = names(section)
+            let beforeSet = Set(before), afterSet = Set(after)
+            for name in after where !beforeSet.contains(name) { out.append(Change(section: section, name: name, kind: .added)) }
+            for name in before where !afterSet.contains(name) { out.append(Change(section: section, name: name, kind: .removed)) }
+            // A route moved relative to the routes both have (not shifted by an insert or a delete).
+            let keptBefore = before.filter(afterSet.contains), keptAfter = after.filter(beforeSet.contains)
+            for name in after where beforeSet.contains(name) {
+                let moved = section == .routes && keptBefore.firstIndex(of: name) != keptAfter.firstIndex(of: name)
+                if moved || old.entity(section, name) != entity(section, name) { out.append(Change(section: section, name: name, kind: .changed)) }
+            }
+        }
+        return out
+    }
+
+    /// A one-line summary of `changes`, for the versions list and the log.
+    public static func summary(_ changes: [Change]) -> String {
+        guard !changes.isEmpty else { return "no change" }
+        let listed = changes.prefix(5).map(\.description).joined(separator: ", ")
+        return changes.count > 5 ? "\(listed) and \(changes.count - 5) more" : listed
+    }
+
+    // MARK: YAML
+
+    /// The config sections of a YAML file's root, as written (before `${VAR}` expansion).
+    static func sections(of root: Node) -> [Section: JSONValue] {
+        guard case .mapping(let mapping) = root else { return [:] }
+        var out: [Section: JSONValue] = [:]
+        for (key, value) in mapping {
+            if let name = key.string, let section = Section(rawValue: name), section != .scripts { out[section] = JSONValue(value) }
+        }
+        return out
+    }
+
+    /// `root` with its config sections replaced by this document's.
+    func replacingSections(of root: Node) -> Node {
+        guard case .mapping(let mapping) = root else { return root }
+        var pairs: [(Node, Node)] = []
+        for (key, value) in mapping {
+            if let name = key.string, let section = Section(rawValue: name), section != .scripts { continue }
+            pairs.append((key, value))
+        }
+        for section in Self.configSections {
+            if let value = sections[section] { pairs.append((Node.scalar(.init(section.rawValue)), value.node)) }
+        }
+        return Node.mapping(.init(pairs))
+    }
+}

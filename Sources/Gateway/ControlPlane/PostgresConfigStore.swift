@@ -1,0 +1,231 @@
+import Config
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresNIO
+
+/// One version of the dynamic configuration as the store keeps it.
+public struct StoredConfig: Sendable, Equatable {
+    public var version: Int
+    public var document: ConfigDocument
+}
+
+/// A row of `GET /v1/config/versions`: the audit trail of writes.
+public struct ConfigVersionInfo: Sendable, Equatable {
+    public var version: Int
+    public var time: Date
+    /// The admin token's id that wrote it (`bootstrap` for the seed from the YAML file).
+    public var tokenID: String
+    public var summary: String
+}
+
+/// The configuration's versions in PostgreSQL: a table of whole documents, one row per write,
+/// the version number its key. A write is accepted only on top of the latest version (two
+/// writers on the same version: the primary key lets one through), and tells every gateway
+/// by `NOTIFY moongate_config`. One connection, on the control plane's own event loop.
+actor PostgresConfigStore {
+    static let channel = "moongate_config"
+
+    private let url: PostgresURL
+    private let password: String?
+    private let eventLoop: any EventLoop
+    private let logger: Logger
+    private var connection: PostgresConnection?
+    private var nextConnectionID = 1
+
+    init(url: PostgresURL, password: String?, eventLoop: any EventLoop, logger: Logger) {
+        self.url = url
+        self.password = password ?? url.password
+        self.eventLoop = eventLoop
+        self.logger = logger
+    }
+
+    /// The schema, in order: each runs once, in a transaction, under an advisory lock so that
+    /// gateways starting together migrate once. Never edit one that shipped; add the next.
+    static let migrations: [String] = [
+        """
+        CREATE TABLE moongate_config_versions (
+            version    bigint PRIMARY KEY CHECK (version > 0),
+            document   text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            token_id   text NOT NULL,
+            summary    text NOT NULL
+        )
+        """
+    ]
+
+    /// An arbitrary constant naming the migration lock (`pg_advisory_xact_lock`).
+    private static let migrationLock = 0x6d6f_6f6e
+
+    /// The open connection, or a new one (schema migrated first).
+    func connected() async throws -> PostgresConnection {
+        if let connection, !connection.isClosed { return connection }
+        connection = nil
+        let configuration = PostgresConnection.Configuration(
+            host: url.host, port: url.port, username: url.user, password: password, database: url.database, tls: .disable)
+        let id = nextConnectionID
+        nextConnectionID += 1
+        let fresh = try await PostgresConnection.connect(on: eventLoop, configuration: configuration, id: id, logger: logger)
+        do {
+            try await migrate(fresh)
+        } catch {
+            try? await fresh.close()
+            throw error
+        }
+        connection = fresh
+        return fresh
+    }
+
+    func close() async {
+        try? await connection?.close()
+        connection = nil
+    }
+
+    private func migrate(_ connection: PostgresConnection) async throws {
+        try await connection.query(
+            "CREATE TABLE IF NOT EXISTS moongate_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+            logger: logger)
+        for (index, sql) in Self.migrations.enumerated() {
+            let number = index + 1
+            try await connection.query("BEGIN", logger: logger)
+            do {
+                try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
+                var applied = false
+                for try await _ in try await connection.query("SELECT 1 FROM moongate_schema WHERE version = \(number)", logger: logger) { applied = true }
+                if !applied {
+                    try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+                    try await connection.query("INSERT INTO moongate_schema (version) VALUES (\(number))", logger: logger)
+                    logger.notice("config store: schema migrated", metadata: ["migration": "\(number)"])
+                }
+                try await connection.query("COMMIT", logger: logger)
+            } catch {
+                _ = try? await connection.query("ROLLBACK", logger: logger)
+                throw error
+            }
+        }
+    }
+
+    /// Runs `body` on the connection; an error that is not the server's answer to a statement
+    /// (the connection broke, timed out, was refused) drops the connection, so the next call
+    /// connects again.
+    private func using<T>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        let c = try await connected()
+        do {
+            return try await body(c)
+        } catch let error as PSQLError where error.serverInfo != nil {
+            throw error
+        } catch {
+            if connection === c { connection = nil }
+            try? await c.close()
+            throw error
+        }
+    }
+
+    /// The latest version's number (0: the store is empty).
+    func latestVersion() async throws -> Int {
+        try await using { c in try await latestVersion(c) }
+    }
+
+    private func latestVersion(_ c: PostgresConnection) async throws -> Int {
+        for try await (version,) in try await c.query("SELECT coalesce(max(version), 0) FROM moongate_config_versions", logger: logger).decode((Int,).self) {
+            return version
+        }
+        return 0
+    }
+
+    /// One version's document, or nil when there is no such version.
+    func read(_ version: Int) async throws -> StoredConfig? {
+        try await using { c in try await read(version, c) }
+    }
+
+    private func read(_ version: Int, _ c: PostgresConnection) async throws -> StoredConfig? {
+        let rows = try await c.query("SELECT document FROM moongate_config_versions WHERE version = \(version)", logger: logger)
+        for try await (text,) in rows.decode((String,).self) {
+            return StoredConfig(version: version, document: try Self.document(text, version: version))
+        }
+        return nil
+    }
+
+    /// The latest version, or nil when the store is empty.
+    func latest() async throws -> StoredConfig? {
+        let version = try await latestVersion()
+        return version == 0 ? nil : try await read(version)
+    }
+
+    /// The newest `limit` versions, newest first.
+    func versions(limit: Int) async throws -> [ConfigVersionInfo] {
+        try await using { c in try await versions(limit: limit, c) }
+    }
+
+    private func versions(limit: Int, _ c: PostgresConnection) async throws -> [ConfigVersionInfo] {
+        let rows = try await c.query(
+            "SELECT version, created_at, token_id, summary FROM moongate_config_versions ORDER BY version DESC LIMIT \(limit)", logger: logger)
+        var out: [ConfigVersionInfo] = []
+        for try await (version, time, token, summary) in rows.decode((Int, Date, String, String).self) {
+            out.append(ConfigVersionInfo(version: version, time: time, tokenID: token, summary: summary))
+        }
+        return out
+    }
+
+    /// Writes `document` as version `after + 1` if `after` is still the latest version; nil
+    /// when another write got there first (the caller answers `412`). Notifies every gateway.
+    func write(_ document: ConfigDocument, after: Int, tokenID: String, summary: String) async throws -> Int? {
+        try await using { c in try await write(document, after: after, tokenID: tokenID, summary: summary, c) }
+    }
+
+    private func write(_ document: ConfigDocument, after: Int, tokenID: String, summary: String, _ c: PostgresConnection) async throws -> Int? {
+        let text = document.json.canonicalText
+        do {
+            let rows = try await c.query(
+                """
+                WITH written AS (
+                    INSERT INTO moongate_config_versions (version, document, token_id, summary)
+                    SELECT \(after) + 1, \(text), \(tokenID), \(summary)
+                    WHERE (SELECT coalesce(max(version), 0) FROM moongate_config_versions) = \(after)
+                    RETURNING version)
+                SELECT version, pg_notify('\(unescaped: Self.channel)', version::text) FROM written
+                """, logger: logger)
+            for try await (version, _) in rows.decode((Int, String).self) { return version }
+            return nil
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+            // Two writers on the same version: the primary key let the other one in.
+            return nil
+        }
+    }
+
+    /// Calls `changed` with each version number written by any gateway, until the connection
+    /// drops (then throws).
+    func listen(_ changed: @escaping @Sendable (Int) async -> Void) async throws {
+        try await using { c in try await listen(changed, c) }
+    }
+
+    private func listen(_ changed: @escaping @Sendable (Int) async -> Void, _ c: PostgresConnection) async throws {
+        try await c.listen(on: Self.channel) { notifications in
+            for try await notification in notifications {
+                if let version = Int(notification.payload) { await changed(version) }
+            }
+        }
+        throw NotificationsEnded()
+    }
+
+    struct NotificationsEnded: Error, CustomStringConvertible {
+        var description: String { "the store's connection closed" }
+    }
+
+    /// What went wrong, for logs and answers: the server's message, or the kind of failure
+    /// (PostgresNIO's own description hides both, to keep queries and data out of logs).
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        if let message = error.serverInfo?[.message] { return "\(error.serverInfo?[.sqlState] ?? "?"): \(message)" }
+        if let underlying = error.underlying { return "\(error.code): \(underlying)" }
+        return "\(error.code)"
+    }
+
+    static func document(_ text: String, version: Int) throws -> ConfigDocument {
+        switch JSONValue.parse(Array(text.utf8)) {
+        case .success(let json): return try ConfigDocument(json: json)
+        case .failure(let error): throw ConfigError([ConfigDiagnostic(pointer: "", message: "version \(version): \(error.message)")])
+        }
+    }
+}

@@ -58,10 +58,23 @@ actor PostgresConfigStore {
     /// An arbitrary constant naming the migration lock (`pg_advisory_xact_lock`).
     private static let migrationLock = 0x6d6f_6f6e
 
-    /// The open connection, or a new one (schema migrated first).
+    /// The open connection, or a new one (schema migrated first). Callers that arrive while a
+    /// connection is being made wait for that one: two would race, and the loser's connection
+    /// would be dropped open.
     func connected() async throws -> PostgresConnection {
         if let connection, !connection.isClosed { return connection }
-        connection = nil
+        if let connecting { return try await connecting.value }
+        let attempt = Task { try await self.connect() }
+        connecting = attempt
+        defer { connecting = nil }
+        let fresh = try await attempt.value
+        connection = fresh
+        return fresh
+    }
+
+    private var connecting: Task<PostgresConnection, any Error>?
+
+    private func connect() async throws -> PostgresConnection {
         let configuration = PostgresConnection.Configuration(
             host: url.host, port: url.port, username: url.user, password: password, database: url.database, tls: .disable)
         let id = nextConnectionID
@@ -73,11 +86,11 @@ actor PostgresConfigStore {
             try? await fresh.close()
             throw error
         }
-        connection = fresh
         return fresh
     }
 
     func close() async {
+        if let connecting { _ = try? await connecting.value }
         try? await connection?.close()
         connection = nil
     }

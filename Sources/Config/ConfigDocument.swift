@@ -193,18 +193,37 @@ public struct ConfigDocument: Sendable, Equatable {
     public func changes(from old: ConfigDocument) -> [Change] {
         var out: [Change] = []
         for section in Section.allCases {
-            let before = old.names(section), after = names(section)
-            let beforeSet = Set(before), afterSet = Set(after)
-            for name in after where !beforeSet.contains(name) { out.append(Change(section: section, name: name, kind: .added)) }
-            for name in before where !afterSet.contains(name) { out.append(Change(section: section, name: name, kind: .removed)) }
+            let before = old.entities(section), after = entities(section)
+            let beforeNames = Dictionary(before.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+            let afterNames = Dictionary(after.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+            for (name, _) in after where beforeNames[name] == nil { out.append(Change(section: section, name: name, kind: .added)) }
+            for (name, _) in before where afterNames[name] == nil { out.append(Change(section: section, name: name, kind: .removed)) }
             // A route moved relative to the routes both have (not shifted by an insert or a delete).
-            let keptBefore = before.filter(afterSet.contains), keptAfter = after.filter(beforeSet.contains)
-            for name in after where beforeSet.contains(name) {
-                let moved = section == .routes && keptBefore.firstIndex(of: name) != keptAfter.firstIndex(of: name)
-                if moved || old.entity(section, name) != entity(section, name) { out.append(Change(section: section, name: name, kind: .changed)) }
+            let keptBefore = before.map(\.name).filter { afterNames[$0] != nil }
+            var position: [String: Int] = [:]
+            for (i, name) in keptBefore.enumerated() { position[name] = i }
+            var kept = 0  // the route's place among the kept ones, after the change
+            for (name, value) in after {
+                guard let previous = beforeNames[name] else { continue }
+                let moved = section == .routes && position[name] != kept
+                kept += 1
+                if moved || previous != value { out.append(Change(section: section, name: name, kind: .changed)) }
             }
         }
         return out
+    }
+
+    /// The entities of `section` with their names, in document order (sorted for mappings).
+    private func entities(_ section: Section) -> [(name: String, value: JSONValue)] {
+        switch section {
+        case .scripts: return scripts.keys.sorted().map { ($0, .string(scripts[$0]!)) }
+        case .routes:
+            guard case .array(let routes) = sections[.routes] else { return [] }
+            return routes.enumerated().map { (Self.routeName($1, index: $0), $1) }
+        default:
+            guard case .object(let members) = sections[section] else { return [] }
+            return members.keys.sorted().map { ($0, members[$0]!) }
+        }
     }
 
     /// A one-line summary of `changes`, for the versions list and the log.

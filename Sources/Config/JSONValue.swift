@@ -2,8 +2,8 @@ import Foundation
 import Yams
 
 /// A JSON document as a value: what the admin API reads and writes, and what the config store
-/// keeps. Control plane only (parsed with Foundation's decoder, never on a request's path).
-public enum JSONValue: Sendable, Hashable, Codable {
+/// keeps. Control plane only, never on a request's path.
+public enum JSONValue: Sendable, Hashable {
     case null
     case bool(Bool)
     case int(Int)
@@ -12,48 +12,10 @@ public enum JSONValue: Sendable, Hashable, Codable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    /// Parses JSON text; nil with a reason when it is not one JSON value.
+    /// Parses JSON text (RFC 8259; duplicate member names and nesting deeper than 128 are
+    /// refused); a failure says where and why.
     public static func parse(_ bytes: some Collection<UInt8>) -> Result<JSONValue, JSONParseError> {
-        do {
-            return .success(try JSONDecoder().decode(JSONValue.self, from: Data(bytes)))
-        } catch let DecodingError.dataCorrupted(context) {
-            let underlying = (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String
-            return .failure(JSONParseError(message: "invalid JSON: \(underlying ?? context.debugDescription)"))
-        } catch {
-            return .failure(JSONParseError(message: "invalid JSON: \(error)"))
-        }
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() {
-            self = .null
-        } else if let b = try? c.decode(Bool.self) {
-            self = .bool(b)
-        } else if let i = try? c.decode(Int.self) {
-            self = .int(i)
-        } else if let d = try? c.decode(Double.self) {
-            self = .double(d)
-        } else if let s = try? c.decode(String.self) {
-            self = .string(s)
-        } else if let a = try? c.decode([JSONValue].self) {
-            self = .array(a)
-        } else {
-            self = .object(try c.decode([String: JSONValue].self))
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case .null: try c.encodeNil()
-        case .bool(let b): try c.encode(b)
-        case .int(let i): try c.encode(i)
-        case .double(let d): try c.encode(d)
-        case .string(let s): try c.encode(s)
-        case .array(let a): try c.encode(a)
-        case .object(let o): try c.encode(o)
-        }
+        JSONParser.parse(Array(bytes))
     }
 
     /// Compact JSON with object keys sorted: the same value always gives the same text, so its
@@ -107,6 +69,14 @@ public enum JSONValue: Sendable, Hashable, Codable {
 
     /// A JSON string literal (RFC 8259: quote, backslash and control characters escaped).
     public static func quote(_ s: String, into out: inout String) {
+        // Most strings need no escape: one append (scalar by scalar is 10x slower on a
+        // document of scripts).
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += "\""
+            out += s
+            out += "\""
+            return
+        }
         out += "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -146,15 +116,24 @@ public enum JSONValue: Sendable, Hashable, Codable {
     /// API receives is checked by the very code that checks the file.
     var node: Node {
         switch self {
-        case .null: return Node.scalar(.init("", Tag(.null), .plain))
-        case .bool(let b): return Node.scalar(.init(b ? "true" : "false", Tag(.bool), .plain))
-        case .int(let i): return Node.scalar(.init(String(i), Tag(.int), .plain))
-        case .double(let d): return Node.scalar(.init("\(d)", Tag(.float), .plain))
-        case .string(let s): return Node.scalar(.init(s, Tag(.str), .doubleQuoted))
+        case .null: return Node.scalar(.init("", Tags.null, .plain))
+        case .bool(let b): return Node.scalar(.init(b ? "true" : "false", Tags.bool, .plain))
+        case .int(let i): return Node.scalar(.init(String(i), Tags.int, .plain))
+        case .double(let d): return Node.scalar(.init("\(d)", Tags.float, .plain))
+        case .string(let s): return Node.scalar(.init(s, Tags.str, .doubleQuoted))
         case .array(let items): return Node.sequence(.init(items.map(\.node)))
         case .object(let members):
-            return Node.mapping(.init(members.keys.sorted().map { (Node.scalar(.init($0, Tag(.str), .doubleQuoted)), members[$0]!.node) }))
+            return Node.mapping(.init(members.keys.sorted().map { (Node.scalar(.init($0, Tags.str, .doubleQuoted)), members[$0]!.node) }))
         }
+    }
+
+    /// One of each tag, shared: a `Tag` made per node builds its own constructor table.
+    private enum Tags {
+        nonisolated(unsafe) static let null = Tag(.null)
+        nonisolated(unsafe) static let bool = Tag(.bool)
+        nonisolated(unsafe) static let int = Tag(.int)
+        nonisolated(unsafe) static let float = Tag(.float)
+        nonisolated(unsafe) static let str = Tag(.str)
     }
 
     /// The JSON value of a YAML node as written (before `${VAR}` expansion): plain scalars
@@ -197,7 +176,8 @@ public struct JSONParseError: Error, Sendable, CustomStringConvertible {
 public enum JSONPointer {
     /// One reference token, escaped (`~` → `~0`, `/` → `~1`).
     public static func escape(_ token: String) -> String {
-        token.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+        guard token.utf8.contains(where: { $0 == UInt8(ascii: "~") || $0 == UInt8(ascii: "/") }) else { return token }
+        return token.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
     }
 
     public static func join(_ pointer: String, _ token: String) -> String { pointer + "/" + escape(token) }

@@ -14,15 +14,19 @@ final class YAMLReader {
         self.environment = environment
     }
 
-    /// The JSON pointer of each path `join` built: names may hold dots, which the dotted path
-    /// cannot tell from nesting.
-    private var pointers: [String: String] = [:]
+    /// How each path `join` built was made (its parent and last token), for its JSON pointer:
+    /// names may hold dots, which the dotted path cannot tell from nesting. Pointers are
+    /// spelled only for problems.
+    private var parents: [String: (parent: String, token: String)] = [:]
 
     func fail(_ node: Node?, _ path: String, _ message: String) {
         diagnostics.append(ConfigDiagnostic(file: file, line: node?.mark?.line ?? 0, path: path, message: message, pointer: pointer(path)))
     }
 
-    func pointer(_ path: String) -> String { pointers[path] ?? ConfigDiagnostic.pointer(path: path) }
+    func pointer(_ path: String) -> String {
+        guard let (parent, token) = parents[path] else { return ConfigDiagnostic.pointer(path: path) }
+        return JSONPointer.join(pointer(parent), token)
+    }
 
     /// The pairs of a mapping, reporting keys outside `allowed` as errors.
     func mapping(_ node: Node, _ path: String, allowed: Set<String>) -> [String: (key: Node, value: Node)]? {
@@ -128,13 +132,13 @@ final class YAMLReader {
 
     func join(_ path: String, _ key: String) -> String {
         let joined = path.isEmpty ? key : "\(path).\(key)"
-        pointers[joined] = JSONPointer.join(pointer(path), key)
+        parents[joined] = (path, key)
         return joined
     }
 
     func join(_ path: String, _ index: Int) -> String {
         let joined = "\(path)[\(index)]"
-        pointers[joined] = pointer(path) + "/\(index)"
+        parents[joined] = (path, String(index))
         return joined
     }
 }

@@ -243,11 +243,14 @@ public actor Gateway {
     }
 
     /// Reads the file (with `document` over it), makes the modules and compiles the generation.
-    private func prepare(document: ConfigDocument?) async throws -> Prepared {
+    private func prepare(document: ConfigDocument?, meter: BackgroundWork.Meter? = nil) async throws -> Prepared {
         guard let local = localBuckets else { throw NotStarted() }
-        let config = try ConfigLoader.load(path: configPath, environment: environment, document: document)
-        let tokens = try config.adminTokenFile.map { file throws(ConfigError) in try AdminTokens.load(file: file) } ?? .open
-        let modules = try AuthModules.make(config)
+        let (path, environment) = (configPath, self.environment)
+        let (config, tokens, modules) = try await BackgroundWork.run(meter: meter) {
+            let config = try ConfigLoader.load(path: path, environment: environment, document: document)
+            let tokens = try config.adminTokenFile.map { file throws(ConfigError) in try AdminTokens.load(file: file) } ?? .open
+            return (config, tokens, try AuthModules.make(config))
+        }
         var nextRedis = redisBuckets
         if config.redis.isEmpty {
             nextRedis = nil
@@ -256,8 +259,8 @@ public actor Gateway {
         }
         do {
             let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, counters: bucketCounters, logger: logger)
-            let generation = try ProxyGeneration(
-                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies)], logger: logger)
+            let (id, all, logger) = (nextGenerationID, modules + buckets + [MetricsModule(families: scriptFamilies)], self.logger)
+            let generation = try await BackgroundWork.run(meter: meter) { try ProxyGeneration(id: id, config: config, modules: all, logger: logger) }
             return Prepared(config: config, tokens: tokens, generation: generation, modules: modules, redis: nextRedis)
         } catch {
             if let nextRedis, nextRedis !== redisBuckets { await nextRedis.close() }
@@ -277,9 +280,11 @@ public actor Gateway {
     private func load(document: ConfigDocument?) async -> ReloadResult {
         guard let current = generation else { return ReloadResult(generation: 0, errors: ["not started"]) }
         lastReadAt = Date()
+        let began = ContinuousClock.now
+        let meter = BackgroundWork.Meter()
         let prepared: Prepared
         do {
-            prepared = try await prepare(document: document)
+            prepared = try await prepare(document: document, meter: meter)
         } catch {
             return rejected(current, ConfigProblem.from(error, file: configPath))
         }
@@ -342,7 +347,13 @@ public actor Gateway {
         }
         let result = ReloadResult(generation: next.id, errors: [])
         lastReload = result
-        logger.info("config reloaded", metadata: ["generation": "\(next.id)", "lua_state_bytes": "\(next.scriptStateBytes)"])
+        let took = ContinuousClock.now - began
+        logger.info(
+            "config reloaded",
+            metadata: [
+                "generation": "\(next.id)", "lua_state_bytes": "\(next.scriptStateBytes)", "routes": "\(config.routes.count)",
+                "ms": "\(took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000)", "cpu_ms": "\(meter.milliseconds)",
+            ])
         return result
     }
 

@@ -168,7 +168,10 @@ struct ConfigAPI {
 
     private func replaceConfig(_ request: AdminRequest) async -> AdminResponse {
         let document: ConfigDocument
-        switch Self.parseDocument(request.body) {
+        let body = request.body
+        // A whole configuration is large: read it off the actors' threads, as a reload does.
+        guard let parsed = try? await BackgroundWork.run({ Self.parseDocument(body) }) else { return .error(500, "cannot start a thread") }
+        switch parsed {
         case .success(let d): document = d
         case .failure(let failure): return failure.response
         }

@@ -39,6 +39,8 @@ public actor ControlPlane {
     /// The newest version this gateway refused, and why: it is not tried again.
     private(set) var refused: (version: Int, problems: [ConfigProblem])?
     private var follower: Task<Void, Never>?
+    /// The last cache write (each waits for the one before: the newest version lands last).
+    private var cacheWrite: Task<Void, Never>?
     /// The end of the chain of version changes (one at a time, in order).
     private var tail: Task<Void, Never>?
 
@@ -278,14 +280,21 @@ public actor ControlPlane {
 
     private func writeCache() {
         guard let path = settings.cache else { return }
-        let text = JSONValue.object(["version": .int(applied), "document": appliedDocument.json]).canonicalText
-        let temporary = path + ".tmp"
-        do {
-            // Written aside and renamed over: a crash mid-write never leaves half a cache.
-            try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-            guard rename(temporary, path) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        } catch {
-            logger.warning("cannot write store.cache", metadata: ["cache": "\(path)", "error": "\(error)"])
+        let (version, document, logger) = (applied, appliedDocument, self.logger)
+        // Serializing a large document and writing a file: off the actors' threads.
+        cacheWrite = Task { [previous = cacheWrite] in
+            await previous?.value
+            do {
+                try await BackgroundWork.run {
+                    let text = JSONValue.object(["version": .int(version), "document": document.json]).canonicalText
+                    let temporary = path + ".tmp"
+                    // Written aside and renamed over: a crash mid-write never leaves half a cache.
+                    try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
+                    guard rename(temporary, path) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+                }
+            } catch {
+                logger.warning("cannot write store.cache", metadata: ["cache": "\(path)", "error": "\(error)"])
+            }
         }
     }
 

@@ -155,7 +155,8 @@ actor PostgresConfigStore {
     private func read(_ version: Int, _ c: PostgresConnection) async throws -> StoredConfig? {
         let rows = try await c.query("SELECT document FROM moongate_config_versions WHERE version = \(version)", logger: logger)
         for try await (text,) in rows.decode((String,).self) {
-            return StoredConfig(version: version, document: try Self.document(text, version: version))
+            let document = try await BackgroundWork.run { try Self.document(text, version: version) }
+            return StoredConfig(version: version, document: document)
         }
         return nil
     }
@@ -184,11 +185,11 @@ actor PostgresConfigStore {
     /// Writes `document` as version `after + 1` if `after` is still the latest version; nil
     /// when another write got there first (the caller answers `412`). Notifies every gateway.
     func write(_ document: ConfigDocument, after: Int, tokenID: String, summary: String) async throws -> Int? {
-        try await using { c in try await write(document, after: after, tokenID: tokenID, summary: summary, c) }
+        let text = try await BackgroundWork.run { document.json.canonicalText }
+        return try await using { c in try await write(text, after: after, tokenID: tokenID, summary: summary, c) }
     }
 
-    private func write(_ document: ConfigDocument, after: Int, tokenID: String, summary: String, _ c: PostgresConnection) async throws -> Int? {
-        let text = document.json.canonicalText
+    private func write(_ text: String, after: Int, tokenID: String, summary: String, _ c: PostgresConnection) async throws -> Int? {
         do {
             let rows = try await c.query(
                 """

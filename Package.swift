@@ -189,6 +189,7 @@ let package = Package(
         .target(
             name: "EchoUpstream",
             dependencies: [
+                "Config",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -209,14 +210,19 @@ let package = Package(
         .target(
             name: "AllocationCounter",
             path: "Tests/AllocationCounter"),
+        // What the test servers and suites share: free ports, running a tool.
+        .target(
+            name: "TestSupport",
+            path: "Tests/TestSupport"),
         // A real redis-server for the tests that need one (started on a free port, killable).
         .target(
             name: "RedisTestServer",
-            dependencies: ["Redis"],
+            dependencies: ["Redis", "TestSupport"],
             path: "Tests/RedisTestServer"),
         // A real PostgreSQL server for the config store's tests (a new cluster on a free port).
         .target(
             name: "PostgresTestServer",
+            dependencies: ["TestSupport"],
             path: "Tests/PostgresTestServer"),
         .testTarget(
             name: "RateLimitTests",
@@ -254,7 +260,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "PostgresTestServer", "Redis", "Telemetry", "AllocationCounter", "MoongateTesting",
+                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "PostgresTestServer", "TestSupport", "Redis", "Telemetry", "AllocationCounter", "MoongateTesting",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

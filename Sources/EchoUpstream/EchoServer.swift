@@ -1,3 +1,4 @@
+import Config
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
@@ -153,10 +154,10 @@ final class EchoHandler: ChannelInboundHandler {
     private func echo(_ head: HTTPRequestHead) -> String {
         var fields: [String] = []
         for (name, value) in head.headers {
-            fields.append("[\(JSONText.quote(name)),\(JSONText.quote(value))]")
+            fields.append("[\(JSONValue.quoted(name)),\(JSONValue.quoted(value))]")
         }
         return """
-            {"method":\(JSONText.quote(head.method.rawValue)),"uri":\(JSONText.quote(head.uri)),\
+            {"method":\(JSONValue.quoted(head.method.rawValue)),"uri":\(JSONValue.quoted(head.uri)),\
             "version":"\(head.version.major).\(head.version.minor)","headers":[\(fields.joined(separator: ","))],\
             "body_bytes":\(bodyBytes),"body_checksum":"\(checksum.hex)"}
 
@@ -187,28 +188,3 @@ struct Checksum {
 
     var hex: String { String(value, radix: 16) }
 }
-
-/// JSON string quoting for the echo body.
-public enum JSONText {
-    public static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    out += String(format: "\\u%04x", scalar.value)
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
-}
-
-import Foundation

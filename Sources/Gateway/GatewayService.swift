@@ -39,7 +39,8 @@ public struct GatewayService: Service {
         var warned = false
         while !Task.isCancelled {
             let config = await gateway.generation?.config
-            let scripts = config?.scripts.directory
+            // With a config store the scripts come from the store: their folder is not watched.
+            let scripts = config?.scripts.sources == nil ? config?.scripts.directory : nil
             let directories = scripts.map { [$0] }?.filter { FileManager.default.fileExists(atPath: $0) } ?? []
             let keyFiles = config.map(Self.keyFiles) ?? []
             let paths = [gateway.configPath] + keyFiles
@@ -64,7 +65,8 @@ public struct GatewayService: Service {
                     logger.info("config or scripts changed: reloading")
                     await reload()
                     let now = await gateway.generation?.config
-                    if now?.scripts.directory != scripts || now.map(Self.keyFiles) != keyFiles { break }
+                    let nowScripts = now?.scripts.sources == nil ? now?.scripts.directory : nil
+                    if nowScripts != scripts || now.map(Self.keyFiles) != keyFiles { break }
                 }
             } onCancel: {
                 watcher.stop()

@@ -1,6 +1,7 @@
 import Foundation
 import Gateway
 import PostgresTestServer
+import TestSupport
 import Testing
 
 /// schemathesis (PyPI; scripts/test installs it in .build-venv) against `/openapi.json` on a

@@ -1,5 +1,6 @@
 import Foundation
 import Telemetry
+import TestSupport
 import Testing
 
 /// The admin listener and what `/metrics` says after real traffic.

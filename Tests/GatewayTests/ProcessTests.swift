@@ -3,6 +3,7 @@ import CJOSE
 import EchoUpstream
 import Foundation
 import NIOPosix
+import TestSupport
 import Testing
 
 /// The `moongate` binary as a user runs it: signals, file watching, exit codes, and memory

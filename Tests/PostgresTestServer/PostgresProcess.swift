@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// A real PostgreSQL server for tests: Debian's `postgresql` package (scripts/setup installs
 /// it), a new cluster in a temporary folder on a free loopback port, trust authentication for
@@ -21,7 +22,7 @@ public final class PostgresProcess: @unchecked Sendable {
     public init() throws {
         guard let bin = Self.binDirectory else { throw Unavailable(description: "PostgreSQL is not installed (scripts/setup --tests installs it)") }
         self.bin = bin
-        port = try Self.freePort()
+        port = try freeLoopbackPort()
         directory = NSTemporaryDirectory() + "moongate-pg-\(getpid())-\(port)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try Self.ownByServerUser(directory)
@@ -88,18 +89,9 @@ public final class PostgresProcess: @unchecked Sendable {
 
     @discardableResult
     private func run(_ command: [String], asServer: Bool = true) throws -> String {
-        let p = Process()
         let (executable, arguments) = asServer ? Self.asServerUser(command) : (command[0], Array(command.dropFirst()))
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard p.terminationStatus == 0 else { throw Unavailable(description: "\(command[0]) failed: \(text)") }
+        let (status, text) = try runTool(executable, arguments)
+        guard status == 0 else { throw Unavailable(description: "\(command[0]) failed: \(text)") }
         return text
     }
 
@@ -114,20 +106,5 @@ public final class PostgresProcess: @unchecked Sendable {
         guard getuid() == 0 else { return }
         guard let user = getpwnam("postgres") else { throw Unavailable(description: "no postgres user (Debian's postgresql package creates it)") }
         guard chown(path, user.pointee.pw_uid, user.pointee.pw_gid) == 0 else { throw Unavailable(description: "cannot chown \(path)") }
-    }
-
-    private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-        }
-        guard bound else { throw Unavailable(description: "no free port") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 }

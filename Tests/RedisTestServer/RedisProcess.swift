@@ -1,5 +1,6 @@
 import Foundation
 import Redis
+import TestSupport
 
 /// A real `redis-server` for tests, on a free loopback port, that a test may kill and start
 /// again on the same port. Debian's `redis-server` package (scripts/setup installs it).
@@ -10,7 +11,7 @@ public final class RedisProcess: @unchecked Sendable {
     private var process: Process?
 
     public init(password: String? = nil) throws {
-        self.port = try Self.freePort()
+        self.port = try freeLoopbackPort()
         self.password = password
         try start()
     }
@@ -58,20 +59,5 @@ public final class RedisProcess: @unchecked Sendable {
         let c = try BlockingRedis(host: "127.0.0.1", port: port)
         if let password { _ = try c.send(RedisCommand("AUTH", password)) }
         return c
-    }
-
-    private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-        }
-        guard bound else { throw RedisError.unavailable("no free port") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 }

@@ -5,9 +5,11 @@ import Foundation
 import Synchronization
 
 /// Control-plane CPU work (reading, validating and compiling a configuration) on a thread of
-/// its own at a lower scheduling priority (nice 10). The workers keep a core each; when this
+/// its own at a lower scheduling priority (nice 5). The workers keep a core each; when this
 /// work lands on one, the kernel lets the worker's requests go first, so applying a large
 /// configuration adds little to the latency of requests in flight (scripts/bench --fleet).
+/// Not lower: with every worker busy, nice 5 still gets about a quarter of a core, and a change
+/// made during an incident (blocking an abusive client, say) must not wait for the load to end.
 enum BackgroundWork {
     /// CPU time spent in `run` bodies, summed (what an apply costs, whatever the wall clock says
     /// while it waits behind the workers).
@@ -22,7 +24,7 @@ enum BackgroundWork {
             let thread = Thread {
                 #if os(Linux)
                 // Linux keeps a nice value per thread: 0 is this thread, not the process.
-                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
+                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 5)
                 #endif
                 let result = Result { try body() }
                 var cpu = timespec()

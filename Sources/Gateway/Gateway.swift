@@ -50,6 +50,8 @@ public actor Gateway {
     private(set) public var storeDocument: ConfigDocument?
     /// The config store this gateway follows (`store.kind: postgres`), nil for a file.
     private(set) var controlPlane: ControlPlane?
+    /// What the last `check(_:keep:)` built, ready for its `apply`.
+    private var checked: (document: ConfigDocument, prepared: Prepared, readAt: Date)?
     /// Who may use the admin API (`admin.token_file`), as of the last load.
     private(set) var adminTokens = AdminTokens.open
     let storeRefusals: Prometheus.Counter
@@ -223,14 +225,37 @@ public actor Gateway {
 
     /// Checks `document` as `apply` would (the file's static part, every field, the scripts
     /// compiled and loaded) without applying it: the admin API's `dry_run`.
-    public func check(_ document: ConfigDocument) async -> [ConfigProblem] {
+    ///
+    /// With `keep`, the generation built stays ready for an `apply` of the same document that
+    /// comes before any other load (the admin API checks, stores, then applies: built once).
+    public func check(_ document: ConfigDocument, keep: Bool = false) async -> [ConfigProblem] {
         do {
+            let readAt = Date()
             let prepared = try await prepare(document: document)
-            await discard(prepared)
+            if keep {
+                if let previous = checked { await discard(previous.prepared) }
+                checked = (document, prepared, readAt)
+            } else {
+                await discard(prepared)
+            }
             return []
         } catch {
             return ConfigProblem.from(error, file: configPath)
         }
+    }
+
+    /// The generation `check(_:keep:)` built for `document`, if it is still what a load would
+    /// build now: no other load since (its id is the next one) and the file not changed since
+    /// it was read.
+    private func takeChecked(_ document: ConfigDocument?) async -> Prepared? {
+        guard let kept = checked else { return nil }
+        checked = nil
+        let modified = (try? FileManager.default.attributesOfItem(atPath: configPath))?[.modificationDate] as? Date
+        if let document, kept.document == document, kept.prepared.generation.id == nextGenerationID, let modified, modified < kept.readAt {
+            return kept.prepared
+        }
+        await discard(kept.prepared)
+        return nil
     }
 
     /// A generation built and checked but not yet serving, with what it needs.
@@ -284,7 +309,11 @@ public actor Gateway {
         let meter = BackgroundWork.Meter()
         let prepared: Prepared
         do {
-            prepared = try await prepare(document: document, meter: meter)
+            if let ready = await takeChecked(document) {
+                prepared = ready
+            } else {
+                prepared = try await prepare(document: document, meter: meter)
+            }
         } catch {
             return rejected(current, ConfigProblem.from(error, file: configPath))
         }

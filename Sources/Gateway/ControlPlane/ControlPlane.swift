@@ -236,7 +236,7 @@ public actor ControlPlane {
                 return .unavailable(PostgresConfigStore.describe(error))
             }
             let document = change(base.document)
-            let problems = await gateway.check(document)
+            let problems = await gateway.check(document, keep: true)
             if !problems.isEmpty { return .invalid(problems) }
             let changes = document.changes(from: base.document)
             let written: Int?

@@ -158,7 +158,7 @@ extension DownstreamConnectionHandler {
     /// Sends the request to its upstream (the route's, or the one a script chose).
     func forward(_ head: ByteBuffer, route: CompiledRoute) {
         // The balancer alone, not a copy of the whole generation (two more retains and releases).
-        guard let balancer = exchange.generation?.balancers[exchange.policy.edits.upstream ?? route.upstream] else { return }
+        guard let balancer = exchange.generation?.balancer(exchange.policy.edits.upstream ?? route.upstream, on: worker) else { return }
         self.exchange.attempt.balancer = balancer
         exchange.attempt.tried = 0
         exchange.attempt.count = 0

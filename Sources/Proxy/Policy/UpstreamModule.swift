@@ -84,7 +84,7 @@ struct UpstreamModule: LuaModule {
         guard let h = serving(L) else { return notServing(L, "upstream.call") }
         guard h.scriptCanWait else { return Lua.raise(L, "upstream.call: only in the access phase (it waits for the answer)") }
         guard let name = Lua.string(L, 1), let index = h.exchange.generation?.shared.config.upstreamIndex(named: name),
-            let balancer = h.exchange.generation?.balancers[index]
+            let balancer = h.exchange.generation?.balancer(index, on: h.worker)
         else { return Lua.raise(L, "upstream.call(name, request): unknown upstream \"\(Lua.string(L, 1)?.prefix(64) ?? "?")\"") }
         guard lua_type(L, 2) == LUA_TTABLE else { return Lua.raise(L, "upstream.call(name, request): request must be a table with a path") }
         var method = HTTPMethod.GET

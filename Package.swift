@@ -233,7 +233,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "HarnessTests",
-            dependencies: ["Harness", "Config"]),
+            dependencies: ["Harness", "Config", "TestSupport"]),
         .testTarget(
             name: "AuthTests",
             dependencies: ["Auth", "Harness", "Config", "Scripting", "CJOSE"],

@@ -98,20 +98,20 @@ public final class ProxyWorker {
     /// This loop's balancer for `upstream`, over the pools of its targets (kept ones updated).
     func makeBalancer(_ upstream: CompiledUpstream) -> UpstreamBalancer {
         UpstreamBalancer(
-                upstream: upstream,
-                targets: upstream.targets.map { target in
-                    let pool: TargetPool
-                    if let existing = pools[target.key] {
-                        existing.update(address: target.address, settings: upstream.settings)
-                        pool = existing
-                    } else {
-                        pool = TargetPool(
-                            key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, clock: clock, connector: connector)
-                        pool.probedDown = probedDown.contains("\(target.key.host):\(target.key.port)")
-                        pools[target.key] = pool
-                    }
-                    return (pool, target)
-                })
+            upstream: upstream,
+            targets: upstream.targets.map { target in
+                let pool: TargetPool
+                if let existing = pools[target.key] {
+                    existing.update(address: target.address, settings: upstream.settings)
+                    pool = existing
+                } else {
+                    pool = TargetPool(
+                        key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, clock: clock, connector: connector)
+                    pool.probedDown = probedDown.contains("\(target.key.host):\(target.key.port)")
+                    pools[target.key] = pool
+                }
+                return (pool, target)
+            })
     }
 
     /// Pools for targets scripts name (`upstream.target`) at most, per worker.

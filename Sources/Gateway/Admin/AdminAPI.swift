@@ -74,7 +74,7 @@ struct ConfigAPI {
         case "config" where path == ["config", "rollback"]:
             guard request.method == .POST else { return .methodNotAllowed(["POST"]) }
             return await rollback(request)
-        case let name? where path.count >= 1:
+        case let name?:
             guard let section = ConfigDocument.Section(rawValue: name) else {
                 return .error(404, "not found: /v1/config, /v1/config/versions, /v1/config/rollback, or /v1/{routes,upstreams,keysets,apikeys,scripts}/{name}")
             }

@@ -113,7 +113,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "HTTPClient", "Telemetry", "SocketLoop",
+                "Config", "Scripting", "Plugins", "CLuaRuntime", "HTTPClient", "Telemetry", "SocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -151,12 +151,27 @@ let package = Package(
                 // jwt.verify runs per request; no shared mutable state in it.
                 .unsafeFlags(["-enforce-exclusivity=unchecked"])
             ]),
+        // Plugins: packaged Lua policies with a schema, chained per route. The built-ins'
+        // sources are embedded in the binary; `crypto`, `ip` and `kv` are the API they need.
+        .target(
+            name: "Plugins",
+            dependencies: [
+                "Config", "Scripting", "CLuaRuntime", "COpenSSL",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            exclude: ["tests"],
+            resources: [
+                .embedInCode("lua/correlation-id.lua"),
+                .embedInCode("lua/cors.lua"),
+                .embedInCode("lua/key-auth.lua"),
+                .embedInCode("lua/request-termination.lua"),
+            ]),
         // `moongate test`: runs *_test.lua files against a simulated gateway (describe/it,
         // assert, harness.request, upstream stubs, fake clock, captured logs), and reports.
         .target(
             name: "Harness",
             dependencies: [
-                "Config", "Scripting", "Proxy", "CLuaRuntime", "Auth", "RateLimit", "Telemetry",
+                "Config", "Scripting", "Proxy", "Plugins", "CLuaRuntime", "Auth", "RateLimit", "Telemetry",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // For tests of a gateway: one config and its policies run in-process (the real handlers
@@ -174,7 +189,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Config", "Proxy", "Auth", "Scripting", "RateLimit", "Redis", "HTTPClient", "Telemetry", "SocketLoop",
+                "Config", "Proxy", "Auth", "Scripting", "Plugins", "RateLimit", "Redis", "HTTPClient", "Telemetry", "SocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -198,7 +213,7 @@ let package = Package(
         .executableTarget(
             name: "moongate",
             dependencies: [
-                "Config", "Gateway", "Proxy", "Scripting", "Harness", "Auth", "RateLimit", "EchoUpstream", "CLua", "CHiredis", "COpenSSL", "Telemetry",
+                "Config", "Gateway", "Proxy", "Scripting", "Harness", "Plugins", "Auth", "RateLimit", "EchoUpstream", "CLua", "CHiredis", "COpenSSL", "Telemetry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

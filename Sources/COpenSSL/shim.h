@@ -5,4 +5,5 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #endif

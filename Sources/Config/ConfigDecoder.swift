@@ -14,7 +14,7 @@ struct ConfigDecoder {
             let top = r.mapping(
                 root, "",
                 allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection", "metrics", "access_log",
-                    "tracing", "store",
+                    "tracing", "store", "plugins",
                 ])
         else { return nil }
 
@@ -50,6 +50,7 @@ struct ConfigDecoder {
             timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys,
             redis: redis, rateLimit: rateLimit, introspection: top["introspection"].map { decodeIntrospection($0.value) } ?? [])
         config.adminTokenFile = adminTokenFile
+        if let node = top["plugins"]?.value { config.plugins = decodePluginsSection(node) }
         if let node = top["store"]?.value { config.store = decodeStore(node) }
         if let node = top["metrics"]?.value, let map = r.mapping(node, "metrics", allowed: ["enabled", "max_series"]) {
             if let n = map["enabled"]?.value, let v = r.bool(n, "metrics.enabled") { config.metrics.enabled = v }
@@ -425,7 +426,7 @@ struct ConfigDecoder {
                     item, path,
                     allowed: [
                         "name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy", "budget",
-                        "rate_limit_failure", "retry_non_idempotent",
+                        "rate_limit_failure", "retry_non_idempotent", "plugins",
                     ])
             else { continue }
             let name = map["name"].flatMap { r.string($0.value, r.join(path, "name")) } ?? "route\(i)"
@@ -483,9 +484,10 @@ struct ConfigDecoder {
             }
             if let n = map["max_body_bytes"]?.value, let v = r.size(n, r.join(path, "max_body_bytes")) { route.maxBodyBytes = v }
             if let n = map["policy"]?.value { route.policy = policyModule(n, r.join(path, "policy")) }
+            if let n = map["plugins"]?.value { route.plugins = decodePluginList(n, r.join(path, "plugins")) }
             route.budget = scripts.budget
             if let n = map["budget"]?.value {
-                if map["policy"] == nil { r.fail(n, r.join(path, "budget"), "a budget needs a policy") }
+                if map["policy"] == nil, map["plugins"] == nil { r.fail(n, r.join(path, "budget"), "a budget needs a policy or plugins") }
                 route.budget = decodeBudget(n, r.join(path, "budget"), base: scripts.budget)
             }
             if let n = map["retry_non_idempotent"]?.value, let v = r.bool(n, r.join(path, "retry_non_idempotent")) { route.retryNonIdempotent = v }

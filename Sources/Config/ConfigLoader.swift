@@ -54,6 +54,7 @@ public enum ConfigLoader {
         }
         for i in config.redis.indices { config.redis[i].passwordFile = config.redis[i].passwordFile.map(resolve) }
         config.adminTokenFile = config.adminTokenFile.map(resolve)
+        config.plugins.dirs = config.plugins.dirs.map(resolve)
         config.store.passwordFile = config.store.passwordFile.map(resolve)
         config.store.cache = config.store.cache.map(resolve)
         return config

@@ -33,6 +33,8 @@ public struct GatewayConfig: Sendable, Equatable {
     public var metrics = MetricsConfig()
     public var accessLog = AccessLogConfig()
     public var tracing = TracingConfig()
+    /// `plugins:` — the global chain and the folders of user plugins.
+    public var plugins = PluginsConfig()
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,
@@ -265,6 +267,8 @@ public struct Route: Sendable, Equatable {
     public var retryNonIdempotent = false
     /// What `redis_bucket.take` does on this route when Redis cannot answer. Default open.
     public var rateLimitFailure: RateLimitFailure = .open
+    /// The route's own plugins (after the global ones, before its `policy`).
+    public var plugins: [PluginUse] = []
 
     public init(name: String, host: String? = nil, path: PathMatch, methods: [String] = [], upstream: Int) {
         self.name = name

@@ -41,7 +41,8 @@ public struct GatewayService: Service {
             let config = await gateway.generation?.config
             // With a config store the scripts come from the store: their folder is not watched.
             let scripts = config?.scripts.sources == nil ? config?.scripts.directory : nil
-            let directories = scripts.map { [$0] }?.filter { FileManager.default.fileExists(atPath: $0) } ?? []
+            // User plugins reload when saved, like scripts.
+            let directories = ((scripts.map { [$0] } ?? []) + (config?.plugins.dirs ?? [])).filter { FileManager.default.fileExists(atPath: $0) }
             let keyFiles = config.map(Self.keyFiles) ?? []
             let paths = [gateway.configPath] + keyFiles
             guard let watcher = try? FileWatcher(paths: paths, directories: directories) else {

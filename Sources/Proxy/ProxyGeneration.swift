@@ -2,6 +2,7 @@ import Config
 import Telemetry
 import Logging
 import NIOCore
+import Plugins
 import Scripting
 
 /// One immutable, validated snapshot of the configuration, compiled for the data plane.
@@ -37,7 +38,7 @@ public final class ProxyGeneration: Sendable {
         id: Int, config: GatewayConfig, modules: [any LuaModule] = [], clock: any ScriptClock = SystemClock(),
         logger: Logger = Logger(label: "moongate"), coverage: CoverageRecorder? = nil
     ) throws {
-        let program = try Self.loadScripts(config, modules: modules, clock: clock, logger: logger, coverage: coverage)
+        let (program, chains) = try Self.compileScripts(config, modules: modules, clock: clock, logger: logger, coverage: coverage)
         scripts = program
         scriptStateBytes = try program?.validate() ?? 0
         self.id = id
@@ -50,7 +51,9 @@ public final class ProxyGeneration: Sendable {
         self.clientIdleTimeout = TimeAmount(config.timeouts.clientIdle)
         self.requestTimeout = TimeAmount(config.timeouts.request)
         self.routes = config.routes.enumerated().map { index, route in
-            CompiledRoute(route, index: index, defaultMaxBody: config.limits.maxBodyBytes, policy: route.policy.flatMap { program?.policyIndex($0) } ?? -1)
+            CompiledRoute(
+                route, index: index, defaultMaxBody: config.limits.maxBodyBytes,
+                policy: chains[index].flatMap { program?.chainIndex($0) } ?? route.policy.flatMap { program?.policyIndex($0) } ?? -1)
         }
         self.routesByName = Dictionary(routes.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.routeIndex = RouteIndex(routes)
@@ -67,23 +70,43 @@ public final class ProxyGeneration: Sendable {
     public static func loadScripts(
         _ config: GatewayConfig, modules: [any LuaModule] = [], clock: any ScriptClock = SystemClock(),
         logger: Logger = Logger(label: "moongate"), coverage: CoverageRecorder? = nil
-    ) throws(ScriptErrors) -> ScriptProgram? {
+    ) throws -> ScriptProgram? {
+        try compileScripts(config, modules: modules, clock: clock, logger: logger, coverage: coverage).program
+    }
+
+    /// The program, and each route's plugin chain (nil for a route without plugins). Plugin
+    /// configs are checked against their schemas here (a `ConfigError` with file:line:path).
+    static func compileScripts(
+        _ config: GatewayConfig, modules: [any LuaModule], clock: any ScriptClock, logger: Logger, coverage: CoverageRecorder?
+    ) throws -> (program: ScriptProgram?, chains: [PluginChain?]) {
+        let all: [any LuaModule] = [RequestModule(), ResponseModule(), UpstreamModule()] + PluginModules.make(config: config, clock: clock) + modules
+        var chains: [PluginChain?] = Array(repeating: nil, count: config.routes.count)
+        var pluginFiles: [ScriptFile] = []
+        if !config.plugins.global.isEmpty || config.routes.contains(where: { !$0.plugins.isEmpty }) || !config.plugins.dirs.isEmpty {
+            let catalog = try PluginCatalog.load(dirs: config.plugins.dirs, modules: all)
+            chains = try catalog.chains(for: config)
+            pluginFiles = catalog.files(for: chains)
+        }
         var policies: [String] = []
-        for route in config.routes { if let p = route.policy, !policies.contains(p) { policies.append(p) } }
+        for (i, route) in config.routes.enumerated() where chains[i] == nil {
+            if let p = route.policy, !policies.contains(p) { policies.append(p) }
+        }
         var routers: [String] = []
         for listener in config.listeners { if let r = listener.router, !routers.contains(r) { routers.append(r) } }
-        if policies.isEmpty, routers.isEmpty { return nil }
-        let scripts: ScriptSet
+        var distinct: [PluginChain] = []
+        for case let chain? in chains where !distinct.contains(chain) { distinct.append(chain) }
+        if policies.isEmpty, routers.isEmpty, distinct.isEmpty { return (nil, chains) }
+        var scripts: ScriptSet
         if let sources = config.scripts.sources {
             scripts = try ScriptSet.make(sources: sources)
         } else {
             scripts = try ScriptSet.load(directory: config.scripts.directory)
         }
-        return ScriptProgram(
-            scripts: scripts,
-            policies: policies, routers: routers,
-            modules: [RequestModule(), ResponseModule(), UpstreamModule()] + modules, settings: config.scripts, clock: clock, logger: logger,
-            coverage: coverage)
+        if !pluginFiles.isEmpty { scripts = ScriptSet(directory: scripts.directory, files: Array(scripts.files.values) + pluginFiles) }
+        let program = ScriptProgram(
+            scripts: scripts, policies: policies, routers: routers, chains: distinct, modules: all, settings: config.scripts, clock: clock,
+            logger: logger, coverage: coverage)
+        return (program, chains)
     }
 
     /// The first route matching the request, or nil (through `routeIndex`: the cost of the

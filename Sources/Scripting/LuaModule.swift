@@ -1,4 +1,5 @@
 import CLuaRuntime
+import Config
 
 /// A Lua function written in Swift. It must not call anything that raises a Lua error (it
 /// reports errors with `Lua.raise` instead), and must not call back into Lua.
@@ -46,6 +47,31 @@ public enum Lua {
         var s = string
         s.withUTF8 { buffer in
             _ = buffer.withMemoryRebound(to: CChar.self) { lua_pushlstring(L, $0.baseAddress, $0.count) }
+        }
+    }
+
+    /// Pushes a JSON value as Lua values (objects and arrays as tables; null as nil). For
+    /// values the runtime built (a plugin's conf): it allocates outside any script's budget.
+    public static func push(_ L: OpaquePointer, json: JSONValue) {
+        switch json {
+        case .null: lua_pushnil(L)
+        case .bool(let b): lua_pushboolean(L, b ? 1 : 0)
+        case .int(let i): lua_pushinteger(L, lua_Integer(i))
+        case .double(let d): lua_pushnumber(L, d)
+        case .string(let s): push(L, s)
+        case .array(let items):
+            lua_createtable(L, Int32(items.count), 0)
+            for (i, item) in items.enumerated() {
+                push(L, json: item)
+                lua_rawseti(L, -2, lua_Integer(i + 1))
+            }
+        case .object(let members):
+            lua_createtable(L, 0, Int32(members.count))
+            for (key, value) in members where value != .null {
+                push(L, key)
+                push(L, json: value)
+                lua_rawset(L, -3)
+            }
         }
     }
 
@@ -118,6 +144,25 @@ public enum Lua {
     /// The state object that owns `L`.
     static func owner(_ L: OpaquePointer) -> LuaState {
         Unmanaged<LuaState>.fromOpaque(mg_budget_of(L).pointee.owner).takeUnretainedValue()
+    }
+
+    /// The plugin whose code calls the running Swift function (nil for a user script):
+    /// what namespaces a plugin's keys (`kv`).
+    public static func callerPlugin(_ L: OpaquePointer) -> String? {
+        var ar = lua_Debug()
+        var level: Int32 = 1
+        while lua_getstack(L, level, &ar) != 0 {
+            lua_getinfo(L, "S", &ar)
+            if let source = ar.source, source.pointee == UInt8(ascii: "@") {
+                let path = String(cString: source + 1)
+                for chain in owner(L).program.chains {
+                    for link in chain.links where link.path == path { return link.plugin }
+                }
+                return nil
+            }
+            level += 1
+        }
+        return nil
     }
 
     /// `file:line` of the script calling the running Swift function.

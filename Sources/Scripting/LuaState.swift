@@ -59,6 +59,7 @@ public final class LuaState {
     private var requireRef: Int32 = LUA_NOREF
     private var resetRef: Int32 = LUA_NOREF
     private var ctxRef: Int32 = LUA_NOREF
+    private var chainRef: Int32 = LUA_NOREF
     /// What each of the program's prelude extensions returned.
     public private(set) var extensionRefs: [Int32] = []
     /// Per policy (as in `program.policies`), the registry refs of its phase functions.
@@ -140,6 +141,8 @@ public final class LuaState {
         requireRef = luaL_ref(L, registry)
         lua_getfield(L, -1, "reset")
         resetRef = luaL_ref(L, registry)
+        lua_getfield(L, -1, "chain")
+        chainRef = luaL_ref(L, registry)
         lua_getfield(L, -1, "extensions")
         for i in 0..<program.extensions.count {
             lua_rawgeti(L, -1, lua_Integer(i + 1))
@@ -160,6 +163,9 @@ public final class LuaState {
         }
         for router in program.routers {
             phases.append(try loadModule(router, phases: [.route]))
+        }
+        for chain in program.chains {
+            phases.append(try loadChain(chain))
         }
         lua_settop(L, 0)
         mg_gc(L, LUA_GCCOLLECT, 0)
@@ -190,6 +196,38 @@ public final class LuaState {
             lua_settop(L, 0)
             throw ScriptError(luaMessage: message)
         }
+        return try readPhases(file: file, allowed: allowed)
+    }
+
+    /// Builds a plugin chain's phase functions (the prelude's `chain`), under the load budget.
+    private func loadChain(_ chain: PluginChain) throws(ScriptError) -> [Int32] {
+        let registry = mg_registry_index()
+        begin(Self.loadBudget)
+        defer { mg_budget_end(budget) }
+        lua_rawgeti(L, registry, lua_Integer(chainRef))
+        lua_createtable(L, Int32(chain.links.count), 0)
+        for (i, link) in chain.links.enumerated() {
+            lua_createtable(L, 0, 3)
+            Lua.push(L, link.module)
+            lua_setfield(L, -2, "module")
+            Lua.push(L, link.plugin)
+            lua_setfield(L, -2, "name")
+            Lua.push(L, json: link.conf)
+            lua_setfield(L, -2, "conf")
+            lua_rawseti(L, -2, lua_Integer(i + 1))
+        }
+        if let policy = chain.policy { Lua.push(L, policy) } else { lua_pushnil(L) }
+        guard mg_pcall(L, 2, 1, 0) == LUA_OK else {
+            let message = Lua.string(L, -1) ?? "the chain \(chain.label) raised a non-string error"
+            lua_settop(L, 0)
+            throw ScriptError(luaMessage: message)
+        }
+        return try readPhases(file: nil, allowed: Phase.policyPhases)
+    }
+
+    /// The phase functions of the table on top of the stack, as registry refs; clears the stack.
+    private func readPhases(file: String?, allowed: [Phase]) throws(ScriptError) -> [Int32] {
+        let registry = mg_registry_index()
         let expected = allowed == [.route] ? "a route function" : "access, response or log"
         guard lua_type(L, -1) == LUA_TTABLE else {
             lua_settop(L, 0)
@@ -219,6 +257,22 @@ public final class LuaState {
         }
         lua_settop(L, 0)
         return refs
+    }
+
+    /// Requires `module` under the load budget and lets `body` read what it returned (on top
+    /// of the stack; read it with raw access, no metamethods): how plugins' schemas are read.
+    public func inspect<T>(module: String, _ body: (OpaquePointer) throws(ScriptError) -> T) throws(ScriptError) -> T {
+        begin(Self.loadBudget)
+        defer {
+            mg_budget_end(budget)
+            lua_settop(L, 0)
+        }
+        lua_rawgeti(L, mg_registry_index(), lua_Integer(requireRef))
+        Lua.push(L, module)
+        guard mg_pcall(L, 1, 1, 0) == LUA_OK else {
+            throw ScriptError(luaMessage: Lua.string(L, -1) ?? "module \(module) raised a non-string error")
+        }
+        return try body(L)
     }
 
     /// Loads (requires) a module of the program's scripts, as `require` would, under the load

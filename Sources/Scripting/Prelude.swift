@@ -250,7 +250,80 @@ for i, source in ipairs(extension_sources) do
   extensions[i] = f(base, freeze) or false
 end
 
+-- Plugin chains. A plugin's conf is built once per generation and read-only to its phases.
+local function readonly(t, name)
+  if type(t) ~= "table" or frozen[t] then return t end
+  for k, v in next, t do
+    if type(v) == "table" then t[k] = readonly(v, name) end
+  end
+  local view = raw_setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k)
+      error("cannot change " .. name .. "." .. tostring(k) .. ": a plugin's conf is read-only", 2)
+    end,
+    __len = function() return #t end,
+    __pairs = function() return next, t, nil end,
+    __metatable = false,
+  })
+  frozen[view] = true
+  return view
+end
+
+-- The phase functions of one chain: each phase calls the plugins that define it, in order,
+-- then the route's policy. An answer (request.respond, a 429) ends the phase where it is,
+-- so it ends the chain. Only phases someone defines exist, so the runtime can give the state
+-- back after access when nothing later runs.
+local PHASES = {"access", "response", "log"}
+local function chain(links, policy_module)
+  local plugins, confs = {}, {}
+  for i = 1, #links do
+    local link = links[i]
+    local plugin = require(link.module)
+    if type(plugin) ~= "table" then error("plugin " .. link.name .. ": its module must return a table", 0) end
+    -- prepare(conf) gets the conf (this state's own copy) and returns what the phases get:
+    -- lookup tables, parsed ranges. Its result is the plugin's to keep unchanged; a plain
+    -- conf is handed to the phases read-only.
+    local conf = link.conf
+    if plugin.prepare ~= nil then
+      conf = plugin.prepare(conf)
+      if conf == nil then conf = link.conf end
+    else
+      conf = readonly(conf, "conf")
+    end
+    plugins[i], confs[i] = plugin, conf
+  end
+  local policy = policy_module and require(policy_module)
+  if policy_module and type(policy) ~= "table" then
+    error("policy " .. policy_module .. ": a policy must return a table of phase functions (access, response, log)", 0)
+  end
+  local out = {}
+  for _, phase in ipairs(PHASES) do
+    local fs, cs, k = {}, {}, 0
+    for i = 1, #plugins do
+      local f = plugins[i][phase]
+      if f ~= nil then
+        if type(f) ~= "function" then error("plugin " .. links[i].name .. ": " .. phase .. " must be a function", 0) end
+        k = k + 1
+        fs[k], cs[k] = f, confs[i]
+      end
+    end
+    local pf = policy and policy[phase]
+    if k == 1 and pf == nil then
+      local f, c = fs[1], cs[1]
+      out[phase] = function(ctx) return f(c, ctx) end
+    elseif k > 0 then
+      out[phase] = function(ctx)
+        for i = 1, k do fs[i](cs[i], ctx) end
+        if pf ~= nil then return pf(ctx) end
+      end
+    elseif pf ~= nil then
+      out[phase] = pf
+    end
+  end
+  return out
+end
+
 for k in next, G do G[k] = nil end
-return {require = require, reset = reset, extensions = extensions}
+return {require = require, reset = reset, extensions = extensions, chain = chain}
 """#
 }

@@ -11,6 +11,8 @@ public final class ScriptProgram: Sendable {
     public let policies: [String]
     /// Module names of listeners' routers; router `i` has index `policies.count + i`.
     public let routers: [String]
+    /// Plugin chains routes run; chain `i` has index `policies.count + routers.count + i`.
+    public let chains: [PluginChain]
     public let modules: [any LuaModule]
     public let settings: ScriptsConfig
     public let clock: any ScriptClock
@@ -25,19 +27,21 @@ public final class ScriptProgram: Sendable {
     let stockPatterns: Bool
 
     public convenience init(
-        scripts: ScriptSet, policies: [String], routers: [String] = [], modules: [any LuaModule], settings: ScriptsConfig,
-        clock: any ScriptClock = SystemClock(), logger: Logger = Logger(label: "moongate.scripts"),
+        scripts: ScriptSet, policies: [String], routers: [String] = [], chains: [PluginChain] = [], modules: [any LuaModule],
+        settings: ScriptsConfig, clock: any ScriptClock = SystemClock(), logger: Logger = Logger(label: "moongate.scripts"),
         extensions: [String] = [], coverage: CoverageRecorder? = nil
     ) {
         self.init(
-            scripts: scripts, policies: policies, routers: routers, modules: modules, settings: settings, clock: clock, logger: logger,
-            extensions: extensions, coverage: coverage, stockPatterns: false)
+            scripts: scripts, policies: policies, routers: routers, chains: chains, modules: modules, settings: settings, clock: clock,
+            logger: logger, extensions: extensions, coverage: coverage, stockPatterns: false)
     }
 
     init(
-        scripts: ScriptSet, policies: [String], routers: [String], modules: [any LuaModule], settings: ScriptsConfig,
-        clock: any ScriptClock, logger: Logger, extensions: [String], coverage: CoverageRecorder?, stockPatterns: Bool
+        scripts: ScriptSet, policies: [String], routers: [String], chains: [PluginChain] = [], modules: [any LuaModule],
+        settings: ScriptsConfig, clock: any ScriptClock, logger: Logger, extensions: [String], coverage: CoverageRecorder?,
+        stockPatterns: Bool
     ) {
+        self.chains = chains
         self.stockPatterns = stockPatterns
         self.extensions = extensions
         self.coverage = coverage
@@ -56,6 +60,28 @@ public final class ScriptProgram: Sendable {
     /// Index of a router module (after the policies).
     public func routerIndex(_ module: String) -> Int? { routers.firstIndex(of: module).map { policies.count + $0 } }
 
+    /// Index of a plugin chain (after the policies and routers).
+    public func chainIndex(_ chain: PluginChain) -> Int? { chains.firstIndex(of: chain).map { policies.count + routers.count + $0 } }
+
+    /// What a policy index runs, for messages and metric labels: the policy's module, or
+    /// `plugins:` and the chain's plugins.
+    public func label(of index: Int) -> String {
+        if index >= 0, index < policies.count { return policies[index] }
+        let chain = index - policies.count - routers.count
+        if chain >= 0, chain < chains.count { return chains[chain].label }
+        return "?"
+    }
+
+    /// The plugin whose file a failure's `file:line` points into, if any.
+    public func plugin(at location: String) -> String? {
+        guard let colon = location.lastIndex(of: ":") else { return nil }
+        let path = location[..<colon]
+        for chain in chains {
+            for link in chain.links where link.path == path { return link.plugin }
+        }
+        return nil
+    }
+
     /// Compiles every script and loads every policy in a fresh state: what a reload or
     /// `moongate check` reports. Returns that state's footprint in bytes.
     @discardableResult
@@ -70,7 +96,7 @@ public final class ScriptProgram: Sendable {
             if status != LUA_OK { errors.append(ScriptError(luaMessage: Lua.string(L, -1) ?? "does not compile")) }
             lua_settop(L, 0)
         }
-        for policy in policies + routers where scripts.files[policy] == nil {
+        for policy in policies + routers + chains.flatMap({ $0.links.map(\.module) + ($0.policy.map { [$0] } ?? []) }) where scripts.files[policy] == nil {
             let path = policy.split(separator: ".").joined(separator: "/")
             errors.append(ScriptError(file: nil, line: nil, message: "policy \(policy): no \(path).lua in \(scripts.directory)"))
         }
@@ -80,5 +106,41 @@ public final class ScriptProgram: Sendable {
         } catch {
             throw ScriptErrors([error])
         }
+    }
+}
+
+/// A route's plugins in the order they run, and the route's own policy after them: what
+/// one policy index runs, built into phase functions in each state (`LuaState`).
+public struct PluginChain: Sendable, Hashable {
+    public struct Link: Sendable, Hashable {
+        /// The plugin's name (`cors`).
+        public var plugin: String
+        /// Its module among the program's scripts (`plugin:cors`).
+        public var module: String
+        /// Its file as messages show it (`plugins/cors.lua`).
+        public var path: String
+        /// The validated configuration, defaults filled in; read-only to the phases.
+        public var conf: JSONValue
+
+        public init(plugin: String, module: String, path: String, conf: JSONValue) {
+            self.plugin = plugin
+            self.module = module
+            self.path = path
+            self.conf = conf
+        }
+    }
+
+    public var links: [Link]
+    /// The route's `policy` module, run after the plugins.
+    public var policy: String?
+
+    public init(links: [Link], policy: String?) {
+        self.links = links
+        self.policy = policy
+    }
+
+    /// `plugins:cors,key-auth+policy` — for logs and metric labels.
+    public var label: String {
+        "plugins:" + links.map(\.plugin).joined(separator: ",") + (policy.map { "+" + $0 } ?? "")
     }
 }

@@ -253,7 +253,14 @@ final class PolicySession {
         }
         guard phase == .access else { return .proceed }
         afterAccess(route)
-        if let early = edits.early { return .respond(early) }
+        if var early = edits.early {
+            // Response headers set in access (by a plugin before the one that answered) go
+            // with the early answer too, unless it sets the same name itself.
+            for entry in responseEdits.headers.entries where early.headers.entry(entry.lower) == nil {
+                for value in entry.values { early.headers.add(entry.name, lower: entry.lower, value) }
+            }
+            return .respond(early)
+        }
         return .proceed
     }
 
@@ -374,7 +381,10 @@ final class PolicySession {
             "request_id": "\(String(buffer: exchange.requestID))", "route": "\(route?.name ?? "(router)")", "phase": "\(phase.name)",
             "error": "\(failure.message)",
         ]
-        if let location = failure.location { metadata["script"] = "\(location)" }
+        if let location = failure.location {
+            metadata["script"] = "\(location)"
+            if let plugin = (exchange.generation ?? worker.generation).shared.scripts?.plugin(at: location) { metadata["plugin"] = "\(plugin)" }
+        }
         if let budget = failure.budget { metadata["budget"] = "\(budget)" }
         if !failure.traceback.isEmpty { metadata["traceback"] = "\(failure.traceback)" }
         worker.metrics.add(BuiltinFamilies.luaErrors, [scriptName(route), failure.budget ?? "error"], 1)
@@ -384,7 +394,7 @@ final class PolicySession {
     /// The policy (or router) a failure belongs to, as a metric label.
     private func scriptName(_ route: CompiledRoute?) -> String {
         guard let program = (exchange.generation ?? worker.generation).shared.scripts else { return "?" }
-        if let route, route.policy >= 0, route.policy < program.policies.count { return program.policies[route.policy] }
+        if let route, route.policy >= 0 { return program.label(of: route.policy) }
         return route == nil ? "(router)" : "?"
     }
 }

@@ -83,8 +83,13 @@ private func notAnswering(_ L: OpaquePointer, _ function: String) -> Int32 {
     return Lua.raise(L, "\(function): only in the response phase (in log, the response has been sent)")
 }
 
+/// Header edits may be made in access too (CORS, correlation ids, rate-limit headers): they
+/// apply to whatever answer the client gets, the upstream's or an early one.
 private func editResponseHeader(_ L: OpaquePointer, _ function: String, add: Bool) -> Int32 {
-    guard let h = answering(L) else { return notAnswering(L, function) }
+    guard let h = serving(L), h.phase != .log else {
+        if serving(L) == nil { return notServing(L, function) }
+        return Lua.raise(L, "\(function): only in the access and response phases (in log, the response has been sent)")
+    }
     switch checkedHeader(L, function, managed: [], allowNil: !add) {
     case .failure(let message):
         return Lua.raise(L, message.text)

@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Prometheus
+import Plugins
 import Proxy
 import RateLimit
 import Scripting
@@ -70,6 +71,8 @@ public actor Gateway {
     private var nextGenerationID = 1
     /// The local rate-limit store: the process's, kept across reloads.
     private var localBuckets: LocalBuckets?
+    /// The embedded `kv` store: one per process, kept across reloads (sessions live in it).
+    private let kvStore = MemoryKV()
     /// Clients for the config's Redis servers, kept across reloads that keep the servers.
     private var redisBuckets: RedisBuckets?
     /// Rate-limit decisions taken without Redis, since start.
@@ -157,7 +160,7 @@ public actor Gateway {
             redisBuckets = redis
             let buckets = RateLimitModules.make(config: config, local: local, redis: redis, counters: bucketCounters, logger: logger)
             generation = try ProxyGeneration(
-                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies)], logger: logger)
+                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies), KVModule(store: kvStore)], logger: logger)
         } catch {
             try? await group.shutdownGracefully()
             await controlPlane?.stop()
@@ -284,7 +287,7 @@ public actor Gateway {
         }
         do {
             let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, counters: bucketCounters, logger: logger)
-            let (id, all, logger) = (nextGenerationID, modules + buckets + [MetricsModule(families: scriptFamilies)], self.logger)
+            let (id, all, logger) = (nextGenerationID, modules + buckets + [MetricsModule(families: scriptFamilies), KVModule(store: kvStore)], self.logger)
             let generation = try await BackgroundWork.run(meter: meter) { try ProxyGeneration(id: id, config: config, modules: all, logger: logger) }
             return Prepared(config: config, tokens: tokens, generation: generation, modules: modules, redis: nextRedis)
         } catch {

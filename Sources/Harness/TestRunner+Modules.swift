@@ -1,5 +1,6 @@
 import Auth
 import Config
+import Plugins
 import RateLimit
 import Scripting
 import Telemetry
@@ -14,7 +15,9 @@ extension TestRunner {
     public static func gatewayModules(config: GatewayConfig, clock: FakeClock) throws -> [any LuaModule] {
         let auth = try AuthModules.make(config, introspection: StubIntrospection())
         let buckets = try RateLimitModules.forTests(config: config, clock: clock, redis: nil)
-        return auth + buckets.modules + [MetricsModule(families: ScriptMetricFamilies(maxSeries: config.metrics.maxSeries))]
+        return auth + buckets.modules + [
+            MetricsModule(families: ScriptMetricFamilies(maxSeries: config.metrics.maxSeries)), KVModule(store: MemoryKV(clock: clock)),
+        ]
     }
 
     public static func forGateway(config: GatewayConfig, redis: SocketAddressSpec? = nil, coverage: Bool = false) throws -> TestRunner {
@@ -22,9 +25,13 @@ extension TestRunner {
         let clock = FakeClock()
         let buckets = try RateLimitModules.forTests(config: config, clock: clock, redis: redis)
         let metrics = MetricsModule(families: ScriptMetricFamilies(maxSeries: config.metrics.maxSeries))
+        // The embedded store on the fake clock: sessions and keys expire as the test moves it.
+        let kv = MemoryKV(clock: clock)
         return TestRunner(
-            config: config, clock: clock, modules: auth + buckets.modules + [metrics], helpers: AuthModules.helpers(for: auth), coverage: coverage,
+            config: config, clock: clock, modules: auth + buckets.modules + [metrics, KVModule(store: kv)] + PluginModules.make(config: config, clock: clock),
+            helpers: AuthModules.helpers(for: auth), coverage: coverage,
             beforeEach: {
+                kv.clear()
                 buckets.reset()
                 AuthModules.reset(auth)
             })

@@ -60,6 +60,14 @@ public struct PluginSchema: Sendable, Hashable {
         }
         var result: JSONValue
         var size: Double?
+        var value = value
+        // Lua cannot tell an empty list from an empty table: `{}` is both.
+        if case .array(let items) = value.kind, items.isEmpty {
+            switch field.kind {
+            case .record, .map: value.kind = .object([])
+            default: break
+            }
+        }
         switch (field.kind, value.kind) {
         case (.string, .string(let s)):
             result = .string(s)

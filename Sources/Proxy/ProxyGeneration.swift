@@ -79,7 +79,8 @@ public final class ProxyGeneration: Sendable {
     static func compileScripts(
         _ config: GatewayConfig, modules: [any LuaModule], clock: any ScriptClock, logger: Logger, coverage: CoverageRecorder?
     ) throws -> (program: ScriptProgram?, chains: [PluginChain?]) {
-        let all: [any LuaModule] = [RequestModule(), ResponseModule(), UpstreamModule()] + PluginModules.make(config: config, clock: clock) + modules
+        var all: [any LuaModule] = [RequestModule(), ResponseModule(), UpstreamModule()] + modules
+        for module in PluginModules.make(config: config, clock: clock) where !all.contains(where: { $0.name == module.name }) { all.append(module) }
         var chains: [PluginChain?] = Array(repeating: nil, count: config.routes.count)
         var pluginFiles: [ScriptFile] = []
         if !config.plugins.global.isEmpty || config.routes.contains(where: { !$0.plugins.isEmpty }) || !config.plugins.dirs.isEmpty {

@@ -10,6 +10,7 @@ import Foundation
 import Gateway
 import Logging
 import NIOPosix
+import Plugins
 import Prometheus
 import Proxy
 import RateLimit
@@ -22,7 +23,7 @@ struct Moongate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A programmable HTTP API gateway: SwiftNIO data plane, policies in Lua 5.4.",
         version: Version.text,
-        subcommands: [Run.self, Check.self, Test.self, Echo.self, AdminToken.self, BenchRuntime.self],
+        subcommands: [Run.self, Check.self, Test.self, PluginsCommand.self, Echo.self, AdminToken.self, BenchRuntime.self],
         defaultSubcommand: nil)
 }
 
@@ -111,7 +112,7 @@ extension Moongate {
                 // dialled), so a script that uses one at load time checks as it runs.
                 let modules =
                     try AuthModules.make(loaded) + RateLimitModules.forTests(config: loaded, clock: SystemClock()).modules
-                    + [MetricsModule(families: ScriptMetricFamilies(maxSeries: loaded.metrics.maxSeries))]
+                    + [MetricsModule(families: ScriptMetricFamilies(maxSeries: loaded.metrics.maxSeries)), KVModule(store: MemoryKV())]
                 if let program = try ProxyGeneration.loadScripts(loaded, modules: modules) {
                     let bytes = try program.validate()
                     print("\(loaded.scripts.directory): OK (\(program.policies.count) policies, \(program.scripts.files.count) scripts, \(bytes / 1024) KiB per Lua state)")

@@ -82,7 +82,7 @@ public struct HarnessModule: LuaModule {
                 lua_setfield(L, -2, "level")
                 Lua.push(L, line.message)
                 lua_setfield(L, -2, "message")
-                for (key, value) in line.metadata where ["script", "error", "budget", "route", "phase"].contains(key) {
+                for (key, value) in line.metadata where ["script", "plugin", "error", "budget", "route", "phase"].contains(key) {
                     Lua.push(L, value)
                     lua_setfield(L, -2, key)
                 }

@@ -1,0 +1,10 @@
+describe("request-size-limiting", function()
+  it("passes a body within the limit", function()
+    assert.equals(200, harness.request{method = "POST", path = "/small/x", body = "0123456789"}.status)
+  end)
+  it("refuses a larger one with 413 before the upstream", function()
+    local res = harness.request{method = "POST", path = "/small/x", body = "0123456789A"}
+    assert.equals(413, res.status)
+    assert.is_nil(res.upstream)
+  end)
+end)

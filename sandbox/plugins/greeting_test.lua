@@ -1,0 +1,25 @@
+describe("greeting (a user plugin) on the demo route", function()
+  it("greets the upstream and the client", function()
+    local res = harness.request{path = "/demo/x"}
+    assert.equals(200, res.status)
+    assert.equals("hello, sandbox", res.upstream.headers["x-greeting"])
+    assert.equals("hello, sandbox", res.headers["x-greeting"])
+  end)
+  it("runs after the global correlation-id and before nothing else", function()
+    assert.not_nil(harness.request{path = "/demo/x"}.headers["x-correlation-id"])
+  end)
+  it("fails only its own request, and the log names the plugin and line", function()
+    local res = harness.request{path = "/demo/x", headers = {["X-Greeting-Fail"] = "1"}}
+    assert.equals(500, res.status)
+    local logs = harness.logs()
+    local last = logs[#logs]
+    assert.equals("greeting", last.plugin)
+    assert.matches("plugins/greeting%.lua:13$", last.script)
+    assert.matches("asked to fail", last.error)
+    assert.equals(200, harness.request{path = "/demo/x"}.status)
+  end)
+  it("is rate limited with the built-in plugin (3 a second per client)", function()
+    for _ = 1, 3 do assert.equals(200, harness.request{path = "/demo/x"}.status) end
+    assert.equals(429, harness.request{path = "/demo/x"}.status)
+  end)
+end)

@@ -156,7 +156,7 @@ let package = Package(
         .target(
             name: "Plugins",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "COpenSSL",
+                "Config", "Scripting", "CLuaRuntime", "COpenSSL", "CJOSE",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             exclude: ["tests"],

@@ -32,11 +32,12 @@ public final class CompiledAPIKeys: Sendable {
     /// The entry whose digest is the key's, comparing with every entry in constant time
     /// (no early exit, so the time says nothing about which or how many digests match).
     func lookup(_ key: UnsafeRawBufferPointer) -> APIKeySet.Entry? {
-        var digest = [UInt8](repeating: 0, count: 32)
-        mg_sha256(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count, &digest)
-        var found = -1
-        for (i, entry) in entries.enumerated() where mg_digest_equal(entry.digest, digest) == 1 { found = i }
-        return found >= 0 ? entries[found] : nil
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { digest in
+            mg_sha256(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count, digest.baseAddress)
+            var found = -1
+            for i in entries.indices where mg_digest_equal(entries[i].digest, digest.baseAddress) == 1 { found = i }
+            return found >= 0 ? entries[found] : nil
+        }
     }
 }
 

@@ -306,11 +306,6 @@ mg_key_kind mg_key_kind_of(EVP_PKEY *key) {
 
 void mg_key_free(EVP_PKEY *key) { EVP_PKEY_free(key); }
 
-void mg_sha256(const uint8_t *in, size_t len, uint8_t *out) {
-    unsigned int n = 0;
-    EVP_Digest(in, len, out, &n, EVP_sha256(), NULL);
-}
-
 int mg_digest_equal(const uint8_t *a, const uint8_t *b) { return CRYPTO_memcmp(a, b, 32) == 0; }
 
 int mg_thread_index(void) {

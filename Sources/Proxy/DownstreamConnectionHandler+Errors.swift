@@ -51,7 +51,7 @@ extension DownstreamConnectionHandler {
                 w.decimal(body.readableBytes)
                 w.put("\r\n")
             }
-            if headers?.entry(Self.requestIDName) == nil {
+            if headers?.contains("x-request-id") != true {
                 w.put("X-Request-Id: ")
                 w.put(exchange.requestID)
                 w.put("\r\n")
@@ -65,8 +65,6 @@ extension DownstreamConnectionHandler {
         if closing { inbound = nil }
         finishExchange(next)
     }
-
-    static let requestIDName: [UInt8] = Array("x-request-id".utf8)
 
     /// Drops an unread request body that has fully arrived, so that an early answer need
     /// not close the connection; false if some of it is still to come.

@@ -347,10 +347,8 @@ extension DownstreamConnectionHandler {
             }
         }
         w.put(" HTTP/1.1\r\nHost: ")
-        let hostEdit = scripted ? exchange.policy.edits.headers.entry(Self.hostName)?.values.first : nil
-        if let hostEdit {
-            w.put(hostEdit)
-        } else {
+        // A Host the script set wins over the route's choice.
+        if !(scripted && exchange.policy.edits.headers.writeFirstValue(of: "host", into: &w)) {
             switch route.hostHeader {
             case .passthrough:
                 if let host = h.host { w.put(p, host) } else { w.put(pool.hostHeader) }
@@ -390,7 +388,7 @@ extension DownstreamConnectionHandler {
         w.put(exchange.requestID)
         w.put("\r\n")
         exchange.trace.write(into: &w)
-        if scripted { exchange.policy.edits.headers.write(into: &w, skipping: Self.hostName) }
+        if scripted { exchange.policy.edits.headers.write(into: &w, skipping: "host") }
         if scripted, let body = exchange.policy.edits.body {
             w.put("Content-Length: ")
             w.decimal(body.readableBytes)

@@ -319,7 +319,7 @@ extension DownstreamConnectionHandler {
         }
         if scripted {
             exchange.policy.responseEdits.headers.write(into: &w)
-            if exchange.policy.responseEdits.headers.entry(Self.requestIDName) != nil { sawRequestID = true }
+            if exchange.policy.responseEdits.headers.contains("x-request-id") { sawRequestID = true }
         }
         if !sawRequestID {
             w.put("X-Request-Id: ")

@@ -1,3 +1,4 @@
+import CJOSE
 import CLuaRuntime
 import COpenSSL
 import Scripting
@@ -18,10 +19,10 @@ public struct CryptoModule: LuaModule {
         Lua.setFunction(L, "sha256") { L in
             let L = L!
             guard let data = Lua.bytes(L, 1) else { return Lua.raise(L, "crypto.sha256(data): data must be a string") }
-            var out = [UInt8](repeating: 0, count: 32)
-            var length: UInt32 = 0
-            guard EVP_Digest(data.baseAddress, data.count, &out, &length, EVP_sha256(), nil) == 1 else { return Lua.raise(L, "crypto.sha256: failed") }
-            out.withUnsafeBytes { Lua.push(L, bytes: $0) }
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { out in
+                mg_sha256(data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count, out.baseAddress)
+                Lua.push(L, bytes: UnsafeRawBufferPointer(out))
+            }
             return 1
         }
         Lua.setFunction(L, "hmac_sha256") { L in
@@ -57,29 +58,37 @@ public struct CryptoModule: LuaModule {
             guard let n = Lua.integer(L, 1), (1...CryptoModule.maxRandom).contains(n) else {
                 return Lua.raise(L, "crypto.random(n): n from 1 to \(CryptoModule.maxRandom)")
             }
-            var out = [UInt8](repeating: 0, count: n)
-            guard RAND_bytes(&out, Int32(n)) == 1 else { return Lua.raise(L, "crypto.random: the system's random source failed") }
-            out.withUnsafeBytes { Lua.push(L, bytes: $0) }
-            return 1
+            let ok = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n) { out in
+                guard mg_random_bytes(out.baseAddress, n) == 1 else { return false }
+                Lua.push(L, bytes: UnsafeRawBufferPointer(out))
+                return true
+            }
+            return ok ? 1 : Lua.raise(L, "crypto.random: the system's random source failed")
         }
         Lua.setFunction(L, "uuid") { L in
             let L = L!
-            var b = [UInt8](repeating: 0, count: 16)
-            guard RAND_bytes(&b, 16) == 1 else { return Lua.raise(L, "crypto.uuid: the system's random source failed") }
-            b[6] = (b[6] & 0x0f) | 0x40  // version 4
-            b[8] = (b[8] & 0x3f) | 0x80  // RFC 4122 variant
-            var text = [UInt8](repeating: 0, count: 36)
-            var j = 0
-            for i in 0..<16 {
-                if i == 4 || i == 6 || i == 8 || i == 10 {
-                    text[j] = UInt8(ascii: "-")
-                    j += 1
-                }
-                text[j] = Hex.digits[Int(b[i] >> 4)]
-                text[j + 1] = Hex.digits[Int(b[i] & 15)]
-                j += 2
+            // Version 4 (RFC 9562): 122 random bits, spelled 8-4-4-4-12 in lower-case hex.
+            var b: (UInt64, UInt64) = (0, 0)
+            guard withUnsafeMutableBytes(of: &b, { mg_random_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), 16) }) == 1 else {
+                return Lua.raise(L, "crypto.uuid: the system's random source failed")
             }
-            text.withUnsafeBytes { Lua.push(L, bytes: $0) }
+            withUnsafeMutableBytes(of: &b) { b in
+                b[6] = (b[6] & 0x0f) | 0x40  // version 4
+                b[8] = (b[8] & 0x3f) | 0x80  // the RFC's variant
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 36) { text in
+                    var j = 0
+                    for i in 0..<16 {
+                        if i == 4 || i == 6 || i == 8 || i == 10 {
+                            text[j] = UInt8(ascii: "-")
+                            j += 1
+                        }
+                        text[j] = Hex.digit(b[i] >> 4)
+                        text[j + 1] = Hex.digit(b[i] & 15)
+                        j += 2
+                    }
+                    Lua.push(L, bytes: UnsafeRawBufferPointer(text))
+                }
+            }
             return 1
         }
         Lua.setFunction(L, "equal") { L in
@@ -123,6 +132,9 @@ public struct CryptoModule: LuaModule {
 
 enum Hex {
     static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// The lower-case digit for `v` (0-15), without a table.
+    @inline(__always) static func digit(_ v: UInt8) -> UInt8 { v < 10 ? 48 + v : 87 + v }
 }
 
 /// Base64 (RFC 4648), standard or URL-safe alphabet; decoding takes either, with or without padding.

@@ -86,11 +86,10 @@ extension DownstreamConnectionHandler: PolicyStream {
         exchange.requestBody = .none
         lifecycle.requestBodyFinished()
         // The upstream gets the body with the head: there is no `100 Continue` to wait for.
-        exchange.policy.edits.headers.set(Self.expectName, lower: Self.expectLower, nil)
+        Self.expectName.withUnsafeBytes { exchange.policy.edits.headers.set($0, nil) }
     }
 
     static let expectName: [UInt8] = Array("Expect".utf8)
-    static let expectLower: [UInt8] = Array("expect".utf8)
 
     func requestBodyWanted() {
         // A client that sent `Expect: 100-continue` holds its body until told to go on.

@@ -9,16 +9,12 @@ struct HeaderView {
 
     /// Calls `body` with each value of the field `name` (any case), in order, until it returns false.
     func forEach(_ name: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Bool) {
-        let entry = edits.entry(named: name)
-        if entry?.replaces != true {
+        if edits.isEmpty || !edits.replaces(named: name) {
             for field in fields where field.name.count == name.count && HTTPBytes.equalsIgnoringCase(p, field.name.lower, name, 0, name.count) {
                 if !body(UnsafeRawBufferPointer(rebasing: p[field.value.lower..<field.value.upper])) { return }
             }
         }
-        for value in entry?.values ?? [] {
-            let more = value.withUnsafeBytes { body($0) }
-            if !more { return }
-        }
+        if !edits.isEmpty { _ = edits.forEachValue(named: name, body) }
     }
 
     /// Pushes the first value, or nil.
@@ -51,7 +47,10 @@ struct HeaderView {
             let lower = (0..<field.name.count).map { HTTPBytes.lower(p[field.name.lower + $0]) }
             if !names.contains(lower) { names.append(lower) }
         }
-        for entry in edits.entries where !names.contains(entry.lower) { names.append(entry.lower) }
+        edits.forEach { name, _ in
+            let lower = name.map { HTTPBytes.lower($0) }
+            if !names.contains(lower) { names.append(lower) }
+        }
         lua_createtable(L, 0, Int32(names.count))
         for name in names {
             var values: [[UInt8]] = []

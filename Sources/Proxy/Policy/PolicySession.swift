@@ -256,9 +256,7 @@ final class PolicySession {
         if var early = edits.early {
             // Response headers set in access (by a plugin before the one that answered) go
             // with the early answer too, unless it sets the same name itself.
-            for entry in responseEdits.headers.entries where early.headers.entry(entry.lower) == nil {
-                for value in entry.values { early.headers.add(entry.name, lower: entry.lower, value) }
-            }
+            early.headers.merge(responseEdits.headers)
             return .respond(early)
         }
         return .proceed
@@ -423,15 +421,14 @@ extension PolicySession: ScriptHost {
     }
 
     func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool {
-        let bytes = Array(name.utf8)
-        guard responseEdits.headers.fits(bytes.count + value.utf8.count) else { return false }
-        responseEdits.headers.add(bytes, lower: Array(name.lowercased().utf8), Array(value.utf8))
+        guard responseEdits.headers.fits(name.utf8.count + value.utf8.count) else { return false }
+        responseEdits.headers.add(name, value)
         return true
     }
 
     func scriptAnswer(_ answer: ScriptAnswer) {
         var early = EarlyResponse(status: answer.status, body: errorBody(answer.message), json: true)
-        for (name, value) in answer.headers { early.headers.add(Array(name.utf8), lower: Array(name.lowercased().utf8), Array(value.utf8)) }
+        for (name, value) in answer.headers { early.headers.add(name, value) }
         edits.early = early
     }
 

@@ -259,14 +259,14 @@ private func requestHeaders(_ L: OpaquePointer, _ function: String, _ read: Head
 /// `set_header(name, value)`, `add_header(name, value)`, `remove_header(name)` for requests.
 private func editHeader(_ L: OpaquePointer, _ function: String, add: Bool) -> Int32 {
     guard let h = changing(L) else { return notChanging(L, function) }
-    switch checkedHeader(L, function, managed: HeaderCheck.forwarding, allowNil: !add) {
+    switch checkedHeader(L, function, forwarding: true, allowNil: !add) {
     case .failure(let message):
         return Lua.raise(L, message.text)
-    case .success(let (name, lower, value)):
+    case .success(let (name, value)):
         guard h.edits.headers.fits(name.count + (value?.count ?? 0)) else {
             return Lua.raise(L, "\(function): the script's header changes exceed \(HeaderEdits.maxBytes / 1024) KiB")
         }
-        if add, let value { h.edits.headers.add(name, lower: lower, value) } else { h.edits.headers.set(name, lower: lower, value) }
+        if add, let value { h.edits.headers.add(name, value) } else { h.edits.headers.set(name, value) }
         return 0
     }
 }
@@ -275,25 +275,26 @@ struct ScriptMessage: Error {
     let text: String
 }
 
-/// The header name at 1 and value at 2 (a string or number; nil only when `allowNil`).
+/// The header name at 1 and value at 2 (a string or number; nil only when `allowNil`), as
+/// views of the Lua strings on the stack: valid until the calling function returns.
+/// `forwarding`: the X-Forwarded-* and X-Request-Id fields the gateway writes are refused too.
 func checkedHeader(
-    _ L: OpaquePointer, _ function: String, managed: Set<[UInt8]>, allowNil: Bool
-) -> Result<([UInt8], [UInt8], [UInt8]?), ScriptMessage> {
+    _ L: OpaquePointer, _ function: String, forwarding: Bool, allowNil: Bool
+) -> Result<(UnsafeRawBufferPointer, UnsafeRawBufferPointer?), ScriptMessage> {
     guard let name = Lua.bytes(L, 1) else { return .failure(ScriptMessage(text: "\(function): the name must be a string")) }
     if let problem = HeaderCheck.name(name) { return .failure(ScriptMessage(text: "\(function): \(problem)")) }
-    let lower = HeaderCheck.lowered(name)
-    if HeaderCheck.framing.contains(lower) || managed.contains(lower) || lower.starts(with: HeaderCheck.proxyPrefix) {
+    if HeaderCheck.isFraming(name) || HeaderCheck.isProxy(name) || forwarding && HeaderCheck.isForwarding(name) {
         return .failure(ScriptMessage(text: "\(function): \(String(decoding: name, as: UTF8.self)) is managed by the gateway"))
     }
     switch lua_type(L, 2) {
     case LUA_TNONE, LUA_TNIL:
         guard allowNil else { return .failure(ScriptMessage(text: "\(function): the value must be a string or a number")) }
-        return .success((Array(name), lower, nil))
+        return .success((name, nil))
     case LUA_TSTRING, LUA_TNUMBER:
         var length = 0
         let value = UnsafeRawBufferPointer(start: lua_tolstring(L, 2, &length), count: length)
         if let problem = HeaderCheck.value(value) { return .failure(ScriptMessage(text: "\(function): \(problem)")) }
-        return .success((Array(name), lower, HeaderCheck.trimmed(value)))
+        return .success((name, HeaderCheck.trimmed(value)))
     default:
         return .failure(ScriptMessage(text: "\(function): the value must be a string or a number, got \(Lua.typeName(L, 2))"))
     }
@@ -302,9 +303,19 @@ func checkedHeader(
 /// Reads `{name = value | {values...}}` at `index` into `edits`; the reason when refused.
 func readHeaderTable(_ L: OpaquePointer, _ index: Int32, into edits: inout HeaderEdits) -> String? {
     guard lua_type(L, index) == LUA_TTABLE else { return "headers must be a table" }
+    /// Adds one value (the string at `at`); the reason when refused.
+    func addValue(_ name: UnsafeRawBufferPointer, _ at: Int32) -> String? {
+        var length = 0
+        let value = HeaderCheck.trimmed(UnsafeRawBufferPointer(start: lua_tolstring(L, at, &length), count: length))
+        if let problem = HeaderCheck.value(value) { return problem }
+        guard edits.fits(name.count + value.count) else { return "the headers exceed \(HeaderEdits.maxBytes / 1024) KiB" }
+        edits.add(name, value)
+        return nil
+    }
     lua_pushnil(L)
     while lua_next(L, index) != 0 {
-        guard let name = Lua.bytes(L, -2) else {
+        // Keys are never converted in place (that would confuse lua_next): only strings pass.
+        guard lua_type(L, -2) == LUA_TSTRING, let name = Lua.bytes(L, -2) else {
             lua_settop(L, index)
             return "header names must be strings"
         }
@@ -312,37 +323,27 @@ func readHeaderTable(_ L: OpaquePointer, _ index: Int32, into edits: inout Heade
             lua_settop(L, index)
             return problem
         }
-        let lower = HeaderCheck.lowered(name)
-        if HeaderCheck.framing.contains(lower) {
+        if HeaderCheck.isFraming(name) {
             lua_settop(L, index)
             return "\(String(decoding: name, as: UTF8.self)) is managed by the gateway"
         }
-        var values: [[UInt8]] = []
-        if lua_type(L, -1) == LUA_TTABLE {
-            let count = lua_rawlen(L, -1)
-            for i in 0..<min(Int(count), 100) {
-                lua_rawgeti(L, -1, lua_Integer(i + 1))
-                if let v = Lua.bytes(L, -1) { values.append(HeaderCheck.trimmed(v)) }
+        var problem: String?
+        switch lua_type(L, -1) {
+        case LUA_TTABLE:
+            let count = min(Int(lua_rawlen(L, -1)), 100)
+            for i in 0..<count where problem == nil {
+                let t = lua_rawgeti(L, -1, lua_Integer(i + 1))
+                if t == LUA_TSTRING || t == LUA_TNUMBER { problem = addValue(name, lua_gettop(L)) }
                 mg_pop(L, 1)
             }
-        } else if lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER {
-            var length = 0
-            let p = lua_tolstring(L, -1, &length)
-            values.append(HeaderCheck.trimmed(UnsafeRawBufferPointer(start: p, count: length)))
-        } else {
-            lua_settop(L, index)
-            return "header values must be strings, numbers or lists of them"
+        case LUA_TSTRING, LUA_TNUMBER:
+            problem = addValue(name, -1)
+        default:
+            problem = "header values must be strings, numbers or lists of them"
         }
-        for v in values {
-            if let problem = v.withUnsafeBytes({ HeaderCheck.value($0) }) {
-                lua_settop(L, index)
-                return problem
-            }
-            guard edits.fits(name.count + v.count) else {
-                lua_settop(L, index)
-                return "the headers exceed \(HeaderEdits.maxBytes / 1024) KiB"
-            }
-            edits.add(Array(name), lower: lower, v)
+        if let problem {
+            lua_settop(L, index)
+            return problem
         }
         mg_pop(L, 1)
     }

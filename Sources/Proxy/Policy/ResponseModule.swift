@@ -90,14 +90,14 @@ private func editResponseHeader(_ L: OpaquePointer, _ function: String, add: Boo
         if serving(L) == nil { return notServing(L, function) }
         return Lua.raise(L, "\(function): only in the access and response phases (in log, the response has been sent)")
     }
-    switch checkedHeader(L, function, managed: [], allowNil: !add) {
+    switch checkedHeader(L, function, forwarding: false, allowNil: !add) {
     case .failure(let message):
         return Lua.raise(L, message.text)
-    case .success(let (name, lower, value)):
+    case .success(let (name, value)):
         guard h.responseEdits.headers.fits(name.count + (value?.count ?? 0)) else {
             return Lua.raise(L, "\(function): the script's header changes exceed \(HeaderEdits.maxBytes / 1024) KiB")
         }
-        if add, let value { h.responseEdits.headers.add(name, lower: lower, value) } else { h.responseEdits.headers.set(name, lower: lower, value) }
+        if add, let value { h.responseEdits.headers.add(name, value) } else { h.responseEdits.headers.set(name, value) }
         return 0
     }
 }

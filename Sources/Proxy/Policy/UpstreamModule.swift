@@ -112,8 +112,9 @@ struct UpstreamModule: LuaModule {
         if Lua.rawField(L, 2, "headers") == LUA_TTABLE {
             var edits = HeaderEdits()
             if let problem = readHeaderTable(L, lua_gettop(L), into: &edits) { return Lua.raise(L, "upstream.call: \(problem)") }
-            for entry in edits.entries where entry.lower != Array("host".utf8) && entry.lower != Array("x-request-id".utf8) {
-                for value in entry.values { headers.append((String(decoding: entry.name, as: UTF8.self), String(decoding: value, as: UTF8.self))) }
+            edits.forEach { name, value in
+                guard let value, !HTTPBytes.equalsLower(name, 0, name.count, "host"), !HTTPBytes.equalsLower(name, 0, name.count, "x-request-id") else { return }
+                headers.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
             }
         }
         lua_settop(L, 2)

@@ -54,8 +54,13 @@ public struct APIKeyModule: LuaModule {
     }
 
     final class Box: Sendable {
-        let sets: [String: CompiledAPIKeys]
-        init(_ sets: [String: CompiledAPIKeys]) { self.sets = sets }
+        /// Few sets: a scan by the name's bytes, with no string made per call.
+        let sets: [(name: [UInt8], keys: CompiledAPIKeys)]
+        init(_ sets: [String: CompiledAPIKeys]) { self.sets = sets.map { (Array($0.key.utf8), $0.value) } }
+
+        func set(named name: UnsafeRawBufferPointer) -> CompiledAPIKeys? {
+            sets.first { $0.name.elementsEqual(name) }?.keys
+        }
     }
 
     public func register(_ L: OpaquePointer) {
@@ -66,11 +71,13 @@ public struct APIKeyModule: LuaModule {
     }
 
     static func verify(_ L: OpaquePointer) -> Int32 {
-        guard let name = Lua.string(L, 2) else { return Lua.raise(L, "apikey.verify(key, set): the set name must be a string") }
+        guard let name = Lua.bytes(L, 2) else { return Lua.raise(L, "apikey.verify(key, set): the set name must be a string") }
         lua_getfield(L, mg_registry_index(), "moongate.apikey.sets")
         let box = lua_touserdata(L, -1).map { Unmanaged<Box>.fromOpaque($0).takeUnretainedValue() }
         mg_pop(L, 1)
-        guard let set = box?.sets[name] else { return Lua.raise(L, "apikey.verify: no apikeys set \"\(name)\" in the config") }
+        guard let set = box?.set(named: name) else {
+            return Lua.raise(L, "apikey.verify: no apikeys set \"\(String(decoding: name.prefix(64), as: UTF8.self))\" in the config")
+        }
         guard let key = Lua.bytes(L, 1), key.count > 0, key.count <= 4096 else {
             countFailure(L, "apikey", "missing")
             lua_pushnil(L)

@@ -213,7 +213,10 @@ struct BucketOutcome {
     }
 
     func addHeaders(to host: ScriptHost) {
-        for (name, value) in rateLimitHeaders { _ = host.scriptAddResponseHeader(name, value) }
+        guard error == nil else { return }
+        _ = host.scriptAddResponseHeader("RateLimit-Limit", decimal: Int64(capacity))
+        _ = host.scriptAddResponseHeader("RateLimit-Remaining", decimal: Int64(remaining))
+        _ = host.scriptAddResponseHeader("RateLimit-Reset", decimal: Int64(resetAfter.rounded(.up)))
     }
 }
 

@@ -334,7 +334,9 @@ public final class LuaState {
         self.host = host
         usedAtBegin = budget.pointee.used
         logLines = 0
-        lua_createtable(L, 0, 0)
+        // Room for a few keys (a consumer, a correlation id, scopes): growing an empty table
+        // one key at a time rehashes it at each power of two.
+        lua_createtable(L, 0, 4)
         lua_rawseti(L, mg_registry_index(), lua_Integer(ctxRef))
     }
 

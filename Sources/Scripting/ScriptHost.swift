@@ -12,6 +12,9 @@ public protocol ScriptHost: AnyObject {
     /// Adds a header to the response the client will get (any phase before it is sent).
     /// False if the response's header edits are full.
     func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool
+    /// The same for a fixed name and a whole number (rate-limit headers on every request),
+    /// without making strings.
+    func scriptAddResponseHeader(_ name: StaticString, decimal value: Int64) -> Bool
     /// Ends the running phase with an answer from the gateway; the calling Swift function
     /// must then return `Lua.yield(L)`, so that nothing after the call runs.
     func scriptAnswer(_ answer: ScriptAnswer)
@@ -73,6 +76,9 @@ extension Lua {
 extension ScriptHost {
     public var scriptRouteIndex: Int? { nil }
     public func scriptAddResponseHeader(_ name: String, _ value: String) -> Bool { false }
+    public func scriptAddResponseHeader(_ name: StaticString, decimal value: Int64) -> Bool {
+        scriptAddResponseHeader("\(name)", String(value))
+    }
     public func scriptAnswer(_ answer: ScriptAnswer) {}
     public var scriptCanWait: Bool { false }
     public var scriptMetrics: MetricStore? { nil }

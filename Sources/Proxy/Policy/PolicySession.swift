@@ -426,6 +426,12 @@ extension PolicySession: ScriptHost {
         return true
     }
 
+    func scriptAddResponseHeader(_ name: StaticString, decimal value: Int64) -> Bool {
+        guard responseEdits.headers.fits(name.utf8CodeUnitCount + 20) else { return false }
+        responseEdits.headers.add(name, decimal: value)
+        return true
+    }
+
     func scriptAnswer(_ answer: ScriptAnswer) {
         var early = EarlyResponse(status: answer.status, body: errorBody(answer.message), json: true)
         for (name, value) in answer.headers { early.headers.add(name, value) }

@@ -1,0 +1,2 @@
+-- A no-op plugin: scripts/bench --plugin-cost chains ten of them.
+return { priority = 8, access = function(conf, ctx) end }

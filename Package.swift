@@ -156,8 +156,9 @@ let package = Package(
         .target(
             name: "Plugins",
             dependencies: [
-                "Config", "Scripting", "CLuaRuntime", "COpenSSL", "CJOSE",
+                "Config", "Scripting", "CLuaRuntime", "COpenSSL", "CJOSE", "Redis",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["tests"],
             resources: [

@@ -14,7 +14,7 @@ struct ConfigDecoder {
             let top = r.mapping(
                 root, "",
                 allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection", "metrics", "access_log",
-                    "tracing", "store", "plugins",
+                    "tracing", "store", "plugins", "kv",
                 ])
         else { return nil }
 
@@ -51,6 +51,7 @@ struct ConfigDecoder {
             redis: redis, rateLimit: rateLimit, introspection: top["introspection"].map { decodeIntrospection($0.value) } ?? [])
         config.adminTokenFile = adminTokenFile
         if let node = top["plugins"]?.value { config.plugins = decodePluginsSection(node) }
+        config.kv = decodeKV(top["kv"]?.value, redis: redis)
         if let node = top["store"]?.value { config.store = decodeStore(node) }
         if let node = top["metrics"]?.value, let map = r.mapping(node, "metrics", allowed: ["enabled", "max_series"]) {
             if let n = map["enabled"]?.value, let v = r.bool(n, "metrics.enabled") { config.metrics.enabled = v }

@@ -35,6 +35,8 @@ public struct GatewayConfig: Sendable, Equatable {
     public var tracing = TracingConfig()
     /// `plugins:` — the global chain and the folders of user plugins.
     public var plugins = PluginsConfig()
+    /// `kv:` — where `kv` keeps keys.
+    public var kv = KVConfig()
 
     public init(
         workers: Int? = nil, logLevel: String = "info", listeners: [Listener], admin: SocketAddressSpec? = nil,

@@ -124,7 +124,37 @@ public struct PluginsConfig: Sendable, Equatable {
     }
 }
 
+/// `kv:` — where scripts' `kv` keeps its keys.
+public struct KVConfig: Sendable, Equatable {
+    /// `local` (the gateway's memory) or a server under `redis:`. Default: the only Redis
+    /// server when exactly one is configured (sessions then survive restarts and are shared
+    /// by gateways), else `local`.
+    public var store = "local"
+    /// Prepended to every key in Redis, before the plugin's namespace.
+    public var prefix = "moongate:kv:"
+
+    public init() {}
+}
+
 extension ConfigDecoder {
+    func decodeKV(_ node: Node?, redis: [RedisServer]) -> KVConfig {
+        let r = reader
+        var config = KVConfig()
+        if redis.count == 1 { config.store = redis[0].name }
+        guard let node, let map = r.mapping(node, "kv", allowed: ["store", "prefix"]) else { return config }
+        if let n = map["store"]?.value, let v = r.string(n, "kv.store") {
+            if v == "local" || redis.contains(where: { $0.name == v }) {
+                config.store = v
+            } else {
+                r.fail(n, "kv.store", "unknown store \"\(v)\" (expected local or a server under redis)")
+            }
+        }
+        if let n = map["prefix"]?.value, let v = r.string(n, "kv.prefix") {
+            if v.utf8.count <= 64 { config.prefix = v } else { r.fail(n, "kv.prefix", "at most 64 bytes") }
+        }
+        return config
+    }
+
     /// `plugins:` at the top: a list (the global chain), or `{dirs: [...], global: [...]}`.
     func decodePluginsSection(_ node: Node) -> PluginsConfig {
         let r = reader

@@ -160,7 +160,7 @@ public actor Gateway {
             redisBuckets = redis
             let buckets = RateLimitModules.make(config: config, local: local, redis: redis, counters: bucketCounters, logger: logger)
             generation = try ProxyGeneration(
-                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies), KVModule(store: kvStore)], logger: logger)
+                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies), kvModule(config, redis)], logger: logger)
         } catch {
             try? await group.shutdownGracefully()
             await controlPlane?.stop()
@@ -287,13 +287,21 @@ public actor Gateway {
         }
         do {
             let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, counters: bucketCounters, logger: logger)
-            let (id, all, logger) = (nextGenerationID, modules + buckets + [MetricsModule(families: scriptFamilies), KVModule(store: kvStore)], self.logger)
+            let (id, all, logger) = (nextGenerationID, modules + buckets + [MetricsModule(families: scriptFamilies), kvModule(config, nextRedis)], self.logger)
             let generation = try await BackgroundWork.run(meter: meter) { try ProxyGeneration(id: id, config: config, modules: all, logger: logger) }
             return Prepared(config: config, tokens: tokens, generation: generation, modules: modules, redis: nextRedis)
         } catch {
             if let nextRedis, nextRedis !== redisBuckets { await nextRedis.close() }
             throw error
         }
+    }
+
+    /// `kv` for a generation: the embedded store (kept across reloads), and the generation's
+    /// Redis connections when `kv.store` names a server.
+    private func kvModule(_ config: GatewayConfig, _ redis: RedisBuckets?) -> KVModule {
+        let server = config.redis.firstIndex { $0.name == config.kv.store }
+        guard let redis, let server else { return KVModule(store: kvStore, logger: logger) }
+        return KVModule(store: kvStore, redis: (redis, server, config.kv.prefix), logger: logger)
     }
 
     /// Lets go of what `prepare` opened for a generation that will not serve.

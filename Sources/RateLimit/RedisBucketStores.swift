@@ -18,7 +18,7 @@ public protocol RedisBucketStore: Sendable {
 
 /// The gateway's Redis stores: one `RedisClient` per server per event loop, so a request
 /// talks only to its own loop's connection.
-public final class RedisBuckets: RedisBucketStore, @unchecked Sendable {
+public final class RedisBuckets: RedisBucketStore, RedisSender, @unchecked Sendable {
     public let servers: [RedisServer]
     /// Per server, per event loop. Immutable after `make`; each client is touched only on its loop.
     private let clients: [[(loop: EventLoop, client: NIOLoopBound<RedisClient>)]]
@@ -74,6 +74,14 @@ public final class RedisBuckets: RedisBucketStore, @unchecked Sendable {
                 completion(Self.decide(result))
             }
         }
+    }
+
+    public func send(server: Int, _ command: RedisCommand, completion: @escaping (Result<RedisReply, RedisError>) -> Void) {
+        guard let client = client(server) else {
+            completion(.failure(.unavailable("not on a gateway event loop")))
+            return
+        }
+        client.send(command, completion: completion)
     }
 
     static func decide(_ result: Result<RedisReply, RedisError>) -> Result<BucketDecision, RedisError> {

@@ -334,3 +334,11 @@ extension TimeAmount {
         self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }
+
+/// Sends commands to the configured Redis servers on the calling event loop's connection:
+/// what API modules other than `redis_bucket` (`kv`) use.
+public protocol RedisSender: Sendable {
+    /// Sends `command` to server `server` (an index into the config's `redis`); `completion`
+    /// runs on the calling event loop, possibly before `send` returns.
+    func send(server: Int, _ command: RedisCommand, completion: @escaping (Result<RedisReply, RedisError>) -> Void)
+}

@@ -54,6 +54,19 @@ import Testing
         #expect(bad.last?.hasPrefix("gateway.yaml:11 tracing.sample_ratio: expected a number from 0 to 1") == true, "\(bad)")
     }
 
+    @Test func kvDefaultsToTheOnlyRedisAndNamesAnUnknownStore() throws {
+        #expect(try ConfigLoader.parse(Self.minimal, file: "gateway.yaml").kv.store == "local")
+        let redis = "\nredis:\n  main:\n    address: 127.0.0.1:6379\n"
+        let one = try ConfigLoader.parse(Self.minimal + redis, file: "gateway.yaml")
+        #expect(one.kv.store == "main")
+        #expect(one.kv.prefix == "moongate:kv:")
+        let chosen = try ConfigLoader.parse(Self.minimal + redis + "kv:\n  store: local\n  prefix: \"app:\"\n", file: "gateway.yaml")
+        #expect(chosen.kv.store == "local")
+        #expect(chosen.kv.prefix == "app:")
+        let bad = errors(Self.minimal + redis + "kv:\n  store: cache\n")
+        #expect(bad == ["gateway.yaml:13 kv.store: unknown store \"cache\" (expected local or a server under redis)"], "\(bad)")
+    }
+
     @Test func refusesUnknownKeys() {
         let yaml = Self.minimal.replacingOccurrences(of: "upstream: app", with: "upstream: app\n    retries: 3")
         let found = errors(yaml)

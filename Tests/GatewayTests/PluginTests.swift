@@ -1,6 +1,7 @@
 import Config
 import Foundation
 import Proxy
+import Redis
 import RedisTestServer
 import Testing
 
@@ -181,6 +182,119 @@ import Testing
                 try RateLimitTests.expectAccurate(load, capacity: 50, rate: 200)
                 #expect(load.allowedByPort[a.port, default: 0] > 50 && load.allowedByPort[b.port, default: 0] > 50, "\(load.allowedByPort)")
             }
+        }
+    }
+
+    /// A user plugin standing in for a login page: it names the subject the way an upstream
+    /// would (`X-Session-Login` on the answer), so the session plugin sees a login.
+    static let testLogin = """
+        return {
+          priority = 5000,
+          access = function(conf, ctx)
+            local who = request.header("X-Test-Login")
+            if who then response.set_header("X-Session-Login", who) end
+          end,
+        }
+        """
+
+    @Test func sessionsLiveInRedis() async throws {
+        let redis = try RedisProcess()
+        let config = """
+            listeners:
+              - name: test
+                address: 127.0.0.1:@PORT@
+            redis:
+              main:
+                address: 127.0.0.1:\(redis.port)
+                command_timeout: 500ms
+            plugins:
+              dirs: [plugins]
+            upstreams:
+              echo:
+                targets: [ "@ECHO@" ]
+            routes:
+              - name: app
+                match: { path_prefix: /app/ }
+                upstream: echo
+                plugins:
+                  - { name: test-login }
+                  - name: session
+                    config: { secret: "0123456789abcdef0123456789abcdef", idle_timeout: 60, absolute_timeout: 300, logout_path: /app/logout }
+              - name: short
+                match: { path_prefix: /short/ }
+                upstream: echo
+                plugins:
+                  - { name: test-login }
+                  - name: session
+                    config: { secret: "0123456789abcdef0123456789abcdef", idle_timeout: 1, absolute_timeout: 2 }
+            """
+        let store = try redis.connection()
+        func key(_ cookie: String) -> RedisCommand { RedisCommand("EXISTS", "moongate:kv:session:s:" + cookie.prefix { $0 != "." }) }
+        func exists(_ cookie: String) throws -> Bool { try store.send(key(cookie)) == .integer(1) }
+        /// `kv.delete` does not wait for Redis: give it a moment.
+        func gone(_ cookie: String) throws -> Bool {
+            for _ in 0..<100 where try exists(cookie) { usleep(10_000) }
+            return try !exists(cookie)
+        }
+        try await withGateway(config, scripts: ["../plugins/test-login.lua": Self.testLogin]) { gw in
+            let c = try gw.client()
+            func cookie(_ r: RawClient.Response) -> String? {
+                r.headers("Set-Cookie").last.flatMap { $0.split(separator: ";").first }.map { String($0.dropFirst("moongate_session=".count)) }
+            }
+            func me(_ value: String, _ path: String = "/app/me") throws -> RawClient.Response {
+                try c.request("GET", path, headers: [("Cookie", "moongate_session=" + value)])
+            }
+            // Create: a signed, HttpOnly, Secure, SameSite cookie; the session is in Redis,
+            // with the idle timeout as its time to live.
+            let login = try c.request("POST", "/app/login", headers: [("X-Test-Login", "ann")])
+            #expect(login.status == 200)
+            #expect(login.header("X-Session-Login") == nil, "the login header never reaches the client")
+            let set = try #require(login.headers("Set-Cookie").last)
+            for flag in ["HttpOnly", "Secure", "SameSite=Lax", "Max-Age=300", "Path=/"] { #expect(set.contains(flag), "\(set)") }
+            let first = try #require(cookie(login))
+            #expect(try exists(first))
+            let pttl = try store.send(RedisCommand("PTTL", "moongate:kv:session:s:" + first.prefix { $0 != "." }))
+            guard case .integer(let ms) = pttl else { Issue.record("PTTL: \(pttl)"); return }
+            #expect(ms > 50_000 && ms <= 60_000)
+            // Read: the upstream learns the subject; a client cannot claim one.
+            #expect(try me(first).echoed("X-Session-Subject") == ["ann"])
+            #expect(try c.request("GET", "/app/me", headers: [("X-Session-Subject", "root")]).echoed("X-Session-Subject").isEmpty)
+            // A second gateway on the same Redis reads the same session.
+            try await withGateway(config, workers: 1, scripts: ["../plugins/test-login.lua": Self.testLogin]) { other in
+                let r = try other.client().request("GET", "/app/me", headers: [("Cookie", "moongate_session=" + first)])
+                #expect(r.echoed("X-Session-Subject") == ["ann"])
+            }
+            // Forged: the id of a real session with a made-up signature is refused and cleared.
+            let forged = try me(String(first.prefix { $0 != "." }) + "." + String(repeating: "A", count: 43))
+            #expect(forged.echoed("X-Session-Subject").isEmpty)
+            #expect(forged.headers("Set-Cookie").last?.contains("Max-Age=0") == true)
+            #expect(try exists(first), "a forged cookie does not destroy the real session")
+            // Rotate: a new login gets a new id, and the old session is deleted.
+            let again = try c.request("POST", "/app/login", headers: [("X-Test-Login", "ann"), ("Cookie", "moongate_session=" + first)])
+            let second = try #require(cookie(again))
+            #expect(second != first)
+            #expect(try gone(first))
+            #expect(try me(first).echoed("X-Session-Subject").isEmpty)
+            #expect(try me(second).echoed("X-Session-Subject") == ["ann"])
+            // Destroy: the logout path answers 204, clears the cookie, deletes the session.
+            let logout = try c.request("POST", "/app/logout", headers: [("Cookie", "moongate_session=" + second)])
+            #expect(logout.status == 204)
+            #expect(logout.headers("Set-Cookie").last?.contains("Max-Age=0") == true)
+            #expect(try gone(second))
+            #expect(try me(second).echoed("X-Session-Subject").isEmpty)
+            // Expire: idle for longer than the idle timeout (1 s on /short/).
+            let short = try #require(cookie(try c.request("POST", "/short/login", headers: [("X-Test-Login", "bob")])))
+            #expect(try me(short, "/short/me").echoed("X-Session-Subject") == ["bob"])
+            usleep(1_300_000)
+            #expect(try me(short, "/short/me").echoed("X-Session-Subject").isEmpty)
+            // Redis gone: the request goes on without a session, and the cookie is kept.
+            let third = try #require(cookie(try c.request("POST", "/app/login", headers: [("X-Test-Login", "cat")])))
+            #expect(try me(third).echoed("X-Session-Subject") == ["cat"])
+            redis.kill()
+            let down = try me(third)
+            #expect(down.status == 200)
+            #expect(down.echoed("X-Session-Subject").isEmpty)
+            #expect(down.headers("Set-Cookie").isEmpty, "the cookie is not cleared while the store is down")
         }
     }
 }

@@ -3,7 +3,8 @@
 -- gateway has one, else its memory), with idle and absolute timeouts. A login (the upstream
 -- names the subject in a response header, or an earlier auth plugin set ctx.consumer) always
 -- starts a new id (no fixation); a logout destroys it. A cookie whose signature does not
--- check is ignored and cleared.
+-- check is ignored and cleared. When the store cannot answer, the request goes on without a
+-- session and the cookie is kept.
 local request, response, crypto, kv, json, now, string, math = request, response, crypto, kv, json, now, string, math
 
 local function sign(p, id) return crypto.b64encode(crypto.hmac_sha256(p.secret, id), true) end
@@ -79,10 +80,14 @@ return {
     if id == false then
       ctx.session_clear = true
     elseif id then
-      local stored = kv.get("s:" .. id)
+      local stored, err = kv.get("s:" .. id)
       local ok, s = pcall(json.decode, stored or "")
       local t = now()
-      if stored and ok and type(s) == "table" and t - s.created < p.absolute and t - s.seen < p.idle then
+      if err then
+        -- The store cannot answer (Redis down): no session for this request, but the
+        -- cookie stays, so the user is logged in again once the store is back.
+        ctx.session_unavailable = true
+      elseif stored and ok and type(s) == "table" and t - s.created < p.absolute and t - s.seen < p.idle then
         ctx.session_id = id
         ctx.session = s
         if ctx.consumer == nil then ctx.consumer = s.sub end
@@ -113,7 +118,7 @@ return {
     elseif response.header(p.logout) ~= nil then
       response.remove_header(p.logout)
       destroy(p, ctx)
-    elseif ctx.session_id == nil and p.from_consumer and ctx.consumer ~= nil then
+    elseif ctx.session_id == nil and p.from_consumer and ctx.consumer ~= nil and not ctx.session_unavailable then
       start(p, ctx, ctx.consumer)
     elseif ctx.session_clear then
       response.add_header("Set-Cookie", cookie(p, "", 0))

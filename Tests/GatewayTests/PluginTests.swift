@@ -229,13 +229,20 @@ import Testing
                     config: { secret: "0123456789abcdef0123456789abcdef", idle_timeout: 1, absolute_timeout: 2 }
             """
         let store = try redis.connection()
-        func key(_ cookie: String) -> RedisCommand { RedisCommand("EXISTS", "moongate:kv:session:s:" + cookie.prefix { $0 != "." }) }
-        func exists(_ cookie: String) throws -> Bool { try store.send(key(cookie)) == .integer(1) }
-        /// `kv.delete` does not wait for Redis: give it a moment.
-        func gone(_ cookie: String) throws -> Bool {
-            for _ in 0..<100 where try exists(cookie) { usleep(10_000) }
-            return try !exists(cookie)
+        func exists(_ cookie: String) throws -> Bool {
+            try store.send(RedisCommand("EXISTS", "moongate:kv:session:s:" + cookie.prefix { $0 != "." })) == .integer(1)
         }
+        // `kv.set` and `kv.delete` do not wait for Redis: give them a moment.
+        func settles(_ cookie: String, present: Bool) throws -> Bool {
+            var tries = 0
+            while try exists(cookie) != present, tries < 200 {
+                usleep(10_000)
+                tries += 1
+            }
+            return try exists(cookie) == present
+        }
+        func present(_ cookie: String) throws -> Bool { try settles(cookie, present: true) }
+        func gone(_ cookie: String) throws -> Bool { try settles(cookie, present: false) }
         try await withGateway(config, scripts: ["../plugins/test-login.lua": Self.testLogin]) { gw in
             let c = try gw.client()
             func cookie(_ r: RawClient.Response) -> String? {
@@ -252,7 +259,7 @@ import Testing
             let set = try #require(login.headers("Set-Cookie").last)
             for flag in ["HttpOnly", "Secure", "SameSite=Lax", "Max-Age=300", "Path=/"] { #expect(set.contains(flag), "\(set)") }
             let first = try #require(cookie(login))
-            #expect(try exists(first))
+            #expect(try present(first))
             let pttl = try store.send(RedisCommand("PTTL", "moongate:kv:session:s:" + first.prefix { $0 != "." }))
             guard case .integer(let ms) = pttl else { Issue.record("PTTL: \(pttl)"); return }
             #expect(ms > 50_000 && ms <= 60_000)

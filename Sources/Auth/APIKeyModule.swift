@@ -65,17 +65,12 @@ public struct APIKeyModule: LuaModule {
 
     public func register(_ L: OpaquePointer) {
         // The program that holds this module outlives its states: an unretained pointer is safe.
-        lua_pushlightuserdata(L, Unmanaged.passUnretained(box).toOpaque())
-        lua_setfield(L, mg_registry_index(), "moongate.apikey.sets")
-        Lua.setFunction(L, "verify") { L in APIKeyModule.verify(L!) }
+        Lua.setFunction(L, "verify", context: box) { L in APIKeyModule.verify(L!) }
     }
 
     static func verify(_ L: OpaquePointer) -> Int32 {
         guard let name = Lua.bytes(L, 2) else { return Lua.raise(L, "apikey.verify(key, set): the set name must be a string") }
-        lua_getfield(L, mg_registry_index(), "moongate.apikey.sets")
-        let box = lua_touserdata(L, -1).map { Unmanaged<Box>.fromOpaque($0).takeUnretainedValue() }
-        mg_pop(L, 1)
-        guard let set = box?.set(named: name) else {
+        guard let set = Lua.functionContext(L, as: Box.self).set(named: name) else {
             return Lua.raise(L, "apikey.verify: no apikeys set \"\(String(decoding: name.prefix(64), as: UTF8.self))\" in the config")
         }
         guard let key = Lua.bytes(L, 1), key.count > 0, key.count <= 4096 else {

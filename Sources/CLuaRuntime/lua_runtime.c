@@ -204,6 +204,16 @@ void mg_push_swift_function(lua_State *L, mg_swift_function f) {
     lua_pushcclosure(L, trampoline, 1);
 }
 
+void mg_push_swift_function_with(lua_State *L, mg_swift_function f, void *context) {
+    lua_pushlightuserdata(L, (void *)f);
+    lua_pushlightuserdata(L, context);
+    lua_pushcclosure(L, trampoline, 2);
+}
+
+void *mg_function_context(lua_State *L) {
+    return lua_touserdata(L, lua_upvalueindex(2));
+}
+
 int mg_must_rethrow(lua_State *L) {
     return mg_budget_of(L)->killed != MG_KILL_NONE;
 }

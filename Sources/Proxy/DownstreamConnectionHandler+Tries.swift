@@ -156,9 +156,13 @@ extension DownstreamConnectionHandler {
         head.withUnsafeReadableBytes { p in
             var n = Array(name.utf8)
             n.withUnsafeMutableBytes { nameBytes in
-                HeaderView(p: p, fields: exchange.request.headers.fields, edits: exchange.policy.edits.headers).forEach(UnsafeRawBufferPointer(nameBytes)) { value in
-                    found = Array(value)
-                    return false
+                exchange.request.headers.fields.withUnsafeBufferPointer { fields in
+                    HeaderView.with(p, fields, &exchange.policy.edits.headers) { view in
+                        view.forEach(UnsafeRawBufferPointer(nameBytes)) { value in
+                            found = Array(value)
+                            return false
+                        }
+                    }
                 }
             }
         }

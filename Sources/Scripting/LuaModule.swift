@@ -25,6 +25,26 @@ public enum Lua {
         lua_setfield(L, -2, name)
     }
 
+    /// Sets `name` to `f`, which reads `context` back with `Lua.functionContext(L)`: for a
+    /// module's shared object (kept alive by the module, which outlives its states).
+    public static func setFunction(_ L: OpaquePointer, _ name: String, context: AnyObject, _ f: LuaFunction) {
+        mg_push_swift_function_with(L, f, Unmanaged.passUnretained(context).toOpaque())
+        lua_setfield(L, -2, name)
+    }
+
+    /// The context `setFunction(_:_:context:_:)` gave the running Swift function.
+    @inline(__always)
+    public static func functionContext<T: AnyObject>(_ L: OpaquePointer, as type: T.Type) -> T {
+        Unmanaged<T>.fromOpaque(mg_function_context(L)!).takeUnretainedValue()
+    }
+
+    /// `luaL_testudata` with a name known at compile time: a `String` argument would be
+    /// copied into a C string on every call.
+    @inline(__always)
+    public static func testUserdata(_ L: OpaquePointer, _ index: Int32, _ metatable: StaticString) -> UnsafeMutableRawPointer? {
+        luaL_testudata(L, index, UnsafeRawPointer(metatable.utf8Start).assumingMemoryBound(to: CChar.self))
+    }
+
     /// Ends a Swift function with a Lua error: `return Lua.raise(L, "request.x: ...")`.
     /// The script's `file:line` is prefixed, as `error()` would.
     public static func raise(_ L: OpaquePointer, _ message: String) -> Int32 {

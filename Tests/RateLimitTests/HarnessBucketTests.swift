@@ -11,9 +11,14 @@ import Testing
 /// same test file passes on both.
 @Suite(.serialized) struct HarnessBucketTests {
     static let policy = """
+        -- Checked once, at load; a bad one raises there.
+        local prepared = redis_bucket.limiter{capacity = 3, rate = 2}
+        local _, bad = pcall(redis_bucket.limiter, {capacity = 3, rate = 2, store = "nowhere"})
         return {
           access = function()
-            local ok, remaining, retry, err = redis_bucket.take(request.header("X-User"), {capacity = 3, rate = 2})
+            if request.header("X-Bad") then request.respond(200, bad) end
+            local options = request.header("X-Prepared") and prepared or {capacity = 3, rate = 2}
+            local ok, remaining, retry, err = redis_bucket.take(request.header("X-User"), options)
             if not ok then request.respond(429, tostring(retry)) end
             request.set_header("X-Remaining", tostring(remaining))
           end,
@@ -39,6 +44,13 @@ import Testing
           end)
           it("starts each test with full buckets", function()
             assert.equals("2", get().upstream.headers["x-remaining"])
+          end)
+          it("takes a limiter made once in place of the options", function()
+            local function prepared() return harness.request{path = "/", headers = {["X-User"] = "cy", ["X-Prepared"] = "1"}} end
+            for left = 2, 0, -1 do assert.equals(tostring(left), prepared().upstream.headers["x-remaining"]) end
+            assert.equals(429, prepared().status)
+            assert.equals(429, get("cy").status, "the same bucket either way")
+            assert.matches('unknown store "nowhere"', harness.request{path = "/", headers = {["X-Bad"] = "1"}}.body)
           end)
           it("is per key", function()
             for _ = 1, 4 do get("ann") end
@@ -74,13 +86,13 @@ import Testing
     @Test func inMemory() throws {
         let results = try run(redis: nil)
         #expect(TestReport.totals(results).ok, "\(TestReport.text(results))")
-        #expect(TestReport.totals(results).passed == 4)
+        #expect(TestReport.totals(results).passed == 5)
     }
 
     @Test func againstARealRedis() throws {
         let redis = try RedisProcess()
         let results = try run(redis: SocketAddressSpec(host: "127.0.0.1", port: redis.port))
         #expect(TestReport.totals(results).ok, "\(TestReport.text(results))")
-        #expect(TestReport.totals(results).passed == 4)
+        #expect(TestReport.totals(results).passed == 5)
     }
 }

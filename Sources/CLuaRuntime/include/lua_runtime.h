@@ -113,6 +113,13 @@ typedef int (*mg_swift_function)(lua_State *L);
 /// Pushes a C closure that calls `f` and turns its return codes into Lua errors or yields.
 void mg_push_swift_function(lua_State *L, mg_swift_function f);
 
+/// The same, with a pointer the function reads back with `mg_function_context` (a module's
+/// shared context, without a registry lookup by name on every call).
+void mg_push_swift_function_with(lua_State *L, mg_swift_function f, void *context);
+
+/// The context given to `mg_push_swift_function_with`, inside the Swift function it called.
+void *mg_function_context(lua_State *L);
+
 /// Whether an error caught by `pcall` must be raised again (a budget was exceeded).
 int mg_must_rethrow(lua_State *L);
 

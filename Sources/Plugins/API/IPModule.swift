@@ -13,7 +13,7 @@ public struct IPModule: LuaModule {
 
     public init() {}
 
-    static let metatable = "moongate.cidrs"
+    static let metatable: StaticString = "moongate.cidrs"
     /// Ranges in one set at most.
     static let maxRanges = 10_000
 
@@ -39,7 +39,7 @@ public struct IPModule: LuaModule {
             let raw = lua_newuserdatauv(L, size, 0)!
             raw.storeBytes(of: ranges.count, as: Int.self)
             ranges.withUnsafeBytes { UnsafeMutableRawPointer(raw + MemoryLayout<Int>.stride).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            if luaL_newmetatable(L, IPModule.metatable) != 0 {
+            if luaL_newmetatable(L, UnsafeRawPointer(IPModule.metatable.utf8Start).assumingMemoryBound(to: CChar.self)) != 0 {
                 Lua.push(L, "ip.cidrs")
                 lua_setfield(L, -2, "__name")
                 lua_pushboolean(L, 0)
@@ -61,7 +61,7 @@ public struct IPModule: LuaModule {
                 lua_pushboolean(L, 0)
                 return 1
             }
-            if let raw = luaL_testudata(L, 2, IPModule.metatable) {
+            if let raw = Lua.testUserdata(L, 2, IPModule.metatable) {
                 let count = raw.load(as: Int.self)
                 let base = UnsafeRawPointer(raw + MemoryLayout<Int>.stride)
                 for i in 0..<count where base.load(fromByteOffset: i * MemoryLayout<CIDR>.stride, as: CIDR.self).contains(address) {

@@ -93,15 +93,11 @@ public struct KVModule: LuaModule {
         context = KVContext(memory: store, redis: redis.map { RedisKV(sender: $0.sender, server: $0.server, prefix: Array($0.prefix.utf8)) }, logger: logger)
     }
 
-    static let registryKey = "moongate.kv"
-
     public func register(_ L: OpaquePointer) {
         // The program holding this module outlives its states: an unretained pointer is safe.
-        lua_pushlightuserdata(L, Unmanaged.passUnretained(context).toOpaque())
-        lua_setfield(L, mg_registry_index(), Self.registryKey)
-        Lua.setFunction(L, "get") { L in kvGet(L!) }
-        Lua.setFunction(L, "set") { L in kvSet(L!) }
-        Lua.setFunction(L, "delete") { L in kvDelete(L!) }
+        Lua.setFunction(L, "get", context: context) { L in kvGet(L!) }
+        Lua.setFunction(L, "set", context: context) { L in kvSet(L!) }
+        Lua.setFunction(L, "delete", context: context) { L in kvDelete(L!) }
     }
 }
 
@@ -140,11 +136,7 @@ final class KVContext: Sendable {
     }
 }
 
-private func kvContext(_ L: OpaquePointer) -> KVContext {
-    lua_getfield(L, mg_registry_index(), KVModule.registryKey)
-    defer { mg_pop(L, 1) }
-    return Unmanaged<KVContext>.fromOpaque(lua_touserdata(L, -1)!).takeUnretainedValue()
-}
+private func kvContext(_ L: OpaquePointer) -> KVContext { Lua.functionContext(L, as: KVContext.self) }
 
 /// The key argument, checked; nil when it is not a string of 1 to 1024 bytes.
 private func kvArgument(_ L: OpaquePointer) -> UnsafeRawBufferPointer? {

@@ -37,10 +37,11 @@ return {
     end
     return {
       by = conf.by, header = conf.header, prefix = conf.prefix,
-      options = {capacity = conf.capacity, rate = conf.rate, cost = conf.cost, store = conf.store, failure = conf.failure},
+      limiter = redis_bucket.limiter{capacity = conf.capacity, rate = conf.rate, cost = conf.cost, store = conf.store,
+                                     failure = conf.failure},
     }
   end,
   access = function(p, ctx)
-    redis_bucket.limit(p.prefix .. request.route() .. ":" .. key(p, ctx), p.options)
+    redis_bucket.limit(p.prefix .. request.route() .. ":" .. key(p, ctx), p.limiter)
   end,
 }

@@ -2,10 +2,25 @@ import CLuaRuntime
 import Scripting
 
 /// Reads header fields for scripts: a parsed head's fields with a script's edits applied.
+///
+/// It borrows what it reads (pointers valid only inside the `with...` call that lends them)
+/// rather than holding copies: copies of the arrays cost a dozen reference-count operations
+/// on every `request.header` call, the most frequent call scripts make.
 struct HeaderView {
     let p: UnsafeRawBufferPointer
-    let fields: [HeaderField]
-    let edits: HeaderEdits
+    let fields: UnsafeBufferPointer<HeaderField>
+    let editsPointer: UnsafePointer<HeaderEdits>
+
+    var edits: HeaderEdits {
+        unsafeAddress { editsPointer }
+    }
+
+    /// Lends a view of `fields` in `p` with `edits` to `body`.
+    static func with<R>(
+        _ p: UnsafeRawBufferPointer, _ fields: UnsafeBufferPointer<HeaderField>, _ edits: inout HeaderEdits, _ body: (HeaderView) -> R
+    ) -> R {
+        withUnsafePointer(to: &edits) { body(HeaderView(p: p, fields: fields, editsPointer: $0)) }
+    }
 
     /// Calls `body` with each value of the field `name` (any case), in order, until it returns false.
     func forEach(_ name: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Bool) {

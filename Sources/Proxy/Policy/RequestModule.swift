@@ -354,12 +354,15 @@ extension PolicySession {
     /// The request head's bytes, for reading what the parser's ranges point at.
     @inline(__always)
     func withRequestBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        (requestHead ?? ByteBuffer()).withUnsafeReadableBytes(body)
+        // In place: `requestHead ?? ByteBuffer()` would copy the buffer (a retain and a release).
+        requestHead?.withUnsafeReadableBytes(body) ?? body(UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
     /// The request's header fields with the script's edits.
     func withRequestHeaders(_ body: (HeaderView) -> Void) {
-        withRequestBytes { p in body(HeaderView(p: p, fields: exchange.request.headers.fields, edits: edits.headers)) }
+        withRequestBytes { p in
+            exchange.request.headers.fields.withUnsafeBufferPointer { fields in HeaderView.with(p, fields, &edits.headers, body) }
+        }
     }
 
     /// The query as the upstream will get it (without `?`), or nil when there is none.

@@ -105,10 +105,12 @@ private func editResponseHeader(_ L: OpaquePointer, _ function: String, add: Boo
 extension PolicySession {
     /// The upstream's response headers with the script's edits (none after a local answer).
     func withResponseHeaders(_ body: (HeaderView) -> Void) {
-        if let head = responseHead {
-            head.withUnsafeReadableBytes { p in body(HeaderView(p: p, fields: exchange.response.headers.fields, edits: responseEdits.headers)) }
+        if responseHead != nil {
+            responseHead!.withUnsafeReadableBytes { p in
+                exchange.response.headers.fields.withUnsafeBufferPointer { fields in HeaderView.with(p, fields, &responseEdits.headers, body) }
+            }
         } else {
-            body(HeaderView(p: UnsafeRawBufferPointer(start: nil, count: 0), fields: [], edits: responseEdits.headers))
+            HeaderView.with(UnsafeRawBufferPointer(start: nil, count: 0), UnsafeBufferPointer(start: nil, count: 0), &responseEdits.headers, body)
         }
     }
 }

@@ -221,9 +221,7 @@ public actor Gateway {
     /// generation on every worker, or nothing changed and the problems returned.
     @discardableResult
     public func apply(_ document: ConfigDocument) async -> ReloadResult {
-        let result = await load(document: document)
-        if result.succeeded { storeDocument = document }
-        return result
+        await load(document: document)
     }
 
     /// Checks `document` as `apply` would (the file's static part, every field, the scripts
@@ -347,6 +345,9 @@ public actor Gateway {
         // finds them empty; then the workers switch.
         await startJWKS(Self.remotes(nextModules), initialFetch: false)
         startProbes(config)
+        // The document becomes the running one before the first worker serves it: the admin
+        // API must never show an older version than some request already sees.
+        if let document { storeDocument = document }
         for worker in workers {
             try? await worker.eventLoop.submit { worker.value.install(next) }.get()
         }

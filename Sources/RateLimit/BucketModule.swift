@@ -44,16 +44,9 @@ public struct BucketModule: LuaModule {
         case .success(let o): options = o
         case .failure(let message): return Lua.raise(L, message.text)
         }
-        // Plain values in a full userdata: nothing to free.
-        let raw = lua_newuserdatauv(L, MemoryLayout<Options>.stride, 0)!
-        raw.storeBytes(of: options, as: Options.self)
-        if luaL_newmetatable(L, UnsafeRawPointer(metatable.utf8Start).assumingMemoryBound(to: CChar.self)) != 0 {
-            Lua.push(L, "redis_bucket.limiter")
-            lua_setfield(L, -2, "__name")
-            lua_pushboolean(L, 0)
-            lua_setfield(L, -2, "__metatable")
+        Lua.pushPlainUserdata(L, size: MemoryLayout<Options>.stride, metatable: metatable, shownName: "redis_bucket.limiter") { raw in
+            raw.storeBytes(of: options, as: Options.self)
         }
-        lua_setmetatable(L, -2)
         return 1
     }
 

@@ -45,6 +45,22 @@ public enum Lua {
         luaL_testudata(L, index, UnsafeRawPointer(metatable.utf8Start).assumingMemoryBound(to: CChar.self))
     }
 
+    /// Pushes a full userdata of `size` bytes, filled by `fill`, with the metatable
+    /// `metatable` (made on first use: `__name` is `shownName`, and the metatable is hidden
+    /// from scripts). For plain values only: no finalizer runs, so nothing in it may need one.
+    public static func pushPlainUserdata(
+        _ L: OpaquePointer, size: Int, metatable: StaticString, shownName: String, _ fill: (UnsafeMutableRawPointer) -> Void
+    ) {
+        fill(lua_newuserdatauv(L, size, 0)!)
+        if luaL_newmetatable(L, UnsafeRawPointer(metatable.utf8Start).assumingMemoryBound(to: CChar.self)) != 0 {
+            push(L, shownName)
+            lua_setfield(L, -2, "__name")
+            lua_pushboolean(L, 0)
+            lua_setfield(L, -2, "__metatable")
+        }
+        lua_setmetatable(L, -2)
+    }
+
     /// Ends a Swift function with a Lua error: `return Lua.raise(L, "request.x: ...")`.
     /// The script's `file:line` is prefixed, as `error()` would.
     public static func raise(_ L: OpaquePointer, _ message: String) -> Int32 {

@@ -35,17 +35,11 @@ public struct IPModule: LuaModule {
             }
             let size = MemoryLayout<Int>.stride + ranges.count * MemoryLayout<CIDR>.stride
             guard Lua.memoryLeft(L) > size + 64 else { return Lua.raise(L, "ip.cidrs: not enough memory left in the budget") }
-            // Plain bytes in a full userdata: no pointers, so no finalizer is needed.
-            let raw = lua_newuserdatauv(L, size, 0)!
-            raw.storeBytes(of: ranges.count, as: Int.self)
-            ranges.withUnsafeBytes { UnsafeMutableRawPointer(raw + MemoryLayout<Int>.stride).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            if luaL_newmetatable(L, UnsafeRawPointer(IPModule.metatable.utf8Start).assumingMemoryBound(to: CChar.self)) != 0 {
-                Lua.push(L, "ip.cidrs")
-                lua_setfield(L, -2, "__name")
-                lua_pushboolean(L, 0)
-                lua_setfield(L, -2, "__metatable")
+            // Plain bytes: a count and the ranges.
+            Lua.pushPlainUserdata(L, size: size, metatable: IPModule.metatable, shownName: "ip.cidrs") { raw in
+                raw.storeBytes(of: ranges.count, as: Int.self)
+                ranges.withUnsafeBytes { UnsafeMutableRawPointer(raw + MemoryLayout<Int>.stride).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             }
-            lua_setmetatable(L, -2)
             return 1
         }
         Lua.setFunction(L, "in_cidrs") { L in

@@ -37,6 +37,12 @@ public struct SchemaField: Sendable, Hashable {
     public var min: Double?
     public var max: Double?
     public var description: String?
+    /// What a string must spell, checked at load: `cidr` (an address or a CIDR range).
+    public var format: Format?
+
+    public enum Format: String, Sendable, Hashable, CaseIterable {
+        case cidr
+    }
 
     public init(kind: Kind) { self.kind = kind }
 }
@@ -119,6 +125,9 @@ public struct PluginSchema: Sendable, Hashable {
         default:
             return fail("expected \(article(field.kind)), got \(value.shown)")
         }
+        if field.format == .cidr, case .string(let s) = result, CIDR(parsing: s) == nil {
+            return fail("expected an address or CIDR range such as 10.0.0.0/8 or 2001:db8::/32, got \(value.shown)")
+        }
         if let allowed = field.oneOf, !allowed.contains(result) {
             return fail("expected one of: \(allowed.map(shown).joined(separator: ", ")); got \(value.shown)")
         }
@@ -184,7 +193,7 @@ public struct PluginSchema: Sendable, Hashable {
 // MARK: reading a schema from Lua
 
 extension PluginSchema {
-    static let fieldKeys: Set<String> = ["type", "required", "default", "one_of", "min", "max", "items", "fields", "values", "description"]
+    static let fieldKeys: Set<String> = ["type", "required", "default", "one_of", "min", "max", "items", "fields", "values", "description", "format"]
 
     /// The schema table at `index` (a map of field names to field tables), read raw.
     static func read(_ L: OpaquePointer, _ index: Int32, plugin: String) throws(ScriptError) -> PluginSchema {
@@ -256,6 +265,14 @@ extension PluginSchema {
         if Lua.rawField(L, table, "required") != LUA_TNIL { field.required = lua_toboolean(L, -1) != 0 }
         mg_pop(L, 1)
         if Lua.rawField(L, table, "description") == LUA_TSTRING { field.description = Lua.string(L, -1) }
+        mg_pop(L, 1)
+        if Lua.rawField(L, table, "format") != LUA_TNIL {
+            guard case .string = kind, let name = Lua.string(L, -1), let format = SchemaField.Format(rawValue: name) else {
+                mg_pop(L, 1)
+                throw bad("format must be one of: \(SchemaField.Format.allCases.map(\.rawValue).joined(separator: ", ")) (on a string field)")
+            }
+            field.format = format
+        }
         mg_pop(L, 1)
         for bound in ["min", "max"] {
             let t = Lua.rawField(L, table, bound)

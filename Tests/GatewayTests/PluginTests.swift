@@ -365,6 +365,10 @@ import Testing
              "gateway.yaml:11 routes[0].plugins[0].config.max_age: expected at most 86400, got 100000"),
             ("      - { name: session, config: { secret: short } }",
              "gateway.yaml:11 routes[0].plugins[0].config.secret: expected at least 32 bytes long, got 5"),
+            ("      - name: ip-restriction\n        config:\n          allow: [10.0.0.0/8, 10.0.0.0/33]",
+             "gateway.yaml:13 routes[0].plugins[0].config.allow[1]: expected an address or CIDR range such as 10.0.0.0/8 or 2001:db8::/32, got \"10.0.0.0/33\""),
+            ("      - { name: ip-restriction, config: { deny: [\"2001:db8::/129\"] } }",
+             "gateway.yaml:11 routes[0].plugins[0].config.deny[0]: expected an address or CIDR range"),
             ("      - { name: no-such-plugin }",
              "gateway.yaml:11 routes[0].plugins[0].name: unknown plugin \"no-such-plugin\""),
         ]

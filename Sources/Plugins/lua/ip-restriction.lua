@@ -26,9 +26,9 @@ return {
   description = "CIDR allow/deny lists (IPv4, IPv6), real client address behind trusted proxies",
   priority = 3000,
   schema = {
-    allow = {type = "array", items = {type = "string"}, default = {}, description = "if not empty, only these ranges"},
-    deny = {type = "array", items = {type = "string"}, default = {}, description = "never these ranges"},
-    trusted_proxies = {type = "array", items = {type = "string"}, default = {},
+    allow = {type = "array", items = {type = "string", format = "cidr"}, default = {}, description = "if not empty, only these ranges"},
+    deny = {type = "array", items = {type = "string", format = "cidr"}, default = {}, description = "never these ranges"},
+    trusted_proxies = {type = "array", items = {type = "string", format = "cidr"}, default = {},
                        description = "proxies whose X-Forwarded-For is believed"},
     status = {type = "integer", default = 403, min = 400, max = 499},
     message = {type = "string", default = "your address is not allowed"},

@@ -220,8 +220,12 @@ public actor Gateway {
     /// Applies `document` (from the config store) over the file's static part: one new
     /// generation on every worker, or nothing changed and the problems returned.
     @discardableResult
-    public func apply(_ document: ConfigDocument) async -> ReloadResult {
-        await load(document: document)
+    ///
+    /// `committing` runs once the new generation is certain to serve, before the first worker
+    /// switches: the control plane records the version there, so that no request is ever
+    /// served by a newer version than the admin API reports.
+    public func apply(_ document: ConfigDocument, committing: @Sendable () async -> Void = {}) async -> ReloadResult {
+        await load(document: document, committing: committing)
     }
 
     /// Checks `document` as `apply` would (the file's static part, every field, the scripts
@@ -311,7 +315,7 @@ public actor Gateway {
         var description: String { "not started" }
     }
 
-    private func load(document: ConfigDocument?) async -> ReloadResult {
+    private func load(document: ConfigDocument?, committing: @Sendable () async -> Void = {}) async -> ReloadResult {
         guard let current = generation else { return ReloadResult(generation: 0, errors: ["not started"]) }
         lastReadAt = Date()
         let began = ContinuousClock.now
@@ -348,6 +352,7 @@ public actor Gateway {
         // The document becomes the running one before the first worker serves it: the admin
         // API must never show an older version than some request already sees.
         if let document { storeDocument = document }
+        await committing()
         for worker in workers {
             try? await worker.eventLoop.submit { worker.value.install(next) }.get()
         }

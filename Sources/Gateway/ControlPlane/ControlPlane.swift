@@ -187,11 +187,20 @@ public actor ControlPlane {
         return await task.value
     }
 
+    /// Records `stored` as the running version: called by the gateway once its generation is
+    /// certain to serve, before traffic sees it (and again after, which changes nothing).
+    private func commit(_ stored: StoredConfig) {
+        applied = stored.version
+        appliedDocument = stored.document
+        refused = nil
+        bootedFromCache = false
+    }
+
     /// Makes `stored` the running configuration, if it is newer and this gateway accepts it.
     @discardableResult
     private func adopt(_ stored: StoredConfig) async -> [ConfigProblem] {
         guard stored.version > applied, let gateway else { return [] }
-        let result = await gateway.apply(stored.document)
+        let result = await gateway.apply(stored.document) { await self.commit(stored) }
         guard result.succeeded else {
             if refused?.version != stored.version {
                 logger.error(
@@ -202,10 +211,7 @@ public actor ControlPlane {
             refused = (stored.version, result.problems)
             return result.problems
         }
-        applied = stored.version
-        appliedDocument = stored.document
-        refused = nil
-        bootedFromCache = false
+        commit(stored)
         logger.info("config store version applied", metadata: ["version": "\(stored.version)", "generation": "\(result.generation)"])
         writeCache()
         return []

@@ -219,11 +219,11 @@ public actor Gateway {
 
     /// Applies `document` (from the config store) over the file's static part: one new
     /// generation on every worker, or nothing changed and the problems returned.
-    @discardableResult
     ///
     /// `committing` runs once the new generation is certain to serve, before the first worker
     /// switches: the control plane records the version there, so that no request is ever
     /// served by a newer version than the admin API reports.
+    @discardableResult
     public func apply(_ document: ConfigDocument, committing: @Sendable () async -> Void = {}) async -> ReloadResult {
         await load(document: document, committing: committing)
     }

@@ -20,7 +20,7 @@ public final class MemoryKV: Sendable {
         var expires: Double
     }
 
-    private let stripes: [NIOLockedValueBox<[String: Entry]>]
+    private let stripes: [NIOLockedValueBox<[[UInt8]: Entry]>]
     private let maxKeysPerStripe: Int
     private let clock: any ScriptClock
 
@@ -33,13 +33,13 @@ public final class MemoryKV: Sendable {
         self.clock = clock
     }
 
-    private func stripe(_ key: String) -> NIOLockedValueBox<[String: Entry]> {
+    private func stripe(_ key: [UInt8]) -> NIOLockedValueBox<[[UInt8]: Entry]> {
         var hasher = Hasher()
         hasher.combine(key)
         return stripes[Int(UInt(bitPattern: hasher.finalize()) % 64)]
     }
 
-    public func get(_ key: String) -> [UInt8]? {
+    public func get(_ key: [UInt8]) -> [UInt8]? {
         let now = clock.now()
         return stripe(key).withLockedValue { table in
             guard let entry = table[key] else { return nil }
@@ -53,7 +53,7 @@ public final class MemoryKV: Sendable {
 
     /// False when the store is full of live keys.
     @discardableResult
-    public func set(_ key: String, _ value: [UInt8], ttl: Double?) -> Bool {
+    public func set(_ key: [UInt8], _ value: [UInt8], ttl: Double?) -> Bool {
         let now = clock.now()
         let expires = ttl.map { now + $0 } ?? .infinity
         let limit = maxKeysPerStripe
@@ -67,7 +67,7 @@ public final class MemoryKV: Sendable {
         }
     }
 
-    public func delete(_ key: String) {
+    public func delete(_ key: [UInt8]) {
         stripe(key).withLockedValue { table in table[key] = nil }
     }
 
@@ -146,9 +146,11 @@ private func kvArgument(_ L: OpaquePointer) -> UnsafeRawBufferPointer? {
 
 private func namespace(_ L: OpaquePointer) -> String { Lua.callerPlugin(L) ?? "scripts" }
 
-/// The memory store's key: the namespace and the key, split by a NUL no name holds.
-private func memoryKey(_ L: OpaquePointer, _ key: UnsafeRawBufferPointer) -> String {
-    namespace(L) + "\u{0}" + String(decoding: key, as: UTF8.self)
+/// The memory store's key: the namespace and the key's bytes as given (keys are bytes, and
+/// decoding them as text would make two invalid sequences one key), split by a NUL no name
+/// holds.
+private func memoryKey(_ L: OpaquePointer, _ key: UnsafeRawBufferPointer) -> [UInt8] {
+    Array(namespace(L).utf8) + [0] + Array(key)
 }
 
 /// Redis's key: the prefix, the namespace, a colon, the key (plugin names hold no colon).

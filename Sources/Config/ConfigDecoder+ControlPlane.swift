@@ -1,7 +1,7 @@
 import Yams
 
 extension ConfigDecoder {
-    /// `store:` — where routes, upstreams, keysets, API keys and scripts come from.
+    /// `store:` — where routes, upstreams, keysets, API keys, global plugins and scripts come from.
     func decodeStore(_ node: Node) -> StoreConfig {
         let r = reader
         var store = StoreConfig()

@@ -1,28 +1,35 @@
 import Yams
 
 /// The dynamic part of a configuration as one JSON document: routes, upstreams, keysets, API
-/// key sets and the Lua scripts' sources. The admin API reads and replaces it, the config
+/// key sets, the global plugin chain and the Lua scripts' sources. The admin API reads and replaces it, the config
 /// store keeps its versions; the YAML file keeps the rest (listeners, limits, timeouts, ...).
 ///
 /// ```json
 /// {"routes": [{"name": "hello", "match": {"path": "/hello"}, "upstream": "echo"}],
 ///  "upstreams": {"echo": {"targets": [{"address": "127.0.0.1:9000"}]}},
-///  "keysets": {}, "apikeys": {}, "scripts": {"hello.lua": "return function() end"}}
+///  "keysets": {}, "apikeys": {}, "plugins": [{"name": "correlation-id"}],
+///  "scripts": {"hello.lua": "return function() end"}}
 /// ```
 /// The same keys mean what they mean in the YAML file and are checked by the same code.
+/// `plugins` is the global chain (the file's `plugins:` list, or `plugins.global` when the file
+/// also names `plugins.dirs`, which stay the file's: they are paths on this machine).
 public struct ConfigDocument: Sendable, Equatable {
     /// One kind of thing the API addresses by name (`/v1/routes/{name}`, ...).
     public enum Section: String, Sendable, CaseIterable {
-        case routes, upstreams, keysets, apikeys, scripts
+        case routes, upstreams, keysets, apikeys, plugins, scripts
+
+        /// A list in document order (routes by match priority; plugins as written), whose
+        /// entities are named by their `name` member; the other sections map names to values.
+        var isList: Bool { self == .routes || self == .plugins }
     }
 
-    /// The config sections in YAML form (`routes` a list, the others mappings by name).
+    /// The config sections in YAML form (`routes` and `plugins` lists, the others mappings by name).
     public private(set) var sections: [Section: JSONValue]
     /// Lua sources by path relative to the scripts directory (`lib/util.lua`).
     public private(set) var scripts: [String: String]
 
     /// The sections the YAML file holds (all but `scripts`, which are files).
-    public static let configSections: [Section] = [.routes, .upstreams, .keysets, .apikeys]
+    public static let configSections: [Section] = [.routes, .upstreams, .keysets, .apikeys, .plugins]
 
     public init(sections: [Section: JSONValue] = [:], scripts: [String: String] = [:]) {
         self.sections = Self.filled(sections.filter { $0.key != .scripts })
@@ -34,7 +41,7 @@ public struct ConfigDocument: Sendable, Equatable {
     private static func filled(_ sections: [Section: JSONValue]) -> [Section: JSONValue] {
         var out = sections
         for section in configSections where out[section] == nil || out[section] == .null {
-            out[section] = section == .routes ? .array([]) : .object([:])
+            out[section] = section.isList ? .array([]) : .object([:])
         }
         return out
     }
@@ -43,7 +50,7 @@ public struct ConfigDocument: Sendable, Equatable {
     /// sections say is checked by `ConfigLoader.load(path:document:)`).
     public init(json: JSONValue) throws(ConfigError) {
         guard case .object(let members) = json else {
-            throw ConfigError([ConfigDiagnostic(pointer: "", message: "expected an object with routes, upstreams, keysets, apikeys and scripts")])
+            throw ConfigError([ConfigDiagnostic(pointer: "", message: "expected an object with routes, upstreams, keysets, apikeys, plugins and scripts")])
         }
         var sections: [Section: JSONValue] = [:]
         var scripts: [String: String] = [:]
@@ -97,54 +104,56 @@ public struct ConfigDocument: Sendable, Equatable {
 
     // MARK: Entities
 
-    /// Names of the entities of `section`, in document order for routes, sorted for the rest.
+    /// Names of the entities of `section`, in document order for lists, sorted for the rest.
     public func names(_ section: Section) -> [String] {
         switch section {
         case .scripts: return scripts.keys.sorted()
-        case .routes:
-            guard case .array(let routes) = sections[.routes] else { return [] }
-            return routes.enumerated().map { Self.routeName($1, index: $0) }
-        default:
+        case .routes, .plugins:
+            guard case .array(let items) = sections[section] else { return [] }
+            return items.enumerated().map { Self.itemName(section, $1, index: $0) }
+        case .upstreams, .keysets, .apikeys:
             guard case .object(let members) = sections[section] else { return [] }
             return members.keys.sorted()
         }
     }
 
-    /// One entity by name: a route, an upstream, a keyset, an API key set or a script (a string).
+    /// One entity by name: a route, an upstream, a keyset, an API key set, a global plugin or
+    /// a script (a string).
     public func entity(_ section: Section, _ name: String) -> JSONValue? {
         switch section {
         case .scripts: return scripts[name].map(JSONValue.string)
-        case .routes:
-            guard case .array(let routes) = sections[.routes] else { return nil }
-            return routes.enumerated().first { Self.routeName($1, index: $0) == name }?.element
-        default:
+        case .routes, .plugins:
+            guard case .array(let items) = sections[section] else { return nil }
+            return items.enumerated().first { Self.itemName(section, $1, index: $0) == name }?.element
+        case .upstreams, .keysets, .apikeys:
             return sections[section]?[name]
         }
     }
 
-    /// Adds or replaces one entity. A route keeps its place in the list (order is match
-    /// priority); a new one goes last. A route's `name` is the one in the path.
+    /// Adds or replaces one entity. A route or a plugin keeps its place in its list (a
+    /// route's place is its match priority); a new one goes last. Its `name` is the one in
+    /// the path.
     public mutating func put(_ section: Section, _ name: String, _ value: JSONValue) {
         switch section {
         case .scripts:
             scripts[name] = value.stringValue ?? ""
-        case .routes:
-            var route = value
+        case .routes, .plugins:
+            var item = value
             if case .object(var members) = value {
                 members["name"] = .string(name)
-                route = .object(members)
+                item = .object(members)
             }
-            guard case .array(var routes) = sections[.routes] else {
-                sections[.routes] = .array([route])
+            guard case .array(var items) = sections[section] else {
+                sections[section] = .array([item])
                 return
             }
-            if let i = routes.enumerated().first(where: { Self.routeName($1, index: $0) == name })?.offset {
-                routes[i] = route
+            if let i = items.enumerated().first(where: { Self.itemName(section, $1, index: $0) == name })?.offset {
+                items[i] = item
             } else {
-                routes.append(route)
+                items.append(item)
             }
-            sections[.routes] = .array(routes)
-        default:
+            sections[section] = .array(items)
+        case .upstreams, .keysets, .apikeys:
             var members: [String: JSONValue] = [:]
             if case .object(let existing) = sections[section] { members = existing }
             members[name] = value
@@ -157,23 +166,24 @@ public struct ConfigDocument: Sendable, Equatable {
         switch section {
         case .scripts:
             return scripts.removeValue(forKey: name) != nil
-        case .routes:
-            guard case .array(var routes) = sections[.routes],
-                let i = routes.enumerated().first(where: { Self.routeName($1, index: $0) == name })?.offset
+        case .routes, .plugins:
+            guard case .array(var items) = sections[section],
+                let i = items.enumerated().first(where: { Self.itemName(section, $1, index: $0) == name })?.offset
             else { return false }
-            routes.remove(at: i)
-            sections[.routes] = .array(routes)
+            items.remove(at: i)
+            sections[section] = .array(items)
             return true
-        default:
+        case .upstreams, .keysets, .apikeys:
             guard case .object(var members) = sections[section], members.removeValue(forKey: name) != nil else { return false }
             sections[section] = .object(members)
             return true
         }
     }
 
-    /// The name the config gives a route: its `name`, or `route<i>` without one.
-    static func routeName(_ route: JSONValue, index: Int) -> String {
-        route["name"]?.stringValue ?? "route\(index)"
+    /// The name the config gives a list's item: its `name`, or `route<i>` (`plugin<i>`)
+    /// without one.
+    static func itemName(_ section: Section, _ item: JSONValue, index: Int) -> String {
+        item["name"]?.stringValue ?? (section == .plugins ? "plugin\(index)" : "route\(index)")
     }
 
     // MARK: Differences
@@ -217,10 +227,10 @@ public struct ConfigDocument: Sendable, Equatable {
     private func entities(_ section: Section) -> [(name: String, value: JSONValue)] {
         switch section {
         case .scripts: return scripts.keys.sorted().map { ($0, .string(scripts[$0]!)) }
-        case .routes:
-            guard case .array(let routes) = sections[.routes] else { return [] }
-            return routes.enumerated().map { (Self.routeName($1, index: $0), $1) }
-        default:
+        case .routes, .plugins:
+            guard case .array(let items) = sections[section] else { return [] }
+            return items.enumerated().map { (Self.itemName(section, $1, index: $0), $1) }
+        case .upstreams, .keysets, .apikeys:
             guard case .object(let members) = sections[section] else { return [] }
             return members.keys.sorted().map { ($0, members[$0]!) }
         }
@@ -240,21 +250,34 @@ public struct ConfigDocument: Sendable, Equatable {
         guard case .mapping(let mapping) = root else { return [:] }
         var out: [Section: JSONValue] = [:]
         for (key, value) in mapping {
-            if let name = key.string, let section = Section(rawValue: name), section != .scripts { out[section] = JSONValue(value) }
+            guard let name = key.string, let section = Section(rawValue: name), section != .scripts else { continue }
+            if section == .plugins, case .mapping(let plugins) = value {
+                out[section] = plugins.first { $0.key.string == "global" }.map { JSONValue($0.value) } ?? .array([])
+            } else {
+                out[section] = JSONValue(value)
+            }
         }
         return out
     }
 
-    /// `root` with its config sections replaced by this document's.
+    /// `root` with its config sections replaced by this document's (`plugins.dirs` kept).
     func replacingSections(of root: Node) -> Node {
         guard case .mapping(let mapping) = root else { return root }
         var pairs: [(Node, Node)] = []
+        var pluginDirs: Node?
         for (key, value) in mapping {
-            if let name = key.string, let section = Section(rawValue: name), section != .scripts { continue }
+            if let name = key.string, let section = Section(rawValue: name), section != .scripts {
+                if section == .plugins, case .mapping(let plugins) = value { pluginDirs = plugins.first { $0.key.string == "dirs" }?.value }
+                continue
+            }
             pairs.append((key, value))
         }
         for section in Self.configSections {
-            if let value = sections[section] { pairs.append((Node.scalar(.init(section.rawValue)), value.node)) }
+            guard var value = sections[section]?.node else { continue }
+            if section == .plugins, let pluginDirs {
+                value = Node.mapping(.init([(Node.scalar(.init("dirs")), pluginDirs), (Node.scalar(.init("global")), value)]))
+            }
+            pairs.append((Node.scalar(.init(section.rawValue)), value))
         }
         return Node.mapping(.init(pairs))
     }

@@ -6,7 +6,7 @@ public enum ConfigLoader {
     /// Loads `path`; throws a `ConfigError` naming every problem with file, line and path.
     ///
     /// With a `document` (from the admin API or the config store), its routes, upstreams,
-    /// keysets, API keys and scripts replace the file's, and are checked by the same code: its
+    /// keysets, API keys, global plugins and scripts replace the file's, and are checked by the same code: its
     /// problems carry JSON pointers into the document.
     public static func load(
         path: String, environment: [String: String] = ProcessInfo.processInfo.environment, document: ConfigDocument? = nil
@@ -78,7 +78,7 @@ public enum ConfigLoader {
         return store
     }
 
-    /// The file's routes, upstreams, keysets and API keys as written (`${VAR}` unexpanded):
+    /// The file's routes, upstreams, keysets, API keys and global plugins as written (`${VAR}` unexpanded):
     /// what `GET /v1/config` shows for a file store, and what seeds an empty config store.
     public static func sections(path: String) throws(ConfigError) -> [ConfigDocument.Section: JSONValue] {
         let text = try read(path)

@@ -1,4 +1,4 @@
-/// Where the dynamic part of the configuration (routes, upstreams, keysets, API keys, scripts)
+/// Where the dynamic part of the configuration (routes, upstreams, keysets, API keys, global plugins, scripts)
 /// lives: this YAML file and its scripts directory, or a PostgreSQL database shared by a fleet.
 public struct StoreConfig: Sendable, Equatable {
     public enum Kind: String, Sendable, Equatable { case file, postgres }

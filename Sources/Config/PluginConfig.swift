@@ -164,7 +164,12 @@ extension ConfigDecoder {
             return out
         }
         guard let map = r.mapping(node, "plugins", allowed: ["dirs", "global"]) else { return out }
-        if let n = map["global"]?.value { out.global = decodePluginList(n, r.join("plugins", "global")) }
+        if let n = map["global"]?.value {
+            let path = r.join("plugins", "global")
+            // In a config document the global chain is the `plugins` list itself.
+            r.point(path, at: "plugins")
+            out.global = decodePluginList(n, path)
+        }
         if let n = map["dirs"]?.value, let list = r.sequence(n, r.join("plugins", "dirs")) {
             for (i, item) in list.enumerated() {
                 if let dir = r.string(item, r.join(r.join("plugins", "dirs"), i)), !dir.isEmpty { out.dirs.append(dir) }

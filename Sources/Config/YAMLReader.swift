@@ -130,6 +130,12 @@ final class YAMLReader {
         return value
     }
 
+    /// Makes `path`'s JSON pointer that of the top-level `key` (a value whose place in a
+    /// config document differs from its place in the file).
+    func point(_ path: String, at key: String) {
+        parents[path] = ("", key)
+    }
+
     func join(_ path: String, _ key: String) -> String {
         let joined = path.isEmpty ? key : "\(path).\(key)"
         parents[joined] = (path, key)

@@ -67,6 +67,47 @@ import Testing
         #expect(ConfigDocument.summary(document.changes(from: old)) == "added upstreams/v, changed scripts/x.lua")
     }
 
+    @Test func theGlobalPluginChainIsASectionAndTheFileKeepsItsPluginFolders() throws {
+        let folder = try TemporaryFolder()
+        try folder.write("gateway.yaml", Self.yaml + """
+
+            plugins:
+              dirs: [my-plugins]
+              global:
+                - name: correlation-id
+                  config: { header: X-Trace }
+            """)
+        let path = folder.path + "/gateway.yaml"
+        var document = ConfigDocument(sections: try ConfigLoader.sections(path: path))
+        #expect(document.names(.plugins) == ["correlation-id"])
+        #expect(document.entity(.plugins, "correlation-id")?["config"]?["header"] == "X-Trace")
+        let fromFile = try ConfigLoader.load(path: path, environment: [:])
+        let same = try ConfigLoader.load(path: path, environment: [:], document: document).plugins
+        #expect(same.dirs == fromFile.plugins.dirs && !same.dirs.isEmpty)
+        #expect(same.global.map(\.config.json) == fromFile.plugins.global.map(\.config.json))
+        #expect(same.global.first?.config.pointer == "/plugins/0/config")
+
+        // Written through the API: the chain is the document's, the folders stay the file's.
+        document.put(.plugins, "cors", .object(["config": .object(["origins": .array(["https://a.example"])])]))
+        #expect(document.names(.plugins) == ["correlation-id", "cors"])
+        #expect(document.changes(from: ConfigDocument(sections: try ConfigLoader.sections(path: path))).map(\.description) == ["added plugins/cors"])
+        let loaded = try ConfigLoader.load(path: path, environment: [:], document: document)
+        #expect(loaded.plugins.dirs == fromFile.plugins.dirs)
+        #expect(loaded.plugins.global.map(\.name) == ["correlation-id", "cors"])
+
+        // Problems point into the document's list, whichever form the file uses.
+        document.put(.plugins, "Bad Name", .object([:]))
+        do {
+            _ = try ConfigLoader.load(path: path, environment: [:], document: document)
+            Issue.record("loaded")
+        } catch {
+            #expect(error.diagnostics.map(\.pointer) == ["/plugins/2/name"])
+        }
+        #expect(document.delete(.plugins, "Bad Name") && document.delete(.plugins, "cors"))
+        try folder.write("gateway.yaml", Self.yaml)
+        #expect(try ConfigLoader.load(path: path, environment: [:], document: document).plugins.global.map(\.name) == ["correlation-id"])
+    }
+
     @Test func shapeProblemsHavePointers() {
         #expect(throws: ConfigError.self) { try Self.document(#"[1]"#) }
         do {

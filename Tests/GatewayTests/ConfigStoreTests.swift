@@ -177,6 +177,57 @@ import Testing
         }
     }
 
+    /// Polls until `gw` answers `path`, sent with `header: sent`, with `header` equal to
+    /// `value` (nil: absent).
+    static func eventually(
+        _ gw: TestGateway, _ path: String, header: String, sent: String, _ value: String?, within seconds: Double = 15
+    ) async throws {
+        let start = Date()
+        while Date().timeIntervalSince(start) < seconds {
+            if let response = try? gw.client(timeout: 1).request("GET", path, headers: [(header, sent)]), response.status == 200,
+                response.header(header) == value
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw AdminAPITests.Failure("\(path) did not answer with \(header): \(value ?? "none") within \(seconds) s")
+    }
+
+    @Test func theGlobalPluginChainIsWrittenThroughTheAPIAndServedByTheFleet() async throws {
+        try await Self.withFleet { fleet in
+            let (a, b) = (fleet.gateways[0], fleet.gateways[1])
+            #expect(try AdminAPITests.json(try await Self.admin(a, "GET", "/v1/plugins")) == .object(["plugins": .array([])]))
+            let put = try await Self.admin(a, "PUT", "/v1/plugins/correlation-id", body: #"{"config":{"header":"X-Trace","generator":"request_id"}}"#)
+            #expect(put.status == 200, "\(put.text)")
+            #expect(try AdminAPITests.json(put)["changes"] == .array([.object(["section": "plugins", "name": "correlation-id", "change": "added"])]))
+            // Every route, on both gateways.
+            #expect(try a.client().request("GET", "/hello").header("x-trace") != nil)
+            try await Self.eventually(b, "/echo/x", header: "X-Trace", sent: "t-1", "t-1")
+            let listed = try AdminAPITests.json(try await Self.admin(b, "GET", "/v1/plugins/correlation-id"))
+            #expect(listed == .object(["name": "correlation-id", "config": .object(["header": "X-Trace", "generator": "request_id"])]))
+
+            // Checked against the plugin's schema: 422 with a pointer into the document, nothing changed.
+            let bad = try await Self.admin(a, "PUT", "/v1/plugins/correlation-id", body: #"{"config":{"generator":"sequential"}}"#)
+            #expect(bad.status == 422)
+            let errors = try AdminAPITests.json(bad)["errors"]
+            #expect(Self.paths(errors) == ["/plugins/0/config/generator"], "\(bad.text)")
+            let unknown = try await Self.admin(a, "PUT", "/v1/plugins/no-such-plugin", body: "{}")
+            #expect(unknown.status == 422)
+            #expect(Self.paths(try AdminAPITests.json(unknown)["errors"]) == ["/plugins/1/name"], "\(unknown.text)")
+            #expect(try await Self.admin(a, "GET", "/v1/config").header("etag") == "\"2\"")
+
+            // Removed: gone from both.
+            #expect(try await Self.admin(b, "DELETE", "/v1/plugins/correlation-id").status == 200)
+            try await Self.eventually(a, "/echo/x", header: "X-Trace", sent: "t-1", nil)
+        }
+    }
+
+    static func paths(_ errors: JSONValue?) -> [String] {
+        guard case .array(let items)? = errors else { return [] }
+        return items.compactMap { $0["path"]?.stringValue }
+    }
+
     @Test func theStoreGoingAwayChangesNothingServedAndWritesAnswer503() async throws {
         try await Self.withFleet { fleet in
             let (a, b) = (fleet.gateways[0], fleet.gateways[1])

@@ -76,7 +76,7 @@ struct ConfigAPI {
             return await rollback(request)
         case let name?:
             guard let section = ConfigDocument.Section(rawValue: name) else {
-                return .error(404, "not found: /v1/config, /v1/config/versions, /v1/config/rollback, or /v1/{routes,upstreams,keysets,apikeys,scripts}/{name}")
+                return .error(404, "not found: /v1/config, /v1/config/versions, /v1/config/rollback, or /v1/{routes,upstreams,keysets,apikeys,plugins,scripts}/{name}")
             }
             if path.count == 1 {
                 guard request.method == .GET || request.method == .HEAD else { return .methodNotAllowed(["GET", "HEAD"]) }
@@ -92,7 +92,7 @@ struct ConfigAPI {
             default: return .methodNotAllowed(["GET", "HEAD", "PUT", "DELETE"])
             }
         default:
-            return .error(404, "not found: /v1/config, /v1/config/versions, /v1/config/rollback, or /v1/{routes,upstreams,keysets,apikeys,scripts}/{name}")
+            return .error(404, "not found: /v1/config, /v1/config/versions, /v1/config/rollback, or /v1/{routes,upstreams,keysets,apikeys,plugins,scripts}/{name}")
         }
     }
 

@@ -163,11 +163,16 @@ enum AdminOpenAPI {
                     ]),
                 ]),
             ]),
+            "Plugin": .object([
+                "type": "object", "description": "A plugin in the global chain: its name and its config, checked against the plugin's schema",
+                "additionalProperties": .bool(false), "properties": .object(["name": string, "config": object]),
+            ]),
             "Document": .object([
                 "type": "object", "additionalProperties": .bool(false),
                 "properties": .object([
                     "routes": .object(["type": "array", "items": ref("Route")]), "upstreams": namedObjects, "keysets": namedObjects,
-                    "apikeys": namedObjects, "scripts": .object(["type": "object", "additionalProperties": string]),
+                    "apikeys": namedObjects, "plugins": .object(["type": "array", "items": ref("Plugin")]),
+                    "scripts": .object(["type": "object", "additionalProperties": string]),
                 ]),
             ]),
         ]
@@ -226,13 +231,14 @@ enum AdminOpenAPI {
         paths.merge(entityPaths(.upstreams, object, "an upstream")) { $1 }
         paths.merge(entityPaths(.keysets, object, "a keyset")) { $1 }
         paths.merge(entityPaths(.apikeys, object, "an API key set")) { $1 }
+        paths.merge(entityPaths(.plugins, ref("Plugin"), "a plugin of the global chain")) { $1 }
         paths.merge(entityPaths(.scripts, string, "a script's Lua source")) { $1 }
         return .object([
             "openapi": "3.1.0",
             "info": .object([
                 "title": "Moongate admin API", "version": "1",
                 "description":
-                    "The dynamic configuration of a Moongate gateway (routes, upstreams, keysets, API key sets, Lua scripts): read, validate, write, versions and rollback. Every write is validated as the YAML file is, applied as one generation on every worker, and kept as a version in the config store. See docs/admin-api.md.",
+                    "The dynamic configuration of a Moongate gateway (routes, upstreams, keysets, API key sets, the global plugin chain, Lua scripts): read, validate, write, versions and rollback. Every write is validated as the YAML file is, applied as one generation on every worker, and kept as a version in the config store. See docs/admin-api.md.",
             ]),
             "paths": .object(paths),
             "components": .object([

@@ -53,8 +53,11 @@ static const char *const kill_messages[] = {
 /// Makes the count hook fire on every instruction of `L` from now on: once a budget is
 /// exceeded, no script code runs again on this thread (a `__close` handler met while the
 /// error unwinds is stopped at its first instruction). The state is discarded afterwards.
+static void count_hook(lua_State *L, lua_Debug *ar);
+
 static void stop_thread(lua_State *L) {
-    if (lua_gethookcount(L) != 1) lua_sethook(L, lua_gethook(L), lua_gethookmask(L) | LUA_MASKCOUNT, 1);
+    // count_hook, not lua_gethook: a watched thread may have run without any hook.
+    if (lua_gethookcount(L) != 1 || lua_gethook(L) != count_hook) lua_sethook(L, count_hook, lua_gethookmask(L) | LUA_MASKCOUNT, 1);
 }
 
 /// Where the budget's error message is kept once made, so that every later raise (the
@@ -114,8 +117,12 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
         if (lb->line_hook != NULL && lua_getinfo(L, "S", ar)) lb->line_hook(lb->line_context, ar->source, ar->currentline);
         return;
     }
-    mg_charge(L, MG_HOOK_EVERY);
     mg_budget *b = mg_budget_of(L);
+    int count = lua_gethookcount(L);
+    // Armed with a count of 1 (by the watchdog's signal): every MG_HOOK_EVERY from now on. A
+    // stopped thread keeps its count of 1.
+    if (count == 1 && b->killed == MG_KILL_NONE) lua_sethook(L, count_hook, lua_gethookmask(L), MG_HOOK_EVERY);
+    mg_charge(L, count);
     lua_Debug probe;
     // lua_getstack walks the frames up to the level asked, so a shallow stack is cheap to check.
     if (b->max_depth > 0 && lua_getstack(L, b->max_depth, &probe)) kill(L, b, MG_KILL_DEPTH);
@@ -170,8 +177,49 @@ void mg_budget_end(mg_budget *b) {
     b->current = NULL;
 }
 
-int mg_resume(lua_State *co, lua_State *from, int nargs, int *nresults) {
-    return lua_resume(co, from, nargs, nresults);
+void mg_hook_count(lua_State *L, int count) {
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, count);
+}
+
+void mg_watch_thread(lua_State *thread) {
+    lua_sethook(thread, NULL, 0, 0);
+}
+
+/// The calling thread's watchdog slot: NULL before the first watched run, and `no_slot`
+/// when none was free (its runs are then counted exactly).
+static _Thread_local mg_watch_slot *thread_slot;
+static char no_slot_marker;
+#define no_slot ((mg_watch_slot *)&no_slot_marker)
+
+int mg_resume(lua_State *co, lua_State *from, int nargs, int *nresults, uint64_t now) {
+    mg_budget *b = mg_budget_of(co);
+    if (!b->watched) return lua_resume(co, from, nargs, nresults);
+    if (thread_slot == NULL) {
+        mg_watch_slot *slot = mg_watch_register();
+        thread_slot = slot != NULL ? slot : no_slot;
+    }
+    if (thread_slot == no_slot) {
+        if (lua_gethook(co) == NULL) lua_sethook(co, count_hook, LUA_MASKCOUNT, MG_HOOK_EVERY);
+        return lua_resume(co, from, nargs, nresults);
+    }
+    b->armed = 0;
+    mg_watch_mark(thread_slot, co, b, now);
+    int status = lua_resume(co, from, nargs, nresults);
+    mg_watch_mark(thread_slot, NULL, b, 0);
+    // Armed (or being stopped): the next run starts without the hook again. A killed state is
+    // discarded, and keeps its hook so that nothing of it runs again.
+    if (b->armed != 0 && b->killed == MG_KILL_NONE) lua_sethook(co, NULL, 0, 0);
+    b->armed = 0;
+    return status;
+}
+
+int mg_reset_thread(lua_State *co) {
+    int watched = lua_gethook(co) == NULL;
+    if (watched) lua_sethook(co, count_hook, LUA_MASKCOUNT, MG_HOOK_EVERY);
+    int status = lua_resetthread(co);
+    mg_budget *b = mg_budget_of(co);
+    if (watched && b->killed == MG_KILL_NONE) lua_sethook(co, NULL, 0, 0);
+    return status;
 }
 
 static char yield_sentinel;
@@ -246,6 +294,8 @@ static int l_cocreate(lua_State *L) {
     mg_budget *b = mg_budget_of(L);
     if (b->max_coroutines > 0 && ++b->coroutines > b->max_coroutines) return kill(L, b, MG_KILL_COROUTINES);
     lua_State *co = lua_newthread(L);
+    // Created by a thread that runs without the hook (watched): counted exactly all the same.
+    if (lua_gethook(co) == NULL) lua_sethook(co, count_hook, LUA_MASKCOUNT, MG_HOOK_EVERY);
     lua_pushvalue(L, 1);
     lua_xmove(L, co, 1);
     return 1;

@@ -160,7 +160,8 @@ public actor Gateway {
             redisBuckets = redis
             let buckets = RateLimitModules.make(config: config, local: local, redis: redis, counters: bucketCounters, logger: logger)
             generation = try ProxyGeneration(
-                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies), kvModule(config, redis)], logger: logger)
+                id: nextGenerationID, config: config, modules: modules + buckets + [MetricsModule(families: scriptFamilies), kvModule(config, redis)], logger: logger,
+                counting: .onDemand)
         } catch {
             try? await group.shutdownGracefully()
             await controlPlane?.stop()
@@ -290,7 +291,9 @@ public actor Gateway {
         do {
             let buckets = RateLimitModules.make(config: config, local: local, redis: nextRedis, counters: bucketCounters, logger: logger)
             let (id, all, logger) = (nextGenerationID, modules + buckets + [MetricsModule(families: scriptFamilies), kvModule(config, nextRedis)], self.logger)
-            let generation = try await BackgroundWork.run(meter: meter) { try ProxyGeneration(id: id, config: config, modules: all, logger: logger) }
+            let generation = try await BackgroundWork.run(meter: meter) {
+                try ProxyGeneration(id: id, config: config, modules: all, logger: logger, counting: .onDemand)
+            }
             return Prepared(config: config, tokens: tokens, generation: generation, modules: modules, redis: nextRedis)
         } catch {
             if let nextRedis, nextRedis !== redisBuckets { await nextRedis.close() }

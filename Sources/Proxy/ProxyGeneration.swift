@@ -36,9 +36,10 @@ public final class ProxyGeneration: Sendable {
     /// `request` and `response` that scripts get.
     public init(
         id: Int, config: GatewayConfig, modules: [any LuaModule] = [], clock: any ScriptClock = SystemClock(),
-        logger: Logger = Logger(label: "moongate"), coverage: CoverageRecorder? = nil
+        logger: Logger = Logger(label: "moongate"), coverage: CoverageRecorder? = nil, counting: InstructionCounting = .exact
     ) throws {
-        let (program, chains) = try Self.compileScripts(config, modules: modules, clock: clock, logger: logger, coverage: coverage)
+        let (program, chains) = try Self.compileScripts(
+            config, modules: modules, clock: clock, logger: logger, coverage: coverage, counting: counting)
         scripts = program
         scriptStateBytes = try program?.validate() ?? 0
         self.id = id
@@ -77,7 +78,8 @@ public final class ProxyGeneration: Sendable {
     /// The program, and each route's plugin chain (nil for a route without plugins). Plugin
     /// configs are checked against their schemas here (a `ConfigError` with file:line:path).
     static func compileScripts(
-        _ config: GatewayConfig, modules: [any LuaModule], clock: any ScriptClock, logger: Logger, coverage: CoverageRecorder?
+        _ config: GatewayConfig, modules: [any LuaModule], clock: any ScriptClock, logger: Logger, coverage: CoverageRecorder?,
+        counting: InstructionCounting = .exact
     ) throws -> (program: ScriptProgram?, chains: [PluginChain?]) {
         var all: [any LuaModule] = [RequestModule(), ResponseModule(), UpstreamModule()] + modules
         for module in PluginModules.make(config: config, clock: clock) where !all.contains(where: { $0.name == module.name }) { all.append(module) }
@@ -106,7 +108,7 @@ public final class ProxyGeneration: Sendable {
         if !pluginFiles.isEmpty { scripts = ScriptSet(directory: scripts.directory, files: Array(scripts.files.values) + pluginFiles) }
         let program = ScriptProgram(
             scripts: scripts, policies: policies, routers: routers, chains: distinct, modules: all, settings: config.scripts, clock: clock,
-            logger: logger, coverage: coverage)
+            logger: logger, coverage: coverage, counting: counting)
         return (program, chains)
     }
 

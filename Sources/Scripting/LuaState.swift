@@ -155,6 +155,10 @@ public final class LuaState {
         }
         thread = lua_newthread(L)!
         _ = luaL_ref(L, registry)  // keeps the thread alive
+        if program.counting == .onDemand, program.coverage == nil {
+            budget.pointee.watched = 1
+            mg_watch_thread(thread)
+        }
         lua_createtable(L, 0, 0)
         ctxRef = luaL_ref(L, registry)
 
@@ -381,7 +385,7 @@ public final class LuaState {
         var results: Int32 = 0
         suspended = false
         let started = mg_now_ns()
-        let status = mg_resume(thread, L, arguments, &results)
+        let status = mg_resume(thread, L, arguments, &results, started)
         host?.scriptRan(nanoseconds: mg_now_ns() &- started)
         if status == LUA_OK {
             if capturing, results >= 1 { routeResult = Lua.string(thread, -results) }
@@ -416,7 +420,7 @@ public final class LuaState {
         guard suspended else { return }
         suspended = false
         budget.pointee.deadline_ns = mg_now_ns() &+ timeLeftNs
-        let status = lua_resetthread(thread)
+        let status = mg_reset_thread(thread)
         mg_budget_end(budget)
         if status != LUA_OK { broken = true }
     }

@@ -22,6 +22,8 @@ public final class ScriptProgram: Sendable {
     public let extensions: [String]
     /// Records the lines scripts run (`moongate test --coverage`); nil in the gateway.
     public let coverage: CoverageRecorder?
+    /// How states count a script's instructions for its budget.
+    public let counting: InstructionCounting
     /// States get the system's unbudgeted pattern functions: only for the benchmark that
     /// compares ours with them (`RuntimeMicrobenchmark`), never for a request.
     let stockPatterns: Bool
@@ -29,18 +31,19 @@ public final class ScriptProgram: Sendable {
     public convenience init(
         scripts: ScriptSet, policies: [String], routers: [String] = [], chains: [PluginChain] = [], modules: [any LuaModule],
         settings: ScriptsConfig, clock: any ScriptClock = SystemClock(), logger: Logger = Logger(label: "moongate.scripts"),
-        extensions: [String] = [], coverage: CoverageRecorder? = nil
+        extensions: [String] = [], coverage: CoverageRecorder? = nil, counting: InstructionCounting = .exact
     ) {
         self.init(
             scripts: scripts, policies: policies, routers: routers, chains: chains, modules: modules, settings: settings, clock: clock,
-            logger: logger, extensions: extensions, coverage: coverage, stockPatterns: false)
+            logger: logger, extensions: extensions, coverage: coverage, stockPatterns: false, counting: counting)
     }
 
     init(
         scripts: ScriptSet, policies: [String], routers: [String], chains: [PluginChain] = [], modules: [any LuaModule],
         settings: ScriptsConfig, clock: any ScriptClock, logger: Logger, extensions: [String], coverage: CoverageRecorder?,
-        stockPatterns: Bool
+        stockPatterns: Bool, counting: InstructionCounting = .exact
     ) {
+        self.counting = counting
         self.chains = chains
         self.stockPatterns = stockPatterns
         self.extensions = extensions
@@ -143,4 +146,18 @@ public struct PluginChain: Sendable, Hashable {
     public var label: String {
         "plugins:" + links.map(\.plugin).joined(separator: ",") + (policy.map { "+" + $0 } ?? "")
     }
+}
+
+/// How a state counts the instructions its scripts run, for the `instructions` budget (and
+/// the checks that ride on it: time, depth).
+public enum InstructionCounting: Sendable, CaseIterable {
+    /// Every instruction, through Lua's count hook: exact and reproducible (`moongate test`,
+    /// coverage). Lua 5.4 then sends each instruction through its hook dispatcher, which
+    /// doubles the CPU of plain Lua code.
+    case exact
+    /// Only runs that last: a script runs without the hook until a watchdog sees the run pass
+    /// a millisecond, and is counted from then on; its first one to two milliseconds are not
+    /// counted. Coroutines a script creates are always counted. The gateway's data plane: a
+    /// script within its budget in `moongate test` (exact) is within it here too.
+    case onDemand
 }

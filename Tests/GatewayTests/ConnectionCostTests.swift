@@ -26,7 +26,9 @@ import Testing
     }
 
     @Test func halfReceivedHeadsHoldNoExchange() async throws {
-        try await withGateway(workers: 1) { gw in
+        // The head's read timeout must outlast a loaded machine's slow polling below.
+        let yaml = TestGateway.defaultConfig.replacingOccurrences(of: "read_timeout: 500ms", with: "read_timeout: 60s")
+        try await withGateway(yaml, workers: 1) { gw in
             var clients: [RawClient] = []
             for _ in 0..<10 {
                 let client = try gw.client()

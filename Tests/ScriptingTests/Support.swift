@@ -37,14 +37,16 @@ struct ProbeModule: LuaModule {
 }
 
 /// A program made of in-memory scripts: `files` maps module names to sources.
-func program(_ files: [String: String], policies: [String] = ["policy"], budget: ScriptBudget = ScriptBudget()) -> ScriptProgram {
+func program(
+    _ files: [String: String], policies: [String] = ["policy"], budget: ScriptBudget = ScriptBudget(), counting: InstructionCounting = .exact
+) -> ScriptProgram {
     var settings = ScriptsConfig()
     settings.budget = budget
     settings.maxStates = 4
     let set = ScriptSet(
         directory: "t",
         files: files.map { ScriptFile(module: $0.key, path: "t/\($0.key.replacingOccurrences(of: ".", with: "/")).lua", source: Array($0.value.utf8)) })
-    return ScriptProgram(scripts: set, policies: policies, modules: [ProbeModule()], settings: settings)
+    return ScriptProgram(scripts: set, policies: policies, modules: [ProbeModule()], settings: settings, counting: counting)
 }
 
 /// Runs one request's phases on `state`: access, then response and log if defined.

@@ -54,6 +54,12 @@ typedef struct mg_budget {
     void *owner;
     /// A script assigned a global at request time: its module's request globals need a reset.
     int env_dirty;
+    /// Runs are counted on demand (`mg_watch`): the script's own thread runs without the
+    /// count hook until the watchdog sees a run last longer than `MG_WATCH_AFTER_NS`.
+    int watched;
+    /// Set by the watchdog's signal once it has armed the count hook for the current run.
+    /// Written in a signal handler, hence volatile.
+    volatile int armed;
     /// Called for each line a script runs, when coverage is on (tests only).
     void (*line_hook)(void *context, const char *source, int line);
     void *line_context;
@@ -61,6 +67,15 @@ typedef struct mg_budget {
 
 /// Instructions between two budget checks in the count hook.
 #define MG_HOOK_EVERY 1000
+
+/// A watched run that has gone on this long gets the count hook (the watchdog looks every
+/// `MG_WATCH_PERIOD_NS`) and is counted from then on. What ran before is not counted: a run
+/// may exceed its instruction budget by what one to two milliseconds run (up to about a
+/// million instructions here), never more; its time budget holds as ever. Charging that start
+/// by time instead was tried: a run the kernel interrupts (softirqs on a busy core) was then
+/// charged for time it did not run, and a request failed under load.
+#define MG_WATCH_AFTER_NS 1000000u
+#define MG_WATCH_PERIOD_NS 1000000u
 
 /// A `lua_Alloc` that keeps `mg_budget.used` and refuses growth past the limit.
 void *mg_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
@@ -142,8 +157,30 @@ void mg_budget_begin(mg_budget *b, size_t memory, int64_t steps, uint64_t deadli
 /// Ends a run: no budget applies while the runtime itself works on the state.
 void mg_budget_end(mg_budget *b);
 
-/// Runs `lua_resume` on `co`; a thin wrapper so Swift need not know `lua_resume`'s nresults out-parameter layout.
-int mg_resume(lua_State *co, lua_State *from, int nargs, int *nresults);
+/// Runs `lua_resume` on `co` (a run that began at `now`, CLOCK_MONOTONIC ns). When its budget
+/// is `watched`, `co` runs without the count hook and this thread's watchdog slot says a run
+/// is in progress; the hook is armed by signal if the run lasts, and removed afterwards.
+int mg_resume(lua_State *co, lua_State *from, int nargs, int *nresults, uint64_t now);
+
+/// `lua_resetthread` (closing the pending `<close>` variables of a run given up) with the
+/// count hook on for its duration, so the handlers are budgeted whether or not `co` is watched.
+int mg_reset_thread(lua_State *co);
+
+/// Makes `L` (a state whose budget has `watched` set) run its scripts' threads without the
+/// count hook: `thread` loses the hook it inherited. Coroutines scripts create get the hook
+/// always (they are counted exactly).
+void mg_watch_thread(lua_State *thread);
+
+/// Installs the count hook on `L` with `count` instructions between calls (internal: the
+/// watchdog's signal handler arms runs with it).
+void mg_hook_count(lua_State *L, int count);
+
+/// Registers the calling thread with the watchdog (starting it on first use); NULL when
+/// every slot is taken, and the thread's runs are then counted exactly.
+typedef struct mg_watch_slot mg_watch_slot;
+mg_watch_slot *mg_watch_register(void);
+/// Marks the calling thread's run of `L` as started at `now` (non-zero) or ended (0).
+void mg_watch_mark(mg_watch_slot *slot, lua_State *L, mg_budget *b, uint64_t now);
 
 /// The value API functions yield first, so the runtime can tell its own waits from a
 /// script's `coroutine.yield`.

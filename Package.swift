@@ -44,6 +44,14 @@ let package = Package(
         .target(
             name: "CJOSE",
             dependencies: ["COpenSSL"]),
+        // TLS contexts on OpenSSL (versions, suites, certificates, SNI), in C for its macros.
+        .target(
+            name: "CTLS",
+            dependencies: ["COpenSSL"]),
+        // TLS for the gateway's listeners and upstreams: certificates chosen by SNI.
+        .target(
+            name: "TLS",
+            dependencies: ["CTLS", "COpenSSL"]),
         // The local rate-limit table: token buckets shared by every event loop, updated with a
         // 128-bit compare-and-swap (C: Swift has no double-word atomics on Linux).
         .target(name: "CBuckets"),
@@ -268,6 +276,9 @@ let package = Package(
         .testTarget(
             name: "ScriptingTests",
             dependencies: ["Scripting", "Config", "CLuaRuntime", "CLua"]),
+        .testTarget(
+            name: "TLSTests",
+            dependencies: ["TLS", "CTLS", "COpenSSL"]),
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Config"]),

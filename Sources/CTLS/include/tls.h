@@ -1,0 +1,37 @@
+// TLS on OpenSSL, driven by Moongate's own event loops: server and client contexts with
+// modern settings only, certificates chosen by SNI. C because most of OpenSSL's
+// configuration is macros Swift cannot call.
+#ifndef MOONGATE_TLS_H
+#define MOONGATE_TLS_H
+
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+/// A server context for one certificate chain and key (PEM files): TLS `min_version` (12 or
+/// 13) to 1.3, ECDHE with AES-GCM or ChaCha20-Poly1305 only, no renegotiation, no
+/// compression, session tickets on. NULL with a reason in `error` (naming the file) on failure.
+SSL_CTX *mg_tls_server_context(const char *cert_file, const char *key_file, int min_version, char *error, size_t error_size);
+
+/// Calls `each` with every DNS name the context's certificate is for: its subjectAltName DNS
+/// entries, or its subject's common name when it has none. Returns how many.
+int mg_tls_certificate_names(SSL_CTX *ctx, void (*each)(void *context, const char *name, size_t length), void *context);
+
+/// Seconds from now until the context's certificate expires (negative: expired).
+long long mg_tls_certificate_seconds_left(SSL_CTX *ctx);
+
+/// Picks the context of each handshake on `ctx` (a listener's default) by its server name:
+/// `choose(context, name, length)` returns the context to use, or NULL for the default. A
+/// handshake without a name keeps the default.
+void mg_tls_set_sni_chooser(SSL_CTX *ctx, SSL_CTX *(*choose)(void *context, const char *name, size_t length), void *context);
+
+/// A client context: the same versions and suites, peer verification on with `ca_file`
+/// (NULL: the system's roots).
+SSL_CTX *mg_tls_client_context(const char *ca_file, int min_version, char *error, size_t error_size);
+
+/// Sets the server name a client connection sends and verifies the certificate against.
+int mg_tls_set_server_name(SSL *ssl, const char *name);
+
+/// The server name a server connection was asked for (NULL when none).
+const char *mg_tls_server_name(SSL *ssl);
+
+#endif

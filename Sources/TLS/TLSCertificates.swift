@@ -1,0 +1,111 @@
+import CTLS
+
+/// A listener's certificates, each an OpenSSL server context, chosen per handshake by the
+/// name the client asks for (SNI): an exact name before a wildcard (`*.example.com` covers one
+/// label, as RFC 6125 says), the first certificate listed when no name matches or none is sent.
+///
+/// Built off the event loops (it reads files); immutable afterwards, so every loop's
+/// handshakes share it. A reload builds a new one: connections keep the one they started with.
+public final class TLSCertificates: @unchecked Sendable {
+    /// One certificate chain and its key, as configured.
+    public struct Source: Sendable, Hashable {
+        public var cert: String
+        public var key: String
+        public init(cert: String, key: String) {
+            self.cert = cert
+            self.key = key
+        }
+    }
+
+    /// The lowest protocol version offered.
+    public enum Version: Int, Sendable {
+        case tls12 = 12
+        case tls13 = 13
+    }
+
+    /// The contexts, in configuration order; the first is the default.
+    let contexts: [OpaquePointer]
+    /// Each context's names (lower case), as its certificate says them.
+    public let names: [[String]]
+    private let exact: [String: Int]
+    /// Wildcard certificates by the domain they cover (`example.com` for `*.example.com`).
+    private let wildcard: [String: Int]
+
+    /// Loads each certificate and key; throws naming the file and OpenSSL's reason for the
+    /// first that fails (nothing is kept then).
+    public init(_ sources: [Source], minVersion: Version = .tls12) throws(TLSError) {
+        guard !sources.isEmpty else { throw TLSError("a TLS listener needs at least one certificate") }
+        var contexts: [OpaquePointer] = []
+        var names: [[String]] = []
+        for source in sources {
+            var error = [CChar](repeating: 0, count: 512)
+            guard let ctx = mg_tls_server_context(source.cert, source.key, Int32(minVersion.rawValue), &error, error.count) else {
+                for ctx in contexts { SSL_CTX_free(ctx) }
+                throw TLSError(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            }
+            contexts.append(ctx)
+            names.append(Self.certificateNames(ctx))
+        }
+        var exact: [String: Int] = [:]
+        var wildcard: [String: Int] = [:]
+        for (i, list) in names.enumerated() {
+            for name in list {
+                if name.hasPrefix("*.") {
+                    let domain = String(name.dropFirst(2))
+                    if wildcard[domain] == nil { wildcard[domain] = i }
+                } else if exact[name] == nil {
+                    exact[name] = i
+                }
+            }
+        }
+        self.contexts = contexts
+        self.names = names
+        self.exact = exact
+        self.wildcard = wildcard
+        let chooser: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int) -> OpaquePointer? = { context, name, length in
+            guard let context, let name else { return nil }
+            let certificates = Unmanaged<TLSCertificates>.fromOpaque(context).takeUnretainedValue()
+            let bytes = UnsafeRawBufferPointer(start: name, count: length)
+            return certificates.contexts[certificates.index(serverName: String(decoding: bytes, as: UTF8.self))]
+        }
+        // The default context calls back into this object, which owns it: never freed before it.
+        mg_tls_set_sni_chooser(contexts[0], chooser, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit {
+        for ctx in contexts { SSL_CTX_free(ctx) }
+    }
+
+    /// The context handshakes start with (the default certificate, and the SNI chooser).
+    public var defaultContext: OpaquePointer { contexts[0] }
+
+    /// The certificate for `serverName`: its index in the configured list.
+    public func index(serverName: String?) -> Int {
+        guard let serverName, !serverName.isEmpty else { return 0 }
+        let name = serverName.lowercased()
+        if let i = exact[name] { return i }
+        if let dot = name.firstIndex(of: "."), let i = wildcard[String(name[name.index(after: dot)...])] { return i }
+        return 0
+    }
+
+    /// Seconds until each certificate expires (negative: expired).
+    public var secondsLeft: [Int] { contexts.map { Int(mg_tls_certificate_seconds_left($0)) } }
+
+    private static func certificateNames(_ ctx: OpaquePointer) -> [String] {
+        var names: [String] = []
+        withUnsafeMutablePointer(to: &names) { list in
+            _ = mg_tls_certificate_names(ctx, { context, name, length in
+                guard let context, let name else { return }
+                let bytes = UnsafeRawBufferPointer(start: name, count: length)
+                context.assumingMemoryBound(to: [String].self).pointee.append(String(decoding: bytes, as: UTF8.self).lowercased())
+            }, list)
+        }
+        return names
+    }
+}
+
+/// A TLS configuration or handshake problem, as a message naming the file where there is one.
+public struct TLSError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

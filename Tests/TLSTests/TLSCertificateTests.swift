@@ -1,0 +1,143 @@
+import COpenSSL
+import CTLS
+import Foundation
+import TLS
+import Testing
+
+/// Certificates made by the `openssl` command for each test (real ECDSA P-256 keys), loaded
+/// as a listener loads them, and handshakes between a client and the listener's contexts
+/// through an in-memory BIO pair: SNI picks the certificate the client then verifies.
+@Suite struct TLSCertificateTests {
+    final class Folder {
+        let path = NSTemporaryDirectory() + "moongate-tls-\(UUID().uuidString)"
+        init() throws { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
+        deinit { try? FileManager.default.removeItem(atPath: path) }
+
+        /// A self-signed certificate and its key: `name.pem` and `name.key`.
+        @discardableResult
+        func certificate(_ name: String, subject: String, altNames: [String]) throws -> TLSCertificates.Source {
+            var arguments = [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                "-keyout", "\(path)/\(name).key", "-out", "\(path)/\(name).pem", "-subj", "/CN=\(subject)",
+            ]
+            if !altNames.isEmpty { arguments += ["-addext", "subjectAltName=" + altNames.map { "DNS:\($0)" }.joined(separator: ",")] }
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+            process.arguments = arguments
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else { throw TLSError("openssl req failed for \(name)") }
+            return TLSCertificates.Source(cert: "\(path)/\(name).pem", key: "\(path)/\(name).key")
+        }
+
+        /// Every certificate made so far in one file: the client's trusted roots.
+        func roots(_ names: [String]) throws -> String {
+            let all = try names.map { try String(contentsOfFile: "\(path)/\($0).pem", encoding: .utf8) }.joined()
+            try all.write(toFile: "\(path)/roots.pem", atomically: true, encoding: .utf8)
+            return "\(path)/roots.pem"
+        }
+    }
+
+    /// A handshake of a client asking for `serverName` against `certificates`; the common name
+    /// of the certificate the client verified, or nil when the handshake failed.
+    static func handshake(_ certificates: TLSCertificates, serverName: String?, roots: String, clientMax: Int32 = 0) -> String? {
+        var error = [CChar](repeating: 0, count: 256)
+        guard let clientContext = mg_tls_client_context(roots, 12, &error, error.count) else { return nil }
+        defer { SSL_CTX_free(clientContext) }
+        if clientMax != 0 { _ = SSL_CTX_ctrl(clientContext, SSL_CTRL_SET_MAX_PROTO_VERSION, Int(clientMax), nil) }
+        guard let server = SSL_new(certificates.defaultContext), let client = SSL_new(clientContext) else { return nil }
+        defer {
+            SSL_free(server)
+            SSL_free(client)
+        }
+        var serverBIO: OpaquePointer?
+        var clientBIO: OpaquePointer?
+        guard BIO_new_bio_pair(&serverBIO, 0, &clientBIO, 0) == 1 else { return nil }
+        SSL_set_bio(server, serverBIO, serverBIO)
+        SSL_set_bio(client, clientBIO, clientBIO)
+        SSL_set_accept_state(server)
+        SSL_set_connect_state(client)
+        if let serverName { guard mg_tls_set_server_name(client, serverName) == 1 else { return nil } }
+        var serverDone = false, clientDone = false
+        for _ in 0..<20 where !(serverDone && clientDone) {
+            if !clientDone {
+                let r = SSL_do_handshake(client)
+                if r == 1 { clientDone = true } else if SSL_get_error(client, r) != SSL_ERROR_WANT_READ { return nil }
+            }
+            if !serverDone {
+                let r = SSL_do_handshake(server)
+                if r == 1 { serverDone = true } else if SSL_get_error(server, r) != SSL_ERROR_WANT_READ { return nil }
+            }
+        }
+        guard serverDone, clientDone, SSL_get_verify_result(client) == X509_V_OK, let peer = SSL_get1_peer_certificate(client) else { return nil }
+        defer { X509_free(peer) }
+        var name = [CChar](repeating: 0, count: 256)
+        _ = X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, &name, Int32(name.count))
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    @Test func theNameTheClientAsksForPicksTheCertificate() throws {
+        let folder = try Folder()
+        let sources = [
+            try folder.certificate("api", subject: "api.example.com", altNames: ["api.example.com", "API2.example.com"]),
+            try folder.certificate("wildcard", subject: "wildcard.example.com", altNames: ["*.example.com"]),
+            try folder.certificate("legacy", subject: "legacy.test", altNames: []),
+        ]
+        let certificates = try TLSCertificates(sources)
+        #expect(certificates.names == [["api.example.com", "api2.example.com"], ["*.example.com"], ["legacy.test"]])
+        #expect(certificates.index(serverName: "api.example.com") == 0)
+        #expect(certificates.index(serverName: "API2.Example.com") == 0)
+        #expect(certificates.index(serverName: "www.example.com") == 1)  // exact before wildcard, wildcard before default
+        #expect(certificates.index(serverName: "a.b.example.com") == 0)  // a wildcard covers one label
+        #expect(certificates.index(serverName: "example.com") == 0)
+        #expect(certificates.index(serverName: "legacy.test") == 2)  // no subjectAltName: the common name
+        #expect(certificates.index(serverName: nil) == 0)
+        #expect(certificates.secondsLeft.allSatisfy { $0 > 86_400 && $0 <= 2 * 86_400 })
+
+        // Real handshakes: the client verifies the certificate SNI chose for the name it asked for.
+        let roots = try folder.roots(["api", "wildcard", "legacy"])
+        #expect(Self.handshake(certificates, serverName: "api.example.com", roots: roots) == "api.example.com")
+        #expect(Self.handshake(certificates, serverName: "www.example.com", roots: roots) == "wildcard.example.com")
+        #expect(Self.handshake(certificates, serverName: "legacy.test", roots: roots) == "legacy.test")
+        // A name no certificate has gets the default, which the client then refuses to trust for it.
+        #expect(Self.handshake(certificates, serverName: "other.test", roots: roots) == nil)
+    }
+
+    @Test func aMinimumOfTLS13RefusesATLS12Client() throws {
+        let folder = try Folder()
+        let source = try folder.certificate("api", subject: "api.example.com", altNames: ["api.example.com"])
+        let roots = try folder.roots(["api"])
+        let modern = try TLSCertificates([source], minVersion: .tls13)
+        #expect(Self.handshake(modern, serverName: "api.example.com", roots: roots) == "api.example.com")
+        #expect(Self.handshake(modern, serverName: "api.example.com", roots: roots, clientMax: TLS1_2_VERSION) == nil)
+        let either = try TLSCertificates([source])
+        #expect(Self.handshake(either, serverName: "api.example.com", roots: roots, clientMax: TLS1_2_VERSION) == "api.example.com")
+    }
+
+    @Test func badFilesAreRefusedNamingTheFile() throws {
+        let folder = try Folder()
+        let api = try folder.certificate("api", subject: "api.example.com", altNames: ["api.example.com"])
+        let other = try folder.certificate("other", subject: "other.test", altNames: ["other.test"])
+        #expect(throws: TLSError.self) { try TLSCertificates([]) }
+        do {
+            _ = try TLSCertificates([TLSCertificates.Source(cert: api.cert, key: other.key)])
+            Issue.record("a key that does not match its certificate was accepted")
+        } catch {
+            #expect(error.description.hasPrefix(other.key + ": the key does not match the certificate"), "\(error)")
+        }
+        do {
+            _ = try TLSCertificates([api, TLSCertificates.Source(cert: folder.path + "/missing.pem", key: api.key)])
+            Issue.record("a missing certificate was accepted")
+        } catch {
+            #expect(error.description.hasPrefix(folder.path + "/missing.pem: not a PEM certificate chain"), "\(error)")
+        }
+        try "not a key".write(toFile: folder.path + "/garbage.key", atomically: true, encoding: .utf8)
+        do {
+            _ = try TLSCertificates([TLSCertificates.Source(cert: api.cert, key: folder.path + "/garbage.key")])
+            Issue.record("a garbage key was accepted")
+        } catch {
+            #expect(error.description.hasPrefix(folder.path + "/garbage.key: not a PEM private key"), "\(error)")
+        }
+    }
+}

@@ -51,7 +51,7 @@ let package = Package(
         // TLS for the gateway's listeners and upstreams: certificates chosen by SNI.
         .target(
             name: "TLS",
-            dependencies: ["CTLS", "COpenSSL"]),
+            dependencies: ["CTLS", "COpenSSL", "SocketLoop", .product(name: "NIOCore", package: "swift-nio")]),
         // The local rate-limit table: token buckets shared by every event loop, updated with a
         // 128-bit compare-and-swap (C: Swift has no double-word atomics on Linux).
         .target(name: "CBuckets"),
@@ -278,7 +278,7 @@ let package = Package(
             dependencies: ["Scripting", "Config", "CLuaRuntime", "CLua"]),
         .testTarget(
             name: "TLSTests",
-            dependencies: ["TLS", "CTLS", "COpenSSL"]),
+            dependencies: ["TLS", "CTLS", "COpenSSL", "SocketLoop", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Config"]),

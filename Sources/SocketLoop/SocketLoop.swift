@@ -418,12 +418,15 @@ public enum SocketError: Error, Equatable, CustomStringConvertible {
     case system(String, Int32)
     case timeout
     case closed
+    /// A TLS handshake or record failed (OpenSSL's reason).
+    case tls(String)
 
     public var description: String {
         switch self {
         case .system(let call, let e): return "\(call): \(String(cString: strerror(e))) (errno \(e))"
         case .timeout: return "timed out"
         case .closed: return "connection closed"
+        case .tls(let reason): return "TLS: \(reason)"
         }
     }
 

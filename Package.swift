@@ -121,7 +121,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "Config", "Scripting", "Plugins", "CLuaRuntime", "HTTPClient", "Telemetry", "SocketLoop",
+                "Config", "Scripting", "Plugins", "CLuaRuntime", "HTTPClient", "Telemetry", "SocketLoop", "TLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -278,7 +278,7 @@ let package = Package(
             dependencies: ["Scripting", "Config", "CLuaRuntime", "CLua"]),
         .testTarget(
             name: "TLSTests",
-            dependencies: ["TLS", "CTLS", "COpenSSL", "SocketLoop", .product(name: "NIOCore", package: "swift-nio")]),
+            dependencies: ["TLS", "CTLS", "COpenSSL", "SocketLoop", "TestSupport", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Config"]),

@@ -288,7 +288,7 @@ struct ConfigDecoder {
         var seenNames: Set<String> = []
         for (i, item) in items.enumerated() {
             let path = r.join("listeners", i)
-            guard let map = r.mapping(item, path, allowed: ["name", "address", "router"]) else { continue }
+            guard let map = r.mapping(item, path, allowed: ["name", "address", "router", "tls"]) else { continue }
             guard let addressNode = map["address"]?.value else {
                 r.fail(item, r.join(path, "address"), "required")
                 continue
@@ -302,9 +302,42 @@ struct ConfigDecoder {
                 r.fail(item, r.join(path, "name"), "duplicate listener name \"\(name)\"")
             }
             let router = map["router"].flatMap { policyModule($0.value, r.join(path, "router")) }
-            out.append(Listener(name: name, address: address, router: router))
+            let tls = map["tls"].flatMap { decodeListenerTLS($0.value, r.join(path, "tls")) }
+            out.append(Listener(name: name, address: address, router: router, tls: tls))
         }
         return out
+    }
+
+    /// `tls: {certificates: [{cert, key}], min_version: "1.2" | "1.3"}`.
+    private func decodeListenerTLS(_ node: Node, _ path: String) -> ListenerTLS? {
+        let r = reader
+        guard let map = r.mapping(node, path, allowed: ["certificates", "min_version"]) else { return nil }
+        var tls = ListenerTLS(certificates: [])
+        let listPath = r.join(path, "certificates")
+        if let list = map["certificates"]?.value, let items = r.sequence(list, listPath) {
+            for (i, item) in items.enumerated() {
+                let itemPath = r.join(listPath, i)
+                guard let entry = r.mapping(item, itemPath, allowed: ["cert", "key"]) else { continue }
+                guard let certNode = entry["cert"]?.value, let keyNode = entry["key"]?.value else {
+                    r.fail(item, itemPath, "a certificate needs cert (a PEM chain) and key (its PEM private key)")
+                    continue
+                }
+                guard let cert = r.string(certNode, r.join(itemPath, "cert")), let key = r.string(keyNode, r.join(itemPath, "key")) else { continue }
+                let place = LocatedValue(.null, file: r.file, line: item.mark?.line ?? 0, path: itemPath, pointer: r.pointer(itemPath))
+                tls.certificates.append(ListenerTLS.Certificate(cert: cert, key: key, place: place))
+            }
+            if items.isEmpty { r.fail(list, listPath, "at least one certificate is required") }
+        } else if map["certificates"] == nil {
+            r.fail(node, listPath, "required: the listener's certificates ([{cert, key}], chosen by SNI; the first is the default)")
+        }
+        if let n = map["min_version"]?.value, let text = r.string(n, r.join(path, "min_version")) {
+            switch text {
+            case "1.2": tls.minVersion = 12
+            case "1.3": tls.minVersion = 13
+            default: r.fail(n, r.join(path, "min_version"), "expected \"1.2\" or \"1.3\" (older versions are not offered), got \(JSONValue.quoted(text))")
+            }
+        }
+        return tls
     }
 
     private func decodeLimits(_ node: Node) -> Limits {

@@ -55,6 +55,14 @@ public enum ConfigLoader {
         for i in config.redis.indices { config.redis[i].passwordFile = config.redis[i].passwordFile.map(resolve) }
         config.adminTokenFile = config.adminTokenFile.map(resolve)
         config.plugins.dirs = config.plugins.dirs.map(resolve)
+        for i in config.listeners.indices {
+            guard var tls = config.listeners[i].tls else { continue }
+            for c in tls.certificates.indices {
+                tls.certificates[c].cert = resolve(tls.certificates[c].cert)
+                tls.certificates[c].key = resolve(tls.certificates[c].key)
+            }
+            config.listeners[i].tls = tls
+        }
         config.store.passwordFile = config.store.passwordFile.map(resolve)
         config.store.cache = config.store.cache.map(resolve)
         return config

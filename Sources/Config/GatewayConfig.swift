@@ -106,11 +106,39 @@ public struct Listener: Sendable, Hashable {
     /// A router module (`router.lua`) whose `route(ctx)` picks the route for each request
     /// on this listener by name; when it returns nil, the routes' `match` decide.
     public var router: String?
+    /// `tls:` — the listener terminates TLS with these certificates.
+    public var tls: ListenerTLS?
 
-    public init(name: String, address: SocketAddressSpec, router: String? = nil) {
+    public init(name: String, address: SocketAddressSpec, router: String? = nil, tls: ListenerTLS? = nil) {
         self.name = name
         self.address = address
         self.router = router
+        self.tls = tls
+    }
+}
+
+/// A listener's TLS: certificates chosen by SNI, the lowest version offered.
+public struct ListenerTLS: Sendable, Hashable {
+    /// One certificate chain and its key (PEM files, resolved against the config's folder),
+    /// with where the entry is written, for problems with the files.
+    public struct Certificate: Sendable, Hashable {
+        public var cert: String
+        public var key: String
+        public var place: LocatedValue
+        public init(cert: String, key: String, place: LocatedValue = LocatedValue(.null)) {
+            self.cert = cert
+            self.key = key
+            self.place = place
+        }
+    }
+
+    public var certificates: [Certificate]
+    /// 12 (TLS 1.2, the default) or 13.
+    public var minVersion: Int = 12
+
+    public init(certificates: [Certificate], minVersion: Int = 12) {
+        self.certificates = certificates
+        self.minVersion = minVersion
     }
 }
 

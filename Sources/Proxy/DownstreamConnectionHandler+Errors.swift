@@ -1,5 +1,6 @@
 import NIOCore
 import SocketLoop
+import TLS
 
 extension DownstreamConnectionHandler {
     /// Answers the request with the error's status and `{"error": ..., "request_id": ...}`
@@ -137,6 +138,19 @@ extension ProxyWorker {
     public func accept(_ connection: TCPConnection, listener: ListenerHandle) throws(SocketError) {
         eventLoop.assertInEventLoop()
         let handler = DownstreamConnectionHandler(worker: self, listener: listener)
+        if let certificates = generation.shared.tls[listener.name] {
+            // TLS: the handler reads and writes plaintext through the stream; the socket's events go to it.
+            let stream = try TLSStream(serving: connection, certificates: certificates)
+            stream.delegate = handler
+            handler.attach(.tls(stream))
+            do {
+                try connection.start(delegate: stream)
+            } catch {
+                handler.closed()
+                throw error
+            }
+            return
+        }
         handler.attach(.socket(connection))
         do {
             try connection.start(delegate: handler)

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import Plugins
 import Scripting
+import TLS
 
 /// One immutable, validated snapshot of the configuration, compiled for the data plane.
 /// Built off the event loops, then handed to every worker; a request keeps the generation it
@@ -28,6 +29,9 @@ public final class ProxyGeneration: Sendable {
     public let scriptStateBytes: Int
     /// Router script index by listener name, for listeners that have one.
     let routers: [String: Int]
+    /// The certificates of each TLS listener, by listener name: loaded with the generation, so
+    /// a reload serves renewed certificates to new connections.
+    let tls: [String: TLSCertificates]
     let routesByName: [String: CompiledRoute]
     let routeIndex: RouteIndex
 
@@ -63,7 +67,28 @@ public final class ProxyGeneration: Sendable {
             if let module = listener.router, let index = program?.routerIndex(module) { routers[listener.name] = index }
         }
         self.routers = routers
+        self.tls = try Self.loadCertificates(config.listeners)
         self.upstreams = try config.upstreams.map { try CompiledUpstream($0) }
+    }
+
+    /// Each TLS listener's certificates; a file that does not load is a config problem at
+    /// its entry (`gateway.yaml:7 listeners[0].tls.certificates[0]: certs/api.key: ...`).
+    static func loadCertificates(_ listeners: [Listener]) throws(ConfigError) -> [String: TLSCertificates] {
+        var out: [String: TLSCertificates] = [:]
+        var problems: [ConfigDiagnostic] = []
+        for listener in listeners {
+            guard let tls = listener.tls, !tls.certificates.isEmpty else { continue }
+            do {
+                out[listener.name] = try TLSCertificates(
+                    tls.certificates.map { TLSCertificates.Source(cert: $0.cert, key: $0.key) }, minVersion: tls.minVersion == 13 ? .tls13 : .tls12)
+            } catch {
+                // The entry whose file failed: the message names the file.
+                let failed = tls.certificates.first { error.description.hasPrefix($0.cert + ":") || error.description.hasPrefix($0.key + ":") }
+                problems.append((failed ?? tls.certificates[0]).place.problem(error.description))
+            }
+        }
+        if !problems.isEmpty { throw ConfigError(problems) }
+        return out
     }
 
     /// Reads the scripts directory for the policies `config`'s routes name; nil when none

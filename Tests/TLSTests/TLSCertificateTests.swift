@@ -2,41 +2,26 @@ import COpenSSL
 import CTLS
 import Foundation
 import TLS
+import TestSupport
 import Testing
 
 /// Certificates made by the `openssl` command for each test (real ECDSA P-256 keys), loaded
 /// as a listener loads them, and handshakes between a client and the listener's contexts
 /// through an in-memory BIO pair: SNI picks the certificate the client then verifies.
 @Suite struct TLSCertificateTests {
+    /// A folder of certificates whose `certificate` answers a listener's source.
     final class Folder {
-        let path = NSTemporaryDirectory() + "moongate-tls-\(UUID().uuidString)"
-        init() throws { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
-        deinit { try? FileManager.default.removeItem(atPath: path) }
+        let certificates: MadeCertificates
+        var path: String { certificates.path }
+        init() throws { certificates = try MadeCertificates() }
 
-        /// A self-signed certificate and its key: `name.pem` and `name.key`.
         @discardableResult
         func certificate(_ name: String, subject: String, altNames: [String]) throws -> TLSCertificates.Source {
-            var arguments = [
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-                "-keyout", "\(path)/\(name).key", "-out", "\(path)/\(name).pem", "-subj", "/CN=\(subject)",
-            ]
-            if !altNames.isEmpty { arguments += ["-addext", "subjectAltName=" + altNames.map { "DNS:\($0)" }.joined(separator: ",")] }
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-            process.arguments = arguments
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else { throw TLSError("openssl req failed for \(name)") }
-            return TLSCertificates.Source(cert: "\(path)/\(name).pem", key: "\(path)/\(name).key")
+            let made = try certificates.make(name, subject: subject, altNames: altNames)
+            return TLSCertificates.Source(cert: made.cert, key: made.key)
         }
 
-        /// Every certificate made so far in one file: the client's trusted roots.
-        func roots(_ names: [String]) throws -> String {
-            let all = try names.map { try String(contentsOfFile: "\(path)/\($0).pem", encoding: .utf8) }.joined()
-            try all.write(toFile: "\(path)/roots.pem", atomically: true, encoding: .utf8)
-            return "\(path)/roots.pem"
-        }
+        func roots(_ names: [String]) throws -> String { try certificates.roots(names) }
     }
 
     /// A handshake of a client asking for `serverName` against `certificates`; the common name

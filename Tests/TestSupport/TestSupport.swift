@@ -36,3 +36,37 @@ public func runTool(_ tool: String, _ arguments: [String], stdin: String? = nil)
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
+
+/// Self-signed certificates with real ECDSA P-256 keys, made by the `openssl` command in a
+/// folder removed with the value: `name.pem` and `name.key`.
+public final class MadeCertificates: @unchecked Sendable {
+    public let path = NSTemporaryDirectory() + "moongate-certs-\(UUID().uuidString)"
+
+    public init() throws { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    /// Makes `name.pem` (for `subject`, with `altNames` as DNS subjectAltNames, valid two days)
+    /// and `name.key`; returns their paths.
+    @discardableResult
+    public func make(_ name: String, subject: String, altNames: [String]) throws -> (cert: String, key: String) {
+        var arguments = [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-keyout", "\(path)/\(name).key", "-out", "\(path)/\(name).pem", "-subj", "/CN=\(subject)",
+        ]
+        if !altNames.isEmpty { arguments += ["-addext", "subjectAltName=" + altNames.map { "DNS:\($0)" }.joined(separator: ",")] }
+        let (status, output) = try runTool("/usr/bin/openssl", arguments)
+        guard status == 0 else { throw ToolFailed(description: "openssl req for \(name): \(output)") }
+        return ("\(path)/\(name).pem", "\(path)/\(name).key")
+    }
+
+    /// The certificates `names` in one file: a client's trusted roots.
+    public func roots(_ names: [String]) throws -> String {
+        let all = try names.map { try String(contentsOfFile: "\(path)/\($0).pem", encoding: .utf8) }.joined()
+        try all.write(toFile: "\(path)/roots.pem", atomically: true, encoding: .utf8)
+        return "\(path)/roots.pem"
+    }
+}
+
+public struct ToolFailed: Error, CustomStringConvertible {
+    public var description: String
+}

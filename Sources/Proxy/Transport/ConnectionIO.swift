@@ -1,6 +1,7 @@
 // Hot path: every byte the proxy sends goes through here.
 import NIOCore
 import SocketLoop
+import TLS
 
 /// Where a proxy connection handler sends its bytes: one of the two `ByteStream`s, a socket on
 /// the worker's `SocketLoop` (the gateway) or an in-memory pipe (`moongate test`'s simulation).
@@ -12,6 +13,8 @@ import SocketLoop
 /// 19.7K instructions per request: `NIOAny` boxing, context hops and their retains.
 enum ConnectionIO {
     case socket(TCPConnection)
+    /// A socket of a TLS listener: plaintext here, TLS records on the socket.
+    case tls(TLSStream)
     case memory(MemoryPipe.End)
     /// Not attached yet, or detached once closed.
     case none
@@ -25,6 +28,7 @@ enum ConnectionIO {
     func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
         switch self {
         case .socket(let connection): connection.write(bytes, promise: promise)
+        case .tls(let stream): stream.write(bytes, promise: promise)
         case .memory(let end): end.write(bytes, promise: promise)
         case .none: promise?.fail(ChannelError.ioOnClosedChannel)
         }
@@ -34,6 +38,7 @@ enum ConnectionIO {
     func flush() {
         switch self {
         case .socket(let connection): connection.flush()
+        case .tls(let stream): stream.flush()
         case .memory(let end): end.flush()
         case .none: break
         }
@@ -42,6 +47,7 @@ enum ConnectionIO {
     func close() {
         switch self {
         case .socket(let connection): connection.close()
+        case .tls(let stream): stream.close()
         case .memory(let end): end.close()
         case .none: break
         }
@@ -63,6 +69,8 @@ enum ConnectionIO {
             } else {
                 connection.closeAfterFlush()
             }
+        case .tls(let stream):
+            stream.closeAfterFlush(lingering: linger ? Self.lingerTime : nil, maxDrained: linger ? Self.lingerBytes : 0)
         case .memory(let end):
             end.closeAfterFlush(lingering: linger ? Self.lingerTime : nil, maxDrained: Self.lingerBytes)
         case .none:
@@ -74,6 +82,7 @@ enum ConnectionIO {
     func setReading(_ on: Bool) {
         switch self {
         case .socket(let connection): if on { connection.resumeReads() } else { connection.pauseReads() }
+        case .tls(let stream): if on { stream.resumeReads() } else { stream.pauseReads() }
         case .memory(let end): if on { end.resumeReads() } else { end.pauseReads() }
         case .none: break
         }
@@ -82,6 +91,7 @@ enum ConnectionIO {
     var eventLoop: EventLoop? {
         switch self {
         case .socket(let connection): return connection.loop
+        case .tls(let stream): return (stream.lower as? TCPConnection)?.loop
         case .memory(let end): return end.loop
         case .none: return nil
         }
@@ -90,6 +100,7 @@ enum ConnectionIO {
     var remoteAddress: SocketAddress? {
         switch self {
         case .socket(let connection): return connection.remoteAddress
+        case .tls(let stream): return stream.remoteAddress
         case .memory(let end): return end.remoteAddress
         case .none: return nil
         }

@@ -1,0 +1,83 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// A listener with `tls:` terminates TLS: real clients (`curl --cacert`) get the certificate
+/// SNI picks and are proxied as on a plaintext listener; a certificate that does not load is
+/// a config error at its entry, and a reload that breaks one keeps the last good generation.
+@Suite struct TLSListenerTests {
+    static func config(_ certs: MadeCertificates, minVersion: String = "1.2") -> String {
+        """
+        listeners:
+          - name: public
+            address: 127.0.0.1:@PORT@
+            tls:
+              min_version: "\(minVersion)"
+              certificates:
+                - { cert: \(certs.path)/api.pem, key: \(certs.path)/api.key }
+                - { cert: \(certs.path)/wildcard.pem, key: \(certs.path)/wildcard.key }
+        upstreams:
+          echo:
+            targets: [ "@ECHO@" ]
+        routes:
+          - name: all
+            match: { path_prefix: / }
+            upstream: echo
+        """
+    }
+
+    /// curl against the gateway as `host`; status, the certificate's subject line, and the body.
+    static func curl(_ port: Int, host: String, roots: String, path: String = "/hello", extra: [String] = []) throws -> (Int32, String) {
+        try runTool(
+            "/usr/bin/curl",
+            ["-sS", "-v", "--max-time", "10", "--cacert", roots, "--resolve", "\(host):\(port):127.0.0.1", "https://\(host):\(port)\(path)"] + extra)
+    }
+
+    @Test func curlIsServedWithTheCertificateForTheNameItAsks() async throws {
+        let certs = try MadeCertificates()
+        try certs.make("api", subject: "api.example.com", altNames: ["api.example.com"])
+        try certs.make("wildcard", subject: "wildcard.example.com", altNames: ["*.example.com"])
+        let roots = try certs.roots(["api", "wildcard"])
+        try await withGateway(Self.config(certs)) { gw in
+        let (status, api) = try Self.curl(gw.port, host: "api.example.com", roots: roots, path: "/hello?x=1")
+        #expect(status == 0, "\(api)")
+        #expect(api.contains("subject: CN=api.example.com"), "\(api)")
+        #expect(api.contains("SSL connection using TLSv1.3"), "\(api)")
+        #expect(api.contains("\"uri\":\"/hello?x=1\""), "\(api)")  // the echo upstream's answer
+        #expect(api.contains("[\"X-Forwarded-Proto\",\"https\"]"), "\(api)")
+        let (_, www) = try Self.curl(gw.port, host: "www.example.com", roots: roots)
+        #expect(www.contains("subject: CN=wildcard.example.com"), "\(www)")
+        // Kept alive: two requests on one TLS connection.
+        let (_, twice) = try Self.curl(gw.port, host: "api.example.com", roots: roots, extra: ["https://api.example.com:\(gw.port)/again"])
+        #expect(twice.contains("Re-using existing connection") || twice.contains("Reusing existing"), "\(twice)")
+        #expect(twice.components(separatedBy: "HTTP/1.1 200").count == 3, "\(twice)")
+        // TLS 1.1 is not offered.
+        let (old, oldOutput) = try Self.curl(gw.port, host: "api.example.com", roots: roots, extra: ["--tlsv1.1", "--tls-max", "1.1"])
+        #expect(old != 0, "\(oldOutput)")
+        // Plain HTTP on the TLS port gets no answer in clear.
+        let (_, plain) = try runTool("/usr/bin/curl", ["-sS", "--max-time", "5", "http://127.0.0.1:\(gw.port)/hello"])
+        #expect(!plain.contains("\"uri\""), "\(plain)")
+        // The listener still serves after all that.
+        #expect(try Self.curl(gw.port, host: "api.example.com", roots: roots).0 == 0)
+        }
+    }
+
+    @Test func aCertificateThatDoesNotLoadIsAConfigErrorAndAReloadKeepsTheLastGood() async throws {
+        let certs = try MadeCertificates()
+        try certs.make("api", subject: "api.example.com", altNames: ["api.example.com"])
+        try certs.make("wildcard", subject: "wildcard.example.com", altNames: ["*.example.com"])
+        let roots = try certs.roots(["api", "wildcard"])
+        try await withGateway(Self.config(certs)) { gw in
+        // The wildcard's key swapped for another: refused, naming the file and the entry.
+        try certs.make("other", subject: "other.test", altNames: ["other.test"])
+        let broken = Self.config(certs).replacingOccurrences(of: "\(certs.path)/wildcard.key", with: "\(certs.path)/other.key")
+        let result = try await gw.rewrite(broken)
+        #expect(result.errors.count == 1)
+        #expect(result.errors.first?.contains("listeners[0].tls.certificates[1]: \(certs.path)/other.key: the key does not match the certificate") == true, "\(result.errors)")
+        #expect(try Self.curl(gw.port, host: "www.example.com", roots: roots).1.contains("subject: CN=wildcard.example.com"))
+        // A bad version is refused with the values allowed.
+        let version = try await gw.rewrite(Self.config(certs, minVersion: "1.1"))
+        #expect(version.errors.first?.contains("listeners[0].tls.min_version: expected \"1.2\" or \"1.3\"") == true, "\(version.errors)")
+        }
+    }
+}

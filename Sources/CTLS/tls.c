@@ -32,6 +32,17 @@ static int apply_common(SSL_CTX *ctx, int min_version) {
     return 1;
 }
 
+/// ALPN: HTTP/1.1 is what the listeners speak (h2 joins when HTTP/2 does). A client offering
+/// only other protocols gets no ALPN answer and may go on or give up.
+static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in, unsigned int inlen, void *arg) {
+    (void)ssl; (void)arg;
+    static const unsigned char ours[] = "\x08http/1.1";
+    unsigned char *chosen = NULL;
+    if (SSL_select_next_proto(&chosen, outlen, ours, sizeof ours - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED) return SSL_TLSEXT_ERR_NOACK;
+    *out = chosen;
+    return SSL_TLSEXT_ERR_OK;
+}
+
 SSL_CTX *mg_tls_server_context(const char *cert_file, const char *key_file, int min_version, char *error, size_t error_size) {
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -61,6 +72,8 @@ SSL_CTX *mg_tls_server_context(const char *cert_file, const char *key_file, int 
         return NULL;
     }
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    // Every context: SNI may switch a handshake to any of them before ALPN is decided.
+    SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
     return ctx;
 }
 

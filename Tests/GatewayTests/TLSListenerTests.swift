@@ -43,6 +43,7 @@ import Testing
         #expect(status == 0, "\(api)")
         #expect(api.contains("subject: CN=api.example.com"), "\(api)")
         #expect(api.contains("SSL connection using TLSv1.3"), "\(api)")
+        #expect(api.contains("ALPN: server accepted http/1.1"), "\(api)")
         #expect(api.contains("\"uri\":\"/hello?x=1\""), "\(api)")  // the echo upstream's answer
         #expect(api.contains("[\"X-Forwarded-Proto\",\"https\"]"), "\(api)")
         let (_, www) = try Self.curl(gw.port, host: "www.example.com", roots: roots)

@@ -311,7 +311,7 @@ struct ConfigDecoder {
     /// `tls: {certificates: [{cert, key}], min_version: "1.2" | "1.3"}`.
     private func decodeListenerTLS(_ node: Node, _ path: String) -> ListenerTLS? {
         let r = reader
-        guard let map = r.mapping(node, path, allowed: ["certificates", "min_version"]) else { return nil }
+        guard let map = r.mapping(node, path, allowed: ["certificates", "min_version", "handshake_timeout", "max_handshakes"]) else { return nil }
         var tls = ListenerTLS(certificates: [])
         let listPath = r.join(path, "certificates")
         if let list = map["certificates"]?.value, let items = r.sequence(list, listPath) {
@@ -337,6 +337,8 @@ struct ConfigDecoder {
             default: r.fail(n, r.join(path, "min_version"), "expected \"1.2\" or \"1.3\" (older versions are not offered), got \(JSONValue.quoted(text))")
             }
         }
+        if let n = map["handshake_timeout"]?.value, let v = positive(n, r.join(path, "handshake_timeout")) { tls.handshakeTimeout = v }
+        if let n = map["max_handshakes"]?.value, let v = r.int(n, r.join(path, "max_handshakes"), range: 1...1_000_000) { tls.maxHandshakes = v }
         return tls
     }
 

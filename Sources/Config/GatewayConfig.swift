@@ -135,6 +135,11 @@ public struct ListenerTLS: Sendable, Hashable {
     public var certificates: [Certificate]
     /// 12 (TLS 1.2, the default) or 13.
     public var minVersion: Int = 12
+    /// A connection whose handshake has not finished by then is closed.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// Handshakes in progress per worker; a connection past it is closed at once (handshakes
+    /// cost the CPU: a flood of them must not starve the requests of finished ones).
+    public var maxHandshakes: Int = 256
 
     public init(certificates: [Certificate], minVersion: Int = 12) {
         self.certificates = certificates

@@ -138,10 +138,17 @@ extension ProxyWorker {
     public func accept(_ connection: TCPConnection, listener: ListenerHandle) throws(SocketError) {
         eventLoop.assertInEventLoop()
         let handler = DownstreamConnectionHandler(worker: self, listener: listener)
-        if let certificates = generation.shared.tls[listener.name] {
+        if let certificates = generation.shared.tls[listener.name], let settings = generation.shared.tlsSettings[listener.name] {
+            guard handshakesInProgress < settings.maxHandshakes else {
+                connection.close()
+                return
+            }
             // TLS: the handler reads and writes plaintext through the stream; the socket's events go to it.
             let stream = try TLSStream(serving: connection, certificates: certificates)
             stream.delegate = handler
+            handshakesInProgress += 1
+            stream.onHandshakeEnded = { [unowned self] in self.handshakesInProgress -= 1 }
+            stream.armHandshakeTimeout(TimeAmount(settings.handshakeTimeout), on: connection.loop)
             handler.attach(.tls(stream))
             do {
                 try connection.start(delegate: stream)

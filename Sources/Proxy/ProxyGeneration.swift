@@ -32,6 +32,8 @@ public final class ProxyGeneration: Sendable {
     /// The certificates of each TLS listener, by listener name: loaded with the generation, so
     /// a reload serves renewed certificates to new connections.
     let tls: [String: TLSCertificates]
+    /// Each TLS listener's settings (timeouts, bounds), by listener name.
+    let tlsSettings: [String: ListenerTLS]
     let routesByName: [String: CompiledRoute]
     let routeIndex: RouteIndex
 
@@ -68,6 +70,7 @@ public final class ProxyGeneration: Sendable {
         }
         self.routers = routers
         self.tls = try Self.loadCertificates(config.listeners)
+        self.tlsSettings = Dictionary(config.listeners.compactMap { l in l.tls.map { (l.name, $0) } }, uniquingKeysWith: { a, _ in a })
         self.upstreams = try config.upstreams.map { try CompiledUpstream($0) }
     }
 

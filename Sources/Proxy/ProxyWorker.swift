@@ -20,6 +20,8 @@ public final class ProxyWorker {
     /// Targets the active health checks last found down (`host:port`), kept for pools made later.
     private var probedDown: Set<String> = []
     private var connections: [ObjectIdentifier: DownstreamConnectionHandler] = [:]
+    /// TLS handshakes in progress on this loop (bounded by each listener's `max_handshakes`).
+    var handshakesInProgress = 0
     var requestIDs: RequestIDGenerator
     /// This loop's metric values; the admin endpoint sums every loop's.
     public let metrics = MetricStore()

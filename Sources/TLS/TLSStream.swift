@@ -30,6 +30,11 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
     /// Most bytes the owner may queue before the handshake ends.
     public static let maxEarlyBytes = 256 * 1024
     private var readsPaused = false
+    /// The handshake's deadline, while one is armed.
+    private var handshakeTimer: (SocketLoop, SocketLoop.TimerHandle)?
+    /// Called once when the handshake ends, finished or not (the worker counts handshakes in
+    /// progress with it).
+    public var onHandshakeEnded: (() -> Void)?
 
     /// A server side for a connection accepted on a TLS listener.
     public init(serving lower: any ByteStream, certificates: TLSCertificates) throws(SocketError) {
@@ -62,6 +67,27 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
     }
 
     deinit { SSL_free(ssl) }
+
+    /// Closes the connection if the handshake has not finished `timeout` from now.
+    public func armHandshakeTimeout(_ timeout: TimeAmount, on loop: SocketLoop) {
+        guard state == .handshaking else { return }
+        let handle = loop.setTimer(at: .now() + timeout) { [weak self] in
+            guard let self, self.state == .handshaking else { return }
+            self.handshakeTimer = nil
+            self.lower.close(error: .tls("handshake timed out"))
+        }
+        handshakeTimer = (loop, handle)
+    }
+
+    private func handshakeEnded() {
+        if let (loop, handle) = handshakeTimer {
+            _ = loop.cancelTimer(handle)
+            handshakeTimer = nil
+        }
+        let ended = onHandshakeEnded
+        onHandshakeEnded = nil
+        ended?()
+    }
 
     /// Starts a client handshake (a server waits for the client's hello).
     public func startHandshake() {
@@ -160,6 +186,7 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
     public func streamClosed(_ stream: any ByteStream, error: SocketError?) {
         guard state != .closed else { return }
         state = .closed
+        handshakeEnded()
         for (_, promise) in early { promise?.fail(SocketError.closed) }
         early = []
         let delegate = self.delegate
@@ -174,6 +201,7 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
         let result = SSL_do_handshake(ssl)
         if result == 1 {
             state = .open
+            handshakeEnded()
             let queued = early
             early = []
             earlyBytes = 0

@@ -6,12 +6,13 @@ import Testing
 /// SNI picks and are proxied as on a plaintext listener; a certificate that does not load is
 /// a config error at its entry, and a reload that breaks one keeps the last good generation.
 @Suite struct TLSListenerTests {
-    static func config(_ certs: MadeCertificates, minVersion: String = "1.2") -> String {
+    static func config(_ certs: MadeCertificates, minVersion: String = "1.2", extra: String = "") -> String {
         """
         listeners:
           - name: public
             address: 127.0.0.1:@PORT@
             tls:
+              \(extra)
               min_version: "\(minVersion)"
               certificates:
                 - { cert: \(certs.path)/api.pem, key: \(certs.path)/api.key }
@@ -79,6 +80,31 @@ import Testing
         // A bad version is refused with the values allowed.
         let version = try await gw.rewrite(Self.config(certs, minVersion: "1.1"))
         #expect(version.errors.first?.contains("listeners[0].tls.min_version: expected \"1.2\" or \"1.3\"") == true, "\(version.errors)")
+        }
+    }
+
+    @Test func aStalledHandshakeIsClosedAndHandshakesInProgressAreBounded() async throws {
+        let certs = try MadeCertificates()
+        try certs.make("api", subject: "api.example.com", altNames: ["api.example.com"])
+        try certs.make("wildcard", subject: "wildcard.example.com", altNames: ["*.example.com"])
+        let roots = try certs.roots(["api", "wildcard"])
+        let yaml = Self.config(certs, extra: "handshake_timeout: 300ms\n      max_handshakes: 2")
+        try await withGateway(yaml, workers: 1) { gw in
+            // Two clients connect and say nothing: their handshakes stay in progress.
+            let first = try gw.client(timeout: 5)
+            let second = try gw.client(timeout: 5)
+            try await Task.sleep(for: .milliseconds(50))
+            // A third is over the bound: closed at once, long before the timeout.
+            let third = try gw.client(timeout: 5)
+            let start = Date()
+            #expect(third.isClosedByPeer())
+            #expect(Date().timeIntervalSince(start) < 0.25)
+            // The silent two are closed when their handshake times out.
+            #expect(first.isClosedByPeer())
+            #expect(second.isClosedByPeer())
+            #expect(Date().timeIntervalSince(start) < 3)
+            // Room again: a real client is served.
+            #expect(try Self.curl(gw.port, host: "api.example.com", roots: roots).0 == 0)
         }
     }
 }

@@ -33,7 +33,7 @@ public struct GatewayService: Service {
     }
 
     /// Reloads when the config file, a script, or a key file the config names (JWKS, PEM,
-    /// secret, API keys) changes: rotating a key is saving its file. A reload that changes
+    /// secret, API keys, listeners' certificates and keys) changes: rotating a key is saving its file. A reload that changes
     /// what is watched moves the watch with it.
     private func watchFiles() async {
         var warned = false
@@ -80,6 +80,8 @@ public struct GatewayService: Service {
     static func keyFiles(_ config: GatewayConfig) -> [String] {
         config.keysets.flatMap { keyset in keyset.keys.compactMap(\.file) + (keyset.jwksFile.map { [$0] } ?? []) }
             + config.apiKeys.compactMap(\.file)
+            // A renewed certificate is saving its files: new connections get it, open ones keep theirs.
+            + config.listeners.flatMap { listener in (listener.tls?.certificates ?? []).flatMap { [$0.cert, $0.key] } }
     }
 
     /// Whether any of `paths`, or any file under `directories`, changed after `date`.

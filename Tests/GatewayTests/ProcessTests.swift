@@ -261,6 +261,86 @@ import Testing
         }
     }
 
+    /// Renewing a certificate is saving its files: new connections get the new one within a
+    /// second, and a kept-alive TLS connection carries on throughout.
+    @Test func servesARenewedCertificateWithoutDroppingAConnection() async throws {
+        try await withEcho { echoPort in
+            let certs = try MadeCertificates()
+            let old = try certs.make("old", subject: "old.api.example.com", altNames: ["api.example.com"])
+            let new = try certs.make("new", subject: "new.api.example.com", altNames: ["api.example.com"])
+            let roots = try certs.roots(["old", "new"])
+            let child = try Child(
+                config: { port, echo in
+                    """
+                    listeners:
+                      - address: 127.0.0.1:\(port)
+                        tls: { certificates: [ { cert: api.pem, key: api.key } ] }
+                    upstreams:
+                      echo: { targets: [ "127.0.0.1:\(echo)" ] }
+                    routes:
+                      - match: { path_prefix: / }
+                        upstream: echo
+                    """
+                }, echoPort: echoPort
+            ) { folder in
+                try FileManager.default.copyItem(atPath: old.cert, toPath: folder + "/api.pem")
+                try FileManager.default.copyItem(atPath: old.key, toPath: folder + "/api.key")
+            }
+            func subject() throws -> String {
+                let (_, out) = try runTool(
+                    "/usr/bin/curl",
+                    ["-sS", "-v", "--max-time", "5", "--cacert", roots, "--resolve", "api.example.com:\(child.port):127.0.0.1", "https://api.example.com:\(child.port)/"])
+                return out.split(separator: "\n").first { $0.contains("subject: CN=") }.map(String.init) ?? out
+            }
+            #expect(try subject().contains("CN=old.api.example.com"))
+            // One TLS connection making a request every 20 ms for 3 s, across the renewal.
+            let script = """
+                import socket, ssl, sys, time
+                ctx = ssl.create_default_context(cafile=sys.argv[2])
+                s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5), server_hostname="api.example.com")
+                ok = failed = 0
+                end = time.time() + 3
+                while time.time() < end:
+                    try:
+                        s.sendall(b"GET / HTTP/1.1\\r\\nHost: api.example.com\\r\\n\\r\\n")
+                        data = b""
+                        while b"\\r\\n\\r\\n" not in data: data += s.recv(65536)
+                        head, body = data.split(b"\\r\\n\\r\\n", 1)
+                        length = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
+                        while len(body) < length: body += s.recv(65536)
+                        ok += 1 if head.startswith(b"HTTP/1.1 200") else 0
+                    except Exception:
+                        failed += 1
+                        break
+                    time.sleep(0.02)
+                print(ok, failed)
+                """
+            let loop = Process()
+            loop.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            loop.arguments = ["-c", script, String(child.port), roots]
+            let out = Pipe()
+            loop.standardOutput = out
+            try loop.run()
+            Thread.sleep(forTimeInterval: 0.5)
+            // Renewed: the key first, then the certificate, each replaced whole (as certbot's deploy does).
+            try FileManager.default.removeItem(atPath: child.folder.path + "/api.key")
+            try FileManager.default.copyItem(atPath: new.key, toPath: child.folder.path + "/api.key")
+            try FileManager.default.removeItem(atPath: child.folder.path + "/api.pem")
+            try FileManager.default.copyItem(atPath: new.cert, toPath: child.folder.path + "/api.pem")
+            let written = Date()
+            var served = try subject()
+            while !served.contains("CN=new.api.example.com"), Date().timeIntervalSince(written) < 3 {
+                Thread.sleep(forTimeInterval: 0.02)
+                served = try subject()
+            }
+            #expect(served.contains("CN=new.api.example.com"), "\(child.log)")
+            #expect(Date().timeIntervalSince(written) < 1, "a renewed certificate is served within a second")
+            loop.waitUntilExit()
+            let counts = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            #expect(counts.count == 2 && counts[0] > 50 && counts[1] == 0, "kept-alive requests ok, failed: \(counts)")
+        }
+    }
+
     /// An HS256 token with a far exp, signed with `secret`.
     static func token(secret: String) -> String {
         let input = Base64URL.encode(Array(#"{"alg":"HS256"}"#.utf8)) + "." + Base64URL.encode(Array(#"{"sub":"a","exp":4102444800}"#.utf8))

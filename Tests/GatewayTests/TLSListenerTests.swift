@@ -88,7 +88,7 @@ import Testing
         try certs.make("api", subject: "api.example.com", altNames: ["api.example.com"])
         try certs.make("wildcard", subject: "wildcard.example.com", altNames: ["*.example.com"])
         let roots = try certs.roots(["api", "wildcard"])
-        let yaml = Self.config(certs, extra: "handshake_timeout: 300ms\n      max_handshakes: 2")
+        let yaml = Self.config(certs, extra: "handshake_timeout: 2s\n      max_handshakes: 2")
         try await withGateway(yaml, workers: 1) { gw in
             // Two clients connect and say nothing: their handshakes stay in progress.
             let first = try gw.client(timeout: 5)
@@ -98,11 +98,11 @@ import Testing
             let third = try gw.client(timeout: 5)
             let start = Date()
             #expect(third.isClosedByPeer())
-            #expect(Date().timeIntervalSince(start) < 0.25)
+            #expect(Date().timeIntervalSince(start) < 1, "closed at once, not at the 2 s timeout")
             // The silent two are closed when their handshake times out.
             #expect(first.isClosedByPeer())
             #expect(second.isClosedByPeer())
-            #expect(Date().timeIntervalSince(start) < 3)
+            #expect(Date().timeIntervalSince(start) > 1.5)
             // Room again: a real client is served.
             #expect(try Self.curl(gw.port, host: "api.example.com", roots: roots).0 == 0)
         }

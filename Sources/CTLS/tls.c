@@ -185,3 +185,51 @@ int mg_tls_set_server_name(SSL *ssl, const char *name) {
 const char *mg_tls_server_name(SSL *ssl) {
     return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 }
+
+int mg_tls_verify_clients(SSL_CTX *ctx, const char *ca_file, int required, char *error, size_t error_size) {
+    ERR_clear_error();
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (names == NULL || SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        if (names != NULL) sk_X509_NAME_pop_free(names, X509_NAME_free);
+        describe(error, error_size, "not a PEM file of CA certificates", ca_file);
+        return 0;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (required ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    // Resumed sessions keep the client's identity: they need a session id context.
+    static const unsigned char sid[] = "moongate";
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+    return 1;
+}
+
+int mg_tls_peer_certificate(SSL *ssl, void (*each)(void *, int, const char *, size_t), void *context) {
+    if (SSL_get_verify_result(ssl) != X509_V_OK) return 0;
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (cert == NULL) return 0;
+    BIO *out = BIO_new(BIO_s_mem());
+    if (out != NULL && X509_NAME_print_ex(out, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+        char *text = NULL;
+        long length = BIO_get_mem_data(out, &text);
+        if (length > 0) each(context, 's', text, (size_t)length);
+    }
+    BIO_free(out);
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    if (X509_digest(cert, EVP_sha256(), digest, &size) == 1) {
+        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        for (unsigned int i = 0; i < size; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+        each(context, 'f', hex, 2 * (size_t)size);
+    }
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    if (names != NULL) {
+        for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
+            GENERAL_NAME *name = sk_GENERAL_NAME_value(names, i);
+            if (name->type != GEN_DNS) continue;
+            const unsigned char *text = ASN1_STRING_get0_data(name->d.dNSName);
+            int length = ASN1_STRING_length(name->d.dNSName);
+            if (text != NULL && length > 0) each(context, 'n', (const char *)text, (size_t)length);
+        }
+        GENERAL_NAMES_free(names);
+    }
+    return 1;
+}

@@ -311,8 +311,20 @@ struct ConfigDecoder {
     /// `tls: {certificates: [{cert, key}], min_version: "1.2" | "1.3"}`.
     private func decodeListenerTLS(_ node: Node, _ path: String) -> ListenerTLS? {
         let r = reader
-        guard let map = r.mapping(node, path, allowed: ["certificates", "min_version", "handshake_timeout", "max_handshakes"]) else { return nil }
+        guard let map = r.mapping(node, path, allowed: ["certificates", "min_version", "handshake_timeout", "max_handshakes", "client_ca", "client_auth"]) else {
+            return nil
+        }
         var tls = ListenerTLS(certificates: [])
+        tls.place = LocatedValue(.null, file: r.file, line: node.mark?.line ?? 0, path: path, pointer: r.pointer(path))
+        if let n = map["client_ca"]?.value, let file = r.string(n, r.join(path, "client_ca")) { tls.clientCA = file }
+        if let n = map["client_auth"]?.value, let text = r.string(n, r.join(path, "client_auth")) {
+            switch text {
+            case "required": tls.clientAuthRequired = true
+            case "optional": tls.clientAuthRequired = false
+            default: r.fail(n, r.join(path, "client_auth"), "expected required or optional, got \(JSONValue.quoted(text))")
+            }
+            if tls.clientCA == nil { r.fail(n, r.join(path, "client_auth"), "client_auth needs client_ca (the CAs client certificates chain to)") }
+        }
         let listPath = r.join(path, "certificates")
         if let list = map["certificates"]?.value, let items = r.sequence(list, listPath) {
             for (i, item) in items.enumerated() {

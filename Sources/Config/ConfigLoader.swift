@@ -61,6 +61,7 @@ public enum ConfigLoader {
                 tls.certificates[c].cert = resolve(tls.certificates[c].cert)
                 tls.certificates[c].key = resolve(tls.certificates[c].key)
             }
+            tls.clientCA = tls.clientCA.map(resolve)
             config.listeners[i].tls = tls
         }
         config.store.passwordFile = config.store.passwordFile.map(resolve)

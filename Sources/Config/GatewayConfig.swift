@@ -137,6 +137,13 @@ public struct ListenerTLS: Sendable, Hashable {
     public var minVersion: Int = 12
     /// A connection whose handshake has not finished by then is closed.
     public var handshakeTimeout: Duration = .seconds(10)
+    /// `client_ca`: PEM CAs that client certificates must chain to (mTLS); nil: none asked.
+    public var clientCA: String?
+    /// `client_auth: required` (the default with a `client_ca`) refuses a handshake without a
+    /// client certificate; `optional` lets it go on without one.
+    public var clientAuthRequired = true
+    /// Where `tls:` is written, for problems with its files.
+    public var place = LocatedValue(.null)
     /// Handshakes in progress per worker; a connection past it is closed at once (handshakes
     /// cost the CPU: a flood of them must not starve the requests of finished ones).
     public var maxHandshakes: Int = 256

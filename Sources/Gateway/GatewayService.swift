@@ -81,7 +81,9 @@ public struct GatewayService: Service {
         config.keysets.flatMap { keyset in keyset.keys.compactMap(\.file) + (keyset.jwksFile.map { [$0] } ?? []) }
             + config.apiKeys.compactMap(\.file)
             // A renewed certificate is saving its files: new connections get it, open ones keep theirs.
-            + config.listeners.flatMap { listener in (listener.tls?.certificates ?? []).flatMap { [$0.cert, $0.key] } }
+            + config.listeners.flatMap { listener in
+                (listener.tls?.certificates ?? []).flatMap { [$0.cert, $0.key] } + (listener.tls?.clientCA.map { [$0] } ?? [])
+            }
     }
 
     /// Whether any of `paths`, or any file under `directories`, changed after `date`.

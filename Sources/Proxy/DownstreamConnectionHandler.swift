@@ -2,6 +2,7 @@
 import NIOCore
 import Scripting
 import SocketLoop
+import TLS
 
 /// One client connection. Reads request heads straight from the `ByteBuffer`, picks a route
 /// and a pooled upstream connection, and forwards bytes both ways: the request head is
@@ -37,6 +38,10 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
     var inbound: ByteBuffer?
     var headScanned = 0
     var clientAddress: [UInt8] = []
+    var tlsStream: TLSStream? {
+        if case .tls(let stream) = io { return stream }
+        return nil
+    }
 
     /// The request in progress, or the worker's vacant exchange between requests.
     var exchange: Exchange

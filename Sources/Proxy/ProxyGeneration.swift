@@ -83,11 +83,12 @@ public final class ProxyGeneration: Sendable {
             guard let tls = listener.tls, !tls.certificates.isEmpty else { continue }
             do {
                 out[listener.name] = try TLSCertificates(
-                    tls.certificates.map { TLSCertificates.Source(cert: $0.cert, key: $0.key) }, minVersion: tls.minVersion == 13 ? .tls13 : .tls12)
+                    tls.certificates.map { TLSCertificates.Source(cert: $0.cert, key: $0.key) }, minVersion: tls.minVersion == 13 ? .tls13 : .tls12,
+                    clients: tls.clientCA.map { TLSCertificates.ClientVerification(caFile: $0, required: tls.clientAuthRequired) })
             } catch {
                 // The entry whose file failed: the message names the file.
                 let failed = tls.certificates.first { error.description.hasPrefix($0.cert + ":") || error.description.hasPrefix($0.key + ":") }
-                problems.append((failed ?? tls.certificates[0]).place.problem(error.description))
+                problems.append((failed?.place ?? tls.place).problem(error.description))
             }
         }
         if !problems.isEmpty { throw ConfigError(problems) }

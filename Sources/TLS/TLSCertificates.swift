@@ -33,7 +33,19 @@ public final class TLSCertificates: @unchecked Sendable {
 
     /// Loads each certificate and key; throws naming the file and OpenSSL's reason for the
     /// first that fails (nothing is kept then).
-    public init(_ sources: [Source], minVersion: Version = .tls12) throws(TLSError) {
+    /// Clients' certificates, when the listener asks for them (mTLS).
+    public struct ClientVerification: Sendable, Hashable {
+        /// PEM file of the CAs that client certificates must chain to.
+        public var caFile: String
+        /// A handshake without a certificate is refused (else it goes on without one).
+        public var required: Bool
+        public init(caFile: String, required: Bool) {
+            self.caFile = caFile
+            self.required = required
+        }
+    }
+
+    public init(_ sources: [Source], minVersion: Version = .tls12, clients: ClientVerification? = nil) throws(TLSError) {
         guard !sources.isEmpty else { throw TLSError("a TLS listener needs at least one certificate") }
         var contexts: [OpaquePointer] = []
         var names: [[String]] = []
@@ -44,6 +56,10 @@ public final class TLSCertificates: @unchecked Sendable {
                 throw TLSError(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
             }
             contexts.append(ctx)
+            if let clients, mg_tls_verify_clients(ctx, clients.caFile, clients.required ? 1 : 0, &error, error.count) != 1 {
+                for ctx in contexts { SSL_CTX_free(ctx) }
+                throw TLSError(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            }
             names.append(Self.certificateNames(ctx))
         }
         var exact: [String: Int] = [:]

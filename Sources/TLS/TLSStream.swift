@@ -102,6 +102,32 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
         guard state == .open, let cipher = SSL_get_current_cipher(ssl), let name = SSL_CIPHER_get_name(cipher) else { return nil }
         return String(cString: name)
     }
+    /// A verified peer certificate: its subject (RFC 2253), SHA-256 fingerprint (hex) and DNS names.
+    public struct PeerCertificate: Sendable, Equatable {
+        public var subject = ""
+        public var fingerprint = ""
+        public var names: [String] = []
+    }
+
+    /// The peer's certificate, when it sent one and it verified.
+    public var peerCertificate: PeerCertificate? {
+        guard state == .open else { return nil }
+        var peer = PeerCertificate()
+        let found = withUnsafeMutablePointer(to: &peer) { pointer in
+            mg_tls_peer_certificate(ssl, { context, kind, text, length in
+                guard let context, let text else { return }
+                let value = String(decoding: UnsafeRawBufferPointer(start: text, count: length), as: UTF8.self)
+                let peer = context.assumingMemoryBound(to: PeerCertificate.self)
+                switch kind {
+                case Int32(UInt8(ascii: "s")): peer.pointee.subject = value
+                case Int32(UInt8(ascii: "f")): peer.pointee.fingerprint = value
+                default: peer.pointee.names.append(value)
+                }
+            }, pointer)
+        }
+        return found == 1 ? peer : nil
+    }
+
     /// The server name the client asked for.
     public var serverName: String? { mg_tls_server_name(ssl).map { String(cString: $0) } }
 

@@ -107,4 +107,57 @@ import Testing
             #expect(try Self.curl(gw.port, host: "api.example.com", roots: roots).0 == 0)
         }
     }
+
+    /// mTLS: `client_ca` with `client_auth: required` refuses a handshake without a certificate
+    /// from that CA; `optional` serves it without one. `request.tls()` tells a policy the
+    /// protocol, cipher, name asked for and the verified client certificate.
+    @Test(arguments: ["required", "optional"]) func clientCertificatesAreVerifiedAndShownToPolicies(_ auth: String) async throws {
+        let certs = try MadeCertificates()
+        try certs.make("api", subject: "api.example.com", altNames: ["api.example.com"])
+        try certs.makeCA("clients-ca")
+        let client = try certs.make("client", subject: "client-one", altNames: ["one.clients.example"], signedBy: "clients-ca")
+        let stranger = try certs.make("stranger", subject: "stranger", altNames: [])
+        let roots = try certs.roots(["api"])
+        let yaml = """
+            listeners:
+              - name: public
+                address: 127.0.0.1:@PORT@
+                tls:
+                  certificates: [ { cert: \(certs.path)/api.pem, key: \(certs.path)/api.key } ]
+                  client_ca: \(certs.path)/clients-ca.pem
+                  client_auth: \(auth)
+            upstreams:
+              echo:
+                targets: [ "@ECHO@" ]
+            routes:
+              - name: who
+                match: { path_prefix: / }
+                upstream: echo
+                policy: who.lua
+            """
+        let who = "return { access = function() request.respond(200, json.encode(request.tls() or {})) end }"
+        try await withGateway(yaml, scripts: ["who.lua": who]) { gw in
+            let (status, out) = try Self.curl(gw.port, host: "api.example.com", roots: roots, extra: ["--cert", client.cert, "--key", client.key])
+            #expect(status == 0, "\(out)")
+            let body = out.split(separator: "\n").last.map(String.init) ?? ""
+            #expect(body.contains("\"subject\":\"CN=client-one\""), "\(body)")
+            #expect(body.contains("\"names\":[\"one.clients.example\"]"), "\(body)")
+            #expect(body.range(of: "\"fingerprint\":\"[0-9a-f]{64}\"", options: .regularExpression) != nil, "\(body)")
+            #expect(body.contains("\"sni\":\"api.example.com\""), "\(body)")
+            #expect(body.contains("\"protocol\":\"TLSv1.3\""), "\(body)")
+            // A certificate from elsewhere is refused either way.
+            let (strangerStatus, strangerOut) = try Self.curl(gw.port, host: "api.example.com", roots: roots, extra: ["--cert", stranger.cert, "--key", stranger.key])
+            #expect(strangerStatus != 0, "\(strangerOut)")
+            // No certificate: refused when required, served without `client` when optional.
+            let (bareStatus, bareOut) = try Self.curl(gw.port, host: "api.example.com", roots: roots)
+            if auth == "required" {
+                #expect(bareStatus != 0 || !bareOut.contains("HTTP/1.1 200"), "\(bareOut)")
+            } else {
+                #expect(bareStatus == 0, "\(bareOut)")
+                let bare = bareOut.split(separator: "\n").last.map(String.init) ?? ""
+                #expect(!bare.contains("\"client\""), "\(bare)")
+                #expect(bare.contains("\"protocol\":\"TLSv1.3\""), "\(bare)")
+            }
+        }
+    }
 }

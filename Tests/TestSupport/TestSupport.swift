@@ -59,6 +59,37 @@ public final class MadeCertificates: @unchecked Sendable {
         return ("\(path)/\(name).pem", "\(path)/\(name).key")
     }
 
+    /// A certificate authority: `name.pem` and `name.key`, for `make(_:subject:altNames:signedBy:)`.
+    @discardableResult
+    public func makeCA(_ name: String) throws -> (cert: String, key: String) {
+        let (status, output) = try runTool("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-keyout", "\(path)/\(name).key", "-out", "\(path)/\(name).pem", "-subj", "/CN=\(name)",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        guard status == 0 else { throw ToolFailed(description: "openssl req for \(name): \(output)") }
+        return ("\(path)/\(name).pem", "\(path)/\(name).key")
+    }
+
+    /// A certificate for `subject` signed by the CA `ca` (made with `makeCA`).
+    @discardableResult
+    public func make(_ name: String, subject: String, altNames: [String], signedBy ca: String) throws -> (cert: String, key: String) {
+        let (status, output) = try runTool("/usr/bin/openssl", [
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "\(path)/\(name).key", "-out", "\(path)/\(name).csr", "-subj", "/CN=\(subject)",
+        ])
+        guard status == 0 else { throw ToolFailed(description: "openssl req for \(name): \(output)") }
+        let extensions = "\(path)/\(name).ext"
+        try (altNames.isEmpty ? "" : "subjectAltName=" + altNames.map { "DNS:\($0)" }.joined(separator: ",") + "\n")
+            .write(toFile: extensions, atomically: true, encoding: .utf8)
+        let (signed, signing) = try runTool("/usr/bin/openssl", [
+            "x509", "-req", "-in", "\(path)/\(name).csr", "-CA", "\(path)/\(ca).pem", "-CAkey", "\(path)/\(ca).key",
+            "-CAcreateserial", "-days", "2", "-out", "\(path)/\(name).pem", "-extfile", extensions,
+        ])
+        guard signed == 0 else { throw ToolFailed(description: "openssl x509 for \(name): \(signing)") }
+        return ("\(path)/\(name).pem", "\(path)/\(name).key")
+    }
+
     /// The certificates `names` in one file: a client's trusted roots.
     public func roots(_ names: [String]) throws -> String {
         let all = try names.map { try String(contentsOfFile: "\(path)/\($0).pem", encoding: .utf8) }.joined()

@@ -12,6 +12,15 @@
 /// compression, session tickets on. NULL with a reason in `error` (naming the file) on failure.
 SSL_CTX *mg_tls_server_context(const char *cert_file, const char *key_file, int min_version, char *error, size_t error_size);
 
+/// Asks clients of `ctx` for a certificate verified against `ca_file` (PEM); `required`
+/// refuses a handshake without one. 0 with a reason in `error` on failure.
+int mg_tls_verify_clients(SSL_CTX *ctx, const char *ca_file, int required, char *error, size_t error_size);
+
+/// The verified peer certificate's subject (RFC 2253), SHA-256 fingerprint (hex) and DNS
+/// names, through `each(context, kind, text, length)` with kind 's', 'f' or 'n'. 0 when the
+/// peer sent none or it did not verify.
+int mg_tls_peer_certificate(SSL *ssl, void (*each)(void *context, int kind, const char *text, size_t length), void *context);
+
 /// Calls `each` with every DNS name the context's certificate is for: its subjectAltName DNS
 /// entries, or its subject's common name when it has none. Returns how many.
 int mg_tls_certificate_names(SSL_CTX *ctx, void (*each)(void *context, const char *name, size_t length), void *context);

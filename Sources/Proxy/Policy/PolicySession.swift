@@ -1,3 +1,4 @@
+import TLS
 import CLuaRuntime
 import Logging
 import NIOCore
@@ -23,6 +24,8 @@ enum PolicyOutcome {
 protocol PolicyStream: AnyObject {
     /// The client's address as text (`request.client_ip`).
     var clientAddress: [UInt8] { get }
+    /// The client connection's TLS, when it has one (`request.tls()`).
+    var tlsStream: TLSStream? { get }
     /// Whether the request still waits for its access phase to decide (API calls may suspend it).
     var awaitingPolicy: Bool { get }
     /// The whole request body up to `max` bytes, or why not (yet). Nothing is consumed unless

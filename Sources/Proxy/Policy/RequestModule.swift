@@ -1,6 +1,7 @@
 import CLuaRuntime
 import NIOCore
 import Scripting
+import TLS
 
 /// The `request` module: the request being served, read and changed by its policy.
 /// Changes are recorded as edits and applied when the upstream head is written, so a
@@ -170,6 +171,34 @@ struct RequestModule: LuaModule {
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.client_ip") }
             (h.stream?.clientAddress ?? []).withUnsafeBytes { Lua.push(L, bytes: $0) }
+            return 1
+        }
+        Lua.setFunction(L, "tls") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.tls") }
+            guard let tls = h.stream?.tlsStream else {
+                lua_pushnil(L)
+                return 1
+            }
+            // {protocol, cipher, sni, client = {subject, fingerprint, names}}: nil fields are absent.
+            lua_createtable(L, 0, 4)
+            if let version = tls.protocolVersion { Lua.push(L, version); lua_setfield(L, -2, "protocol") }
+            if let cipher = tls.cipher { Lua.push(L, cipher); lua_setfield(L, -2, "cipher") }
+            if let name = tls.serverName { Lua.push(L, name); lua_setfield(L, -2, "sni") }
+            if let peer = tls.peerCertificate {
+                lua_createtable(L, 0, 3)
+                Lua.push(L, peer.subject)
+                lua_setfield(L, -2, "subject")
+                Lua.push(L, peer.fingerprint)
+                lua_setfield(L, -2, "fingerprint")
+                lua_createtable(L, Int32(peer.names.count), 0)
+                for (i, name) in peer.names.enumerated() {
+                    Lua.push(L, name)
+                    lua_rawseti(L, -2, lua_Integer(i + 1))
+                }
+                lua_setfield(L, -2, "names")
+                lua_setfield(L, -2, "client")
+            }
             return 1
         }
         Lua.setFunction(L, "id") { L in

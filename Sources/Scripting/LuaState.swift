@@ -455,6 +455,10 @@ public final class LuaState {
     /// Heap bytes in use now.
     public var memory: Int { budget.pointee.used }
 
+    /// Whether the script thread has the count hook between runs: always when counting
+    /// exactly, never on demand (a run armed by the watchdog loses it when it ends).
+    public var hookedBetweenRuns: Bool { lua_gethook(thread) != nil }
+
     private func discard() {
         broken = true
         mg_budget_end(budget)

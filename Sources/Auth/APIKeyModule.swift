@@ -88,11 +88,7 @@ public struct APIKeyModule: LuaModule {
         lua_createtable(L, 0, 2)
         Lua.push(L, entry.consumer)
         lua_setfield(L, -2, "consumer")
-        lua_createtable(L, Int32(entry.scopes.count), 0)
-        for (i, scope) in entry.scopes.enumerated() {
-            Lua.push(L, scope)
-            lua_rawseti(L, -2, lua_Integer(i + 1))
-        }
+        Lua.push(L, strings: entry.scopes)
         lua_setfield(L, -2, "scopes")
         return 1
     }

@@ -77,24 +77,29 @@ SSL_CTX *mg_tls_server_context(const char *cert_file, const char *key_file, int 
     return ctx;
 }
 
+/// Calls `each` with the certificate's subjectAltName DNS names; returns how many.
+static int each_dns_name(X509 *cert, void (*each)(void *, const char *, size_t), void *context) {
+    int count = 0;
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    if (names == NULL) return 0;
+    for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
+        GENERAL_NAME *name = sk_GENERAL_NAME_value(names, i);
+        if (name->type != GEN_DNS) continue;
+        const unsigned char *text = ASN1_STRING_get0_data(name->d.dNSName);
+        int length = ASN1_STRING_length(name->d.dNSName);
+        if (text == NULL || length <= 0) continue;
+        each(context, (const char *)text, (size_t)length);
+        count++;
+    }
+    GENERAL_NAMES_free(names);
+    return count;
+}
+
 int mg_tls_certificate_names(SSL_CTX *ctx, void (*each)(void *, const char *, size_t), void *context) {
     X509 *cert = SSL_CTX_get0_certificate(ctx);
     if (cert == NULL) return 0;
-    int count = 0;
-    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    if (names != NULL) {
-        for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
-            GENERAL_NAME *name = sk_GENERAL_NAME_value(names, i);
-            if (name->type != GEN_DNS) continue;
-            const unsigned char *text = ASN1_STRING_get0_data(name->d.dNSName);
-            int length = ASN1_STRING_length(name->d.dNSName);
-            if (text == NULL || length <= 0) continue;
-            each(context, (const char *)text, (size_t)length);
-            count++;
-        }
-        GENERAL_NAMES_free(names);
-        if (count > 0) return count;
-    }
+    int count = each_dns_name(cert, each, context);
+    if (count > 0) return count;
     X509_NAME *subject = X509_get_subject_name(cert);
     int index = subject ? X509_NAME_get_index_by_NID(subject, NID_commonName, -1) : -1;
     if (index < 0) return 0;
@@ -202,6 +207,16 @@ int mg_tls_verify_clients(SSL_CTX *ctx, const char *ca_file, int required, char 
     return 1;
 }
 
+typedef struct {
+    void (*each)(void *, int, const char *, size_t);
+    void *context;
+} peer_names;
+
+static void peer_name(void *names, const char *text, size_t length) {
+    peer_names *adapter = names;
+    adapter->each(adapter->context, 'n', text, length);
+}
+
 int mg_tls_peer_certificate(SSL *ssl, void (*each)(void *, int, const char *, size_t), void *context) {
     if (SSL_get_verify_result(ssl) != X509_V_OK) return 0;
     X509 *cert = SSL_get0_peer_certificate(ssl);
@@ -220,16 +235,7 @@ int mg_tls_peer_certificate(SSL *ssl, void (*each)(void *, int, const char *, si
         for (unsigned int i = 0; i < size; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
         each(context, 'f', hex, 2 * (size_t)size);
     }
-    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    if (names != NULL) {
-        for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
-            GENERAL_NAME *name = sk_GENERAL_NAME_value(names, i);
-            if (name->type != GEN_DNS) continue;
-            const unsigned char *text = ASN1_STRING_get0_data(name->d.dNSName);
-            int length = ASN1_STRING_length(name->d.dNSName);
-            if (text != NULL && length > 0) each(context, 'n', (const char *)text, (size_t)length);
-        }
-        GENERAL_NAMES_free(names);
-    }
+    peer_names adapter = {each, context};
+    each_dns_name(cert, peer_name, &adapter);
     return 1;
 }

@@ -138,31 +138,29 @@ extension ProxyWorker {
     public func accept(_ connection: TCPConnection, listener: ListenerHandle) throws(SocketError) {
         eventLoop.assertInEventLoop()
         let handler = DownstreamConnectionHandler(worker: self, listener: listener)
+        var stream: TLSStream?
         if let certificates = generation.shared.tls[listener.name], let settings = generation.shared.tlsSettings[listener.name] {
             guard handshakesInProgress < settings.maxHandshakes else {
                 connection.close()
                 return
             }
             // TLS: the handler reads and writes plaintext through the stream; the socket's events go to it.
-            let stream = try TLSStream(serving: connection, certificates: certificates)
-            stream.delegate = handler
+            let tls = try TLSStream(serving: connection, certificates: certificates)
+            tls.delegate = handler
             handshakesInProgress += 1
-            stream.onHandshakeEnded = { [unowned self] in self.handshakesInProgress -= 1 }
-            stream.armHandshakeTimeout(TimeAmount(settings.handshakeTimeout), on: connection.loop)
-            handler.attach(.tls(stream))
-            do {
-                try connection.start(delegate: stream)
-            } catch {
-                handler.closed()
-                throw error
-            }
-            return
+            tls.onHandshakeEnded = { [unowned self] in self.handshakesInProgress -= 1 }
+            tls.armHandshakeTimeout(TimeAmount(settings.handshakeTimeout), on: connection.loop)
+            handler.attach(.tls(tls))
+            stream = tls
+        } else {
+            handler.attach(.socket(connection))
         }
-        handler.attach(.socket(connection))
         do {
-            try connection.start(delegate: handler)
+            try connection.start(delegate: stream ?? handler)
         } catch {
-            handler.closed()
+            // The socket never started: the stream (its handshake count, its timer) and the
+            // handler hear of it here.
+            if let stream { stream.streamClosed(connection, error: error) } else { handler.closed() }
             throw error
         }
     }

@@ -86,6 +86,15 @@ public enum Lua {
         }
     }
 
+    /// Pushes `strings` as a Lua array (a sequence from 1).
+    public static func push(_ L: OpaquePointer, strings: [String]) {
+        lua_createtable(L, Int32(strings.count), 0)
+        for (i, string) in strings.enumerated() {
+            push(L, string)
+            lua_rawseti(L, -2, lua_Integer(i + 1))
+        }
+    }
+
     /// Pushes a JSON value as Lua values (objects and arrays as tables; null as nil). For
     /// values the runtime built (a plugin's conf): it allocates outside any script's budget.
     public static func push(_ L: OpaquePointer, json: JSONValue) {

@@ -191,11 +191,7 @@ struct RequestModule: LuaModule {
                 lua_setfield(L, -2, "subject")
                 Lua.push(L, peer.fingerprint)
                 lua_setfield(L, -2, "fingerprint")
-                lua_createtable(L, Int32(peer.names.count), 0)
-                for (i, name) in peer.names.enumerated() {
-                    Lua.push(L, name)
-                    lua_rawseti(L, -2, lua_Integer(i + 1))
-                }
+                Lua.push(L, strings: peer.names)
                 lua_setfield(L, -2, "names")
                 lua_setfield(L, -2, "client")
             }

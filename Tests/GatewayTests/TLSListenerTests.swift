@@ -159,4 +159,31 @@ import Testing
             }
         }
     }
+
+    /// testssl.sh (Debian's) finds no weak protocol, no weak suite and no client-initiated
+    /// renegotiation on a TLS listener.
+    @Test func testsslFindsNoWeakProtocolOrSuite() async throws {
+        let certs = try MadeCertificates()
+        try certs.make("api", subject: "localhost", altNames: ["localhost"])
+        try certs.make("wildcard", subject: "wildcard.example.com", altNames: ["*.example.com"])
+        try await withGateway(Self.config(certs), workers: 1) { gw in
+            let report = certs.path + "/testssl.json"
+            let (_, output) = try runTool(
+                "/usr/bin/testssl", ["--quiet", "--color", "0", "-p", "-s", "-f", "-R", "--jsonfile", report, "localhost:\(gw.port)"])
+            let data = try Data(contentsOf: URL(fileURLWithPath: report))
+            let entries = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]], "\(output)")
+            var findings: [String: String] = [:]
+            for entry in entries {
+                if let id = entry["id"] as? String, let finding = entry["finding"] as? String { findings[id] = finding }
+                let severity = entry["severity"] as? String ?? ""
+                #expect(!["LOW", "MEDIUM", "HIGH", "CRITICAL"].contains(severity), "\(entry)")
+            }
+            for id in ["SSLv2", "SSLv3", "TLS1", "TLS1_1", "cipherlist_NULL", "cipherlist_aNULL", "cipherlist_EXPORT", "cipherlist_LOW", "cipherlist_3DES_IDEA", "cipherlist_AVERAGE"] {
+                #expect(findings[id] == "not offered", "\(id): \(findings[id] ?? "missing")")
+            }
+            #expect(findings["TLS1_2"] == "offered")
+            #expect(findings["TLS1_3"]?.hasPrefix("offered") == true)
+            #expect(findings["secure_client_renego"] == "not vulnerable")
+        }
+    }
 }

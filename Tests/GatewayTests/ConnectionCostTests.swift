@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// A connection costs what it holds: a request's state (its `Exchange`) is taken from the
@@ -27,7 +28,9 @@ import Testing
 
     @Test func halfReceivedHeadsHoldNoExchange() async throws {
         // The head's read timeout must outlast a loaded machine's slow polling below.
+        // An explicit free port: see TLSListenerTests' handshake bound test.
         let yaml = TestGateway.defaultConfig.replacingOccurrences(of: "read_timeout: 500ms", with: "read_timeout: 60s")
+            .replacingOccurrences(of: "@PORT@", with: String(try freeLoopbackPort()))
         try await withGateway(yaml, workers: 1) { gw in
             var clients: [RawClient] = []
             for _ in 0..<10 {

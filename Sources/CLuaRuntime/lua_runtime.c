@@ -50,11 +50,11 @@ static const char *const kill_messages[] = {
     "stack depth budget exceeded", "coroutine budget exceeded",
 };
 
+static void count_hook(lua_State *L, lua_Debug *ar);
+
 /// Makes the count hook fire on every instruction of `L` from now on: once a budget is
 /// exceeded, no script code runs again on this thread (a `__close` handler met while the
 /// error unwinds is stopped at its first instruction). The state is discarded afterwards.
-static void count_hook(lua_State *L, lua_Debug *ar);
-
 static void stop_thread(lua_State *L) {
     // count_hook, not lua_gethook: a watched thread may have run without any hook.
     if (lua_gethookcount(L) != 1 || lua_gethook(L) != count_hook) lua_sethook(L, count_hook, lua_gethookmask(L) | LUA_MASKCOUNT, 1);

@@ -4,7 +4,7 @@
 // without the hook, and this thread looks at each worker every millisecond: a run that has
 // lasted `MG_WATCH_AFTER_NS` gets a signal, whose handler arms the count hook on the running
 // thread, as lua.c does for Ctrl-C (lua_sethook is safe to call from a signal handler). From
-// then on the run is counted, its start charged by time (see count_hook).
+// then on the run is counted; what ran before is not (see MG_WATCH_AFTER_NS).
 #define _GNU_SOURCE
 #include "lua_runtime.h"
 

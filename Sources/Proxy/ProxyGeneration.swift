@@ -86,9 +86,9 @@ public final class ProxyGeneration: Sendable {
                     tls.certificates.map { TLSCertificates.Source(cert: $0.cert, key: $0.key) }, minVersion: tls.minVersion == 13 ? .tls13 : .tls12,
                     clients: tls.clientCA.map { TLSCertificates.ClientVerification(caFile: $0, required: tls.clientAuthRequired) })
             } catch {
-                // The entry whose file failed: the message names the file.
-                let failed = tls.certificates.first { error.description.hasPrefix($0.cert + ":") || error.description.hasPrefix($0.key + ":") }
-                problems.append((failed?.place ?? tls.place).problem(error.description))
+                // At the entry whose files failed (the message names the file), else at `tls:`.
+                let place = error.source.map { tls.certificates[$0].place } ?? tls.place
+                problems.append(place.problem(error.description))
             }
         }
         if !problems.isEmpty { throw ConfigError(problems) }

@@ -31,8 +31,6 @@ public final class TLSCertificates: @unchecked Sendable {
     /// Wildcard certificates by the domain they cover (`example.com` for `*.example.com`).
     private let wildcard: [String: Int]
 
-    /// Loads each certificate and key; throws naming the file and OpenSSL's reason for the
-    /// first that fails (nothing is kept then).
     /// Clients' certificates, when the listener asks for them (mTLS).
     public struct ClientVerification: Sendable, Hashable {
         /// PEM file of the CAs that client certificates must chain to.
@@ -45,21 +43,24 @@ public final class TLSCertificates: @unchecked Sendable {
         }
     }
 
+    /// Loads each certificate and key; throws naming the file and OpenSSL's reason for the
+    /// first that fails (nothing is kept then), with the index of its source.
     public init(_ sources: [Source], minVersion: Version = .tls12, clients: ClientVerification? = nil) throws(TLSError) {
         guard !sources.isEmpty else { throw TLSError("a TLS listener needs at least one certificate") }
         var contexts: [OpaquePointer] = []
         var names: [[String]] = []
-        for source in sources {
+        for (i, source) in sources.enumerated() {
             var error = [CChar](repeating: 0, count: 512)
-            guard let ctx = mg_tls_server_context(source.cert, source.key, Int32(minVersion.rawValue), &error, error.count) else {
+            var ctx = mg_tls_server_context(source.cert, source.key, Int32(minVersion.rawValue), &error, error.count)
+            if let loaded = ctx, let clients, mg_tls_verify_clients(loaded, clients.caFile, clients.required ? 1 : 0, &error, error.count) != 1 {
+                SSL_CTX_free(loaded)
+                ctx = nil
+            }
+            guard let ctx else {
                 for ctx in contexts { SSL_CTX_free(ctx) }
-                throw TLSError(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+                throw TLSError(TLSError.text(error), source: i)
             }
             contexts.append(ctx)
-            if let clients, mg_tls_verify_clients(ctx, clients.caFile, clients.required ? 1 : 0, &error, error.count) != 1 {
-                for ctx in contexts { SSL_CTX_free(ctx) }
-                throw TLSError(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-            }
             names.append(Self.certificateNames(ctx))
         }
         var exact: [String: Int] = [:]
@@ -123,5 +124,15 @@ public final class TLSCertificates: @unchecked Sendable {
 /// A TLS configuration or handshake problem, as a message naming the file where there is one.
 public struct TLSError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// The certificate source (its index in the list given) the problem is with, if one.
+    public let source: Int?
+    public init(_ description: String, source: Int? = nil) {
+        self.description = description
+        self.source = source
+    }
+
+    /// A NUL-terminated C message buffer as text.
+    static func text(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }

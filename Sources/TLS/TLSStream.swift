@@ -245,9 +245,14 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
     /// Hands every whole record received to the owner, as plaintext.
     private func decrypt() {
         while state == .open, !readsPaused {
-            var buffer = allocator.buffer(capacity: 16 * 1024)
+            // Nothing left to decrypt: no buffer for an SSL_read that would only say "want read".
+            let buffered = Int(SSL_pending(ssl)), received = Int(BIO_ctrl_pending(input))
+            guard buffered > 0 || received > 0 else { return }
+            // One record at most per read; its plaintext is no longer than what it arrived as.
+            let capacity = min(max(buffered, received), 16 * 1024)
+            var buffer = allocator.buffer(capacity: capacity)
             var code: Int32 = SSL_ERROR_NONE
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { raw in
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: capacity) { raw in
                 let n = SSL_read(ssl, raw.baseAddress, Int32(raw.count))
                 if n > 0 { return Int(n) }
                 code = SSL_get_error(ssl, n)
@@ -303,7 +308,7 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
         var reason = [CChar](repeating: 0, count: 256)
         if code != 0 { ERR_error_string_n(code, &reason, reason.count) }
         ERR_clear_error()
-        let text = code != 0 ? String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "peer sent no TLS"
+        let text = code != 0 ? TLSError.text(reason) : "peer sent no TLS"
         // The alert OpenSSL made goes out before the close.
         sendOutput(promise: nil)
         lower.flush()

@@ -311,7 +311,7 @@ struct ConfigDecoder {
     /// `tls: {certificates: [{cert, key}], min_version: "1.2" | "1.3"}`.
     private func decodeListenerTLS(_ node: Node, _ path: String) -> ListenerTLS? {
         let r = reader
-        guard let map = r.mapping(node, path, allowed: ["certificates", "min_version", "handshake_timeout", "max_handshakes", "client_ca", "client_auth"]) else {
+        guard let map = r.mapping(node, path, allowed: ["certificates", "min_version", "handshake_timeout", "max_handshakes", "client_ca", "client_auth", "session_tickets"]) else {
             return nil
         }
         var tls = ListenerTLS(certificates: [])
@@ -351,6 +351,7 @@ struct ConfigDecoder {
         }
         if let n = map["handshake_timeout"]?.value, let v = positive(n, r.join(path, "handshake_timeout")) { tls.handshakeTimeout = v }
         if let n = map["max_handshakes"]?.value, let v = r.int(n, r.join(path, "max_handshakes"), range: 1...1_000_000) { tls.maxHandshakes = v }
+        if let n = map["session_tickets"]?.value, let v = r.bool(n, r.join(path, "session_tickets")) { tls.sessionTickets = v }
         return tls
     }
 

@@ -147,6 +147,9 @@ public struct ListenerTLS: Sendable, Hashable {
     /// Handshakes in progress per worker; a connection past it is closed at once (handshakes
     /// cost the CPU: a flood of them must not starve the requests of finished ones).
     public var maxHandshakes: Int = 256
+    /// `session_tickets`: sessions resume from tickets sealed with keys rotated hourly (the
+    /// default), else from the server's session cache only (TLS 1.2) or not across reloads.
+    public var sessionTickets = true
 
     public init(certificates: [Certificate], minVersion: Int = 12) {
         self.certificates = certificates

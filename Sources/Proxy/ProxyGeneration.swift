@@ -84,7 +84,8 @@ public final class ProxyGeneration: Sendable {
             do {
                 out[listener.name] = try TLSCertificates(
                     tls.certificates.map { TLSCertificates.Source(cert: $0.cert, key: $0.key) }, minVersion: tls.minVersion == 13 ? .tls13 : .tls12,
-                    clients: tls.clientCA.map { TLSCertificates.ClientVerification(caFile: $0, required: tls.clientAuthRequired) })
+                    clients: tls.clientCA.map { TLSCertificates.ClientVerification(caFile: $0, required: tls.clientAuthRequired) },
+                    tickets: tls.sessionTickets ? .process : nil)
             } catch {
                 // At the entry whose files failed (the message names the file), else at `tls:`.
                 let place = error.source.map { tls.certificates[$0].place } ?? tls.place

@@ -25,6 +25,8 @@ public final class TLSCertificates: @unchecked Sendable {
 
     /// The contexts, in configuration order; the first is the default.
     let contexts: [OpaquePointer]
+    /// The ticket keys the contexts use, kept as long as they are.
+    private let tickets: TLSTicketKeys?
     /// Each context's names (lower case), as its certificate says them.
     public let names: [[String]]
     private let exact: [String: Int]
@@ -45,7 +47,10 @@ public final class TLSCertificates: @unchecked Sendable {
 
     /// Loads each certificate and key; throws naming the file and OpenSSL's reason for the
     /// first that fails (nothing is kept then), with the index of its source.
-    public init(_ sources: [Source], minVersion: Version = .tls12, clients: ClientVerification? = nil) throws(TLSError) {
+    ///
+    /// Sessions resume from tickets sealed with `tickets` (nil: no tickets, TLS 1.2 resumes
+    /// from the session cache only), which the contexts keep alive.
+    public init(_ sources: [Source], minVersion: Version = .tls12, clients: ClientVerification? = nil, tickets: TLSTicketKeys? = .process) throws(TLSError) {
         guard !sources.isEmpty else { throw TLSError("a TLS listener needs at least one certificate") }
         var contexts: [OpaquePointer] = []
         var names: [[String]] = []
@@ -55,6 +60,17 @@ public final class TLSCertificates: @unchecked Sendable {
             if let loaded = ctx, let clients, mg_tls_verify_clients(loaded, clients.caFile, clients.required ? 1 : 0, &error, error.count) != 1 {
                 SSL_CTX_free(loaded)
                 ctx = nil
+            }
+            if let loaded = ctx {
+                if let tickets {
+                    if mg_tls_use_ticket_keys(loaded, tickets.store) != 1 {
+                        SSL_CTX_free(loaded)
+                        ctx = nil
+                        error = Array("\(source.cert): cannot set the session ticket keys".utf8CString)
+                    }
+                } else {
+                    mg_tls_disable_tickets(loaded)
+                }
             }
             guard let ctx else {
                 for ctx in contexts { SSL_CTX_free(ctx) }
@@ -76,6 +92,7 @@ public final class TLSCertificates: @unchecked Sendable {
             }
         }
         self.contexts = contexts
+        self.tickets = tickets
         self.names = names
         self.exact = exact
         self.wildcard = wildcard
@@ -119,6 +136,28 @@ public final class TLSCertificates: @unchecked Sendable {
         }
         return names
     }
+}
+
+/// Session ticket keys, rotated: a fresh random key each period seals new tickets, the
+/// previous period's still opens (and renews) its tickets, older keys are wiped. One store
+/// serves every listener and generation of a process, so a session resumes on any worker and
+/// across reloads.
+public final class TLSTicketKeys: @unchecked Sendable {
+    /// The process's keys, rotated hourly: a ticket lasts one to two hours.
+    public static let process = TLSTicketKeys(rotation: 3600)
+
+    let store: OpaquePointer
+
+    /// A store rotating every `rotation` seconds (at least 1).
+    public init(rotation: Int) {
+        guard let store = mg_tls_ticket_keys_new(Int64(max(rotation, 1))) else { fatalError("cannot make session ticket keys (no randomness)") }
+        self.store = store
+    }
+
+    deinit { mg_tls_ticket_keys_free(store) }
+
+    /// Moves this store's clock `seconds` on: tests of rotation, without waiting.
+    public func advance(seconds: Int) { mg_tls_ticket_keys_advance(store, Int64(seconds)) }
 }
 
 /// A TLS configuration or handshake problem, as a message naming the file where there is one.

@@ -83,6 +83,47 @@ import Testing
         }
     }
 
+    /// `openssl s_client` asking for `api.example.com` and sending one request, saving its
+    /// session to `save` or offering the one in `offer`; its output.
+    static func sClient(_ port: Int, roots: String, version: String, save: String? = nil, offer: String? = nil) throws -> String {
+        let request = NSTemporaryDirectory() + "moongate-request-\(UUID().uuidString)"
+        try "GET /hello HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n".write(toFile: request, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: request) }
+        var arguments = ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "api.example.com", "-CAfile", roots, "-verify_return_error", "-ign_eof", version]
+        if let save { arguments += ["-sess_out", save] }
+        if let offer { arguments += ["-sess_in", offer] }
+        return try runTool("/usr/bin/openssl", arguments, stdin: request).1
+    }
+
+    /// Sessions resume from tickets, on any worker and across a reload (which builds new
+    /// contexts); `session_tickets: false` issues none, so a TLS 1.2 session does not survive a reload.
+    @Test(arguments: ["-tls1_2", "-tls1_3"]) func sessionsResumeAcrossReloads(_ version: String) async throws {
+        let certs = try MadeCertificates()
+        try certs.make("api", subject: "api.example.com", altNames: ["api.example.com"])
+        try certs.make("wildcard", subject: "wildcard.example.com", altNames: ["*.example.com"])
+        let roots = try certs.roots(["api", "wildcard"])
+        let session = certs.path + "/session.pem"
+        try await withGateway(Self.config(certs)) { gw in
+            let first = try Self.sClient(gw.port, roots: roots, version: version, save: session)
+            #expect(first.contains("New, TLSv1."), "\(first)")
+            #expect(first.contains("\"uri\":\"/hello\""), "\(first)")
+            #expect(try await gw.rewrite(Self.config(certs, extra: "handshake_timeout: 9s")).errors.isEmpty)
+            let resumed = try Self.sClient(gw.port, roots: roots, version: version, offer: session)
+            #expect(resumed.contains("Reused, TLSv1."), "\(resumed)")
+            #expect(resumed.contains("\"uri\":\"/hello\""), "\(resumed)")
+
+            #expect(try await gw.rewrite(Self.config(certs, extra: "session_tickets: false")).errors.isEmpty)
+            let untold = try Self.sClient(gw.port, roots: roots, version: version, save: session)
+            #expect(untold.contains("New, TLSv1."), "\(untold)")
+            if version == "-tls1_2" {
+                #expect(!untold.contains("TLS session ticket:"), "\(untold)")
+                #expect(try await gw.rewrite(Self.config(certs, extra: "session_tickets: false\n      handshake_timeout: 8s")).errors.isEmpty)
+                let forgotten = try Self.sClient(gw.port, roots: roots, version: version, offer: session)
+                #expect(forgotten.contains("New, TLSv1."), "\(forgotten)")
+            }
+        }
+    }
+
     @Test func aStalledHandshakeIsClosedAndHandshakesInProgressAreBounded() async throws {
         let certs = try MadeCertificates()
         try certs.make("api", subject: "api.example.com", altNames: ["api.example.com"])

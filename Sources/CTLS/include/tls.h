@@ -43,4 +43,19 @@ int mg_tls_set_server_name(SSL *ssl, const char *name);
 /// The server name a server connection was asked for (NULL when none).
 const char *mg_tls_server_name(SSL *ssl);
 
+/// Session ticket keys for every context of a process: a fresh random key each period,
+/// tickets of the previous period still opened (and renewed), older keys wiped.
+typedef struct mg_ticket_keys mg_ticket_keys;
+
+/// A key store rotating every `period_seconds` (NULL when below 1 or out of memory).
+mg_ticket_keys *mg_tls_ticket_keys_new(long long period_seconds);
+void mg_tls_ticket_keys_free(mg_ticket_keys *keys);
+/// Moves the store's clock forward (tests of rotation).
+void mg_tls_ticket_keys_advance(mg_ticket_keys *keys, long long seconds);
+/// Seals and opens the tickets of `ctx` with `keys`, which must outlive it; sessions last a
+/// period. 0 on failure.
+int mg_tls_use_ticket_keys(SSL_CTX *ctx, mg_ticket_keys *keys);
+/// No tickets: TLS 1.2 resumes from the server's session cache only.
+void mg_tls_disable_tickets(SSL_CTX *ctx);
+
 #endif

@@ -239,3 +239,38 @@ int mg_tls_peer_certificate(SSL *ssl, void (*each)(void *, int, const char *, si
     each_dns_name(cert, peer_name, &adapter);
     return 1;
 }
+
+int mg_tls_use_client_certificate(SSL_CTX *ctx, const char *cert_file, const char *key_file, char *error, size_t error_size) {
+    ERR_clear_error();
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        describe(error, error_size, "not a PEM certificate chain", cert_file);
+        return 0;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        int mismatch = ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH;
+        describe(error, error_size, mismatch ? "the key does not match the certificate" : "not a PEM private key", key_file);
+        return 0;
+    }
+    return 1;
+}
+
+void mg_tls_client_settings(SSL_CTX *ctx, int verify) {
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
+    SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    // Sessions are kept by the caller (one per target pool), not in OpenSSL's cache.
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+}
+
+int mg_tls_expect_ip(SSL *ssl, const char *ip) {
+    return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip) == 1;
+}
+
+const char *mg_tls_verify_failure(SSL *ssl) {
+    long result = SSL_get_verify_result(ssl);
+    return result == X509_V_OK ? NULL : X509_verify_cert_error_string(result);
+}
+
+int mg_tls_send_server_name(SSL *ssl, const char *name) {
+    return SSL_set_tlsext_host_name(ssl, name) == 1;
+}

@@ -411,7 +411,7 @@ struct ConfigDecoder {
                     value, path,
                     allowed: [
                         "targets", "connect_timeout", "read_timeout", "pool", "balancer", "hash_key", "retries", "try_timeout", "retry_budget",
-                        "passive_health", "circuit_breaker", "health_check",
+                        "passive_health", "circuit_breaker", "health_check", "tls",
                     ])
             else { continue }
             var targets: [Upstream.Target] = []
@@ -441,9 +441,44 @@ struct ConfigDecoder {
                 if let n = pool["queue_timeout"]?.value, let v = positive(n, r.join(poolPath, "queue_timeout")) { upstream.queueTimeout = v }
             }
             decodeResilience(map, path, into: &upstream)
+            if let n = map["tls"]?.value { upstream.tls = decodeUpstreamTLS(n, r.join(path, "tls")) }
             out.append(upstream)
         }
         return out
+    }
+
+    /// `tls: {sni, ca_file, cert, key, verify, min_version}`, or `tls: true` for the defaults.
+    private func decodeUpstreamTLS(_ node: Node, _ path: String) -> UpstreamTLS? {
+        let r = reader
+        var tls = UpstreamTLS()
+        tls.place = LocatedValue(.null, file: r.file, line: node.mark?.line ?? 0, path: path, pointer: r.pointer(path))
+        if case .scalar = node {
+            guard let on = r.bool(node, path) else { return nil }
+            return on ? tls : nil
+        }
+        guard let map = r.mapping(node, path, allowed: ["sni", "ca_file", "cert", "key", "verify", "min_version"]) else { return nil }
+        if let n = map["sni"]?.value, let v = r.string(n, r.join(path, "sni")) {
+            if v.isEmpty || v.utf8.count > 253 || v.contains(where: { $0 == " " || $0 == "/" || $0 == ":" }) {
+                r.fail(n, r.join(path, "sni"), "expected a DNS name, got \(JSONValue.quoted(v))")
+            } else {
+                tls.sni = v
+            }
+        }
+        if let n = map["ca_file"]?.value, let v = r.string(n, r.join(path, "ca_file")) { tls.caFile = v }
+        if let n = map["cert"]?.value, let v = r.string(n, r.join(path, "cert")) { tls.cert = v }
+        if let n = map["key"]?.value, let v = r.string(n, r.join(path, "key")) { tls.key = v }
+        if (tls.cert == nil) != (tls.key == nil) {
+            r.fail(node, r.join(path, tls.cert == nil ? "cert" : "key"), "a client certificate needs both cert (a PEM chain) and key (its PEM private key)")
+        }
+        if let n = map["verify"]?.value, let v = r.bool(n, r.join(path, "verify")) { tls.verify = v }
+        if let n = map["min_version"]?.value, let text = r.string(n, r.join(path, "min_version")) {
+            switch text {
+            case "1.2": tls.minVersion = 12
+            case "1.3": tls.minVersion = 13
+            default: r.fail(n, r.join(path, "min_version"), "expected \"1.2\" or \"1.3\" (older versions are not offered), got \(JSONValue.quoted(text))")
+            }
+        }
+        return tls
     }
 
     private func decodeTarget(_ node: Node, _ path: String) -> Upstream.Target? {

@@ -54,6 +54,13 @@ public enum ConfigLoader {
         }
         for i in config.redis.indices { config.redis[i].passwordFile = config.redis[i].passwordFile.map(resolve) }
         config.adminTokenFile = config.adminTokenFile.map(resolve)
+        for i in config.upstreams.indices {
+            guard var tls = config.upstreams[i].tls else { continue }
+            tls.caFile = tls.caFile.map(resolve)
+            tls.cert = tls.cert.map(resolve)
+            tls.key = tls.key.map(resolve)
+            config.upstreams[i].tls = tls
+        }
         config.plugins.dirs = config.plugins.dirs.map(resolve)
         for i in config.listeners.indices {
             guard var tls = config.listeners[i].tls else { continue }

@@ -157,6 +157,27 @@ public struct ListenerTLS: Sendable, Hashable {
     }
 }
 
+/// TLS to an upstream's targets: the certificate verified (on by default) against `ca_file`
+/// or the system's roots, for `sni` or the target's host; optionally a client certificate.
+public struct UpstreamTLS: Sendable, Hashable {
+    /// The name sent (SNI) and the certificate must be for; nil: the target's host (an IP
+    /// address is verified as one, and no SNI is sent).
+    public var sni: String?
+    /// PEM CAs the upstream's certificate must chain to; nil: the system's roots.
+    public var caFile: String?
+    /// A client certificate and key (PEM) the gateway shows, for upstreams that ask (mTLS).
+    public var cert: String?
+    public var key: String?
+    /// `verify: false` accepts any certificate (logged as a warning at load): tests only.
+    public var verify = true
+    /// 12 (TLS 1.2, the default) or 13.
+    public var minVersion = 12
+    /// Where `tls:` is written, for problems with its files.
+    public var place = LocatedValue(.null)
+
+    public init() {}
+}
+
 /// Limits on what a client may send. Each has its own status when exceeded.
 public struct Limits: Sendable, Equatable {
     /// Bytes of the request head (request line and header fields). Default 16 KiB; `431`.
@@ -226,6 +247,8 @@ public struct Upstream: Sendable, Equatable {
     public var breaker = Breaker()
     /// Active health checks: probes each target; nil (the default) probes nothing.
     public var healthCheck: HealthCheck?
+    /// `tls:`: connections to the targets speak TLS; nil (the default): plaintext.
+    public var tls: UpstreamTLS?
 
     public struct HealthCheck: Sendable, Equatable {
         /// Requested with GET on each target.

@@ -84,6 +84,7 @@ public struct GatewayService: Service {
             + config.listeners.flatMap { listener in
                 (listener.tls?.certificates ?? []).flatMap { [$0.cert, $0.key] } + (listener.tls?.clientCA.map { [$0] } ?? [])
             }
+            + config.upstreams.flatMap { upstream in [upstream.tls?.caFile, upstream.tls?.cert, upstream.tls?.key].compactMap { $0 } }
     }
 
     /// Whether any of `paths`, or any file under `directories`, changed after `date`.

@@ -12,7 +12,7 @@ extension DownstreamConnectionHandler {
         let pool: TargetPool
         if let target = exchange.policy.edits.target {
             // A target the script named: one try, no balancing.
-            guard let dynamic = worker.dynamicPool(target.key, target.address, settings: balancer.upstream.settings) else {
+            guard let dynamic = worker.dynamicPool(target.key, target.address, upstream: balancer.upstream) else {
                 respondError(.tooManyScriptTargets)
                 return
             }

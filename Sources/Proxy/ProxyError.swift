@@ -36,6 +36,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         case poolWaitTimeout
         case connectTimeout
         case unreachable
+        case upstreamTLS
         case upstreamClosed
         case upstreamTimeout
         case responseHeadTooLarge
@@ -76,6 +77,8 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
     static let poolWaitTimeout = ProxyError(.poolWaitTimeout)
     static let connectTimeout = ProxyError(.connectTimeout)
     static let unreachable = ProxyError(.unreachable)
+    /// The TLS handshake with the target failed (its certificate did not verify, say).
+    static let upstreamTLS = ProxyError(.upstreamTLS)
     static let upstreamClosed = ProxyError(.upstreamClosed)
     static let upstreamTimeout = ProxyError(.upstreamTimeout)
     static let responseHeadTooLarge = ProxyError(.responseHeadTooLarge)
@@ -90,7 +93,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         case .noRoute: return .config
         case .policyUnavailable, .scriptFailed, .tooManyScriptTargets: return .script
         case .noLuaState: return .internal
-        case .noHealthyTarget, .poolFull, .poolWaitTimeout, .connectTimeout, .unreachable, .upstreamClosed, .upstreamTimeout,
+        case .noHealthyTarget, .poolFull, .poolWaitTimeout, .connectTimeout, .unreachable, .upstreamTLS, .upstreamClosed, .upstreamTimeout,
             .responseHeadTooLarge, .invalidResponse, .switchedProtocols, .requestTimeout:
             return .upstream
         }
@@ -99,7 +102,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
     /// Whether the request may go to another target: the try failed before any answer.
     var retryable: Bool {
         switch reason {
-        case .connectTimeout, .unreachable, .upstreamClosed, .upstreamTimeout: return true
+        case .connectTimeout, .unreachable, .upstreamTLS, .upstreamClosed, .upstreamTimeout: return true
         case .head, .absolutePathRequired, .dotSegments, .bodyTooLarge, .malformedChunkedBody, .clientTimeout, .noRoute,
             .policyUnavailable, .noLuaState, .scriptFailed, .tooManyScriptTargets, .noHealthyTarget, .poolFull, .poolWaitTimeout,
             .responseHeadTooLarge, .invalidResponse, .switchedProtocols, .requestTimeout:
@@ -114,7 +117,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         case .head, .absolutePathRequired, .dotSegments, .bodyTooLarge, .malformedChunkedBody, .clientTimeout, .requestTimeout:
             return true
         case .noRoute, .policyUnavailable, .noLuaState, .scriptFailed, .tooManyScriptTargets, .noHealthyTarget, .poolFull,
-            .poolWaitTimeout, .connectTimeout, .unreachable, .upstreamClosed, .upstreamTimeout, .responseHeadTooLarge,
+            .poolWaitTimeout, .connectTimeout, .unreachable, .upstreamTLS, .upstreamClosed, .upstreamTimeout, .responseHeadTooLarge,
             .invalidResponse, .switchedProtocols:
             return false
         }
@@ -130,7 +133,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         case .noRoute: return 404
         case .policyUnavailable, .scriptFailed: return 500
         case .noLuaState, .tooManyScriptTargets, .noHealthyTarget, .poolFull, .poolWaitTimeout: return 503
-        case .unreachable, .upstreamClosed, .responseHeadTooLarge, .invalidResponse, .switchedProtocols: return 502
+        case .unreachable, .upstreamTLS, .upstreamClosed, .responseHeadTooLarge, .invalidResponse, .switchedProtocols: return 502
         case .connectTimeout, .upstreamTimeout, .requestTimeout: return 504
         }
     }
@@ -154,6 +157,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         case .poolWaitTimeout: return "no upstream connection free in time"
         case .connectTimeout: return "upstream connect timeout"
         case .unreachable: return "upstream unreachable"
+        case .upstreamTLS: return "upstream TLS handshake failed"
         case .upstreamClosed: return "upstream closed the connection"
         case .upstreamTimeout: return "upstream timeout"
         case .responseHeadTooLarge: return "upstream response head too large"

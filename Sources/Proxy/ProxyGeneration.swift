@@ -72,6 +72,9 @@ public final class ProxyGeneration: Sendable {
         self.tls = try Self.loadCertificates(config.listeners)
         self.tlsSettings = Dictionary(config.listeners.compactMap { l in l.tls.map { (l.name, $0) } }, uniquingKeysWith: { a, _ in a })
         self.upstreams = try config.upstreams.map { try CompiledUpstream($0) }
+        for upstream in config.upstreams where upstream.tls?.verify == false {
+            logger.warning("upstream TLS certificates are not verified (verify: false): anyone on the path can pose as it", metadata: ["upstream": "\(upstream.name)"])
+        }
     }
 
     /// Each TLS listener's certificates; a file that does not load is a config problem at
@@ -182,8 +185,25 @@ final class CompiledUpstream: Sendable {
     let retryBudgetMin: Int
     /// The upstream's name in `MetricNames.upstreams`.
     let metricID: Int
+    /// TLS to the targets: the settings and the client context loaded with this generation.
+    let tls: (settings: UpstreamTLS, context: TLSClientContext)?
+    let tlsIdentity: UpstreamTLSIdentity?
 
     init(_ upstream: Upstream) throws {
+        if let settings = upstream.tls {
+            do {
+                let certificate = settings.cert.flatMap { cert in settings.key.map { TLSCertificates.Source(cert: cert, key: $0) } }
+                let context = try TLSClientContext(
+                    caFile: settings.caFile, certificate: certificate, verify: settings.verify, minVersion: settings.minVersion == 13 ? .tls13 : .tls12)
+                self.tls = (settings, context)
+            } catch {
+                throw ConfigError([settings.place.problem(error.description)])
+            }
+            self.tlsIdentity = UpstreamTLSIdentity(settings)
+        } else {
+            self.tls = nil
+            self.tlsIdentity = nil
+        }
         self.name = upstream.name
         self.nameBytes = Array(upstream.name.utf8)
         self.metricID = MetricNames.upstreams.id(upstream.name)
@@ -192,9 +212,10 @@ final class CompiledUpstream: Sendable {
         self.tryTimeout = TimeAmount(upstream.tryTimeout ?? upstream.readTimeout)
         self.retryBudget = upstream.retryBudget
         self.retryBudgetMin = upstream.retryBudgetMin
+        let tlsIdentity = self.tlsIdentity
         self.targets = try upstream.targets.map { t in
             let address = try SocketAddress.makeAddressResolvingHost(t.address.host, port: t.address.port)
-            return Target(key: TargetKey(host: t.address.host, port: t.address.port), address: address, weight: t.weight)
+            return Target(key: TargetKey(host: t.address.host, port: t.address.port, tls: tlsIdentity), address: address, weight: t.weight)
         }
         self.settings = PoolSettings(
             connectTimeout: TimeAmount(upstream.connectTimeout), readTimeout: TimeAmount(upstream.readTimeout),
@@ -212,6 +233,46 @@ final class CompiledUpstream: Sendable {
 struct TargetKey: Hashable, Sendable {
     let host: String
     let port: Int
+    /// How connections to it speak TLS (nil: plaintext): the same address with other TLS
+    /// settings is another pool, never handed a connection made for different settings.
+    var tls: UpstreamTLSIdentity? = nil
+}
+
+/// An upstream's TLS settings without where they are written: what makes its connections
+/// interchangeable.
+struct UpstreamTLSIdentity: Hashable, Sendable {
+    var sni: String?
+    var caFile: String?
+    var cert: String?
+    var key: String?
+    var verify: Bool
+    var minVersion: Int
+
+    init(_ tls: UpstreamTLS) {
+        sni = tls.sni
+        caFile = tls.caFile
+        cert = tls.cert
+        key = tls.key
+        verify = tls.verify
+        minVersion = tls.minVersion
+    }
+}
+
+/// What a pool's connections need for TLS: the generation's client context, and what the
+/// certificate is checked against.
+struct UpstreamTLSClient {
+    let context: TLSClientContext
+    /// Sent as SNI and verified: `sni`, else the target's host when it is a name.
+    let serverName: String?
+    /// Verified when there is no name: the target's IP address.
+    let address: String?
+
+    init(context: TLSClientContext, settings: UpstreamTLS, host: String) {
+        self.context = context
+        let isAddress = (try? SocketAddress(ipAddress: host, port: 0)) != nil
+        serverName = settings.sni ?? (isAddress ? nil : host)
+        address = serverName == nil ? host : nil
+    }
 }
 
 struct PoolSettings: Sendable, Equatable {

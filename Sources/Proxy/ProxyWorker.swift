@@ -103,12 +103,14 @@ public final class ProxyWorker {
             upstream: upstream,
             targets: upstream.targets.map { target in
                 let pool: TargetPool
+                let tls = upstream.tls.map { UpstreamTLSClient(context: $0.context, settings: $0.settings, host: target.key.host) }
                 if let existing = pools[target.key] {
-                    existing.update(address: target.address, settings: upstream.settings)
+                    existing.update(address: target.address, settings: upstream.settings, tls: tls)
                     pool = existing
                 } else {
                     pool = TargetPool(
-                        key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, clock: clock, connector: connector)
+                        key: target.key, address: target.address, settings: upstream.settings, eventLoop: eventLoop, clock: clock, connector: connector,
+                        tls: tls, logger: logger)
                     pool.probedDown = probedDown.contains("\(target.key.host):\(target.key.port)")
                     pools[target.key] = pool
                 }
@@ -121,11 +123,15 @@ public final class ProxyWorker {
     private var dynamicPools = 0
 
     /// The pool for a target a script named, made on first use (nil past `maxDynamicPools`).
-    func dynamicPool(_ key: TargetKey, _ address: SocketAddress, settings: PoolSettings) -> TargetPool? {
+    /// Connections speak TLS as `upstream`'s targets do.
+    func dynamicPool(_ named: TargetKey, _ address: SocketAddress, upstream: CompiledUpstream) -> TargetPool? {
+        let key = TargetKey(host: named.host, port: named.port, tls: upstream.tlsIdentity)
         if let pool = pools[key] { return pool }
         guard dynamicPools < Self.maxDynamicPools else { return nil }
         dynamicPools += 1
-        let pool = TargetPool(key: key, address: address, settings: settings, eventLoop: eventLoop, clock: clock, connector: connector)
+        let tls = upstream.tls.map { UpstreamTLSClient(context: $0.context, settings: $0.settings, host: key.host) }
+        let pool = TargetPool(
+            key: key, address: address, settings: upstream.settings, eventLoop: eventLoop, clock: clock, connector: connector, tls: tls, logger: logger)
         pools[key] = pool
         return pool
     }

@@ -1,7 +1,9 @@
 import Config
 import HTTPClient
+import Logging
 import NIOCore
 import SocketLoop
+import TLS
 
 /// Kept-alive connections to one origin server, owned by one event loop. Idle connections are
 /// reused last-in first-out (the warmest first); beyond `maxIdle` they are closed.
@@ -31,6 +33,14 @@ final class TargetPool {
     /// gets a released connection, or nil: a connection closed, so it may open one.
     private var waiters = CircularBuffer<(id: Int, ready: (UpstreamConnectionHandler?) -> Void)>()
     private var nextWaiter = 0
+    /// TLS to the target (nil: plaintext): the current generation's context and names.
+    private(set) var tls: UpstreamTLSClient?
+    /// The last resumable TLS session with the target, offered by the next connection (one
+    /// per pool, so per loop: no lock).
+    private var tlsSession: TLSSession?
+    /// Handshake failures are logged once per reason per 10 s, not once per request.
+    private var lastTLSFailure: (reason: String, at: NIODeadline)?
+    let logger: Logger?
 
     /// Whether a new connection may be opened now.
     var mayConnect: Bool { settings.maxConnections == 0 || openConnections < settings.maxConnections }
@@ -51,8 +61,13 @@ final class TargetPool {
     var waiting: Int { waiters.count }
     var idleCount: Int { idle.count }
 
-    init(key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, clock: WorkerClock = .system, connector: UpstreamConnector? = nil) {
+    init(
+        key: TargetKey, address: SocketAddress, settings: PoolSettings, eventLoop: EventLoop, clock: WorkerClock = .system, connector: UpstreamConnector? = nil,
+        tls: UpstreamTLSClient? = nil, logger: Logger? = nil
+    ) {
         self.connector = connector
+        self.tls = tls
+        self.logger = logger
         self.clock = clock
         self.socketLoop = eventLoop as? SocketLoop
         self.key = key
@@ -63,9 +78,14 @@ final class TargetPool {
         self.eventLoop = eventLoop
     }
 
-    func update(address: SocketAddress, settings: PoolSettings) {
+    func update(address: SocketAddress, settings: PoolSettings, tls: UpstreamTLSClient? = nil) {
         self.address = address
         self.settings = settings
+        if let tls, tls.context !== self.tls?.context {
+            // A new generation's context (renewed CA or certificate): sessions start afresh.
+            self.tls = tls
+            forgetSession()
+        }
         while idle.count > settings.maxIdle { idle.removeFirst().close() }
     }
 
@@ -93,6 +113,10 @@ final class TargetPool {
                 switch result {
                 case .success(let connection):
                     let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout, clock: clock, socketLoop: loop)
+                    if let tls = self.tls {
+                        self.handshake(connection, tls: tls, handler: handler, on: loop, timeout: settings.connectTimeout, promise: promise)
+                        return
+                    }
                     do {
                         try handler.attach(socket: connection)
                         promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
@@ -123,9 +147,60 @@ final class TargetPool {
         }
     }
 
+    /// TLS over a connected socket: the handler gets it once the handshake has finished; a
+    /// failed one (a certificate that does not verify, say) fails the try with the reason logged.
+    private func handshake(
+        _ connection: TCPConnection, tls: UpstreamTLSClient, handler: UpstreamConnectionHandler, on loop: SocketLoop, timeout: TimeAmount,
+        promise: EventLoopPromise<UpstreamConnectionHandler>
+    ) {
+        let stream: TLSStream
+        do {
+            stream = try TLSStream(connectingOver: connection, client: tls.context, serverName: tls.serverName, address: tls.address, session: tlsSession)
+            try connection.start(delegate: stream)
+        } catch {
+            connection.close()
+            promise.fail(ProxyError.upstreamTLS)
+            return
+        }
+        stream.armHandshakeTimeout(timeout, on: loop)
+        stream.onHandshakeEnded = { [unowned stream, self] in
+            guard stream.state == .open else {
+                let reason: String
+                if case .tls(let text) = stream.failure { reason = text } else { reason = "the connection closed during the handshake" }
+                self.tlsFailed(reason)
+                promise.fail(ProxyError.upstreamTLS)
+                return
+            }
+            handler.attach(tls: stream)
+            promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+        }
+        stream.startHandshake()
+    }
+
+    private func tlsFailed(_ reason: String) {
+        // A session that no longer works is not offered again.
+        forgetSession()
+        let now = clock.now()
+        if let last = lastTLSFailure, last.reason == reason, now - last.at < .seconds(10) { return }
+        lastTLSFailure = (reason, now)
+        logger?.warning(
+            "upstream TLS handshake failed",
+            metadata: ["target": "\(key.host):\(key.port)", "server_name": "\(tls?.serverName ?? tls?.address ?? "")", "error": "\(reason)"])
+    }
+
+    private func forgetSession() { tlsSession = nil }
+
+    /// Keeps the session of a TLS connection that worked, for the next one to resume: after
+    /// its first exchange (TLS 1.3 tickets arrive after the handshake), not on every request.
+    private func keepSession(_ connection: UpstreamConnectionHandler) {
+        guard tls != nil, connection.uses == 1, let stream = connection.tlsStream, let session = stream.resumableSession() else { return }
+        tlsSession = session
+    }
+
     /// Returns a connection after a complete exchange: to the first request waiting for one,
     /// else to the idle list; it is closed if that is full.
     func release(_ connection: UpstreamConnectionHandler) {
+        keepSession(connection)
         if connection.isActive, let waiter = waiters.popFirst() {
             connection.detach(idleTimeout: settings.idleTimeout)
             waiter.ready(connection)

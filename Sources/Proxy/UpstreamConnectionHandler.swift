@@ -1,6 +1,7 @@
 // Hot path: per request, no allocation.
 import NIOCore
 import SocketLoop
+import TLS
 
 /// One kept-alive connection to an origin server. Owned by a `TargetPool` while idle and by
 /// one request while in use; it forwards bytes and events to that request and holds reads
@@ -46,6 +47,19 @@ final class UpstreamConnectionHandler: ByteStreamDelegate {
         io = .socket(connection)
         isActive = true
         try connection.start(delegate: self)
+    }
+
+    /// Takes over a TLS stream whose handshake has finished (upstreams with `tls:`).
+    func attach(tls stream: TLSStream) {
+        io = .tls(stream)
+        isActive = stream.isOpen
+        stream.delegate = self
+    }
+
+    /// The TLS stream, on a TLS connection.
+    var tlsStream: TLSStream? {
+        if case .tls(let stream) = io { return stream }
+        return nil
     }
 
     /// Takes over one end of an in-memory pipe (`moongate test`'s simulation).

@@ -175,3 +175,27 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
         String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+/// A client context for an upstream's targets: its CAs (or the system's roots), verification,
+/// and the certificate the gateway shows when asked. Built off the event loops (it reads
+/// files) with each generation; immutable afterwards, so every loop's connections share it.
+public final class TLSClientContext: @unchecked Sendable {
+    let context: OpaquePointer
+    /// Whether the peer's certificate is verified (on unless the config says otherwise).
+    public let verifies: Bool
+
+    /// Throws naming the file and OpenSSL's reason.
+    public init(caFile: String?, certificate: TLSCertificates.Source?, verify: Bool = true, minVersion: TLSCertificates.Version = .tls12) throws(TLSError) {
+        var error = [CChar](repeating: 0, count: 512)
+        guard let context = mg_tls_client_context(caFile, Int32(minVersion.rawValue), &error, error.count) else { throw TLSError(TLSError.text(error)) }
+        if let certificate, mg_tls_use_client_certificate(context, certificate.cert, certificate.key, &error, error.count) != 1 {
+            SSL_CTX_free(context)
+            throw TLSError(TLSError.text(error))
+        }
+        mg_tls_client_settings(context, verify ? 1 : 0)
+        self.context = context
+        self.verifies = verify
+    }
+
+    deinit { SSL_CTX_free(context) }
+}

@@ -46,16 +46,41 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
         SSL_set_accept_state(ssl)
     }
 
-    /// A client side to an upstream: verifies its certificate for `serverName`.
-    public init(connectingOver lower: any ByteStream, context: OpaquePointer, serverName: String?) throws(SocketError) {
-        guard let ssl = SSL_new(context) else { throw .tls("cannot create a TLS connection") }
+    /// A client side to an upstream: sends `serverName` (SNI) and verifies the certificate is
+    /// for it, or for the IP address `address` when there is no name; offers `session` (from
+    /// an earlier connection to the same target) for resumption.
+    public init(connectingOver lower: any ByteStream, client: TLSClientContext, serverName: String?, address: String? = nil, session: TLSSession? = nil) throws(SocketError) {
+        guard let ssl = SSL_new(client.context) else { throw .tls("cannot create a TLS connection") }
         self.lower = lower
         self.certificates = nil
         self.ssl = ssl
         (input, output) = Self.attachMemoryBIOs(ssl)
         SSL_set_connect_state(ssl)
-        if let serverName, mg_tls_set_server_name(ssl, serverName) != 1 { SSL_free(ssl); throw .tls("bad server name \(serverName)") }
+        if client.verifies {
+            if let serverName {
+                guard mg_tls_set_server_name(ssl, serverName) == 1 else { throw .tls("bad server name \(serverName)") }
+            } else if let address {
+                guard mg_tls_expect_ip(ssl, address) == 1 else { throw .tls("bad address \(address)") }
+            }
+        } else if let serverName {
+            _ = mg_tls_send_server_name(ssl, serverName)
+        }
+        if let session { _ = SSL_set_session(ssl, session.pointer) }
     }
+
+    /// Whether the handshake resumed the session offered.
+    public var resumed: Bool { SSL_session_reused(ssl) == 1 }
+
+    /// The session to offer the next connection to the same server; nil when it cannot be resumed.
+    public func resumableSession() -> TLSSession? {
+        guard state == .open, let session = SSL_get1_session(ssl) else { return nil }
+        if SSL_SESSION_is_resumable(session) == 1 { return TLSSession(session) }
+        SSL_SESSION_free(session)
+        return nil
+    }
+
+    /// Why the stream closed, when it closed with an error (a failed handshake's reason).
+    public private(set) var failure: SocketError?
 
     private static func attachMemoryBIOs(_ ssl: OpaquePointer) -> (OpaquePointer, OpaquePointer) {
         let input = BIO_new(BIO_s_mem())!
@@ -212,6 +237,7 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
     public func streamClosed(_ stream: any ByteStream, error: SocketError?) {
         guard state != .closed else { return }
         state = .closed
+        failure = error
         handshakeEnded()
         for (_, promise) in early { promise?.fail(SocketError.closed) }
         early = []
@@ -308,10 +334,22 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
         var reason = [CChar](repeating: 0, count: 256)
         if code != 0 { ERR_error_string_n(code, &reason, reason.count) }
         ERR_clear_error()
-        let text = code != 0 ? TLSError.text(reason) : "peer sent no TLS"
+        var text = code != 0 ? TLSError.text(reason) : "peer sent no TLS"
+        // A certificate that did not verify: say why (unknown CA, wrong name, expired).
+        if let failure = mg_tls_verify_failure(ssl) { text += " (\(String(cString: failure)))" }
         // The alert OpenSSL made goes out before the close.
         sendOutput(promise: nil)
         lower.flush()
         lower.close(error: .tls("\(what): \(text)"))
     }
 }
+
+/// A client's TLS session (its ticket or id), offered to resume with the same server.
+public final class TLSSession {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+    deinit { SSL_SESSION_free(pointer) }
+}
+
+@available(*, unavailable)
+extension TLSSession: Sendable {}

@@ -37,6 +37,21 @@ void mg_tls_set_sni_chooser(SSL_CTX *ctx, SSL_CTX *(*choose)(void *context, cons
 /// (NULL: the system's roots).
 SSL_CTX *mg_tls_client_context(const char *ca_file, int min_version, char *error, size_t error_size);
 
+/// Loads the certificate chain and key a client context shows servers that ask (mTLS).
+int mg_tls_use_client_certificate(SSL_CTX *ctx, const char *cert_file, const char *key_file, char *error, size_t error_size);
+
+/// ALPN http/1.1, peer verification on or off, sessions kept by the caller.
+void mg_tls_client_settings(SSL_CTX *ctx, int verify);
+
+/// A client connection verifies the server's certificate is for the IP address `ip`.
+int mg_tls_expect_ip(SSL *ssl, const char *ip);
+
+/// Why the peer's certificate did not verify (NULL: it did, or none was checked).
+const char *mg_tls_verify_failure(SSL *ssl);
+
+/// Sends `name` (SNI) without verifying the certificate against it.
+int mg_tls_send_server_name(SSL *ssl, const char *name);
+
 /// Sets the server name a client connection sends and verifies the certificate against.
 int mg_tls_set_server_name(SSL *ssl, const char *name);
 

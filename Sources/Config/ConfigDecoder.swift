@@ -376,7 +376,8 @@ struct ConfigDecoder {
     private func decodeTimeouts(_ node: Node) -> Timeouts {
         let r = reader
         var timeouts = Timeouts()
-        guard let map = r.mapping(node, "timeouts", allowed: ["client_idle", "request", "drain"]) else { return timeouts }
+        guard let map = r.mapping(node, "timeouts", allowed: ["client_idle", "request", "drain", "tunnel_idle"]) else { return timeouts }
+        if let n = map["tunnel_idle"]?.value, let v = positive(n, "timeouts.tunnel_idle") { timeouts.tunnelIdle = v }
         if let n = map["client_idle"]?.value, let v = positive(n, "timeouts.client_idle") { timeouts.clientIdle = v }
         if let n = map["request"]?.value, let v = positive(n, "timeouts.request") { timeouts.request = v }
         if let n = map["drain"]?.value, let v = r.duration(n, "timeouts.drain") { timeouts.drain = v }
@@ -510,7 +511,7 @@ struct ConfigDecoder {
                     item, path,
                     allowed: [
                         "name", "match", "upstream", "strip_prefix", "host_header", "max_body_bytes", "policy", "budget",
-                        "rate_limit_failure", "retry_non_idempotent", "plugins",
+                        "rate_limit_failure", "retry_non_idempotent", "plugins", "upgrade",
                     ])
             else { continue }
             let name = map["name"].flatMap { r.string($0.value, r.join(path, "name")) } ?? "route\(i)"
@@ -575,6 +576,20 @@ struct ConfigDecoder {
                 route.budget = decodeBudget(n, r.join(path, "budget"), base: scripts.budget)
             }
             if let n = map["retry_non_idempotent"]?.value, let v = r.bool(n, r.join(path, "retry_non_idempotent")) { route.retryNonIdempotent = v }
+            if let n = map["upgrade"]?.value, let items = r.sequence(n, r.join(path, "upgrade")) {
+                for (i, item) in items.enumerated() {
+                    let itemPath = r.join(r.join(path, "upgrade"), i)
+                    guard let name = r.string(item, itemPath) else { continue }
+                    let lower = name.lowercased()
+                    if lower == "h2c" {
+                        r.fail(item, itemPath, "h2c upgrades are refused (HTTP/2 to clients is a listener setting)")
+                    } else if lower.isEmpty || !lower.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "/") }) {
+                        r.fail(item, itemPath, "expected a protocol name such as websocket, got \(JSONValue.quoted(name))")
+                    } else if !route.upgrade.contains(lower) {
+                        route.upgrade.append(lower)
+                    }
+                }
+            }
             if let n = map["rate_limit_failure"]?.value, let v = r.string(n, r.join(path, "rate_limit_failure")) {
                 if let mode = RateLimitFailure(rawValue: v) {
                     route.rateLimitFailure = mode

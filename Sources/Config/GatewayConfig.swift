@@ -203,6 +203,8 @@ public struct Timeouts: Sendable, Equatable {
     public var request: Duration = .seconds(60)
     /// On shutdown or listener removal, how long in-flight requests may take to finish. Default 10 s.
     public var drain: Duration = .seconds(10)
+    /// A tunnel (WebSocket) with no byte either way for this long is closed. Default 5 min.
+    public var tunnelIdle: Duration = .seconds(300)
 
     public init() {}
 }
@@ -337,6 +339,9 @@ public struct Route: Sendable, Equatable {
     public var rateLimitFailure: RateLimitFailure = .open
     /// The route's own plugins (after the global ones, before its `policy`).
     public var plugins: [PluginUse] = []
+    /// `upgrade`: the protocols (lower case, `websocket`) a request may switch to through this
+    /// route; the connection is then a tunnel. Empty (the default): `Upgrade` is dropped.
+    public var upgrade: [String] = []
 
     public init(name: String, host: String? = nil, path: PathMatch, methods: [String] = [], upstream: Int) {
         self.name = name

@@ -6,6 +6,24 @@ import Scripting
 /// A route with everything the hot path compares kept as bytes. A class, so that holding it
 /// for a request is one retain rather than one per field.
 final class CompiledRoute: Sendable {
+    /// Whether the `Upgrade` value at `value` in `p` names a protocol this route passes (its
+    /// first token, case-insensitively: a client lists its preference first).
+    func allowsUpgrade(_ p: UnsafeRawBufferPointer, _ value: ByteRange) -> Bool {
+        var end = value.lower
+        while end < value.upper, HTTPBytes.isTokenChar(p[end]) { end += 1 }
+        let count = end - value.lower
+        guard count > 0 else { return false }
+        for name in upgrades where name.count == count {
+            var same = true
+            for k in 0..<count where HTTPBytes.lower(p[value.lower + k]) != name[k] {
+                same = false
+                break
+            }
+            if same { return true }
+        }
+        return false
+    }
+
     enum HostHeader: Sendable {
         case passthrough
         case target
@@ -32,9 +50,12 @@ final class CompiledRoute: Sendable {
     let retryNonIdempotent: Bool
     /// The route's name in `MetricNames.routes`.
     let metricID: Int
+    /// Protocols a request may switch to (lower case); empty: none.
+    let upgrades: [[UInt8]]
 
     init(_ route: Route, index: Int, defaultMaxBody: Int, policy: Int) {
         self.index = index
+        upgrades = route.upgrade.map { Array($0.utf8) }
         metricID = MetricNames.routes.id(route.name)
         retryNonIdempotent = route.retryNonIdempotent
         self.policy = policy

@@ -389,6 +389,16 @@ extension DownstreamConnectionHandler {
         w.put("\r\n")
         exchange.trace.write(into: &w)
         if scripted { exchange.policy.edits.headers.write(into: &w, skipping: "host") }
+        // An upgrade the route passes: a bodiless HTTP/1.1 request that says `Connection: upgrade`.
+        exchange.upgrading = false
+        if !route.upgrades.isEmpty, h.connectionUpgrade, let upgrade = h.upgrade, exchange.request.minorVersion >= 1,
+            case .none = exchange.request.framing, !(scripted && exchange.policy.edits.body != nil), route.allowsUpgrade(p, upgrade)
+        {
+            w.put("Connection: upgrade\r\nUpgrade: ")
+            w.put(p, upgrade)
+            w.put("\r\n")
+            exchange.upgrading = true
+        }
         if scripted, let body = exchange.policy.edits.body {
             w.put("Content-Length: ")
             w.decimal(body.readableBytes)

@@ -66,7 +66,15 @@ extension DownstreamConnectionHandler {
         if status >= 200 { tryAnswered(status: status) }
         if status >= 100, status < 200 {
             if status == 101 {
-                upstreamFailed(.switchedProtocols)
+                // Only to the protocol the request asked for and the route passes.
+                let agreed = exchange.upgrading && exchange.route.map { route in
+                    head.withUnsafeReadableBytes { p in exchange.response.headers.upgrade.map { route.allowsUpgrade(p, $0) } ?? false }
+                } == true
+                guard agreed else {
+                    upstreamFailed(.switchedProtocols)
+                    return false
+                }
+                startTunnel(head, &buffer)
                 return false
             }
             // Interim responses (100 Continue, 103 Early Hints) go to the client as they came.
@@ -251,7 +259,7 @@ extension DownstreamConnectionHandler {
     /// The response head as the client gets it: hop-by-hop fields removed, framing re-stated.
     /// `body`, if given, follows the head in the same buffer (written before the buffer is
     /// shared, so no copy-on-write).
-    private func makeClientHead(_ head: ByteBuffer, framing: Body, body: ByteBuffer? = nil) -> ByteBuffer {
+    func makeClientHead(_ head: ByteBuffer, framing: Body, body: ByteBuffer? = nil) -> ByteBuffer {
         var out = ByteBuffer()
         swap(&out, &exchange.clientHeadOut)  // `out` is then the only reference, so clear() reuses storage
         if out.capacity == 0 { out = Exchange.newHeadBuffer() }
@@ -326,7 +334,12 @@ extension DownstreamConnectionHandler {
             w.put(exchange.requestID)
             w.put("\r\n")
         }
-        if lifecycle.closesAfterResponse {
+        if exchange.response.status == 101, let upgrade = h.upgrade {
+            // Only a tunnel's switch gets here (`startTunnel`).
+            w.put("Connection: upgrade\r\nUpgrade: ")
+            w.put(p, upgrade)
+            w.put("\r\n")
+        } else if lifecycle.closesAfterResponse {
             w.put("Connection: close\r\n")
         } else if exchange.request.minorVersion == 0 {
             w.put("Connection: keep-alive\r\n")

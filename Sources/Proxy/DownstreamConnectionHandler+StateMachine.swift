@@ -24,6 +24,9 @@ struct ConnectionStateMachine {
         case head
         /// A request is in progress (`request` says where it stands).
         case request
+        /// A protocol switch (`101`) made the connection a tunnel: the handler no longer reads
+        /// or writes it, and waits for the tunnel's end.
+        case tunnel
         /// The last answer is written; the connection closes once it is out.
         case closing
         case closed
@@ -105,7 +108,7 @@ struct ConnectionStateMachine {
             case .policy: return .holdForPolicy
             case .proxying: return request.bodyDone ? .hold : .forwardBody
             }
-        case .closing, .closed:
+        case .tunnel, .closing, .closed:
             return .drop
         }
     }
@@ -122,7 +125,7 @@ struct ConnectionStateMachine {
     /// When the request in progress (or its head) began.
     var requestStarted: NIODeadline? {
         switch state {
-        case .head, .request: return request.started
+        case .head, .request, .tunnel: return request.started
         case .idle, .closing, .closed: return nil
         }
     }
@@ -190,7 +193,7 @@ struct ConnectionStateMachine {
     }
 
     var responseStarted: Bool {
-        state == .request && request.responseStarted
+        (state == .request || state == .tunnel) && request.responseStarted
     }
 
     /// An HTTP/1.0 client reads the body to the close.
@@ -263,7 +266,7 @@ struct ConnectionStateMachine {
                 state = .closing
                 return .closeAfterFlush
             }
-        case .closing, .closed:
+        case .tunnel, .closing, .closed:
             return .nothing
         case .idle, .head:
             assertionFailure("an exchange ended in \(state)")
@@ -291,7 +294,7 @@ struct ConnectionStateMachine {
         switch state {
         case .request: return request.responseStarted ? .cut : .answer
         case .head: return .answer
-        case .idle, .closing, .closed: return .cut
+        case .idle, .tunnel, .closing, .closed: return .cut
         }
     }
 
@@ -368,6 +371,16 @@ struct ConnectionStateMachine {
         return true
     }
 
+    /// The upstream answered `101`: the connection is a tunnel from here (no more requests).
+    mutating func tunnelStarted() {
+        guard state == .request else {
+            assertionFailure("a tunnel started in \(state)")
+            return
+        }
+        keepAlive = false
+        state = .tunnel
+    }
+
     /// The gateway drains: no request after the current one. True if the connection may close now.
     mutating func drain(buffered: Bool) -> Bool {
         keepAlive = false
@@ -379,7 +392,7 @@ struct ConnectionStateMachine {
     var isClosing: Bool {
         switch state {
         case .closing, .closed: return true
-        case .idle, .head, .request: return false
+        case .idle, .head, .request, .tunnel: return false
         }
     }
 
@@ -392,7 +405,7 @@ struct ConnectionStateMachine {
         switch state {
         case .idle: return lastActivity + idleTimeout()
         case .head, .request: return request.started + requestTimeout()
-        case .closing, .closed: return .distantFuture
+        case .tunnel, .closing, .closed: return .distantFuture
         }
     }
 
@@ -420,7 +433,7 @@ struct ConnectionStateMachine {
             return .answer(.clientTimeout)
         case .request:
             return .answer(.requestTimeout)
-        case .closing, .closed:
+        case .tunnel, .closing, .closed:
             return .nothing
         }
     }
@@ -436,7 +449,7 @@ struct ConnectionStateMachine {
     ) -> Bool {
         switch state {
         case .idle, .head: return false
-        case .closing, .closed: return true
+        case .tunnel, .closing, .closed: return true
         case .request:
             switch request.stage {
             case .routing, .connecting, .answered: return buffered() > limit

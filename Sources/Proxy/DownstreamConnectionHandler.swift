@@ -60,6 +60,8 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
     var upstreamUnflushed = false
     var lastActivity: NIODeadline
     var timer = ConnectionTimer()
+    /// The tunnel the connection became after a protocol switch (`101`), while it runs.
+    var tunnel: Tunnel?
 
     init(worker: ProxyWorker, listener: ListenerHandle) {
         self.worker = worker
@@ -186,13 +188,18 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
 
     // MARK: closing
 
-    /// Drain: closes now if between requests, else after the current response.
+    /// Drain: closes now if between requests, else after the current response. A tunnel
+    /// runs on until the drain timeout (`forceClose`).
     func closeWhenIdle() {
         if lifecycle.drain(buffered: inbound != nil) { io.close() }
     }
 
     /// Ends the connection at once (timeouts past the response head, errors, shutdown).
     func forceClose() {
+        if let tunnel {
+            tunnel.close()
+            return
+        }
         endExchange(completed: false)
         guard lifecycle.closeNow() else { return }
         io.close()

@@ -43,6 +43,8 @@ final class Exchange {
     /// The client gets the body re-framed as chunks.
     var responseChunkedOut = false
     var upstreamReusable = true
+    /// The try asked the upstream to switch protocols (the route passes the client's `Upgrade`).
+    var upgrading = false
     /// The status the client got (for the log phase, metrics and the log line).
     var sentStatus = 0
 
@@ -87,6 +89,7 @@ final class Exchange {
         responseBody = .none
         responseChunkedOut = false
         upstreamReusable = true
+        upgrading = false
         sentStatus = 0
         attempt.reset()
         if policy.used { policy.reset() }

@@ -21,6 +21,10 @@ struct ParsedFields {
     var requestID: ByteRange? = nil
     /// W3C `traceparent`, replaced by the gateway's own on the way upstream.
     var traceparent: ByteRange? = nil
+    /// The `Upgrade` field's value (hop-by-hop: forwarded only for a route that passes it).
+    var upgrade: ByteRange? = nil
+    /// `Connection` lists `upgrade`.
+    var connectionUpgrade = false
 
     mutating func reset() {
         fields.removeAll(keepingCapacity: true)
@@ -32,6 +36,8 @@ struct ParsedFields {
         host = nil
         requestID = nil
         traceparent = nil
+        upgrade = nil
+        connectionUpgrade = false
     }
 }
 
@@ -230,7 +236,12 @@ enum HeadParser {
         case 2:
             if HTTPBytes.equalsLower(p, s, c, "te") { return .hopByHop }
         case 7:
-            if HTTPBytes.equalsLower(p, s, c, "trailer") || HTTPBytes.equalsLower(p, s, c, "upgrade") { return .hopByHop }
+            if HTTPBytes.equalsLower(p, s, c, "trailer") { return .hopByHop }
+            if HTTPBytes.equalsLower(p, s, c, "upgrade") {
+                // Two Upgrade fields are ambiguous: neither is passed on.
+                h.upgrade = h.upgrade == nil ? value : ByteRange.empty
+                return .hopByHop
+            }
         case 10:
             if HTTPBytes.equalsLower(p, s, c, "connection") {
                 try connectionTokens(p, value, into: &h)
@@ -301,6 +312,8 @@ enum HeadParser {
                 h.connectionClose = true
             } else if HTTPBytes.equalsLower(p, start, count, "keep-alive") {
                 h.connectionKeepAlive = true
+            } else if HTTPBytes.equalsLower(p, start, count, "upgrade") {
+                h.connectionUpgrade = true
             } else if h.connectionTokens.count < 32 {
                 h.connectionTokens.append(ByteRange(start, i))
             }

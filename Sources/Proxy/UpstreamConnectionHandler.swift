@@ -111,6 +111,19 @@ final class UpstreamConnectionHandler: ByteStreamDelegate {
         io.setReading(!paused)
     }
 
+    /// Leaves the pool for good (a tunnel takes the connection over after `101`): no timer,
+    /// no request, no pool slot. The connection's I/O, for the tunnel.
+    func leaveForTunnel() -> ConnectionIO {
+        let taken = io
+        io = .none
+        exchange = nil
+        isActive = false
+        timer.cancel()
+        pool?.remove(self)
+        pool = nil
+        return taken
+    }
+
     // MARK: channel events
 
     // MARK: stream events (ByteStreamDelegate)

@@ -14,5 +14,14 @@ public enum BuiltinFamilies {
         help: "Updates that went to a metric's overflow series because it reached its label combinations cap.",
         kind: .counter, labelNames: ["metric"], maxSeries: 500)
 
-    static let all = [authFailures, luaErrors, metricOverflows]
+    /// WebSocket (and other upgraded) connections passing through, by route.
+    public static let tunnelsOpen = MetricFamily(
+        name: "moongate_tunnels_open", help: "Tunnels open (upgraded connections such as WebSocket), by route.",
+        kind: .gauge, labelNames: ["route"], maxSeries: 500)
+    /// `direction`: upstream (from the client) or downstream (to it).
+    public static let tunnelBytes = MetricFamily(
+        name: "moongate_tunnel_bytes_total", help: "Bytes through tunnels, by route and direction (upstream: from the client).",
+        kind: .counter, labelNames: ["route", "direction"], maxSeries: 1000)
+
+    static let all = [authFailures, luaErrors, metricOverflows, tunnelsOpen, tunnelBytes]
 }

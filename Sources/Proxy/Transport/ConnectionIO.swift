@@ -88,6 +88,25 @@ enum ConnectionIO {
         }
     }
 
+    /// The stream itself, now told to report to `delegate` (a tunnel taking the connection over).
+    func handOver(to delegate: ByteStreamDelegate) {
+        switch self {
+        case .socket(let connection): connection.delegate = delegate
+        case .tls(let stream): stream.delegate = delegate
+        case .memory(let end): end.delegate = delegate
+        case .none: break
+        }
+    }
+
+    var stream: (any ByteStream)? {
+        switch self {
+        case .socket(let connection): return connection
+        case .tls(let stream): return stream
+        case .memory(let end): return end
+        case .none: return nil
+        }
+    }
+
     var eventLoop: EventLoop? {
         switch self {
         case .socket(let connection): return connection.loop

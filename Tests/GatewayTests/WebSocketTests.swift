@@ -42,7 +42,7 @@ import Testing
         """
 
     static let client = """
-        import asyncio, json, sys, time
+        import asyncio, json, os, sys, time
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidStatus
         import ssl
@@ -69,11 +69,19 @@ import Testing
                         except ConnectionClosed as e:
                             out["code"], out["reason"] = e.rcvd.code, e.rcvd.reason
                     elif mode == "slow":
-                        await asyncio.sleep(float(headers.get("x-wait", "3")))
+                        # Reads nothing for a while, notes what the server managed to send
+                        # meanwhile, reads it all, then holds the tunnel until told to close.
+                        await asyncio.sleep(float(headers["x-wait"]))
+                        with open(headers["x-progress"]) as f:
+                            out["sent_while_stalled"] = int(f.read() or "0")
                         read = 0
                         while read < 128 << 20:
-                            read += len(await asyncio.wait_for(ws.recv(), 20))
+                            read += len(await asyncio.wait_for(ws.recv(), 60))
                         out["read"] = read
+                        for _ in range(1200):
+                            if os.path.exists(headers["x-release"]):
+                                break
+                            await asyncio.sleep(0.05)
                     elif mode == "idle":
                         start = time.time()
                         try:
@@ -221,18 +229,23 @@ import Testing
 
     @Test func aSlowReaderHoldsTheSenderBackAndLosesNothing() async throws {
         let server = try Server()
+        let release = server.progress + ".release"
+        defer { try? FileManager.default.removeItem(atPath: release) }
         try await withGateway(Self.config(wsPort: server.port, log: "off"), workers: 1, scripts: ["auth.lua": Self.auth]) { gw in
             let port = gw.port
-            async let result = offThePool { try Self.run(port, "/ws/flood", "slow", headers: Self.good.merging(["x-wait": "3"]) { a, _ in a }) }
-            try await Task.sleep(for: .milliseconds(2500))
-            // The client reads nothing yet: the server is held back by what the sockets and the
-            // gateway hold, not let through to fill the gateway's memory.
-            let sentWhileStalled = server.sent
-            #expect(sentWhileStalled < 32 << 20, "sent \(sentWhileStalled) bytes to a reader that read none")
-            // Counted while open.
+            let headers = Self.good.merging(["x-wait": "3", "x-progress": server.progress, "x-release": release]) { a, _ in a }
+            async let result = offThePool { try Self.run(port, "/ws/flood", "slow", headers: headers) }
+            // The client has read everything and holds the tunnel open: counted as open.
+            let deadline = Date().addingTimeInterval(60)
+            while server.sent < 128 << 20, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
             let open = MetricsTests.samples(try await MetricsTests.admin(gw, "/metrics").text)
             #expect(MetricsTests.value(open, "moongate_tunnels_open", ["route": "chat"]) == 1)
+            FileManager.default.createFile(atPath: release, contents: nil)
             let done = try await result
+            // While the client read nothing, the server was held back by what the sockets hold,
+            // not let through to fill the gateway's memory.
+            let stalled = done["sent_while_stalled"] as? Int ?? -1
+            #expect(stalled > 0 && stalled < 32 << 20, "sent \(stalled) bytes to a reader that read none: \(done)")
             #expect(done["read"] as? Int == 128 << 20, "\(done)")
             try await Task.sleep(for: .milliseconds(300))
             let after = MetricsTests.samples(try await MetricsTests.admin(gw, "/metrics").text)
@@ -248,7 +261,7 @@ import Testing
             let port = gw.port
             let idle = try await offThePool { try Self.run(port, "/ws/chat", "idle", headers: Self.good) }
             let after = idle["closed_after"] as? Double ?? -1
-            #expect(after >= 0.9 && after < 5, "\(idle)")
+            #expect(after >= 0.9 && after < 30, "\(idle)")
 
             // A route without `upgrade`: the Upgrade header is dropped, the server sees a plain
             // GET and refuses it (a WebSocket server answers 426).
@@ -274,15 +287,21 @@ import Testing
         try await withGateway(yaml, workers: 1, scripts: ["auth.lua": Self.auth]) { gw in
             let port = gw.port
             async let idle = offThePool { try Self.run(port, "/ws/chat", "idle", headers: Self.good) }
-            try await Task.sleep(for: .milliseconds(700))
+            // Shutdown begins once the tunnel is open.
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                let open = MetricsTests.samples(try await MetricsTests.admin(gw, "/metrics").text)
+                if MetricsTests.value(open, "moongate_tunnels_open", ["route": "chat"]) == 1 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
             let start = Date()
             await gw.gateway.shutdown()
             let took = Date().timeIntervalSince(start)
             let closed = try await idle
             // Not cut at once: the tunnel had the drain timeout, then was closed.
-            #expect(took >= 1.5 && took < 6, "shutdown took \(took) s")
+            #expect(took >= 1.5 && took < 30, "shutdown took \(took) s")
             let after = closed["closed_after"] as? Double ?? -1
-            #expect(after >= 2 && after < 7, "\(closed)")
+            #expect(after >= 1.5 && after < 60, "\(closed)")
         }
     }
 

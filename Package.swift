@@ -234,6 +234,9 @@ let package = Package(
             name: "moongate",
             dependencies: [
                 "Config", "Gateway", "Proxy", "Scripting", "Harness", "Plugins", "Auth", "RateLimit", "EchoUpstream", "CLua", "CHiredis", "COpenSSL", "Telemetry",
+                "TLS", "SocketLoop",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

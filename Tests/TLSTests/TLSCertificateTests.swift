@@ -104,7 +104,19 @@ import Testing
         let reloaded = try TLSCertificates([source], tickets: keys)
         let again = Self.connect(reloaded, serverName: "api.example.com", roots: roots, clientMax: version, offering: ticket)
         #expect(again.name == "api.example.com" && again.resumed)
-        if let session = again.session { SSL_SESSION_free(session) }
+
+        // Each resumption brings a new ticket (a session the client did not offer), so a
+        // client that uses tickets once (TLS 1.3; wrk) resumes every time from the last one.
+        #expect(again.session != nil && again.session != ticket, "no new ticket on resumption")
+        var latest = again.session
+        for _ in 0..<3 {
+            let next = Self.connect(reloaded, serverName: "api.example.com", roots: roots, clientMax: version, offering: latest)
+            #expect(next.resumed)
+            #expect(next.session != nil && next.session != latest, "no new ticket on resumption")
+            if let latest { SSL_SESSION_free(latest) }
+            latest = next.session
+        }
+        if let latest { SSL_SESSION_free(latest) }
 
         // Another store (another process) does not open it: a full handshake.
         let stranger = try TLSCertificates([source], tickets: TLSTicketKeys(rotation: 3600))

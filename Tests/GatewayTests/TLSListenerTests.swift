@@ -59,6 +59,11 @@ import Testing
         // Plain HTTP on the TLS port gets no answer in clear.
         let (_, plain) = try runTool("/usr/bin/curl", ["-sS", "--max-time", "5", "http://127.0.0.1:\(gw.port)/hello"])
         #expect(!plain.contains("\"uri\""), "\(plain)")
+        // openssl s_client: the certificate per name asked for, the first for a name none has.
+        for (name, subject) in [("api.example.com", "CN = api.example.com"), ("www.example.com", "CN = wildcard.example.com"), ("unknown.test", "CN = api.example.com")] {
+            let (_, output) = try runTool("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(gw.port)", "-servername", name, "-brief"], stdin: "/dev/null")
+            #expect(output.contains("Peer certificate: \(subject)"), "\(name): \(output)")
+        }
         // The listener still serves after all that.
         #expect(try Self.curl(gw.port, host: "api.example.com", roots: roots).0 == 0)
         }

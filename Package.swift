@@ -301,7 +301,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "PostgresTestServer", "TestSupport", "Redis", "Telemetry", "AllocationCounter", "MoongateTesting",
+                "Gateway", "Config", "EchoUpstream", "Auth", "CJOSE", "RedisTestServer", "PostgresTestServer", "TestSupport", "Redis", "Telemetry", "AllocationCounter", "MoongateTesting", "Harness",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

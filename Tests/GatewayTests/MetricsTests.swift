@@ -104,7 +104,8 @@ import Testing
 
     @Test func theLabelCapHoldsAgainstTenThousandValues() async throws {
         try await withGateway(Self.config(maxSeries: 100), workers: 1, scripts: ["counting.lua": Self.counting]) { gw in
-            #expect(try gw.client().request("GET", "/scripted/a", headers: [("x-user", "many")]).status == 200)
+            // Ten thousand increments in one request: minutes, not seconds, on a loaded suite.
+            #expect(try gw.client(timeout: 120).request("GET", "/scripted/a", headers: [("x-user", "many")]).status == 200)
             let text = try await Self.admin(gw, "/metrics").text
             let series = text.split(separator: "\n").filter { $0.hasPrefix("shop_hits_total{") }
             // 100 kept, and one overflow series with the other 9,900.

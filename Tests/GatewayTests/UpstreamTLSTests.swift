@@ -1,4 +1,5 @@
 import Foundation
+import Harness
 import TestSupport
 import Testing
 
@@ -70,17 +71,18 @@ import Testing
             ("true", "unable to get local issuer certificate"),
         ]
         for (tls, reason) in cases {
-            let logs = RecordedLogs()
-            try await withGateway(Self.config(port: origin.port, tls: tls), workers: 1, logs: logs) { gw in
+            let logs = LogStore()
+            try await withGateway(Self.config(port: origin.port, tls: tls), workers: 1, logger: logs.logger()) { gw in
                 let response = try gw.client().request("GET", "/x")
                 #expect(response.status == 502, "\(tls)")
                 #expect(String(decoding: response.body, as: UTF8.self).contains("\"error\":\"upstream TLS handshake failed\""), "\(tls)")
                 // Logged once, not once per request.
                 #expect(try gw.client().request("GET", "/y").status == 502)
-                let lines = logs.all.filter { $0.contains("upstream TLS handshake failed") }
+                let lines = logs.all.filter { $0.message == "upstream TLS handshake failed" }
                 #expect(lines.count == 1, "\(lines)")
-                #expect(lines.first?.contains(reason) == true, "\(tls): \(lines)")
-                #expect(lines.first?.contains("target=127.0.0.1:\(origin.port)") == true, "\(lines)")
+                #expect(lines.first?.level == .warning)
+                #expect(lines.first?.metadata["error"]?.contains(reason) == true, "\(tls): \(lines)")
+                #expect(lines.first?.metadata["target"] == "127.0.0.1:\(origin.port)", "\(lines)")
             }
         }
         // `verify: false` takes any certificate (tests only).

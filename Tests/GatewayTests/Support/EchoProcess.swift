@@ -14,19 +14,7 @@ final class EchoProcess: @unchecked Sendable {
     deinit { kill() }
 
     func start() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-        p.arguments = ["echo", "--host", "127.0.0.1", "--port", "\(port)"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        process = p
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline {
-            if (try? RawClient(port: port, timeout: 0.2)) != nil { return }
-            usleep(20_000)
-        }
-        throw RawClient.Failure(description: "moongate echo did not start on port \(port)")
+        process = try launchServer(ProcessTests.binary, ["echo", "--host", "127.0.0.1", "--port", "\(port)"], port: port, name: "moongate echo")
     }
 
     func kill() {
@@ -36,4 +24,22 @@ final class EchoProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(5)
         while Date() < deadline, (try? RawClient(port: port, timeout: 0.2)) != nil { usleep(10_000) }
     }
+}
+
+/// Starts `executable` (a server of a test) with its output discarded and waits up to 10 s for
+/// it to accept connections on the loopback `port`; `name` says who did not start.
+func launchServer(_ executable: String, _ arguments: [String], port: Int, name: String) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = arguments
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let deadline = Date().addingTimeInterval(10)
+    while Date() < deadline {
+        if (try? RawClient(port: port, timeout: 0.2)) != nil { return p }
+        usleep(20_000)
+    }
+    kill(p.processIdentifier, SIGKILL)
+    throw RawClient.Failure(description: "\(name) did not start on port \(port)")
 }

@@ -1,5 +1,4 @@
 import Foundation
-import Logging
 
 /// An HTTPS origin in a Python child process (the standard library's `ssl` and `http.server`,
 /// HTTP/1.1 kept alive): each answer says, as JSON, the path, the name the client asked for
@@ -64,56 +63,11 @@ final class TLSOrigin: @unchecked Sendable {
 
     init(cert: String, key: String, clientCA: String? = nil) throws {
         port = try RawClient.freePort()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        p.arguments = ["-c", Self.script, "\(port)", cert, key, clientCA ?? "-"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        process = p
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline {
-            if (try? RawClient(port: port, timeout: 0.2)) != nil { return }
-            usleep(20_000)
-        }
-        throw RawClient.Failure(description: "the Python TLS origin did not start on port \(port)")
+        process = try launchServer("/usr/bin/python3", ["-c", Self.script, "\(port)", cert, key, clientCA ?? "-"], port: port, name: "the Python TLS origin")
     }
 
     deinit {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
-    }
-}
-
-/// Log records a gateway wrote, kept for a test to read (a swift-log handler).
-final class RecordedLogs: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String] = []
-
-    var all: [String] { lock.withLock { lines } }
-
-    func append(_ line: String) { lock.withLock { lines.append(line) } }
-
-    var logger: Logger {
-        var logger = Logger(label: "test") { _ in Handler(logs: self) }
-        logger.logLevel = .warning
-        return logger
-    }
-
-    struct Handler: LogHandler {
-        let logs: RecordedLogs
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .warning
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
-            let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            logs.append("\(event.level) \(event.message) \(fields)")
-        }
     }
 }

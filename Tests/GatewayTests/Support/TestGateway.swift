@@ -19,7 +19,7 @@ final class TestGateway: Sendable {
 
     /// `yaml` may use `@ECHO@` for the echo upstream's address and `@PORT@` for the listener port.
     /// `scripts` are written to `policies/` next to the config (name → source).
-    static func start(_ yaml: String = TestGateway.defaultConfig, workers: Int = 2, scripts: [String: String] = [:], logs: RecordedLogs? = nil) async throws -> TestGateway {
+    static func start(_ yaml: String = TestGateway.defaultConfig, workers: Int = 2, scripts: [String: String] = [:], logger: Logger? = nil) async throws -> TestGateway {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let stats = EchoStats()
         let echo = try await EchoServer.start(host: "127.0.0.1", port: 0, group: group, stats: stats)
@@ -31,7 +31,7 @@ final class TestGateway: Sendable {
         // The access log (stdout by default) would bury the test output: off unless a test asks.
         let quiet = yaml.contains("access_log:") ? yaml : yaml + "\naccess_log: { to: \"off\" }\n"
         try render(quiet, echoPort: echoPort, listenPort: 0).write(toFile: path, atomically: true, encoding: .utf8)
-        var logger = logs?.logger ?? Logger(label: "test")
+        var logger = logger ?? Logger(label: "test")
         logger.logLevel = .warning
         let gateway = Gateway(configPath: path, workers: workers, environment: ProcessInfo.processInfo.environment, logger: logger)
         try await gateway.start()
@@ -140,10 +140,10 @@ final class TestGateway: Sendable {
 
 /// Runs `body` with a started gateway and always stops it.
 func withGateway<T>(
-    _ yaml: String = TestGateway.defaultConfig, workers: Int = 2, scripts: [String: String] = [:], logs: RecordedLogs? = nil,
+    _ yaml: String = TestGateway.defaultConfig, workers: Int = 2, scripts: [String: String] = [:], logger: Logger? = nil,
     _ body: (TestGateway) async throws -> T
 ) async throws -> T {
-    let gw = try await TestGateway.start(yaml, workers: workers, scripts: scripts, logs: logs)
+    let gw = try await TestGateway.start(yaml, workers: workers, scripts: scripts, logger: logger)
     do {
         let result = try await body(gw)
         await gw.stop()

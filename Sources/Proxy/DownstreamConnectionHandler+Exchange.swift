@@ -51,9 +51,9 @@ extension DownstreamConnectionHandler {
         case .waitForNext:
             lastActivity = worker.clock.now()
             updateReads()
-        case .closeAfterFlush:
-            // The client may still be sending (a refused head or body): drained, not reset.
-            io.closeAfterFlush(linger: true)
+        case .closeAfterFlush(let linger):
+            // A client that may still be sending (a refused head or body) is drained, not reset.
+            io.closeAfterFlush(linger: linger)
         case .nothing:
             break
         }

@@ -263,8 +263,13 @@ struct ConnectionStateMachine {
                 state = .idle
                 return buffered ? .readNextHead : .waitForNext
             case .closeAfterFlush:
+                // Drained first only while the client may still be sending (nginx's heuristic):
+                // a body not all read, bytes past the request, or an answer of ours that may
+                // have refused it. A finished exchange closes at once, and the connection does
+                // not linger (holding a drain or a shutdown) on a client that keeps it open.
+                let linger = buffered || !request.bodyDone || request.stage == .answered
                 state = .closing
-                return .closeAfterFlush
+                return .closeAfterFlush(linger: linger)
             }
         case .tunnel, .closing, .closed:
             return .nothing
@@ -277,7 +282,8 @@ struct ConnectionStateMachine {
     enum ExchangeEndAction: Equatable {
         case readNextHead
         case waitForNext
-        case closeAfterFlush
+        /// `linger`: drain what the client still sends before closing.
+        case closeAfterFlush(linger: Bool)
         case nothing
     }
 

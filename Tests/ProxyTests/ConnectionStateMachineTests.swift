@@ -150,7 +150,7 @@ import Testing
         let next2 = unread.answering(mustClose: false, bodyDropped: false)
         #expect(next2 == .closeAfterFlush)
         let ended1 = unread.exchangeEnded(.closeAfterFlush, buffered: true)
-        #expect(ended1 == .closeAfterFlush)
+        #expect(ended1 == .closeAfterFlush(linger: true))
         #expect(unread.clientBytes() == .drop)
         // The rest of the body had arrived and was dropped: the connection goes on.
         var dropped = Self.started(bodyDone: false)
@@ -203,7 +203,27 @@ import Testing
         let (last, _) = m.responseFinished()
         #expect(last == .closeAfterFlush)
         let ended4 = m.exchangeEnded(last, buffered: true)
-        #expect(ended4 == .closeAfterFlush)
+        #expect(ended4 == .closeAfterFlush(linger: true), "bytes past the request: drained")
+    }
+
+    @Test func aFinishedExchangeClosesWithoutLingeringUnlessTheClientMayStillSend() {
+        // `Connection: close`, the whole request read, nothing after it: closed at once.
+        var closing = Machine()
+        _ = closing.headBytes(now: Self.t0)
+        closing.headParsed(keepAlive: false, bodyDone: true, idempotent: true, expectContinue: false, draining: false)
+        closing.tryStarted()
+        closing.connected()
+        closing.responseHeadSent()
+        let (last, _) = closing.responseFinished()
+        let closed = closing.exchangeEnded(last, buffered: false)
+        #expect(closed == .closeAfterFlush(linger: false))
+        // An answer of ours (a refusal, say) drains: the client may be sending still.
+        var refused = Machine()
+        _ = refused.headBytes(now: Self.t0)
+        refused.headParsed(keepAlive: false, bodyDone: true, idempotent: true, expectContinue: false, draining: false)
+        let answered = refused.answering(mustClose: true, bodyDropped: false)
+        let refusedEnd = refused.exchangeEnded(answered, buffered: false)
+        #expect(refusedEnd == .closeAfterFlush(linger: true))
     }
 
     @Test func drainingClosesIdleConnectionsAndEndsBusyOnesAfterTheirResponse() {

@@ -531,6 +531,9 @@ public struct HTTPEndpoint: Sendable, Equatable, CustomStringConvertible {
     public var tls: Bool
     /// PEM certificates to trust instead of the system's (a private CA).
     public var caFile: String?
+    /// The TLS settings of an upstream this endpoint belongs to (its health check): the name
+    /// sent and verified, a client certificate, verification off. Nil: the endpoint's host.
+    public var upstreamTLS: UpstreamTLS?
 
     public init(host: String, port: Int, path: String, tls: Bool = false) {
         self.host = host

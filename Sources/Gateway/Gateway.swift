@@ -537,7 +537,9 @@ public actor Gateway {
             for target in upstream.targets {
                 let name = "\(target.address.host):\(target.address.port)"
                 guard seen.insert(name).inserted else { continue }
-                let endpoint = HTTPEndpoint(host: target.address.host, port: target.address.port, path: check.path)
+                // A TLS upstream is probed over TLS, as its requests go (name, CA, client certificate).
+                var endpoint = HTTPEndpoint(host: target.address.host, port: target.address.port, path: check.path, tls: upstream.tls != nil)
+                endpoint.upstreamTLS = upstream.tls
                 probeTasks.append(Task { [weak self] in
                     guard let probe = try? HTTPFetch.Target(endpoint) else { return }
                     while !Task.isCancelled {

@@ -56,13 +56,22 @@ public enum HTTPFetch {
                 return
             }
             var configuration = TLSConfiguration.makeClientConfiguration()
-            configuration.minimumTLSVersion = .tlsv12
-            if let ca = endpoint.caFile { configuration.trustRoots = .file(ca) }
+            configuration.minimumTLSVersion = endpoint.upstreamTLS?.minVersion == 13 ? .tlsv13 : .tlsv12
+            if let ca = endpoint.caFile ?? endpoint.upstreamTLS?.caFile { configuration.trustRoots = .file(ca) }
+            if let upstream = endpoint.upstreamTLS {
+                if !upstream.verify { configuration.certificateVerification = .none }
+                if let cert = upstream.cert, let key = upstream.key {
+                    configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
+                    configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+                }
+            }
             tls = try NIOSSLContext(configuration: configuration)
         }
 
-        /// SNI and the name the certificate must carry; an IP literal is checked as an address.
+        /// SNI and the name the certificate must carry (an upstream's `sni` first); an IP
+        /// literal is checked as an address.
         var serverHostname: String? {
+            if let sni = endpoint.upstreamTLS?.sni { return sni }
             let host = endpoint.host
             if host.first == "[" || host.allSatisfy({ $0.isNumber || $0 == "." }) { return nil }
             return host

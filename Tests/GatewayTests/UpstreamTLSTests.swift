@@ -126,4 +126,29 @@ import Testing
             #expect(version.errors.first?.contains("upstreams.origin.tls.min_version: expected") == true, "\(version.errors)")
         }
     }
+
+    /// Active health checks of a TLS upstream go over TLS, with its name and CA: a healthy
+    /// origin stays in rotation (probed in plaintext, it would be marked down).
+    @Test func healthChecksOfATLSUpstreamSpeakTLS() async throws {
+        let certs = try MadeCertificates()
+        try certs.makeCA("ca")
+        try certs.make("origin", subject: "api.internal", altNames: ["api.internal"], signedBy: "ca")
+        let origin = try TLSOrigin(cert: certs.path + "/origin.pem", key: certs.path + "/origin.key")
+        let tls = "{ sni: api.internal, ca_file: \(certs.path)/ca.pem }\n    health_check: { path: /healthz, interval: 100ms, timeout: 2s, healthy: 1, unhealthy: 1, expect: EXPECT }"
+        try await withGateway(Self.config(port: origin.port, tls: tls.replacingOccurrences(of: "EXPECT", with: "200")), workers: 1) { gw in
+            try await Task.sleep(for: .milliseconds(800))
+            let response = try gw.client().request("GET", "/x")
+            #expect(response.status == 200, "\(String(decoding: response.body, as: UTF8.self))")
+        }
+        // The probes read the origin's status: one it does not expect takes the target out.
+        try await withGateway(Self.config(port: origin.port, tls: tls.replacingOccurrences(of: "EXPECT", with: "204")), workers: 1) { gw in
+            var status = 0
+            for _ in 0..<50 {
+                try await Task.sleep(for: .milliseconds(100))
+                status = try gw.client().request("GET", "/x").status
+                if status == 503 { break }
+            }
+            #expect(status == 503)
+        }
+    }
 }

@@ -165,7 +165,7 @@ routes:
         f.write(config)
     log = open(f"{state}/gateway-{i}.log", "w")
     # Gateways on CPU 0 (the upstream and the clients share CPU 1).
-    procs.append(subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", path, "--workers", "1", "--no-watch"], stdout=log, stderr=log))
+    procs.append(subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", path, "--workers", "1", "--no-watch", "--log-format", "text"], stdout=log, stderr=log))
     wait_port(port)
     wait_port(admin)
     gateways.append({"port": port, "admin": admin, "log": f"{state}/gateway-{i}.log"})

@@ -13,7 +13,7 @@ struct ConfigDecoder {
         guard
             let top = r.mapping(
                 root, "",
-                allowed: ["workers", "log_level", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection", "metrics", "access_log",
+                allowed: ["workers", "log_level", "log_format", "listeners", "admin", "limits", "timeouts", "upstreams", "routes", "scripts", "keysets", "apikeys", "redis", "rate_limit", "introspection", "metrics", "access_log",
                     "tracing", "store", "plugins", "kv",
                 ])
         else { return nil }
@@ -50,6 +50,9 @@ struct ConfigDecoder {
             timeouts: timeouts, upstreams: upstreams, routes: routes, scripts: scripts, keysets: keysets, apiKeys: apiKeys,
             redis: redis, rateLimit: rateLimit, introspection: top["introspection"].map { decodeIntrospection($0.value) } ?? [])
         config.adminTokenFile = adminTokenFile
+        if let node = top["log_format"]?.value, let format = r.string(node, "log_format") {
+            if format == "json" || format == "text" { config.logFormat = format } else { r.fail(node, "log_format", "expected json or text, got \(JSONValue.quoted(format))") }
+        }
         if let node = top["plugins"]?.value { config.plugins = decodePluginsSection(node) }
         config.kv = decodeKV(top["kv"]?.value, redis: redis)
         if let node = top["store"]?.value { config.store = decodeStore(node) }

@@ -5,6 +5,8 @@ public struct GatewayConfig: Sendable, Equatable {
     public var workers: Int?
     /// `trace`, `debug`, `info`, `notice`, `warning`, `error` or `critical`. Default `info`.
     public var logLevel: String
+    /// `log_format`: `json` (one object per line) or `text`; nil: JSON unless stderr is a terminal.
+    public var logFormat: String? = nil
     public var listeners: [Listener]
     public var admin: SocketAddressSpec?
     /// `admin.token_file`: the admin API's bearer tokens (`id sha256-hex` lines); required

@@ -58,6 +58,9 @@ extension Moongate {
         @Option(help: "trace, debug, info, notice, warning, error or critical (default: the config's log_level).")
         var logLevel: Logger.Level?
 
+        @Option(help: "json or text (default: the config's log_format, else JSON unless stderr is a terminal).")
+        var logFormat: String?
+
         @Flag(help: "Do not watch the config file, the scripts or the key files for changes (SIGHUP still reloads them all).")
         var noWatch = false
 
@@ -66,6 +69,7 @@ extension Moongate {
 
         func validate() throws {
             if let workers, !(1...1024).contains(workers) { throw ValidationError("--workers must be between 1 and 1024") }
+            if let logFormat, logFormat != "json", logFormat != "text" { throw ValidationError("--log-format is json or text") }
         }
 
         func run() async throws {
@@ -80,7 +84,14 @@ extension Moongate {
             let level = logLevel ?? Logger.Level(rawValue: loaded.logLevel) ?? .info
             // Operational logs go to stderr; stdout is the access log's (as Kong and nginx
             // containers split them).
+            // JSON lines for log shippers unless a person is watching (stderr is a terminal).
+            let json = (logFormat ?? loaded.logFormat).map { $0 == "json" } ?? (isatty(2) == 0)
             LoggingSystem.bootstrap { label in
+                if json {
+                    var handler = JSONLogHandler(label: label)
+                    handler.logLevel = level
+                    return handler
+                }
                 var handler = StreamLogHandler.standardError(label: label)
                 handler.logLevel = level
                 return handler

@@ -2,6 +2,9 @@ import Auth
 import CJOSE
 import EchoUpstream
 import Foundation
+import Gateway
+import Logging
+import NIOConcurrencyHelpers
 import NIOPosix
 import TestSupport
 import Testing
@@ -26,7 +29,7 @@ import Testing
         /// `fdLimit` runs it under `ulimit -n` (through `sh`, which then `exec`s it).
         init(
             extraArgs: [String] = [], fdLimit: Int? = nil, config: (Int, Int) -> String, echoPort: Int,
-            prepare: (String) throws -> Void = { _ in }
+            logFormat: String? = "text", prepare: (String) throws -> Void = { _ in }
         ) throws {
             port = try RawClient.freePort()
             self.echoPort = echoPort
@@ -37,7 +40,8 @@ import Testing
             try config(port, echoPort).write(toFile: configPath, atomically: true, encoding: .utf8)
             try prepare(folder.path)
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            let arguments = ["run", "--config", configPath, "--workers", "1"] + extraArgs
+            // Text unless a test asks otherwise: the tests read messages as written.
+            let arguments = ["run", "--config", configPath, "--workers", "1"] + (logFormat.map { ["--log-format", $0] } ?? []) + extraArgs
             if let fdLimit {
                 process.executableURL = URL(fileURLWithPath: "/bin/sh")
                 process.arguments = ["-c", "ulimit -n \(fdLimit) && exec \"$0\" \"$@\"", ProcessTests.binary] + arguments
@@ -155,6 +159,46 @@ import Testing
             child.signal(SIGTERM)
             #expect(child.waitForExit(seconds: 5) == 0)
         }
+    }
+
+    /// With stderr not a terminal (a container's), operational logs are JSON lines: time,
+    /// level, message, label and the metadata as fields; a config error reads as one object.
+    @Test func operationalLogsAreJSONLinesWhenStderrIsNotATerminal() async throws {
+        try await withEcho { echoPort in
+            let child = try Child(config: Self.config(), echoPort: echoPort, logFormat: nil)
+            try child.rewrite(Self.config()(child.port, echoPort) + "\n    oops: 1\n")
+            child.signal(SIGHUP)
+            var problem: [String: Any]?
+            for _ in 0..<100 where problem == nil {
+                Thread.sleep(forTimeInterval: 0.05)
+                let objects = child.log.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                problem = objects.first { "\($0)".contains("routes[0].oops: unknown key") }
+            }
+            #expect(problem?["level"] as? String != nil, "\(child.log)")
+            #expect((problem?["time"] as? String)?.hasSuffix("Z") == true, "\(child.log)")
+            #expect(problem?["label"] as? String == "moongate", "\(child.log)")
+            // Every line of operational log is an object (the access log is off in this config).
+            let lines = child.log.split(separator: "\n")
+            #expect(!lines.isEmpty && lines.allSatisfy { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) is [String: Any] }, "\(child.log)")
+            child.signal(SIGTERM)
+            #expect(child.waitForExit(seconds: 5) == 0)
+        }
+    }
+
+    @Test func jsonLogsNeverWriteSecrets() {
+        let lines = NIOLockedValueBox<[String]>([])
+        var logger = Logger(label: "moongate") { label in JSONLogHandler(label: label) { line in lines.withLockedValue { $0.append(line) } } }
+        logger.logLevel = .info
+        logger.warning("a \"quoted\" message", metadata: ["Authorization": "Bearer abc", "password": "hunter2", "client-secret": "s", "route": "api"])
+        let line = lines.withLockedValue { $0 }.first ?? ""
+        let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
+        #expect(object["message"] as? String == "a \"quoted\" message", "\(line)")
+        #expect(object["level"] as? String == "warning")
+        #expect(object["route"] as? String == "api")
+        #expect(object["Authorization"] as? String == "[redacted]")
+        #expect(object["password"] as? String == "[redacted]")
+        #expect(object["client-secret"] as? String == "[redacted]")
+        #expect(!line.contains("abc") && !line.contains("hunter2"), "\(line)")
     }
 
     /// SIGHUP's default action ends a process: it must be trapped before the port answers.

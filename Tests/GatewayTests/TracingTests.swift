@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Spans exported by OTLP/HTTP to a local receiver: a real HTTP server on loopback that
@@ -104,8 +105,42 @@ import Testing
                 #expect(Self.attributes(span)["error.type"] != nil)
             }
             #expect(tries.count == 4 + failed.count)
+
+            // Every export decodes with the official OTLP definitions (opentelemetry-proto,
+            // PyPI), strictly: an unknown field or a wrong type fails the parse.
+            let files = try collector.requests.map { request in
+                let path = NSTemporaryDirectory() + "moongate-otlp-\(UUID().uuidString).json"
+                try Data(request.body).write(to: URL(fileURLWithPath: path))
+                return path
+            }
+            defer { for file in files { try? FileManager.default.removeItem(atPath: file) } }
+            let (status, output) = try runTool(WebSocketTests.python, ["-c", Self.strictOTLP] + files)
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("spans \(spans.count)"), "\(output)")
         }
     }
+
+    /// Parses each file as an `ExportTraceServiceRequest` in OTLP/JSON (IDs are hex there, not
+    /// proto3 JSON's base64: checked apart) and prints how many spans they held.
+    static let strictOTLP = """
+        import json, re, sys
+        from google.protobuf import json_format
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        total = 0
+        for path in sys.argv[1:]:
+            text = open(path).read()
+            document = json.loads(text)
+            for rs in document["resourceSpans"]:
+                for ss in rs["scopeSpans"]:
+                    for span in ss["spans"]:
+                        assert re.fullmatch("[0-9a-f]{32}", span["traceId"]), span["traceId"]
+                        assert re.fullmatch("[0-9a-f]{16}", span["spanId"]), span["spanId"]
+                        if "parentSpanId" in span:
+                            assert re.fullmatch("[0-9a-f]{16}|", span["parentSpanId"]), span["parentSpanId"]
+            message = json_format.Parse(text, ExportTraceServiceRequest(), ignore_unknown_fields=False)
+            total += sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+        print("spans", total)
+        """
 
     @Test func aCallerThatDoesNotSampleIsNotRecorded() async throws {
         let collector = try await TestHTTPServer { _ in .init(status: 200, body: "{}") }

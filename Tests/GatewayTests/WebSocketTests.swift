@@ -11,7 +11,7 @@ import Testing
     static var python: String { ProcessInfo.processInfo.environment["MOONGATE_PYTHON"] ?? "/usr/bin/python3" }
 
     /// Echoes messages; `close-me` is answered with a close (4000, "bye"); `headers` with the
-    /// handshake's headers as JSON; a connection to `/ws/flood` is sent 128 MB in 1 MB
+    /// handshake's headers as JSON; a connection to `/ws/flood` is sent 64 MB in 1 MB
     /// messages, the bytes sent so far written to the file named by the second argument.
     static let server = """
         import asyncio, json, sys
@@ -20,7 +20,7 @@ import Testing
         async def handler(ws):
             if ws.request.path.startswith("/ws/flood"):
                 chunk, sent = b"x" * (1 << 20), 0
-                for _ in range(128):
+                for _ in range(64):
                     await ws.send(chunk)
                     sent += len(chunk)
                     with open(progress, "w") as f:
@@ -75,7 +75,7 @@ import Testing
                         with open(headers["x-progress"]) as f:
                             out["sent_while_stalled"] = int(f.read() or "0")
                         read = 0
-                        while read < 128 << 20:
+                        while read < 64 << 20:
                             read += len(await asyncio.wait_for(ws.recv(), 60))
                         out["read"] = read
                         for _ in range(1200):
@@ -227,7 +227,7 @@ import Testing
             async let result = offThePool { try Self.run(port, "/ws/flood", "slow", headers: headers) }
             // The client has read everything and holds the tunnel open: counted as open.
             let deadline = Date().addingTimeInterval(60)
-            while server.sent < 128 << 20, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+            while server.sent < 64 << 20, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
             let open = MetricsTests.samples(try await MetricsTests.admin(gw, "/metrics").text)
             #expect(MetricsTests.value(open, "moongate_tunnels_open", ["route": "chat"]) == 1)
             #expect(FileManager.default.createFile(atPath: release, contents: nil))
@@ -236,11 +236,11 @@ import Testing
             // not let through to fill the gateway's memory.
             let stalled = done["sent_while_stalled"] as? Int ?? -1
             #expect(stalled > 0 && stalled < 32 << 20, "sent \(stalled) bytes to a reader that read none: \(done)")
-            #expect(done["read"] as? Int == 128 << 20, "\(done)")
+            #expect(done["read"] as? Int == 64 << 20, "\(done)")
             try await Task.sleep(for: .milliseconds(300))
             let after = MetricsTests.samples(try await MetricsTests.admin(gw, "/metrics").text)
             #expect(MetricsTests.value(after, "moongate_tunnels_open", ["route": "chat"]) == 0)
-            #expect((MetricsTests.value(after, "moongate_tunnel_bytes_total", ["route": "chat", "direction": "downstream"]) ?? 0) >= Double(128 << 20))
+            #expect((MetricsTests.value(after, "moongate_tunnel_bytes_total", ["route": "chat", "direction": "downstream"]) ?? 0) >= Double(64 << 20))
         }
     }
 

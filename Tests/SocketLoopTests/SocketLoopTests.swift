@@ -144,7 +144,7 @@ import Testing
         #expect(answer == nil)
         // Within the time and the delay of a busy machine's timer queue (other suites block
         // its threads): what matters is that it returns at all.
-        #expect(ContinuousClock.now - start < .seconds(20))
+        #expect(ContinuousClock.now - start < .seconds(60))
         release.lock()
         release.unlock(withValue: 1)
         #expect(await loop.answer(within: .seconds(5)) { 42 } == 42)

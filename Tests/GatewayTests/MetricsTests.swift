@@ -51,7 +51,8 @@ import Testing
 
     static func admin(_ gw: TestGateway, _ path: String) async throws -> RawClient.Response {
         let port = try #require(await gw.gateway.adminPort())
-        return try await offThePool { try RawClient(port: port).request("GET", path) }
+        // Generous: a page of thousands of series on a loaded suite takes a while.
+        return try await offThePool { try RawClient(port: port, timeout: 60).request("GET", path) }
     }
 
     static func samples(_ text: String) -> [PrometheusText.Sample] { PrometheusText.parse(text) }

@@ -41,10 +41,6 @@ final class Tunnel {
         func streamClosed(_ stream: ByteStream, error: SocketError?) { tunnel.closed(side) }
     }
 
-    /// The delegates of the two streams; they hold the tunnel (strongly, through `owner`'s
-    /// reference) only while the streams are open.
-    private var sides: [Side] = []
-
     init(client: any ByteStream, upstream: any ByteStream, owner: Owner, worker: ProxyWorker, route: String, idleTimeout: TimeAmount) {
         self.client = client
         self.upstream = upstream
@@ -59,10 +55,9 @@ final class Tunnel {
     /// Takes both streams over: `toUpstream` (client bytes that came after the request head)
     /// and `toClient` (upstream bytes after the `101` head) go first.
     func start(clientDelegate: (ByteStreamDelegate) -> Void, upstreamDelegate: (ByteStreamDelegate) -> Void, toUpstream: ByteBuffer?, toClient: ByteBuffer?) {
-        let clientSide = Side(self, .client), upstreamSide = Side(self, .upstream)
-        sides = [clientSide, upstreamSide]
-        clientDelegate(clientSide)
-        upstreamDelegate(upstreamSide)
+        // Each stream holds its side (its delegate); the owner holds the tunnel until it ends.
+        clientDelegate(Side(self, .client))
+        upstreamDelegate(Side(self, .upstream))
         worker.metrics.add(BuiltinFamilies.tunnelsOpen, routeLabels, 1)
         if let toClient, toClient.readableBytes > 0 { read(toClient, from: .upstream) }
         if let toUpstream, toUpstream.readableBytes > 0 { read(toUpstream, from: .client) }
@@ -123,7 +118,6 @@ final class Tunnel {
         timer.cancel()
         countBytes()
         worker.metrics.add(BuiltinFamilies.tunnelsOpen, routeLabels, -1)
-        sides = []
         let owner = self.owner
         self.owner = nil
         owner?.tunnelEnded(up: up, down: down)

@@ -160,8 +160,9 @@ import Testing
             }
             #expect(await breaker() == "open")
 
-            // Healed, but slow enough that the probe can be seen in flight.
-            bad.answer { _ in .init(status: 200, body: #"{"from":"bad"}"#, delay: .milliseconds(300)) }
+            // Healed, but slow enough that the probe can be seen in flight even when a loaded
+            // suite makes each metrics read take a few hundred milliseconds.
+            bad.answer { _ in .init(status: 200, body: #"{"from":"bad"}"#, delay: .milliseconds(1500)) }
             pause(0.35)
             let prober = Thread {
                 let c = try? RawClient(port: gw.port)
@@ -169,7 +170,7 @@ import Testing
             }
             prober.start()
             var seen: Set<String> = []
-            let deadline = Date().addingTimeInterval(3)
+            let deadline = Date().addingTimeInterval(10)
             while Date() < deadline {
                 if let state = await breaker() { seen.insert(state) }
                 if seen.contains("half_open"), seen.contains("closed") { break }

@@ -12,7 +12,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
-        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
@@ -32,6 +31,11 @@ let package = Package(
         .systemLibrary(
             name: "COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
+            name: "CYAML", pkgConfig: "yaml-0.1",
+            providers: [.apt(["libyaml-dev"])]),
+        // YAML documents composed into trees with lines, on libyaml's parser.
+        .target(name: "YAML", dependencies: ["CYAML"]),
 
         // Our C glue for Lua: the budgeted allocator, count hook, trampoline for Swift functions,
         // the guarded standard libraries, our own budgeted Lua pattern matcher, and the json
@@ -115,7 +119,7 @@ let package = Package(
         // The YAML model, validation with file:line:path, env interpolation, file watching.
         .target(
             name: "Config",
-            dependencies: [.product(name: "Yams", package: "Yams")]),
+            dependencies: ["YAML"]),
         // The HTTP/1 data plane: head parser on ByteBuffer, downstream and upstream handlers,
         // per-loop pools, limits, timeouts.
         .target(
@@ -284,7 +288,7 @@ let package = Package(
             dependencies: ["TLS", "CTLS", "COpenSSL", "SocketLoop", "TestSupport", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ConfigTests",
-            dependencies: ["Config"]),
+            dependencies: ["Config", "YAML"]),
         .testTarget(
             name: "SocketLoopTests",
             dependencies: [
@@ -310,3 +314,10 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// A member is visible only where its module is imported: without this, a Foundation API
+// reached through another module's import links the whole of Foundation and ICU's data
+// into the gateway, with nothing in the file saying so.
+for target in package.targets where target.type == .regular || target.type == .executable {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.enableUpcomingFeature("MemberImportVisibility")]
+}

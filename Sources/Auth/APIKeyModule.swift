@@ -1,7 +1,7 @@
 import CJOSE
 import CLuaRuntime
 import Config
-import Foundation
+import FoundationEssentials
 import Scripting
 
 /// An API key set ready for lookups: digests and who they belong to.

@@ -1,7 +1,8 @@
 import CJOSE
 import CLuaRuntime
 import Config
-import Foundation
+import FoundationEssentials
+import Glibc
 import HTTPClient
 import Scripting
 

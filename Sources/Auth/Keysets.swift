@@ -1,6 +1,7 @@
 import CJOSE
 import Config
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// A problem with a keyset's keys, found when the config loads.
 public struct KeysetError: Error, CustomStringConvertible, Sendable {
@@ -153,35 +154,37 @@ public final class Keysets: Sendable {
 /// and `oct` secrets.
 enum JWKS {
     static func parse(_ data: Data, keyset: String, source: String) throws(KeysetError) -> [CompiledKeyset.Key] {
-        guard let document = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let list = document["keys"] as? [[String: Any]] else {
+        guard case .success(let document) = JSONValue.parse(data), case .array(let list)? = document["keys"],
+            list.allSatisfy({ if case .object = $0 { true } else { false } })
+        else {
             throw KeysetError(description: "keyset \(keyset): \(source) is not a JWKS (a JSON object with a keys list)")
         }
         var out: [CompiledKeyset.Key] = []
         for (i, jwk) in list.enumerated() {
             // Keys for encryption are not ours to use for signatures.
-            if let use = jwk["use"] as? String, use != "sig" { continue }
-            let kid = jwk["kid"] as? String
+            if let use = jwk["use"]?.stringValue, use != "sig" { continue }
+            let kid = jwk["kid"]?.stringValue
             func bytes(_ member: String) throws(KeysetError) -> [UInt8] {
-                guard let text = jwk[member] as? String, let decoded = Base64URL.decode(Array(text.utf8)) else {
+                guard let text = jwk[member]?.stringValue, let decoded = Base64URL.decode(Array(text.utf8)) else {
                     throw KeysetError(description: "keyset \(keyset): \(source) keys[\(i)]: missing or bad \"\(member)\"")
                 }
                 return decoded
             }
             var pkey: OpaquePointer?
-            switch jwk["kty"] as? String {
+            switch jwk["kty"]?.stringValue {
             case "RSA":
                 let n = try bytes("n"), e = try bytes("e")
                 pkey = mg_jwk_rsa(n, n.count, e, e.count)
             case "EC":
                 let curves: [String: mg_key_kind] = ["P-256": MG_KEY_EC_P256, "P-384": MG_KEY_EC_P384, "P-521": MG_KEY_EC_P521]
-                guard let curve = (jwk["crv"] as? String).flatMap({ curves[$0] }) else {
+                guard let curve = jwk["crv"]?.stringValue.flatMap({ curves[$0] }) else {
                     throw KeysetError(description: "keyset \(keyset): \(source) keys[\(i)]: unsupported curve")
                 }
                 let x = try bytes("x"), y = try bytes("y")
                 pkey = mg_jwk_ec(curve, x, x.count, y, y.count)
             case "OKP":
                 let curves: [String: mg_key_kind] = ["Ed25519": MG_KEY_ED25519, "Ed448": MG_KEY_ED448]
-                guard let curve = (jwk["crv"] as? String).flatMap({ curves[$0] }) else {
+                guard let curve = jwk["crv"]?.stringValue.flatMap({ curves[$0] }) else {
                     throw KeysetError(description: "keyset \(keyset): \(source) keys[\(i)]: unsupported curve")
                 }
                 let x = try bytes("x")

@@ -1,7 +1,8 @@
 import CJOSE
 import CLuaRuntime
 import Config
-import Foundation
+import FoundationEssentials
+import NIOConcurrencyHelpers
 import HTTPClient
 import NIOCore
 import NIOHTTP1
@@ -194,10 +195,10 @@ final class HTTPIntrospection: IntrospectionTransport {
             }
             var secret = server.clientSecret ?? ""
             if let file = server.clientSecretFile {
-                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                guard let text = try? FileReading.text(file) else {
                     throw KeysetError(description: "introspection.\(server.name).client_secret_file: cannot read \(file)")
                 }
-                secret = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                secret = String(text.trimmingWhitespace())
             }
             let credentials = Self.formEncode(Array(server.clientID.utf8)) + ":" + Self.formEncode(Array(secret.utf8))
             authorizations.append("Basic " + Data(credentials.utf8).base64EncodedString())
@@ -244,7 +245,7 @@ final class HTTPIntrospection: IntrospectionTransport {
 /// token, table_or_nil)` (nil: inactive) or a failure with `harness.oauth2.fail(server,
 /// reason)`; a token nobody set is inactive.
 public final class StubIntrospection: IntrospectionTransport, @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = NIOLock()
     private var answers: [Int: [[UInt8]: [UInt8]]] = [:]
     private var failures: [Int: HTTPFetch.Failure] = [:]
     /// Calls that reached the stand-in (not the cache), for tests of caching.

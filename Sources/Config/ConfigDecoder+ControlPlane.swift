@@ -1,8 +1,8 @@
-import Yams
+import YAML
 
 extension ConfigDecoder {
     /// `store:` — where routes, upstreams, keysets, API keys, global plugins and scripts come from.
-    func decodeStore(_ node: Node) -> StoreConfig {
+    func decodeStore(_ node: YAMLNode) -> StoreConfig {
         let r = reader
         var store = StoreConfig()
         guard let map = r.mapping(node, "store", allowed: ["kind", "url", "password_file", "cache", "poll"]) else { return store }
@@ -33,7 +33,7 @@ extension ConfigDecoder {
     }
 
     /// `admin:` — the admin listener and who may use its API.
-    func decodeAdmin(_ node: Node) -> (address: SocketAddressSpec?, tokenFile: String?) {
+    func decodeAdmin(_ node: YAMLNode) -> (address: SocketAddressSpec?, tokenFile: String?) {
         let r = reader
         guard let map = r.mapping(node, "admin", allowed: ["address", "token_file"]) else { return (nil, nil) }
         var address: SocketAddressSpec?

@@ -1,7 +1,7 @@
-import Yams
+import YAML
 
 extension ConfigDecoder {
-    func decodeRedis(_ node: Node) -> [RedisServer] {
+    func decodeRedis(_ node: YAMLNode) -> [RedisServer] {
         let r = reader
         guard case .mapping(let mapping) = node else {
             r.fail(node, "redis", "expected a mapping of Redis server names to their settings")
@@ -57,7 +57,7 @@ extension ConfigDecoder {
         return out
     }
 
-    func decodeRateLimit(_ node: Node?, redis: [RedisServer]) -> RateLimitConfig {
+    func decodeRateLimit(_ node: YAMLNode?, redis: [RedisServer]) -> RateLimitConfig {
         let r = reader
         var config = RateLimitConfig()
         if redis.count == 1 { config.defaultStore = redis[0].name }

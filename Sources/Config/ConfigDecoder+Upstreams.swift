@@ -1,8 +1,8 @@
-import Yams
+import YAML
 
 extension ConfigDecoder {
     /// Balancing, retries and passive health of an upstream.
-    func decodeResilience(_ map: [String: (key: Node, value: Node)], _ path: String, into upstream: inout Upstream) {
+    func decodeResilience(_ map: [String: (key: YAMLNode, value: YAMLNode)], _ path: String, into upstream: inout Upstream) {
         let r = reader
         if let n = map["balancer"]?.value, let v = r.string(n, r.join(path, "balancer")) {
             switch v {

@@ -1,4 +1,4 @@
-import Yams
+import YAML
 
 /// Turns the YAML tree into a `GatewayConfig`, checking each field and the references
 /// between them; problems go to the reader's diagnostics.
@@ -8,7 +8,7 @@ struct ConfigDecoder {
     private static let logLevels: Set<String> = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
     private static let methodChars = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
-    func decode(_ root: Node) -> GatewayConfig? {
+    func decode(_ root: YAMLNode) -> GatewayConfig? {
         let r = reader
         guard
             let top = r.mapping(
@@ -99,7 +99,7 @@ struct ConfigDecoder {
         return config
     }
 
-    private func decodeAPIKeys(_ node: Node) -> [APIKeySet] {
+    private func decodeAPIKeys(_ node: YAMLNode) -> [APIKeySet] {
         let r = reader
         guard case .mapping(let mapping) = node else {
             r.fail(node, "apikeys", "expected a mapping of key set names to their keys")
@@ -142,7 +142,7 @@ struct ConfigDecoder {
         "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
     ]
 
-    private func decodeKeysets(_ node: Node) -> [Keyset] {
+    private func decodeKeysets(_ node: YAMLNode) -> [Keyset] {
         let r = reader
         guard case .mapping(let mapping) = node else {
             r.fail(node, "keysets", "expected a mapping of keyset names to their keys")
@@ -235,7 +235,7 @@ struct ConfigDecoder {
         return out
     }
 
-    private func decodeScripts(_ node: Node) -> ScriptsConfig {
+    private func decodeScripts(_ node: YAMLNode) -> ScriptsConfig {
         let r = reader
         var scripts = ScriptsConfig()
         guard let map = r.mapping(node, "scripts", allowed: ["dir", "max_states", "pool_wait", "budget"]) else { return scripts }
@@ -248,7 +248,7 @@ struct ConfigDecoder {
         return scripts
     }
 
-    private func decodeBudget(_ node: Node, _ path: String, base: ScriptBudget) -> ScriptBudget {
+    private func decodeBudget(_ node: YAMLNode, _ path: String, base: ScriptBudget) -> ScriptBudget {
         let r = reader
         var budget = base
         guard let map = r.mapping(node, path, allowed: ["instructions", "time", "memory", "depth", "coroutines"]) else { return budget }
@@ -265,7 +265,7 @@ struct ConfigDecoder {
     }
 
     /// `auth.lua`, `auth` or `lib/auth.lua` → the module name `auth` / `lib.auth`.
-    private func policyModule(_ node: Node, _ path: String) -> String? {
+    private func policyModule(_ node: YAMLNode, _ path: String) -> String? {
         guard var name = reader.string(node, path) else { return nil }
         if name.hasSuffix(".lua") { name.removeLast(4) }
         let segments = name.split(separator: "/", omittingEmptySubsequences: false)
@@ -282,7 +282,7 @@ struct ConfigDecoder {
         return module
     }
 
-    private func decodeListeners(_ node: Node) -> [Listener] {
+    private func decodeListeners(_ node: YAMLNode) -> [Listener] {
         let r = reader
         guard let items = r.sequence(node, "listeners") else { return [] }
         if items.isEmpty { r.fail(node, "listeners", "at least one listener is required") }
@@ -312,7 +312,7 @@ struct ConfigDecoder {
     }
 
     /// `tls: {certificates: [{cert, key}], min_version: "1.2" | "1.3"}`.
-    private func decodeListenerTLS(_ node: Node, _ path: String) -> ListenerTLS? {
+    private func decodeListenerTLS(_ node: YAMLNode, _ path: String) -> ListenerTLS? {
         let r = reader
         guard let map = r.mapping(node, path, allowed: ["certificates", "min_version", "handshake_timeout", "max_handshakes", "client_ca", "client_auth", "session_tickets"]) else {
             return nil
@@ -358,7 +358,7 @@ struct ConfigDecoder {
         return tls
     }
 
-    private func decodeLimits(_ node: Node) -> Limits {
+    private func decodeLimits(_ node: YAMLNode) -> Limits {
         let r = reader
         var limits = Limits()
         guard let map = r.mapping(node, "limits", allowed: ["max_header_bytes", "max_headers", "max_uri_bytes", "max_body_bytes", "max_connections"]) else {
@@ -376,7 +376,7 @@ struct ConfigDecoder {
         return limits
     }
 
-    private func decodeTimeouts(_ node: Node) -> Timeouts {
+    private func decodeTimeouts(_ node: YAMLNode) -> Timeouts {
         let r = reader
         var timeouts = Timeouts()
         guard let map = r.mapping(node, "timeouts", allowed: ["client_idle", "request", "drain", "tunnel_idle"]) else { return timeouts }
@@ -387,7 +387,7 @@ struct ConfigDecoder {
         return timeouts
     }
 
-    func positive(_ node: Node, _ path: String) -> Duration? {
+    func positive(_ node: YAMLNode, _ path: String) -> Duration? {
         guard let d = reader.duration(node, path) else { return nil }
         guard d > .zero else {
             reader.fail(node, path, "must be greater than zero")
@@ -396,7 +396,7 @@ struct ConfigDecoder {
         return d
     }
 
-    private func decodeUpstreams(_ node: Node) -> [Upstream] {
+    private func decodeUpstreams(_ node: YAMLNode) -> [Upstream] {
         let r = reader
         guard case .mapping(let mapping) = node else {
             r.fail(node, "upstreams", "expected a mapping of upstream names to their settings")
@@ -452,7 +452,7 @@ struct ConfigDecoder {
     }
 
     /// `tls: {sni, ca_file, cert, key, verify, min_version}`, or `tls: true` for the defaults.
-    private func decodeUpstreamTLS(_ node: Node, _ path: String) -> UpstreamTLS? {
+    private func decodeUpstreamTLS(_ node: YAMLNode, _ path: String) -> UpstreamTLS? {
         let r = reader
         var tls = UpstreamTLS()
         tls.place = LocatedValue(.null, file: r.file, line: node.mark?.line ?? 0, path: path, pointer: r.pointer(path))
@@ -485,7 +485,7 @@ struct ConfigDecoder {
         return tls
     }
 
-    private func decodeTarget(_ node: Node, _ path: String) -> Upstream.Target? {
+    private func decodeTarget(_ node: YAMLNode, _ path: String) -> Upstream.Target? {
         let r = reader
         if case .scalar = node {  // shorthand: "- 127.0.0.1:9000"
             return r.address(node, path).map { Upstream.Target(address: $0) }
@@ -501,7 +501,7 @@ struct ConfigDecoder {
         return Upstream.Target(address: address, weight: weight)
     }
 
-    private func decodeRoutes(_ node: Node, upstreams: [Upstream], scripts: ScriptsConfig) -> [Route] {
+    private func decodeRoutes(_ node: YAMLNode, upstreams: [Upstream], scripts: ScriptsConfig) -> [Route] {
         let r = reader
         guard let items = r.sequence(node, "routes") else { return [] }
         if items.isEmpty { r.fail(node, "routes", "at least one route is required") }
@@ -605,7 +605,7 @@ struct ConfigDecoder {
         return out
     }
 
-    private func urlPath(_ node: Node, _ path: String) -> String? {
+    private func urlPath(_ node: YAMLNode, _ path: String) -> String? {
         guard let s = reader.string(node, path) else { return nil }
         guard s.hasPrefix("/"), !s.contains(where: { $0 == " " || $0 == "?" || $0 == "#" || !$0.isASCII }) else {
             reader.fail(node, path, "expected a path starting with / (no spaces, query or fragment), got \"\(s)\"")

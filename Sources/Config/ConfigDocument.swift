@@ -1,4 +1,4 @@
-import Yams
+import YAML
 
 /// The dynamic part of a configuration as one JSON document: routes, upstreams, keysets, API
 /// key sets, the global plugin chain and the Lua scripts' sources. The admin API reads and replaces it, the config
@@ -246,7 +246,7 @@ public struct ConfigDocument: Sendable, Equatable {
     // MARK: YAML
 
     /// The config sections of a YAML file's root, as written (before `${VAR}` expansion).
-    static func sections(of root: Node) -> [Section: JSONValue] {
+    static func sections(of root: YAMLNode) -> [Section: JSONValue] {
         guard case .mapping(let mapping) = root else { return [:] }
         var out: [Section: JSONValue] = [:]
         for (key, value) in mapping {
@@ -261,10 +261,10 @@ public struct ConfigDocument: Sendable, Equatable {
     }
 
     /// `root` with its config sections replaced by this document's (`plugins.dirs` kept).
-    func replacingSections(of root: Node) -> Node {
+    func replacingSections(of root: YAMLNode) -> YAMLNode {
         guard case .mapping(let mapping) = root else { return root }
-        var pairs: [(Node, Node)] = []
-        var pluginDirs: Node?
+        var pairs: [(YAMLNode, YAMLNode)] = []
+        var pluginDirs: YAMLNode?
         for (key, value) in mapping {
             if let name = key.string, let section = Section(rawValue: name), section != .scripts {
                 if section == .plugins, case .mapping(let plugins) = value { pluginDirs = plugins.first { $0.key.string == "dirs" }?.value }
@@ -275,10 +275,10 @@ public struct ConfigDocument: Sendable, Equatable {
         for section in Self.configSections {
             guard var value = sections[section]?.node else { continue }
             if section == .plugins, let pluginDirs {
-                value = Node.mapping(.init([(Node.scalar(.init("dirs")), pluginDirs), (Node.scalar(.init("global")), value)]))
+                value = YAMLNode.mapping(.init([(YAMLNode.scalar(.init("dirs")), pluginDirs), (YAMLNode.scalar(.init("global")), value)]))
             }
-            pairs.append((Node.scalar(.init(section.rawValue)), value))
+            pairs.append((YAMLNode.scalar(.init(section.rawValue)), value))
         }
-        return Node.mapping(.init(pairs))
+        return YAMLNode.mapping(.init(pairs))
     }
 }

@@ -1,5 +1,5 @@
-import Foundation
-import Yams
+import FoundationEssentials
+import YAML
 
 /// Reads, interpolates and validates a gateway YAML file into a `GatewayConfig`.
 public enum ConfigLoader {
@@ -11,10 +11,10 @@ public enum ConfigLoader {
     public static func load(
         path: String, environment: [String: String] = ProcessInfo.processInfo.environment, document: ConfigDocument? = nil
     ) throws(ConfigError) -> GatewayConfig {
-        let name = (path as NSString).lastPathComponent
+        let name = FilePaths.lastComponent(path)
         let text = try read(path)
         let decoded = try decode(text, file: name, environment: environment, document: document)
-        let folder = (path as NSString).deletingLastPathComponent
+        let folder = FilePaths.parent(path)
         // Script paths in the file are relative to the file, wherever the gateway was started.
         let written = decoded.config?.scripts.directory ?? ScriptsConfig().directory
         let directory = written.hasPrefix("/") || folder.isEmpty ? written : folder + "/" + written
@@ -30,8 +30,8 @@ public enum ConfigLoader {
                 }
                 continue
             }
-            var isDirectory: ObjCBool = false
-            if !FileManager.default.fileExists(atPath: directory + "/" + relative, isDirectory: &isDirectory) || isDirectory.boolValue {
+            var isDirectory = false
+            if !FileManager.default.fileExists(atPath: directory + "/" + relative, isDirectory: &isDirectory) || isDirectory {
                 diagnostics.append(
                     ConfigDiagnostic(file: name, line: reference.line, path: reference.path, message: "no \(relative) in \(written)", pointer: reference.pointer))
             }
@@ -79,15 +79,15 @@ public enum ConfigLoader {
     /// The file's `store:` section alone (paths resolved against the file's folder): where the
     /// rest of the configuration comes from, read before the rest.
     public static func storeSettings(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> StoreConfig {
-        let name = (path as NSString).lastPathComponent
+        let name = FilePaths.lastComponent(path)
         let text = try read(path)
-        guard let root = try? Yams.compose(yaml: text), case .mapping(let mapping) = root,
+        guard let root = try? YAMLComposer.compose(text), case .mapping(let mapping) = root,
             let node = mapping.first(where: { $0.key.string == "store" })?.value
         else { return StoreConfig() }
         let reader = YAMLReader(file: name, environment: environment)
         var store = ConfigDecoder(reader: reader).decodeStore(node)
         if !reader.diagnostics.isEmpty { throw ConfigError(sorted(reader.diagnostics)) }
-        let folder = (path as NSString).deletingLastPathComponent
+        let folder = FilePaths.parent(path)
         func resolve(_ file: String) -> String { file.hasPrefix("/") || folder.isEmpty ? file : folder + "/" + file }
         store.passwordFile = store.passwordFile.map(resolve)
         store.cache = store.cache.map(resolve)
@@ -98,7 +98,7 @@ public enum ConfigLoader {
     /// what `GET /v1/config` shows for a file store, and what seeds an empty config store.
     public static func sections(path: String) throws(ConfigError) -> [ConfigDocument.Section: JSONValue] {
         let text = try read(path)
-        guard let root = try? Yams.compose(yaml: text) else {
+        guard let root = try? YAMLComposer.compose(text) else {
             throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "not a YAML document")])
         }
         return ConfigDocument.sections(of: root)
@@ -106,9 +106,9 @@ public enum ConfigLoader {
 
     private static func read(_ path: String) throws(ConfigError) -> String {
         do {
-            return try String(contentsOfFile: path, encoding: .utf8)
+            return try FileReading.text(path)
         } catch {
-            throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "cannot read: \(error.localizedDescription)")])
+            throw ConfigError([ConfigDiagnostic(file: path, line: 0, path: "", message: "cannot read: \(error)")])
         }
     }
 
@@ -127,49 +127,23 @@ public enum ConfigLoader {
 
     /// Decodes as far as the text allows: the config (nil when the document is unusable), every
     /// problem found, and the scripts the config names. A syntax error stops it; a duplicate
-    /// key does not (see `DuplicateKeys`).
+    /// key does not (the reader reports it with both lines).
     static func decode(
         _ text: String, file: String, environment: [String: String], document: ConfigDocument? = nil
     ) throws(ConfigError) -> (config: GatewayConfig?, diagnostics: [ConfigDiagnostic], scripts: [ScriptReference]) {
-        var text = text
-        var root: Node?
-        var renamed = 0
-        while true {
-            do {
-                root = try Yams.compose(yaml: text)
-                break
-            } catch let YamlError.duplicatedKeysInMapping(duplicates, context) {
-                // Yams refuses the whole document; the key is renamed so that the decoder
-                // reports it with its path and goes on to the rest.
-                guard renamed < 100, let key = duplicates.first, let marked = DuplicateKeys.mark(key, after: context.mark, in: text) else {
-                    let key = duplicates.first ?? "?"
-                    throw ConfigError([ConfigDiagnostic(file: file, line: context.mark.line, path: "", message: "duplicate key \"\(key)\"")])
-                }
-                text = marked
-                renamed += 1
-            } catch let error as YamlError {
-                throw ConfigError([syntaxDiagnostic(error, file: file)])
-            } catch {
-                throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "", message: "YAML error: \(error)")])
-            }
+        let composed: YAMLNode?
+        do {
+            composed = try YAMLComposer.compose(text)
+        } catch {
+            let message = error.kind == .syntax ? "YAML syntax error: \(error.message)" : "YAML error: \(error.message)"
+            throw ConfigError([ConfigDiagnostic(file: file, line: error.line, path: "", message: message)])
         }
-        guard var root else {
+        guard var root = composed else {
             throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "", message: "the file is empty")])
         }
         if let document { root = document.replacingSections(of: root) }
         let reader = YAMLReader(file: file, environment: environment)
         let config = ConfigDecoder(reader: reader).decode(root)
         return (config, reader.diagnostics, reader.scriptReferences)
-    }
-
-    private static func syntaxDiagnostic(_ error: YamlError, file: String) -> ConfigDiagnostic {
-        switch error {
-        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _):
-            return ConfigDiagnostic(file: file, line: mark.line, path: "", message: "YAML syntax error: \(problem)")
-        case .composer(_, let problem, let mark, _):
-            return ConfigDiagnostic(file: file, line: mark.line, path: "", message: "YAML error: \(problem)")
-        default:
-            return ConfigDiagnostic(file: file, line: 0, path: "", message: "YAML error: \(error)")
-        }
     }
 }

@@ -29,7 +29,7 @@ enum EnvironmentInterpolation {
             let body = rest[bodyStart..<close]
             let name: Substring
             let fallback: Substring?
-            if let sep = body.range(of: ":-") {
+            if let sep = body.firstRange(of: ":-") {
                 name = body[..<sep.lowerBound]
                 fallback = body[sep.upperBound...]
             } else {

@@ -1,4 +1,4 @@
-import Yams
+import YAML
 
 /// An OAuth2 token introspection endpoint (RFC 7662), asked with the gateway's client
 /// credentials.
@@ -28,7 +28,7 @@ public struct IntrospectionServer: Sendable, Equatable {
 }
 
 extension ConfigDecoder {
-    func decodeIntrospection(_ node: Node) -> [IntrospectionServer] {
+    func decodeIntrospection(_ node: YAMLNode) -> [IntrospectionServer] {
         let r = reader
         guard case .mapping(let mapping) = node else {
             r.fail(node, "introspection", "expected a mapping of endpoint names to their settings")

@@ -1,5 +1,5 @@
-import Foundation
-import Yams
+import FoundationEssentials
+import YAML
 
 /// A JSON document as a value: what the admin API reads and writes, and what the config store
 /// keeps. Control plane only, never on a request's path.
@@ -114,56 +114,46 @@ public enum JSONValue: Sendable, Hashable {
 
     /// The YAML node the config decoder reads: YAML is a superset of JSON, so a document the
     /// API receives is checked by the very code that checks the file.
-    var node: Node {
+    var node: YAMLNode {
         switch self {
-        case .null: return Node.scalar(.init("", Tags.null, .plain))
-        case .bool(let b): return Node.scalar(.init(b ? "true" : "false", Tags.bool, .plain))
-        case .int(let i): return Node.scalar(.init(String(i), Tags.int, .plain))
-        case .double(let d): return Node.scalar(.init("\(d)", Tags.float, .plain))
-        case .string(let s): return Node.scalar(.init(s, Tags.str, .doubleQuoted))
-        case .array(let items): return Node.sequence(.init(items.map(\.node)))
+        case .null: return .scalar(.init("", .null))
+        case .bool(let b): return .scalar(.init(b ? "true" : "false", .bool))
+        case .int(let i): return .scalar(.init(String(i), .int))
+        case .double(let d): return .scalar(.init("\(d)", .float))
+        case .string(let s): return .scalar(.init(s, .str, .doubleQuoted))
+        case .array(let items): return .sequence(.init(items.map(\.node)))
         case .object(let members):
-            return Node.mapping(.init(members.keys.sorted().map { (Node.scalar(.init($0, Tags.str, .doubleQuoted)), members[$0]!.node) }))
+            return .mapping(.init(members.keys.sorted().map { (YAMLNode.scalar(.init($0, .str, .doubleQuoted)), members[$0]!.node) }))
         }
-    }
-
-    /// One of each tag, shared: a `Tag` made per node builds its own constructor table.
-    private enum Tags {
-        nonisolated(unsafe) static let null = Tag(.null)
-        nonisolated(unsafe) static let bool = Tag(.bool)
-        nonisolated(unsafe) static let int = Tag(.int)
-        nonisolated(unsafe) static let float = Tag(.float)
-        nonisolated(unsafe) static let str = Tag(.str)
     }
 
     /// The JSON value of a YAML node as written (before `${VAR}` expansion): plain scalars
     /// keep the type YAML gives them (numbers, booleans, null), the rest are strings.
-    init(_ node: Node) {
+    init(_ node: YAMLNode) {
         switch node {
         case .scalar(let scalar):
-            guard scalar.style == .plain else {
-                self = .string(scalar.string)
-                return
-            }
-            switch node.tag {
-            case Tag(.null): self = .null
-            case Tag(.bool): self = node.bool.map(JSONValue.bool) ?? .string(scalar.string)
-            case Tag(.int): self = Int(scalar.string).map(JSONValue.int) ?? .string(scalar.string)
-            case Tag(.float): self = Double(scalar.string).map(JSONValue.double) ?? .string(scalar.string)
-            default: self = .string(scalar.string)
+            switch scalar.tag {
+            case .null: self = .null
+            case .bool: self = scalar.bool.map(JSONValue.bool) ?? .string(scalar.string)
+            case .int: self = Int(scalar.string).map(JSONValue.int) ?? .string(scalar.string)
+            case .float: self = Double(scalar.string).map(JSONValue.double) ?? .string(scalar.string)
+            case .str: self = .string(scalar.string)
             }
         case .sequence(let sequence): self = .array(sequence.map(JSONValue.init))
         case .mapping(let mapping):
             var members: [String: JSONValue] = [:]
             for (key, value) in mapping { members[key.string ?? ""] = JSONValue(value) }
             self = .object(members)
-        case .alias: self = .null
         }
     }
 }
 
-extension JSONValue: ExpressibleByStringLiteral {
+extension JSONValue: ExpressibleByStringLiteral, ExpressibleByDictionaryLiteral, ExpressibleByArrayLiteral {
     public init(stringLiteral value: String) { self = .string(value) }
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
+    }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
 }
 
 /// Text that is not JSON.
@@ -177,7 +167,7 @@ public enum JSONPointer {
     /// One reference token, escaped (`~` → `~0`, `/` → `~1`).
     public static func escape(_ token: String) -> String {
         guard token.utf8.contains(where: { $0 == UInt8(ascii: "~") || $0 == UInt8(ascii: "/") }) else { return token }
-        return token.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+        return token.replacing("~", with: "~0").replacing("/", with: "~1")
     }
 
     public static func join(_ pointer: String, _ token: String) -> String { pointer + "/" + escape(token) }

@@ -1,4 +1,4 @@
-import Yams
+import YAML
 
 /// A configuration value with where it was written: a plugin's `config`, kept as written
 /// until the plugin's schema (known only once its Lua module loads) checks it.
@@ -137,7 +137,7 @@ public struct KVConfig: Sendable, Equatable {
 }
 
 extension ConfigDecoder {
-    func decodeKV(_ node: Node?, redis: [RedisServer]) -> KVConfig {
+    func decodeKV(_ node: YAMLNode?, redis: [RedisServer]) -> KVConfig {
         let r = reader
         var config = KVConfig()
         if redis.count == 1 { config.store = redis[0].name }
@@ -156,7 +156,7 @@ extension ConfigDecoder {
     }
 
     /// `plugins:` at the top: a list (the global chain), or `{dirs: [...], global: [...]}`.
-    func decodePluginsSection(_ node: Node) -> PluginsConfig {
+    func decodePluginsSection(_ node: YAMLNode) -> PluginsConfig {
         let r = reader
         var out = PluginsConfig()
         if case .sequence = node {
@@ -179,7 +179,7 @@ extension ConfigDecoder {
     }
 
     /// A list of `{name, config}` entries; a name twice in one list is refused.
-    func decodePluginList(_ node: Node, _ path: String) -> [PluginUse] {
+    func decodePluginList(_ node: YAMLNode, _ path: String) -> [PluginUse] {
         let r = reader
         guard let items = r.sequence(node, path) else { return [] }
         var out: [PluginUse] = []
@@ -226,7 +226,7 @@ extension ConfigDecoder {
 
     /// The YAML under `node` as a located value. Scalars get YAML 1.2's core types when plain
     /// (after `${VAR}` expansion); quoted scalars are strings.
-    private func located(_ node: Node, _ path: String, depth: Int = 0) -> LocatedValue? {
+    private func located(_ node: YAMLNode, _ path: String, depth: Int = 0) -> LocatedValue? {
         let r = reader
         let line = node.mark?.line ?? 0
         func make(_ kind: LocatedValue.Kind) -> LocatedValue {
@@ -260,22 +260,21 @@ extension ConfigDecoder {
             return make(.array(items))
         case .mapping(let mapping):
             var members: [LocatedValue.Member] = []
+            var firstLines: [String: Int] = [:]
             for (key, value) in mapping {
                 guard case .scalar(let k) = key else {
                     r.fail(key, path, "keys must be plain strings")
                     return nil
                 }
-                if let (original, firstLine) = DuplicateKeys.marked(k.string) {
-                    r.fail(key, r.join(path, original), "duplicate key \"\(original)\" (first at line \(firstLine))")
+                if let firstLine = firstLines[k.string] {
+                    r.fail(key, r.join(path, k.string), "duplicate key \"\(k.string)\" (first at line \(firstLine))")
                     return nil
                 }
+                firstLines[k.string] = key.mark?.line ?? 0
                 guard let v = located(value, r.join(path, k.string), depth: depth + 1) else { return nil }
                 members.append(LocatedValue.Member(key: k.string, value: v))
             }
             return make(.object(members))
-        case .alias:
-            r.fail(node, path, "aliases are not supported here")
-            return nil
         }
     }
 }

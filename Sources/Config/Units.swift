@@ -26,12 +26,3 @@ enum Units {
         return value
     }
 }
-
-extension String {
-    func trimmingSpaces() -> Substring {
-        var s = Substring(self)
-        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
-        while s.last == " " || s.last == "\t" { s = s.dropLast() }
-        return s
-    }
-}

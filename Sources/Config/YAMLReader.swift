@@ -1,4 +1,4 @@
-import Yams
+import YAML
 
 /// Walks a composed YAML document, expanding environment variables in scalars and collecting
 /// every problem with its line and document path instead of stopping at the first.
@@ -19,7 +19,7 @@ final class YAMLReader {
     /// spelled only for problems.
     private var parents: [String: (parent: String, token: String)] = [:]
 
-    func fail(_ node: Node?, _ path: String, _ message: String) {
+    func fail(_ node: YAMLNode?, _ path: String, _ message: String) {
         diagnostics.append(ConfigDiagnostic(file: file, line: node?.mark?.line ?? 0, path: path, message: message, pointer: pointer(path)))
     }
 
@@ -29,27 +29,27 @@ final class YAMLReader {
     }
 
     /// The pairs of a mapping, reporting keys outside `allowed` as errors.
-    func mapping(_ node: Node, _ path: String, allowed: Set<String>) -> [String: (key: Node, value: Node)]? {
+    func mapping(_ node: YAMLNode, _ path: String, allowed: Set<String>) -> [String: (key: YAMLNode, value: YAMLNode)]? {
         guard case .mapping(let mapping) = node else {
             fail(node, path, "expected a mapping")
             return nil
         }
-        var out: [String: (key: Node, value: Node)] = [:]
+        var out: [String: (key: YAMLNode, value: YAMLNode)] = [:]
+        var firstLines: [String: Int] = [:]
         for (key, value) in mapping {
             guard case .scalar(let scalar) = key else {
                 fail(key, path, "keys must be plain strings")
                 continue
             }
             let name = scalar.string
-            if let (original, firstLine) = DuplicateKeys.marked(name) {
-                fail(key, join(path, original), "duplicate key \"\(original)\" (first at line \(firstLine))")
+            if let firstLine = firstLines[name] {
+                fail(key, join(path, name), "duplicate key \"\(name)\" (first at line \(firstLine))")
                 continue
             }
+            firstLines[name] = key.mark?.line ?? 0
             if !allowed.contains(name) {
                 let known = allowed.sorted().joined(separator: ", ")
                 fail(key, join(path, name), "unknown key \"\(name)\" (expected one of: \(known))")
-            } else if out[name] != nil {
-                fail(key, join(path, name), "duplicate key")
             } else {
                 out[name] = (key, value)
             }
@@ -57,7 +57,7 @@ final class YAMLReader {
         return out
     }
 
-    func sequence(_ node: Node, _ path: String) -> [Node]? {
+    func sequence(_ node: YAMLNode, _ path: String) -> [YAMLNode]? {
         guard case .sequence(let sequence) = node else {
             fail(node, path, "expected a list")
             return nil
@@ -65,7 +65,7 @@ final class YAMLReader {
         return Array(sequence)
     }
 
-    func string(_ node: Node, _ path: String) -> String? {
+    func string(_ node: YAMLNode, _ path: String) -> String? {
         guard case .scalar(let scalar) = node else {
             fail(node, path, "expected a string")
             return nil
@@ -83,7 +83,7 @@ final class YAMLReader {
         }
     }
 
-    func int(_ node: Node, _ path: String, range: ClosedRange<Int>) -> Int? {
+    func int(_ node: YAMLNode, _ path: String, range: ClosedRange<Int>) -> Int? {
         guard let text = string(node, path) else { return nil }
         guard let value = Int(text.trimmingSpaces()), range.contains(value) else {
             fail(node, path, "expected an integer in \(range.lowerBound)...\(range.upperBound), got \"\(text)\"")
@@ -92,7 +92,7 @@ final class YAMLReader {
         return value
     }
 
-    func bool(_ node: Node, _ path: String) -> Bool? {
+    func bool(_ node: YAMLNode, _ path: String) -> Bool? {
         guard let text = string(node, path) else { return nil }
         switch text.lowercased() {
         case "true", "yes", "on": return true
@@ -103,7 +103,7 @@ final class YAMLReader {
         }
     }
 
-    func duration(_ node: Node, _ path: String) -> Duration? {
+    func duration(_ node: YAMLNode, _ path: String) -> Duration? {
         guard let text = string(node, path) else { return nil }
         guard let value = Units.duration(text) else {
             fail(node, path, "expected a duration such as 500ms, 2s or 1m, got \"\(text)\"")
@@ -112,7 +112,7 @@ final class YAMLReader {
         return value
     }
 
-    func size(_ node: Node, _ path: String) -> Int? {
+    func size(_ node: YAMLNode, _ path: String) -> Int? {
         guard let text = string(node, path) else { return nil }
         guard let value = Units.size(text) else {
             fail(node, path, "expected a size such as 8192, 16k or 10MB, got \"\(text)\"")
@@ -121,7 +121,7 @@ final class YAMLReader {
         return value
     }
 
-    func address(_ node: Node, _ path: String) -> SocketAddressSpec? {
+    func address(_ node: YAMLNode, _ path: String) -> SocketAddressSpec? {
         guard let text = string(node, path) else { return nil }
         guard let value = SocketAddressSpec(parsing: text) else {
             fail(node, path, "expected host:port, got \"\(text)\"")

@@ -1,6 +1,8 @@
 import Config
-import Foundation
+import FoundationEssentials
 import Scripting
+import Proxy
+import Prometheus
 
 /// What the admin API reads of the gateway's configuration.
 extension Gateway {
@@ -35,20 +37,5 @@ extension Gateway {
     func storeHealth() async -> JSONValue {
         guard let controlPlane else { return .object(["kind": "file", "path": .string(configPath)]) }
         return await controlPlane.statusJSON
-    }
-}
-
-extension JSONValue {
-    /// The value as Foundation's JSON serializer takes it (`/status` is built that way).
-    var foundationValue: Any {
-        switch self {
-        case .null: return NSNull()
-        case .bool(let b): return b
-        case .int(let i): return i
-        case .double(let d): return d
-        case .string(let s): return s
-        case .array(let a): return a.map(\.foundationValue)
-        case .object(let o): return o.mapValues(\.foundationValue)
-        }
     }
 }

@@ -1,10 +1,13 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
+import Config
+import FoundationEssentials
 import NIOCore
 import Proxy
 import Telemetry
+import Scripting
+import Prometheus
 
 /// What the admin endpoints read: metrics summed over the workers, readiness, status.
 extension Gateway {
@@ -123,34 +126,36 @@ extension Gateway {
     /// `/status`: version, uptime, generation, the last reload's result, targets' health.
     public func statusJSON() async -> String {
         let views = await workerViews()
-        var targets: [String: [String: Any]] = [:]
+        var targets: [String: [String: JSONValue]] = [:]
         for (index, view) in views.enumerated() {
             for (target, t) in view.health {
-                var entry = targets[target] ?? ["workers": [[String: Any]]()]
-                var list = entry["workers"] as? [[String: Any]] ?? []
-                list.append(["worker": index, "ejected": t.ejected, "breaker": t.breaker, "in_flight": t.inFlight])
-                entry["workers"] = list
-                if let probe = probed[target] { entry["probe_healthy"] = probe.healthy }
+                var entry = targets[target] ?? ["workers": .array([])]
+                guard case .array(var list)? = entry["workers"] else { continue }
+                list.append(["worker": .int(index), "ejected": .bool(t.ejected), "breaker": .string(t.breaker), "in_flight": .int(t.inFlight)])
+                entry["workers"] = .array(list)
+                if let probe = probed[target] { entry["probe_healthy"] = .bool(probe.healthy) }
                 targets[target] = entry
             }
         }
-        var reload: [String: Any] = [:]
+        var reload: [String: JSONValue] = [:]
         if let last = lastReload {
-            reload = ["generation": last.generation, "succeeded": last.succeeded, "errors": last.errors]
+            reload = ["generation": .int(last.generation), "succeeded": .bool(last.succeeded), "errors": .array(last.errors.map(JSONValue.string))]
         }
         let (ready, _) = readiness()
-        let status: [String: Any] = [
-            "version": version,
-            "uptime_seconds": Date().timeIntervalSince(startedAt).rounded(),
-            "ready": ready,
-            "config": ["path": configPath, "generation": generation?.id ?? 0, "scripts": generation?.scripts?.policies ?? []],
-            "workers": views.count,
-            "last_reload": reload,
-            "store": await storeHealth().foundationValue,
-            "targets": targets,
+        let status: JSONValue = [
+            "version": .string(version),
+            "uptime_seconds": .int(Int(Date().timeIntervalSince(startedAt).rounded())),
+            "ready": .bool(ready),
+            "config": [
+                "path": .string(configPath), "generation": .int(generation?.id ?? 0),
+                "scripts": .array((generation?.scripts?.policies ?? []).map(JSONValue.string)),
+            ],
+            "workers": .int(views.count),
+            "last_reload": .object(reload),
+            "store": await storeHealth(),
+            "targets": .object(targets.mapValues(JSONValue.object)),
         ]
-        guard let data = try? JSONSerialization.data(withJSONObject: status, options: [.sortedKeys]) else { return "{}" }
-        return String(decoding: data, as: UTF8.self)
+        return status.canonicalText
     }
 
     /// The admin listener's port (0 config ports bind a free one), or nil with no admin.

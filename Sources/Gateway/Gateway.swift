@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Auth
 import Config
-import Foundation
+import FoundationEssentials
 import HTTPClient
 import Logging
 import NIOCore

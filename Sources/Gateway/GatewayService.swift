@@ -1,8 +1,9 @@
 import Config
-import Foundation
+import FoundationEssentials
 import Logging
 import ServiceLifecycle
 import UnixSignals
+import Proxy
 
 /// Runs a `Gateway` under swift-service-lifecycle: reloads on `SIGHUP` and on changes to the
 /// config file; drains and stops on graceful shutdown (`SIGTERM`, `SIGINT`).
@@ -92,7 +93,7 @@ public struct GatewayService: Service {
         let fm = FileManager.default
         var files = paths
         for directory in directories {
-            for relative in (fm.enumerator(atPath: directory)?.allObjects as? [String]) ?? [] { files.append(directory + "/" + relative) }
+            for relative in (try? fm.subpathsOfDirectory(atPath: directory)) ?? [] { files.append(directory + "/" + relative) }
         }
         return files.contains { path in
             ((try? fm.attributesOfItem(atPath: path))?[.modificationDate] as? Date).map { $0 >= date } ?? false

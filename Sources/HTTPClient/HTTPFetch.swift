@@ -188,7 +188,7 @@ public enum HTTPFetch {
     public static func maxAge(_ cacheControl: String?) -> Int? {
         guard let cacheControl else { return nil }
         for directive in cacheControl.split(separator: ",") {
-            let d = directive.trimmingCharacters(in: .whitespaces).lowercased()
+            let d = directive.trimmingSpaces().lowercased()
             if d.hasPrefix("max-age="), let v = Int(d.dropFirst(8)), v >= 0 { return v }
         }
         return nil
@@ -196,5 +196,5 @@ public enum HTTPFetch {
 }
 
 #if canImport(Foundation)
-import Foundation
+import FoundationEssentials
 #endif

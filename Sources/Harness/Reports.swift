@@ -1,4 +1,5 @@
-import Foundation
+import Config
+import FoundationEssentials
 import Scripting
 
 /// The ways `moongate test` reports: readable text, TAP, JUnit XML.
@@ -29,17 +30,17 @@ public enum TestReport {
     public static func text(_ files: [FileResult]) -> String {
         var out = ""
         for file in files {
-            if let error = file.loadError { out += "ERROR \(file.path): cannot load\n  \(error.replacingOccurrences(of: "\n", with: "\n  "))\n" }
+            if let error = file.loadError { out += "ERROR \(file.path): cannot load\n  \(error.replacing("\n", with: "\n  "))\n" }
             for test in file.tests where test.status == .failed {
                 out += "FAIL \(test.name)  (\(test.location))\n"
-                out += "  \((test.message ?? "failed").replacingOccurrences(of: "\n", with: "\n  "))\n"
+                out += "  \((test.message ?? "failed").replacing("\n", with: "\n  "))\n"
             }
         }
         let t = totals(files)
         if t.passed + t.failed + t.pending == 0, t.loadErrors == 0 { out += "no tests found\n" }
         out += "\(t.passed) passed, \(t.failed) failed, \(t.pending) pending"
         if t.loadErrors > 0 { out += ", \(t.loadErrors) \(t.loadErrors == 1 ? "file" : "files") not loaded" }
-        out += String(format: " (%d files, %.3f s)\n", files.count, t.seconds)
+        out += " (\(files.count) files, \(t.seconds.fixed(3)) s)\n"
         return out
     }
 
@@ -77,17 +78,17 @@ public enum TestReport {
     public static func junit(_ files: [FileResult]) -> String {
         let t = totals(files)
         var x = #"<?xml version="1.0" encoding="UTF-8"?>"# + "\n"
-        x += #"<testsuites name="moongate" tests="\#(t.passed + t.failed + t.pending + t.loadErrors)" failures="\#(t.failed)" errors="\#(t.loadErrors)" skipped="\#(t.pending)" time="\#(String(format: "%.3f", t.seconds))">"# + "\n"
+        x += #"<testsuites name="moongate" tests="\#(t.passed + t.failed + t.pending + t.loadErrors)" failures="\#(t.failed)" errors="\#(t.loadErrors)" skipped="\#(t.pending)" time="\#(t.seconds.fixed(3))">"# + "\n"
         for file in files {
             let failures = file.tests.filter { $0.status == .failed }.count
             let skipped = file.tests.filter { $0.status == .pending }.count
             let errors = file.loadError == nil ? 0 : 1
-            x += #"  <testsuite name="\#(escape(file.path))" tests="\#(file.tests.count + errors)" failures="\#(failures)" errors="\#(errors)" skipped="\#(skipped)" time="\#(String(format: "%.3f", file.seconds))">"# + "\n"
+            x += #"  <testsuite name="\#(escape(file.path))" tests="\#(file.tests.count + errors)" failures="\#(failures)" errors="\#(errors)" skipped="\#(skipped)" time="\#(file.seconds.fixed(3))">"# + "\n"
             if let error = file.loadError {
                 x += #"    <testcase name="(load)" classname="\#(escape(file.path))" time="0"><error message="cannot load">\#(escape(error))</error></testcase>"# + "\n"
             }
             for test in file.tests {
-                x += #"    <testcase name="\#(escape(test.name))" classname="\#(escape(file.path))" file="\#(escape(test.location))" time="\#(String(format: "%.6f", test.seconds))">"#
+                x += #"    <testcase name="\#(escape(test.name))" classname="\#(escape(file.path))" file="\#(escape(test.location))" time="\#(test.seconds.fixed(6))">"#
                 switch test.status {
                 case .passed: break
                 case .pending: x += "<skipped/>"
@@ -131,7 +132,7 @@ public enum CoverageReport {
         var lines: Set<Int> = []
         var inLongComment = false
         for (i, raw) in source.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            var line = raw.trimmingCharacters(in: .whitespaces)
+            var line = String(raw.trimmingWhitespace())
             if inLongComment {
                 if line.contains("]]") { inLongComment = false }
                 continue
@@ -140,18 +141,18 @@ public enum CoverageReport {
                 if !line.contains("]]") { inLongComment = true }
                 continue
             }
-            if let comment = line.range(of: "--") { line = String(line[..<comment.lowerBound]).trimmingCharacters(in: .whitespaces) }
+            if let comment = line.firstRange(of: "--") { line = String(line[..<comment.lowerBound].trimmingWhitespace()) }
             if line.isEmpty { continue }
             let lone: Set<String> = ["end", "end)", "end,", "end}", "else", "do", "then", "}", "},", "})", ")", "),", "{", "repeat", "end;"]
             if lone.contains(line) { continue }
             // A function's header holds no instruction: its closure is made on its `end` line.
-            if line.range(of: functionHeader, options: .regularExpression) != nil { continue }
+            if line.contains(functionHeader) { continue }
             lines.insert(i + 1)
         }
         return lines
     }
 
-    static let functionHeader = #"^(local\s+)?(function\s+[\w.:]+\s*\(.*\)|[\w.\[\]"']+\s*=\s*function\s*\(.*\)|function\s*\(.*\))$"#
+    nonisolated(unsafe) static let functionHeader = #/^(local\s+)?(function\s+[\w.:]+\s*\(.*\)|[\w.\[\]"']+\s*=\s*function\s*\(.*\)|function\s*\(.*\))$/#
 
     public static func text(_ recorder: CoverageRecorder, scripts: [(path: String, source: String)]) -> String {
         let hits = recorder.hits
@@ -164,13 +165,13 @@ public enum CoverageReport {
             totalRun += covered
             totalLines += lines.count
             let percent = lines.isEmpty ? 100 : Double(covered) * 100 / Double(lines.count)
-            out += String(format: "  %6.1f%%  %4d/%-4d  ", percent, covered, lines.count) + path
+            out += "  " + (percent.fixed(1) + "%").padded(left: 7) + "  " + String(covered).padded(left: 4) + "/" + String(lines.count).padded(right: 4) + "  " + path
             let missed = lines.subtracting(run).sorted()
             if !missed.isEmpty { out += "  missed: " + ranges(missed) }
             out += "\n"
         }
         let percent = totalLines == 0 ? 100 : Double(totalRun) * 100 / Double(totalLines)
-        out += String(format: "  %6.1f%%  %4d/%-4d  total\n", percent, totalRun, totalLines)
+        out += "  " + (percent.fixed(1) + "%").padded(left: 7) + "  " + String(totalRun).padded(left: 4) + "/" + String(totalLines).padded(right: 4) + "  total\n"
         return out
     }
 

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import NIOConcurrencyHelpers
 import Logging
 import Scripting
 
@@ -7,7 +8,7 @@ import Scripting
 public final class FakeClock: ScriptClock, @unchecked Sendable {
     /// 2023-11-14T22:13:20Z.
     public static let start = 1_700_000_000.0
-    private let lock = NSLock()
+    private let lock = NIOLock()
     /// Kept in whole nanoseconds, so that advancing by 0.1 s ten times is exactly one second
     /// (a bucket's refill depends on it).
     private var nanos = Int64(FakeClock.start) * 1_000_000_000
@@ -35,7 +36,7 @@ public struct CapturedLog: Sendable {
 
 /// Where the simulated gateway's log lines go under `moongate test`: kept for `harness.logs()`.
 public final class LogStore: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = NIOLock()
     private var lines: [CapturedLog] = []
 
     public init() {}

@@ -1,6 +1,6 @@
 import CLuaRuntime
 import Config
-import Foundation
+import FoundationEssentials
 import Logging
 import Proxy
 import Scripting
@@ -71,13 +71,13 @@ public final class TestRunner {
         var found: [String] = []
         let fm = FileManager.default
         for path in paths {
-            var isDirectory: ObjCBool = false
+            var isDirectory = false
             guard fm.fileExists(atPath: path, isDirectory: &isDirectory) else { continue }
-            if !isDirectory.boolValue {
+            if !isDirectory {
                 found.append(path)
                 continue
             }
-            for relative in (fm.enumerator(atPath: path)?.allObjects as? [String]) ?? [] where relative.hasSuffix("_test.lua") {
+            for relative in (try? fm.subpathsOfDirectory(atPath: path)) ?? [] where relative.hasSuffix("_test.lua") {
                 found.append(path.hasSuffix("/") ? path + relative : path + "/" + relative)
             }
         }

@@ -1,6 +1,6 @@
 import CLuaRuntime
 import Config
-import Foundation
+import FoundationEssentials
 import Scripting
 
 /// A plugin as its module describes itself: name, priority, schema and phases.
@@ -44,8 +44,8 @@ public struct PluginCatalog: Sendable {
         var errors: [ScriptError] = []
         let fm = FileManager.default
         for dir in dirs {
-            var isDirectory: ObjCBool = false
-            guard fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue else {
+            var isDirectory = false
+            guard fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory else {
                 errors.append(ScriptError(file: dir, line: nil, message: "plugins.dirs: not a directory"))
                 continue
             }

@@ -1,6 +1,7 @@
 import NIOCore
 import SocketLoop
 import TLS
+import Config
 
 extension DownstreamConnectionHandler {
     /// Answers the request with the error's status and `{"error": ..., "request_id": ...}`

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import NIOCore
+import Telemetry
 
 extension DownstreamConnectionHandler {
     /// Counts the request that just ended, once, with the status the client got (499: the

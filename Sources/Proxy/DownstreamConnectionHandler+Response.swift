@@ -1,6 +1,7 @@
 // Hot path: per request, no allocation beyond the response head.
 import NIOCore
 import Scripting
+import Telemetry
 
 extension DownstreamConnectionHandler {
     /// Largest upstream response head accepted; beyond it the upstream is broken (`502`).

@@ -1,5 +1,7 @@
 import Config
 import NIOCore
+import Telemetry
+import Logging
 
 /// A request's tries: the balancer picks a target, passive health hears how each try went,
 /// and a try that fails before any answer came goes to another target while the request is

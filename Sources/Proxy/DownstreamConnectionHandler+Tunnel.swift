@@ -1,4 +1,5 @@
 import NIOCore
+import Config
 
 /// A protocol switch: after the upstream's `101` the client connection and the upstream
 /// connection become a `Tunnel`, which takes both streams over. The handler keeps the request

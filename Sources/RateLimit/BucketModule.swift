@@ -4,6 +4,7 @@ import Logging
 import Redis
 import Scripting
 import Synchronization
+import Telemetry
 
 /// `redis_bucket`: token buckets for scripts.
 ///

@@ -1,5 +1,6 @@
 import Config
-import Foundation
+import FoundationEssentials
+import NIOConcurrencyHelpers
 import Logging
 import NIOCore
 import Redis
@@ -33,7 +34,7 @@ public final class RedisBuckets: RedisBucketStore, RedisSender, @unchecked Senda
         var all: [[(loop: EventLoop, client: NIOLoopBound<RedisClient>)]] = []
         for server in servers {
             let password = try server.passwordFile.map { file in
-                try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                String(try FileReading.text(file).trimmingWhitespace())
             } ?? server.password
             var perLoop: [(loop: EventLoop, client: NIOLoopBound<RedisClient>)] = []
             for loop in group.makeIterator() {
@@ -158,7 +159,7 @@ public final class MemoryRedisBuckets: RedisBucketStore, @unchecked Sendable {
 public final class BlockingRedisBuckets: RedisBucketStore, @unchecked Sendable {
     private let connection: BlockingRedis
     private let clock: any ScriptClock
-    private let lock = NSLock()
+    private let lock = NIOLock()
     private var prefix: String
 
     public init(host: String, port: Int, clock: any ScriptClock) throws(RedisError) {

@@ -1,5 +1,6 @@
 import CLuaRuntime
-import Foundation
+import FoundationEssentials
+import Synchronization
 import Config
 import Logging
 
@@ -519,24 +520,17 @@ private let moduleSource: LuaFunction = { L in
 }
 
 /// Lines scripts run, by chunk name (`moongate test --coverage`).
-public final class CoverageRecorder: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String: Set<Int>] = [:]
+public final class CoverageRecorder: Sendable {
+    private let lines = Mutex<[String: Set<Int>]>([:])
 
     public init() {}
 
     func hit(_ source: String, _ line: Int) {
-        lock.lock()
-        lines[source, default: []].insert(line)
-        lock.unlock()
+        lines.withLock { _ = $0[source, default: []].insert(line) }
     }
 
     /// Lines run per script path (chunk names without their `@`).
-    public var hits: [String: Set<Int>] {
-        lock.lock()
-        defer { lock.unlock() }
-        return lines
-    }
+    public var hits: [String: Set<Int>] { lines.withLock { $0 } }
 }
 
 private let coverageHook: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int32) -> Void = { context, source, line in

@@ -1,5 +1,6 @@
 import CLuaRuntime
 import Telemetry
+import Logging
 
 /// `metrics`: Prometheus counters, gauges and histograms of a script's own.
 ///

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// One Lua file of the scripts directory.
 public struct ScriptFile: Sendable, Equatable {
@@ -33,16 +33,16 @@ public struct ScriptSet: Sendable, Equatable {
     /// A missing directory is an empty set; unreadable files and bad names are errors.
     public static func load(directory: String) throws(ScriptErrors) -> ScriptSet {
         let fm = FileManager.default
-        var isDirectory: ObjCBool = false
+        var isDirectory = false
         guard fm.fileExists(atPath: directory, isDirectory: &isDirectory) else {
             return ScriptSet(directory: directory, files: [])
         }
-        guard isDirectory.boolValue else {
+        guard isDirectory else {
             throw ScriptErrors([ScriptError(file: directory, line: nil, message: "the scripts directory is not a directory")])
         }
         var errors: [ScriptError] = []
         var files: [ScriptFile] = []
-        let relativePaths = ((fm.enumerator(atPath: directory)?.allObjects as? [String]) ?? []).sorted()
+        let relativePaths = ((try? fm.subpathsOfDirectory(atPath: directory)) ?? []).sorted()
         for relative in relativePaths where relative.hasSuffix(".lua") && !relative.hasSuffix("_test.lua") {
             let display = Self.shortPath(directory.hasSuffix("/") ? directory + relative : directory + "/" + relative)
             guard let module = moduleName(relative) else {

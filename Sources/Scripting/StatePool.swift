@@ -1,3 +1,4 @@
+import Config
 /// One event loop's Lua states for one generation of scripts. States are made on demand up
 /// to `settings.maxStates`; past that, requests wait in line for one to come back.
 /// Loop-confined: never touched from another thread.

@@ -6,7 +6,8 @@ import COpenSSL
 import Config
 import CoreMetrics
 import EchoUpstream
-import Foundation
+import FoundationEssentials
+import Glibc
 import Gateway
 import Logging
 import NIOPosix
@@ -17,6 +18,8 @@ import RateLimit
 import Scripting
 import ServiceLifecycle
 import Telemetry
+import UnixSignals
+import NIOCore
 
 @main
 struct Moongate: AsyncParsableCommand {
@@ -78,7 +81,7 @@ extension Moongate {
             do {
                 loaded = try ConfigLoader.load(path: config, environment: environment)
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                StandardError.write("\(error)\n")
                 throw ExitCode(1)
             }
             let level = logLevel ?? Logger.Level(rawValue: loaded.logLevel) ?? .info
@@ -130,7 +133,7 @@ extension Moongate {
                 }
                 print("\(config): OK (\(loaded.listeners.count) listeners, \(loaded.upstreams.count) upstreams, \(loaded.routes.count) routes)")
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                StandardError.write("\(error)\n")
                 throw ExitCode(1)
             }
         }
@@ -193,17 +196,17 @@ struct BenchRuntime: ParsableCommand {
     func run() throws {
         if let side = patternsOnly {
             let figures = try RuntimeMicrobenchmark.patterns(iterations: iterations, only: side == "stock")
-            print("patterns \(side): \(String(format: "%.0f", max(figures.ours, figures.stock))) ns CPU per request")
+            print("patterns \(side): \(max(figures.ours, figures.stock).fixed(0)) ns CPU per request")
             return
         }
         let figures = try RuntimeMicrobenchmark.run(iterations: iterations)
         for (name, ns) in figures.nanoseconds {
-            print("\(name.padding(toLength: 14, withPad: " ", startingAt: 0)) \(String(format: "%7.0f", ns)) ns per request")
+            print("\(name.padded(right: 14)) \(ns.fixed(0).padded(left: 7)) ns per request")
         }
         print("pooled state   \(figures.stateBytes / 1024) KiB (\(figures.stateBytes) bytes)")
         let patterns = try RuntimeMicrobenchmark.patterns(iterations: max(iterations / 20, 1000), rounds: 15)
         print(
-            "patterns       \(String(format: "%7.0f", patterns.ours)) ns CPU per request (system library's: \(String(format: "%.0f", patterns.stock)) ns; ratio \(String(format: "%.3f", patterns.ours / patterns.stock)))")
+            "patterns       \(patterns.ours.fixed(0).padded(left: 7)) ns CPU per request (system library's: \(patterns.stock.fixed(0)) ns; ratio \((patterns.ours / patterns.stock).fixed(3)))")
     }
 }
 

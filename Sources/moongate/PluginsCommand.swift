@@ -1,7 +1,8 @@
 import ArgumentParser
 import COpenSSL
 import Config
-import Foundation
+import FoundationEssentials
+import Glibc
 import Plugins
 import Scripting
 
@@ -32,9 +33,9 @@ struct PluginsCommand: ParsableCommand {
             let plugins = try options.catalog().plugins.values.sorted { $0.priority != $1.priority ? $0.priority > $1.priority : $0.name < $1.name }
             let width = plugins.map(\.name.count).max() ?? 0
             for p in plugins {
-                let name = p.name.padding(toLength: width, withPad: " ", startingAt: 0)
+                let name = p.name.padded(right: width)
                 let origin = p.builtin ? "built-in" : p.file.path
-                print("\(name)  \(String(p.priority).leftPad(7))  \(p.phases.joined(separator: ",").padding(toLength: 19, withPad: " ", startingAt: 0))  \(p.description) [\(origin)]")
+                print("\(name)  \(String(p.priority).padded(left: 7))  \(p.phases.joined(separator: ",").padded(right: 19))  \(p.description) [\(origin)]")
             }
         }
     }
@@ -47,7 +48,7 @@ struct PluginsCommand: ParsableCommand {
         func run() throws {
             let catalog = try options.catalog()
             guard let p = catalog.plugins[name] else {
-                FileHandle.standardError.write(Data("no plugin \"\(name)\" (moongate plugins lists them)\n".utf8))
+                StandardError.write("no plugin \"\(name)\" (moongate plugins lists them)\n")
                 throw ExitCode(1)
             }
             print("\(p.name): \(p.description)")
@@ -104,8 +105,4 @@ struct PluginsCommand: ParsableCommand {
             print("pbkdf2-sha256$\(iterations)$\(Data(salt).base64EncodedString())$\(Data(hash).base64EncodedString())")
         }
     }
-}
-
-extension String {
-    fileprivate func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
 }

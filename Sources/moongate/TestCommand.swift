@@ -1,6 +1,7 @@
 import ArgumentParser
 import Config
-import Foundation
+import FoundationEssentials
+import Glibc
 import Harness
 
 extension Moongate {
@@ -63,7 +64,7 @@ extension Moongate {
             do {
                 config = try ConfigLoader.load(path: configPath)
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                StandardError.write("\(error)\n")
                 return false
             }
             let files = TestRunner.discover(paths.isEmpty ? [config.scripts.directory] : paths)
@@ -76,7 +77,7 @@ extension Moongate {
                 }
                 runner = try TestRunner.forGateway(config: config, redis: address, coverage: coverage)
             } catch {
-                FileHandle.standardError.write(Data("\(configPath): \(error)\n".utf8))
+                StandardError.write("\(configPath): \(error)\n")
                 return false
             }
             let results = runner.run(files, filter: filter)
@@ -85,7 +86,7 @@ extension Moongate {
                 do {
                     try TestReport.junit(results).write(toFile: junit, atomically: true, encoding: .utf8)
                 } catch {
-                    FileHandle.standardError.write(Data("cannot write \(junit): \(error)\n".utf8))
+                    StandardError.write("cannot write \(junit): \(error)\n")
                     return false
                 }
             }
@@ -102,8 +103,8 @@ extension Moongate {
         func resolveConfig() throws -> String {
             if let config { return config }
             var folder = URL(fileURLWithPath: paths.first ?? ".").standardizedFileURL
-            var isDirectory: ObjCBool = false
-            if !FileManager.default.fileExists(atPath: folder.path, isDirectory: &isDirectory) || !isDirectory.boolValue {
+            var isDirectory = false
+            if !FileManager.default.fileExists(atPath: folder.path, isDirectory: &isDirectory) || !isDirectory {
                 folder.deleteLastPathComponent()
             }
             while true {

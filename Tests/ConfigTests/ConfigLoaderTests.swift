@@ -164,7 +164,7 @@ import Testing
     }
 
     /// A duplicate key is a problem like any other: its line and path, and the others still
-    /// reported (Yams alone would quote the whole file and stop there).
+    /// reported.
     @Test func duplicateKeysAreReportedWithLineAndPath() {
         let found = errors("""
             listeners:

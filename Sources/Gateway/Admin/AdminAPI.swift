@@ -1,5 +1,5 @@
 import Config
-import Foundation
+import FoundationEssentials
 import NIOHTTP1
 
 /// The admin listener's answers: observability (`/metrics`, `/healthz`, `/readyz`,
@@ -151,10 +151,9 @@ struct ConfigAPI {
         guard let plane else { return readOnly() }
         do {
             let rows = try await plane.versions(limit: limit)
-            let formatter = ISO8601DateFormatter()
             let items = rows.map { row in
                 JSONValue.object([
-                    "version": .int(row.version), "time": .string(formatter.string(from: row.time)), "token": .string(row.tokenID),
+                    "version": .int(row.version), "time": .string(row.time.formatted(.iso8601)), "token": .string(row.tokenID),
                     "summary": .string(row.summary),
                 ])
             }

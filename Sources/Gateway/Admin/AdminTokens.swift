@@ -1,6 +1,6 @@
 import CJOSE
 import Config
-import Foundation
+import FoundationEssentials
 
 /// The admin API's bearer tokens, from `admin.token_file`: one `id sha256-hex` per line (`#`
 /// starts a comment). Only digests are kept, on disk and in memory; `moongate admin-token`
@@ -44,7 +44,7 @@ public struct AdminTokens: Sendable {
     /// every digest with no early exit.
     public func identify(authorization: String?) -> String? {
         guard let authorization, authorization.count > 7, authorization.prefix(7).lowercased() == "bearer " else { return nil }
-        let token = Array(authorization.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8)
+        let token = Array(authorization.dropFirst(7).trimmingSpaces().utf8)
         guard !token.isEmpty else { return nil }
         var digest = [UInt8](repeating: 0, count: 32)
         mg_sha256(token, token.count, &digest)
@@ -58,8 +58,8 @@ public struct AdminTokens: Sendable {
         var bytes = [UInt8](repeating: 0, count: 32)
         var generator = SystemRandomNumberGenerator()
         for i in bytes.indices { bytes[i] = generator.next() }
-        let token = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let token = Data(bytes).base64EncodedString().replacing("+", with: "-")
+            .replacing("/", with: "_").replacing("=", with: "")
         let utf8 = Array(token.utf8)
         var digest = [UInt8](repeating: 0, count: 32)
         mg_sha256(utf8, utf8.count, &digest)

@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
+import Config
+import FoundationEssentials
 import Synchronization
 
 /// Control-plane CPU work (reading, validating and compiling a configuration) on a thread of
@@ -21,7 +22,9 @@ enum BackgroundWork {
 
     static func run<T: Sendable>(meter: Meter? = nil, _ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread {
+            // Compiling scripts and walking deep documents want more than a secondary
+            // thread's default stack.
+            BackgroundThread.start(name: "moongate-background-work", stackSize: 8 << 20) {
                 #if os(Linux)
                 // Linux keeps a nice value per thread: 0 is this thread, not the process.
                 _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 5)
@@ -31,10 +34,6 @@ enum BackgroundWork {
                 if let meter, clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0 { meter.add(cpu.tv_sec * 1_000_000_000 + cpu.tv_nsec) }
                 continuation.resume(with: result)
             }
-            // Compiling scripts and walking deep documents want more than a secondary
-            // thread's default stack.
-            thread.stackSize = 8 << 20
-            thread.start()
         }
     }
 }

@@ -1,5 +1,5 @@
 import Config
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
@@ -51,7 +51,7 @@ public actor ControlPlane {
             guard let data = FileManager.default.contents(atPath: file) else {
                 throw ConfigError([ConfigDiagnostic(file: file, line: 0, path: "store.password_file", message: "cannot read the password file")])
             }
-            password = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            password = String(String(decoding: data, as: UTF8.self).trimmingWhitespace())
         }
         self.settings = settings
         self.logger = logger

@@ -41,7 +41,7 @@ public struct JSONLogHandler: LogHandler {
     ]
 
     static func isSecret(_ name: String) -> Bool {
-        secretNames.contains(name.lowercased().replacingOccurrences(of: "-", with: "_"))
+        secretNames.contains(name.lowercased().replacing("-", with: "_"))
     }
 
     public func log(event: LogEvent) {

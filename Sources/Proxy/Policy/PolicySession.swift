@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import Scripting
 import Telemetry
+import Config
 
 /// What one phase of a policy came to.
 enum PolicyOutcome {

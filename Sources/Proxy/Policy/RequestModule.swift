@@ -2,6 +2,7 @@ import CLuaRuntime
 import NIOCore
 import Scripting
 import TLS
+import Config
 
 /// The `request` module: the request being served, read and changed by its policy.
 /// Changes are recorded as edits and applied when the upstream head is written, so a

@@ -2,6 +2,8 @@ import HTTPClient
 import Logging
 import NIOCore
 import Telemetry
+import SocketLoop
+import Config
 
 /// An HTTP message as a test sees it: a request (method, target) or a response (status).
 public struct SimulatedMessage: Sendable {

@@ -1,4 +1,6 @@
 import NIOCore
+import Telemetry
+import Logging
 
 /// One `upstream.call`: a small request through the named upstream's own machinery, as a
 /// proxied request's tries go. Its balancer picks the target (ejected and open-breaker

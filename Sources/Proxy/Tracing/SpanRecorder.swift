@@ -2,6 +2,7 @@ import Config
 import HTTPClient
 import NIOCore
 import Telemetry
+import NIOHTTP1
 
 /// How a generation exports spans: made off the event loops (an https target reads its
 /// trusted certificates), shared by every worker.

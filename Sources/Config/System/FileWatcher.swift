@@ -1,6 +1,6 @@
 #if canImport(Glibc)
 import Glibc
-import Foundation
+import FoundationEssentials
 
 /// Watches files with inotify and reports changes, debounced: an editor's save (often a write,
 /// a rename and a chmod in quick succession) becomes one event. It watches the files' folders,
@@ -11,7 +11,7 @@ public final class FileWatcher: Sendable {
     public let changes: AsyncStream<Void>
     private let continuation: AsyncStream<Void>.Continuation
     private let fd: Int32
-    private let stopped = ManagedFlag()
+    private let stopped = OnceFlag()
 
     /// Watches `paths` (files) and, in `directories` and their subfolders, files ending in
     /// `suffix`; `debounce` is how long things must stay quiet before an event.
@@ -41,12 +41,10 @@ public final class FileWatcher: Sendable {
         let fd = self.fd, stopped = self.stopped, continuation = self.continuation, watched = names
         let quietMillis = Int32(debounce.components.seconds * 1000 + debounce.components.attoseconds / 1_000_000_000_000_000)
         let files = fileWatches
-        let thread = Thread { [tree] in
+        BackgroundThread.start(name: "moongate-watch") { [tree] in
             var tree = tree
             Self.loop(fd: fd, names: watched, fileWatches: files, tree: &tree, quietMillis: quietMillis, stopped: stopped, continuation: continuation)
         }
-        thread.name = "moongate-file-watcher"
-        thread.start()
     }
 
     deinit { stop() }
@@ -56,7 +54,7 @@ public final class FileWatcher: Sendable {
     }
 
     private static func loop(
-        fd: Int32, names: Set<String>, fileWatches: Set<Int32>, tree: inout DirectoryTree, quietMillis: Int32, stopped: ManagedFlag,
+        fd: Int32, names: Set<String>, fileWatches: Set<Int32>, tree: inout DirectoryTree, quietMillis: Int32, stopped: OnceFlag,
         continuation: AsyncStream<Void>.Continuation
     ) {
         defer { close(fd) }
@@ -109,9 +107,9 @@ struct DirectoryTree: @unchecked Sendable {
         paths[wd] = path
         guard recursive, let children = try? FileManager.default.contentsOfDirectory(atPath: path) else { return }
         for child in children {
-            var isDirectory: ObjCBool = false
+            var isDirectory = false
             let full = path + "/" + child
-            if FileManager.default.fileExists(atPath: full, isDirectory: &isDirectory), isDirectory.boolValue { add(full, recursive: true) }
+            if FileManager.default.fileExists(atPath: full, isDirectory: &isDirectory), isDirectory { add(full, recursive: true) }
         }
     }
 
@@ -126,19 +124,4 @@ struct DirectoryTree: @unchecked Sendable {
     }
 }
 
-/// A flag set once, read from the watcher thread.
-final class ManagedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-
-    var isSet: Bool { lock.withLock { value } }
-
-    /// Sets it; true if this call was the one that set it.
-    func set() -> Bool {
-        lock.withLock {
-            defer { value = true }
-            return !value
-        }
-    }
-}
 #endif

@@ -146,13 +146,62 @@ public enum CoverageReport {
             let lone: Set<String> = ["end", "end)", "end,", "end}", "else", "do", "then", "}", "},", "})", ")", "),", "{", "repeat", "end;"]
             if lone.contains(line) { continue }
             // A function's header holds no instruction: its closure is made on its `end` line.
-            if line.contains(functionHeader) { continue }
+            if isFunctionHeader(line) { continue }
             lines.insert(i + 1)
         }
         return lines
     }
 
-    nonisolated(unsafe) static let functionHeader = #/^(local\s+)?(function\s+[\w.:]+\s*\(.*\)|[\w.\[\]"']+\s*=\s*function\s*\(.*\)|function\s*\(.*\))$/#
+    /// `function name(...)`, `local function name(...)`, `name = function(...)` or
+    /// `function(...)` alone on a line. Hand-written rather than a `Regex`: the regex engine
+    /// is a megabyte of the binary, for this one line.
+    static func isFunctionHeader(_ line: String) -> Bool {
+        let whole = Substring(line)
+        if whole.hasPrefix("local") {
+            let rest = whole.dropFirst(5)
+            let body = rest.drop { $0 == " " || $0 == "\t" }
+            if body.count < rest.count, isFunctionHeaderBody(body) { return true }
+        }
+        return isFunctionHeaderBody(whole)
+    }
+
+    private static func isFunctionHeaderBody(_ line: Substring) -> Bool {
+        var s = line
+        func isWord(_ c: Character) -> Bool { c.isLetter || c.isNumber || c == "_" }
+        func skipSpaces() -> Bool {
+            let before = s.count
+            s = s.drop { $0 == " " || $0 == "\t" }
+            return s.count < before
+        }
+        func take(_ word: String) -> Bool {
+            guard s.hasPrefix(word) else { return false }
+            s = s.dropFirst(word.count)
+            return true
+        }
+        func take(while allowed: (Character) -> Bool) -> Bool {
+            let before = s.count
+            s = s.drop(while: allowed)
+            return s.count < before
+        }
+        /// `(...)` to the end of the line.
+        func parameters() -> Bool { s.first == "(" && s.last == ")" }
+        if take("function") {
+            let spaced = skipSpaces()
+            if parameters() { return true }
+            if spaced, take(while: { isWord($0) || $0 == "." || $0 == ":" }) {
+                _ = skipSpaces()
+                if parameters() { return true }
+            }
+        }
+        s = line
+        guard take(while: { isWord($0) || ".[]\"'".contains($0) }) else { return false }
+        _ = skipSpaces()
+        guard take("=") else { return false }
+        _ = skipSpaces()
+        guard take("function") else { return false }
+        _ = skipSpaces()
+        return parameters()
+    }
 
     public static func text(_ recorder: CoverageRecorder, scripts: [(path: String, source: String)]) -> String {
         let hits = recorder.hits

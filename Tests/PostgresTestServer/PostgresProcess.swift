@@ -78,6 +78,17 @@ public final class PostgresProcess: @unchecked Sendable {
         while Date() < deadline, FileManager.default.fileExists(atPath: directory + "/data/postmaster.pid") { usleep(20_000) }
     }
 
+    /// Makes these users log in over TCP with a password checked by `method` (`scram-sha-256`
+    /// or `md5`); everyone else stays on trust.
+    public func requirePasswords(_ methods: [String: String]) throws {
+        let hba = directory + "/data/pg_hba.conf"
+        let lines = methods.map { "host all \($0.key) 127.0.0.1/32 \($0.value)" }.sorted()
+        let trust = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n"
+        try (lines.joined(separator: "\n") + "\n" + trust).write(toFile: hba, atomically: false, encoding: .utf8)
+        _ = try psql("SELECT pg_reload_conf()")
+        usleep(200_000)
+    }
+
     /// Runs SQL through `psql` (for tests that write to the store behind the gateways' back).
     public func psql(_ sql: String) throws -> String {
         try run(["\(bin)/psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", user, "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql], asServer: false)

@@ -67,7 +67,7 @@ struct AdminRequest: Sendable {
     }
 
     var ifMatch: Precondition? {
-        guard let value = headers.first(name: "if-match").map { String($0.trimmingSpaces()) }, !value.isEmpty else { return nil }
+        guard let value = headers.first(name: "if-match").map({ String($0.trimmingSpaces()) }), !value.isEmpty else { return nil }
         if value == "*" { return .any }
         var tag = Substring(value)
         if tag.hasPrefix("W/") { tag = tag.dropFirst(2) }

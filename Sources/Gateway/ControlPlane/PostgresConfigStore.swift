@@ -3,7 +3,7 @@ import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
-import PostgresNIO
+import Postgres
 
 /// One version of the dynamic configuration as the store keeps it.
 public struct StoredConfig: Sendable, Equatable {
@@ -32,7 +32,6 @@ actor PostgresConfigStore {
     private let eventLoop: any EventLoop
     private let logger: Logger
     private var connection: PostgresConnection?
-    private var nextConnectionID = 1
 
     init(url: PostgresURL, password: String?, eventLoop: any EventLoop, logger: Logger) {
         self.url = url
@@ -62,12 +61,19 @@ actor PostgresConfigStore {
     /// connection is being made wait for that one: two would race, and the loser's connection
     /// would be dropped open.
     func connected() async throws -> PostgresConnection {
+        // After close, nothing connects again: the event loop is about to shut down, and a
+        // connect begun on a loop that is gone never completes.
+        guard !closed else { throw PostgresError.closed }
         if let connection, !connection.isClosed { return connection }
         if let connecting { return try await connecting.value }
         let attempt = Task { try await self.connect() }
         connecting = attempt
         defer { connecting = nil }
         let fresh = try await attempt.value
+        guard !closed else {
+            await fresh.close()
+            throw PostgresError.closed
+        }
         connection = fresh
         return fresh
     }
@@ -75,45 +81,43 @@ actor PostgresConfigStore {
     private var connecting: Task<PostgresConnection, any Error>?
 
     private func connect() async throws -> PostgresConnection {
-        let configuration = PostgresConnection.Configuration(
-            host: url.host, port: url.port, username: url.user, password: password, database: url.database, tls: .disable)
-        let id = nextConnectionID
-        nextConnectionID += 1
-        let fresh = try await PostgresConnection.connect(on: eventLoop, configuration: configuration, id: id, logger: logger)
+        let fresh = try await PostgresConnection.connect(
+            host: url.host, port: url.port, user: url.user, password: password, database: url.database, on: eventLoop)
         do {
             try await migrate(fresh)
         } catch {
-            try? await fresh.close()
+            await fresh.close()
             throw error
         }
         return fresh
     }
 
+    private var closed = false
+
     func close() async {
+        closed = true
         if let connecting { _ = try? await connecting.value }
-        try? await connection?.close()
+        await connection?.close()
         connection = nil
     }
 
     private func migrate(_ connection: PostgresConnection) async throws {
         try await connection.query(
-            "CREATE TABLE IF NOT EXISTS moongate_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-            logger: logger)
+            "CREATE TABLE IF NOT EXISTS moongate_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
         for (index, sql) in Self.migrations.enumerated() {
-            let number = index + 1
-            try await connection.query("BEGIN", logger: logger)
+            let number = String(index + 1)
+            try await connection.query("BEGIN")
             do {
-                try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
-                var applied = false
-                for try await _ in try await connection.query("SELECT 1 FROM moongate_schema WHERE version = \(number)", logger: logger) { applied = true }
-                if !applied {
-                    try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
-                    try await connection.query("INSERT INTO moongate_schema (version) VALUES (\(number))", logger: logger)
+                try await connection.query("SELECT pg_advisory_xact_lock($1)", [String(Self.migrationLock)])
+                let applied = try await connection.query("SELECT 1 FROM moongate_schema WHERE version = $1", [number])
+                if applied.isEmpty {
+                    try await connection.query(sql)
+                    try await connection.query("INSERT INTO moongate_schema (version) VALUES ($1)", [number])
                     logger.notice("config store: schema migrated", metadata: ["migration": "\(number)"])
                 }
-                try await connection.query("COMMIT", logger: logger)
+                try await connection.query("COMMIT")
             } catch {
-                _ = try? await connection.query("ROLLBACK", logger: logger)
+                _ = try? await connection.query("ROLLBACK")
                 throw error
             }
         }
@@ -126,11 +130,11 @@ actor PostgresConfigStore {
         let c = try await connected()
         do {
             return try await body(c)
-        } catch let error as PSQLError where error.serverInfo != nil {
+        } catch let error as PostgresError where error.keepsConnection && !c.isClosed {
             throw error
         } catch {
             if connection === c { connection = nil }
-            try? await c.close()
+            await c.close()
             throw error
         }
     }
@@ -141,10 +145,9 @@ actor PostgresConfigStore {
     }
 
     private func latestVersion(_ c: PostgresConnection) async throws -> Int {
-        for try await (version,) in try await c.query("SELECT coalesce(max(version), 0) FROM moongate_config_versions", logger: logger).decode((Int,).self) {
-            return version
-        }
-        return 0
+        let rows = try await c.query("SELECT coalesce(max(version), 0) FROM moongate_config_versions")
+        guard let text = rows.first?.first ?? nil, let version = Int(text) else { throw PostgresError.protocolViolation("latest version") }
+        return version
     }
 
     /// One version's document, or nil when there is no such version.
@@ -153,12 +156,10 @@ actor PostgresConfigStore {
     }
 
     private func read(_ version: Int, _ c: PostgresConnection) async throws -> StoredConfig? {
-        let rows = try await c.query("SELECT document FROM moongate_config_versions WHERE version = \(version)", logger: logger)
-        for try await (text,) in rows.decode((String,).self) {
-            let document = try await BackgroundWork.run { try Self.document(text, version: version) }
-            return StoredConfig(version: version, document: document)
-        }
-        return nil
+        let rows = try await c.query("SELECT document FROM moongate_config_versions WHERE version = $1", [String(version)])
+        guard let text = rows.first?.first ?? nil else { return nil }
+        let document = try await BackgroundWork.run { try Self.document(text, version: version) }
+        return StoredConfig(version: version, document: document)
     }
 
     /// The latest version, or nil when the store is empty.
@@ -174,12 +175,14 @@ actor PostgresConfigStore {
 
     private func versions(limit: Int, _ c: PostgresConnection) async throws -> [ConfigVersionInfo] {
         let rows = try await c.query(
-            "SELECT version, created_at, token_id, summary FROM moongate_config_versions ORDER BY version DESC LIMIT \(limit)", logger: logger)
-        var out: [ConfigVersionInfo] = []
-        for try await (version, time, token, summary) in rows.decode((Int, Date, String, String).self) {
-            out.append(ConfigVersionInfo(version: version, time: time, tokenID: token, summary: summary))
+            "SELECT version, extract(epoch FROM created_at)::float8, token_id, summary FROM moongate_config_versions ORDER BY version DESC LIMIT $1",
+            [String(limit)])
+        return try rows.map { row in
+            guard row.count == 4, let version = row[0].flatMap(Int.init), let seconds = row[1].flatMap(Double.init), let token = row[2], let summary = row[3] else {
+                throw PostgresError.protocolViolation("a version row")
+            }
+            return ConfigVersionInfo(version: version, time: Date(timeIntervalSince1970: seconds), tokenID: token, summary: summary)
         }
-        return out
     }
 
     /// Writes `document` as version `after + 1` if `after` is still the latest version; nil
@@ -195,16 +198,16 @@ actor PostgresConfigStore {
                 """
                 WITH written AS (
                     INSERT INTO moongate_config_versions (version, document, token_id, summary)
-                    SELECT \(after) + 1, \(text), \(tokenID), \(summary)
-                    WHERE (SELECT coalesce(max(version), 0) FROM moongate_config_versions) = \(after)
+                    SELECT $1::bigint + 1, $2, $3, $4
+                    WHERE (SELECT coalesce(max(version), 0) FROM moongate_config_versions) = $1::bigint
                     RETURNING version)
-                SELECT version, pg_notify('\(unescaped: Self.channel)', version::text) FROM written
-                """, logger: logger)
-            for try await (version, _) in rows.decode((Int, String).self) { return version }
-            return nil
-        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+                SELECT version, pg_notify('\(Self.channel)', version::text) FROM written
+                """, [String(after), text, tokenID, summary])
+            return rows.first?.first?.flatMap { Int($0) }
+        } catch {
             // Two writers on the same version: the primary key let the other one in.
-            return nil
+            if case .server(let state, _) = error, state == "23505" { return nil }
+            throw error
         }
     }
 
@@ -215,10 +218,8 @@ actor PostgresConfigStore {
     }
 
     private func listen(_ changed: @escaping @Sendable (Int) async -> Void, _ c: PostgresConnection) async throws {
-        try await c.listen(on: Self.channel) { notifications in
-            for try await notification in notifications {
-                if let version = Int(notification.payload) { await changed(version) }
-            }
+        for await payload in try await c.listen(Self.channel) {
+            if let version = Int(payload) { await changed(version) }
         }
         throw NotificationsEnded()
     }
@@ -227,13 +228,10 @@ actor PostgresConfigStore {
         var description: String { "the store's connection closed" }
     }
 
-    /// What went wrong, for logs and answers: the server's message, or the kind of failure
-    /// (PostgresNIO's own description hides both, to keep queries and data out of logs).
+    /// What went wrong, for logs and answers: the server's SQLSTATE and message, or the kind
+    /// of failure (never the statement or its parameters, which hold documents).
     static func describe(_ error: any Error) -> String {
-        guard let error = error as? PSQLError else { return "\(error)" }
-        if let message = error.serverInfo?[.message] { return "\(error.serverInfo?[.sqlState] ?? "?"): \(message)" }
-        if let underlying = error.underlying { return "\(error.code): \(underlying)" }
-        return "\(error.code)"
+        "\(error)"
     }
 
     static func document(_ text: String, version: Int) throws -> ConfigDocument {

@@ -5,7 +5,8 @@ let package = Package(
     name: "moongate",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "moongate", targets: ["moongate"])
+        .executable(name: "moongate", targets: ["moongate"]),
+        .executable(name: "moongate-bench-tls", targets: ["BenchTLS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -103,11 +104,10 @@ let package = Package(
         .target(
             name: "HTTPClient",
             dependencies: [
-                "Config", "SocketLoop",
+                "Config", "SocketLoop", "TLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]),
         // Metric values per event loop (no locks when recording), summed at scrape time into
         // the Prometheus text format; the families scripts declare through `metrics`.
@@ -242,12 +242,21 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]),
+        // `moongate-bench-tls`: our OpenSSL streams against swift-nio-ssl, for scripts/bench.
+        .executableTarget(
+            name: "BenchTLS",
+            dependencies: [
+                "TLS", "SocketLoop",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .executableTarget(
             name: "moongate",
             dependencies: [
                 "Config", "Gateway", "Proxy", "Scripting", "Harness", "Plugins", "Auth", "RateLimit", "EchoUpstream", "CLua", "CHiredis", "COpenSSL", "Telemetry",
                 "TLS", "SocketLoop",
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),

@@ -1,8 +1,8 @@
 import Config
 import NIOCore
 import NIOHTTP1
-import NIOSSL
 import SocketLoop
+import TLS
 
 /// A small HTTP/1.1 client on NIO: one connection per request (`Connection: close`),
 /// bounded in size and time. The control plane fetches JWKS documents with it; the data plane
@@ -47,7 +47,7 @@ public enum HTTPFetch {
     /// reads the trusted certificates: off the event loops).
     public struct Target: Sendable {
         public let endpoint: HTTPEndpoint
-        let tls: NIOSSLContext?
+        let tls: TLSClientContext?
 
         public init(_ endpoint: HTTPEndpoint) throws {
             self.endpoint = endpoint
@@ -55,17 +55,17 @@ public enum HTTPFetch {
                 tls = nil
                 return
             }
-            var configuration = TLSConfiguration.makeClientConfiguration()
-            configuration.minimumTLSVersion = endpoint.upstreamTLS?.minVersion == 13 ? .tlsv13 : .tlsv12
-            if let ca = endpoint.caFile ?? endpoint.upstreamTLS?.caFile { configuration.trustRoots = .file(ca) }
-            if let upstream = endpoint.upstreamTLS {
-                if !upstream.verify { configuration.certificateVerification = .none }
-                if let cert = upstream.cert, let key = upstream.key {
-                    configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
-                    configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
-                }
-            }
-            tls = try NIOSSLContext(configuration: configuration)
+            let upstream = endpoint.upstreamTLS
+            let certificate = upstream.flatMap { u in u.cert.flatMap { cert in u.key.map { TLSCertificates.Source(cert: cert, key: $0) } } }
+            tls = try TLSClientContext(
+                caFile: endpoint.caFile ?? upstream?.caFile, certificate: certificate, verify: upstream?.verify ?? true,
+                minVersion: upstream?.minVersion == 13 ? .tls13 : .tls12)
+        }
+
+        /// The host as an IP address to verify the certificate against, when it is one.
+        var ipAddress: String? {
+            let host = endpoint.host
+            return host.first == "[" ? String(host.dropFirst().dropLast()) : host
         }
 
         /// SNI and the name the certificate must carry (an upstream's `sni` first); an IP
@@ -101,7 +101,9 @@ public enum HTTPFetch {
         promise.futureResult.whenComplete { _ in timer.cancel() }
         let initializer: @Sendable (Channel) throws -> Void = { channel in
             if let tls = target.tls {
-                try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: target.serverHostname))
+                let name = target.serverHostname
+                try channel.pipeline.syncOperations.addHandler(
+                    ChannelTLSClientHandler(client: tls, serverName: name, address: name == nil ? target.ipAddress : nil))
             }
             try channel.pipeline.syncOperations.addHTTPClientHandlers()
             try channel.pipeline.syncOperations.addHandler(Collector(promise: promise, maxBytes: maxBytes))

@@ -26,7 +26,7 @@ struct Moongate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A programmable HTTP API gateway: SwiftNIO data plane, policies in Lua 5.4.",
         version: Version.text,
-        subcommands: [Run.self, Check.self, Test.self, PluginsCommand.self, Echo.self, AdminToken.self, BenchRuntime.self, BenchTLS.self],
+        subcommands: [Run.self, Check.self, Test.self, PluginsCommand.self, Echo.self, AdminToken.self, BenchRuntime.self],
         defaultSubcommand: nil)
 }
 

@@ -5,13 +5,13 @@ import NIOSSL
 import SocketLoop
 import TLS
 
-/// `moongate bench-tls`: one thread serving a fixed HTTP answer over TLS, on our OpenSSL
+/// `moongate-bench-tls`: one thread serving a fixed HTTP answer over TLS, on our OpenSSL
 /// streams (`TLSStream` on a `SocketLoop`, as the gateway's listeners) or on swift-nio-ssl
 /// (`NIOSSLServerHandler` in a NIO pipeline), so `scripts/bench --tls-engines` can measure
 /// the TLS library choice alone: same certificate, same answer, same load. Hidden from help.
 struct BenchTLS: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench-tls", abstract: "Serve a fixed answer over TLS on one thread (for scripts/bench).", shouldDisplay: false)
+        commandName: "moongate-bench-tls", abstract: "Serve a fixed answer over TLS on one thread (for scripts/bench --tls-engines).")
 
     @Option(help: "openssl (ours) or nio-ssl.")
     var engine = "openssl"

@@ -344,3 +344,11 @@ let package = Package(
 for target in package.targets where target.type == .regular || target.type == .executable {
     target.swiftSettings = (target.swiftSettings ?? []) + [.enableUpcomingFeature("MemberImportVisibility")]
 }
+
+// Code that runs at start-up, on reload or on a person's command is optimized for size; the
+// data plane's modules (Proxy, SocketLoop, Scripting, Auth, Plugins, RateLimit, Redis, TLS,
+// Telemetry) stay optimized for speed.
+let coldTargets: Set<String> = ["YAML", "Config", "Postgres", "Gateway", "Harness", "EchoUpstream", "moongate"]
+for target in package.targets where coldTargets.contains(target.name) {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-Osize"], .when(configuration: .release))]
+}

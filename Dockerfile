@@ -12,7 +12,7 @@
 FROM swift:6.3-bookworm AS build
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      liblua5.4-dev libhiredis-dev libssl-dev libyaml-dev pkg-config ca-certificates binutils \
+      liblua5.4-dev libhiredis-dev libssl-dev libyaml-dev zlib1g-dev pkg-config ca-certificates binutils \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Package.swift ./

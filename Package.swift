@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
     ],
     targets: [
         // C libraries from Debian, found through pkg-config.
@@ -125,6 +126,7 @@ let package = Package(
             name: "Proxy",
             dependencies: [
                 "Config", "Scripting", "Plugins", "CLuaRuntime", "HTTPClient", "Telemetry", "SocketLoop", "TLS",
+                .product(name: "CompressNIO", package: "compress-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -322,7 +324,7 @@ let package = Package(
         .testTarget(
             name: "ProxyTests",
             dependencies: [
-                "Proxy",
+                "Proxy", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]),
         .testTarget(

@@ -72,7 +72,7 @@ struct ConfigDecoder {
             }
         }
         if let node = top["tracing"]?.value,
-            let map = r.mapping(node, "tracing", allowed: ["endpoint", "service_name", "sample_ratio", "timeout", "ca_file"])
+            let map = r.mapping(node, "tracing", allowed: ["endpoint", "service_name", "sample_ratio", "timeout", "ca_file", "protocol", "compression"])
         {
             if let n = map["endpoint"]?.value, let text = r.string(n, "tracing.endpoint") {
                 if var endpoint = HTTPEndpoint(parsing: text) {
@@ -95,6 +95,16 @@ struct ConfigDecoder {
                 if let v = Double(text), v >= 0, v <= 1 { config.tracing.sampleRatio = v } else { r.fail(n, "tracing.sample_ratio", "expected a number from 0 to 1") }
             }
             if let n = map["timeout"]?.value, let v = positive(n, "tracing.timeout") { config.tracing.timeout = v }
+            if let n = map["protocol"]?.value, let v = r.string(n, "tracing.protocol") {
+                if let e = TracingConfig.Encoding(rawValue: v) { config.tracing.encoding = e } else { r.fail(n, "tracing.protocol", "expected http/protobuf or http/json") }
+            }
+            if let n = map["compression"]?.value, let v = r.string(n, "tracing.compression") {
+                switch v {
+                case "gzip": config.tracing.gzip = true
+                case "none": config.tracing.gzip = false
+                default: r.fail(n, "tracing.compression", "expected gzip or none")
+                }
+            }
         }
         return config
     }

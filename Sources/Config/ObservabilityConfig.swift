@@ -23,8 +23,18 @@ public struct AccessLogConfig: Sendable, Equatable {
     public init() {}
 }
 
-/// `tracing:`: spans exported by OTLP/HTTP (JSON encoding) when an endpoint is set.
+/// `tracing:`: spans exported by OTLP/HTTP when an endpoint is set.
 public struct TracingConfig: Sendable, Equatable {
+    /// OTLP/HTTP's two encodings (`OTEL_EXPORTER_OTLP_PROTOCOL`'s values).
+    public enum Encoding: String, Sendable, Equatable {
+        case protobuf = "http/protobuf"
+        case json = "http/json"
+    }
+
+    /// Default `http/protobuf`, what collectors and SDKs default to.
+    public var encoding = Encoding.protobuf
+    /// gzip the export bodies (`compression: gzip`, the default; `none` to turn it off).
+    public var gzip = true
     /// The collector's traces URL; a URL without a path gets the standard `/v1/traces`. nil: no export.
     public var endpoint: HTTPEndpoint?
     /// The `service.name` resource attribute. Default `moongate`.

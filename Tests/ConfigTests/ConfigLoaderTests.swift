@@ -52,6 +52,14 @@ import Testing
         #expect(bad.count == 2)
         #expect(bad.first?.hasPrefix("gateway.yaml:10 tracing.endpoint: expected http[s]://") == true, "\(bad)")
         #expect(bad.last?.hasPrefix("gateway.yaml:11 tracing.sample_ratio: expected a number from 0 to 1") == true, "\(bad)")
+        // Protobuf and gzip unless told otherwise; anything else is named.
+        #expect(c.tracing.encoding == .protobuf && c.tracing.gzip)
+        let json = try ConfigLoader.parse(
+            Self.minimal + "\ntracing:\n  endpoint: http://c:4318\n  protocol: http/json\n  compression: none\n", file: "gateway.yaml")
+        #expect(json.tracing.encoding == .json && !json.tracing.gzip)
+        let wrong = errors(Self.minimal + "\ntracing:\n  endpoint: http://c:4318\n  protocol: grpc\n  compression: zstd\n")
+        #expect(wrong.contains { $0.contains("tracing.protocol: expected http/protobuf or http/json") }, "\(wrong)")
+        #expect(wrong.contains { $0.contains("tracing.compression: expected gzip or none") }, "\(wrong)")
     }
 
     @Test func kvDefaultsToTheOnlyRedisAndNamesAnUnknownStore() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import Telemetry
 import TestSupport
 import Testing
 
@@ -6,7 +7,8 @@ import Testing
 /// keeps what it is sent (no OpenTelemetry collector ships in Debian; the receiver checks
 /// what a collector would parse: OTLP's JSON encoding).
 @Suite struct TracingTests {
-    static func config(collector: Int) -> String {
+    /// `encoding`: the `tracing:` lines that choose it (the JSON tests read bodies as JSON).
+    static func config(collector: Int, encoding: String = "  protocol: http/json\n  compression: none") -> String {
         """
         listeners:
           - name: main
@@ -14,6 +16,7 @@ import Testing
         tracing:
           endpoint: http://127.0.0.1:\(collector)
           service_name: gateway-under-test
+        \(encoding)
         upstreams:
           flaky:
             # Nothing listens on port 1: the first try there fails and the request goes on.
@@ -158,6 +161,90 @@ import Testing
             spans = Self.spans(collector.requests)
             #expect(!spans.isEmpty)
             #expect(!spans.contains { $0["traceId"] as? String == "4bf92f3577b34da6a3ce929d0e0e4736" })
+        }
+    }
+
+    /// The default: OTLP's protobuf encoding, gzipped, on one kept-alive connection across
+    /// exports; decoded here with the official definitions.
+    @Test func protobufGzippedOnAKeptAliveConnection() async throws {
+        let collector = try await TestHTTPServer(keepAlive: true) { _ in .init(status: 200, body: "") }
+        defer { Task { await collector.stop() } }
+        try await withGateway(Self.config(collector: collector.port, encoding: ""), workers: 1) { gw in
+            // Two exports at least (a batch a second).
+            for round in 0..<2 {
+                for _ in 0..<3 { #expect(try gw.client().request("GET", "/r\(round)").status == 200) }
+                let expected = round + 1
+                #expect(await eventually { collector.requests.count >= expected })
+            }
+            let requests = collector.requests
+            #expect(requests.allSatisfy { $0.header("content-type") == "application/x-protobuf" && $0.header("content-encoding") == "gzip" })
+            #expect(collector.connections == 1, "exports reuse the connection")
+            let counts = try requests.map { request in
+                let path = NSTemporaryDirectory() + "moongate-otlp-\(UUID().uuidString).pb.gz"
+                try Data(request.body).write(to: URL(fileURLWithPath: path))
+                defer { try? FileManager.default.removeItem(atPath: path) }
+                let (status, output) = try runTool(WebSocketTests.python, ["-c", Self.decodeProtobuf, path])
+                #expect(status == 0, "\(output)")
+                return output
+            }
+            let total = counts.compactMap { Int($0.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") }.reduce(0, +)
+            // Each request: its span and one try (the first target is dead only on some).
+            #expect(total >= 12, "\(counts)")
+            #expect(counts.allSatisfy { $0.contains("service gateway-under-test") }, "\(counts)")
+        }
+    }
+
+    static let decodeProtobuf = """
+        import gzip, sys
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(gzip.decompress(open(sys.argv[1], "rb").read()))
+        rs = message.resource_spans[0]
+        service = [a.value.string_value for a in rs.resource.attributes if a.key == "service.name"][0]
+        spans = [s for ss in rs.scope_spans for s in ss.spans]
+        assert all(len(s.trace_id) == 16 and len(s.span_id) == 8 for s in spans)
+        print("service", service, "spans", len(spans))
+        """
+
+    /// A collector that answers `503` (with `Retry-After`) or `429` gets the same export again;
+    /// one that answers `400` does not (the spans are dropped and counted).
+    @Test func retriesWhatTheCollectorAsksToRetryAndNothingElse() async throws {
+        let answers = Answers([.init(status: 503, headers: [("Retry-After", "0")]), .init(status: 429), .init(status: 200)])
+        let collector = try await TestHTTPServer(keepAlive: true) { _ in answers.next() }
+        defer { Task { await collector.stop() } }
+        try await withGateway(Self.config(collector: collector.port), workers: 1) { gw in
+            #expect(try gw.client().request("GET", "/once").status == 200)
+            // 503 → at once (Retry-After: 0), 429 → after 2 s of back-off, then 200.
+            #expect(await eventually(within: 15) { collector.requests.count >= 3 })
+            let bodies = collector.requests.prefix(3).map(\.body)
+            #expect(Set(bodies).count == 1, "the same export each time")
+            try await Task.sleep(for: .milliseconds(1500))
+            #expect(collector.requests.count == 3)
+            let metrics = await gw.gateway.metricsText()
+            #expect(!metrics.contains("moongate_trace_spans_dropped_total 1") && !metrics.contains("moongate_trace_spans_dropped_total 2"), "\(metrics)")
+
+            answers.set([.init(status: 400)])
+            #expect(try gw.client().request("GET", "/twice").status == 200)
+            #expect(await eventually { collector.requests.count >= 4 })
+            try await Task.sleep(for: .milliseconds(2500))
+            #expect(collector.requests.count == 4, "a 400 is not retried")
+            var dropped = false
+            for _ in 0..<50 where !dropped {
+                dropped = PrometheusText.parse(await gw.gateway.metricsText()).contains { $0.name == "moongate_trace_spans_dropped_total" && $0.value >= 1 }
+                if !dropped { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(dropped)
+        }
+    }
+
+    /// Answers in turn, the last one forever after.
+    final class Answers: @unchecked Sendable {
+        private let lock = NSLock()
+        private var queue: [TestHTTPServer.Answer]
+        init(_ answers: [TestHTTPServer.Answer]) { queue = answers }
+        func set(_ answers: [TestHTTPServer.Answer]) { lock.withLock { queue = answers } }
+        func next() -> TestHTTPServer.Answer {
+            lock.withLock { queue.count > 1 ? queue.removeFirst() : queue[0] }
         }
     }
 }

@@ -1,8 +1,9 @@
+import CompressNIO
 import Config
 import HTTPClient
 import NIOCore
-import Telemetry
 import NIOHTTP1
+import Telemetry
 
 /// How a generation exports spans: made off the event loops (an https target reads its
 /// trusted certificates), shared by every worker.
@@ -10,6 +11,8 @@ final class TraceExport: Sendable {
     let target: HTTPFetch.Target
     let serviceName: String
     let timeout: TimeAmount
+    let encoding: TracingConfig.Encoding
+    let gzip: Bool
     /// A new trace is recorded when its low 64 bits fall under this (the sample ratio of 2^64).
     let sampleBelow: UInt64
 
@@ -17,6 +20,8 @@ final class TraceExport: Sendable {
         target = try HTTPFetch.Target(endpoint)
         serviceName = config.serviceName
         timeout = TimeAmount(config.timeout)
+        encoding = config.encoding
+        gzip = config.gzip
         // Capped under 2^64, so the conversion cannot trap.
         sampleBelow = config.sampleRatio >= 1 ? .max : UInt64(min(max(config.sampleRatio, 0) * 0x1p64, 0x1p64 - 4096))
     }
@@ -50,26 +55,34 @@ struct RecordedSpan {
 }
 
 /// One worker's finished spans, sent to the collector in batches: every second, or at
-/// `batchSize` spans, with one export in flight at a time. Bounded: spans past `maxSpans`
-/// while the collector is slow or down are dropped and counted.
+/// `batchSize` spans, with one export in flight at a time, on a kept-alive connection.
+/// Bounded: spans past `maxSpans` while the collector is slow or down are dropped and counted.
+/// An export the collector asks to retry (`429`, `502`, `503`, `504`, or no answer) is sent
+/// again after a back-off (its `Retry-After`, else 1, 2, 4 s), at most `maxAttempts` times,
+/// as the OTLP specification says.
 ///
 /// Hand-written rather than swift-otel (1.6): its exporters are internal, reachable only
 /// through its `Tracer`, which makes a lock-guarded span object per request, picks span ids
 /// itself (the `traceparent` sent upstream must name the span that is exported, and the
 /// gateway writes it while it writes the head) and hands every finished span to an async
 /// processor. Here a span is a struct appended on the worker's own loop; a batch is encoded
-/// and sent once a second, off the request path, in OTLP/HTTP's JSON encoding (which also
-/// keeps swift-protobuf and an HTTP client stack out of the build).
+/// (protobuf or JSON, gzipped) and sent once a second, off the request path.
 final class SpanRecorder {
     private(set) var spans: [RecordedSpan] = []
     private(set) var dropped = 0
     private(set) var exported = 0
     private(set) var failedExports = 0
+    private(set) var retries = 0
     private var exporting = false
     private var lastFailureLog: NIODeadline = .uptimeNanoseconds(0)
+    /// The collector connection, for the generation's export settings it was made for.
+    private var connection: (export: TraceExport, client: HTTPConnection)?
 
     static let maxSpans = 8192
     static let batchSize = 1024
+    static let maxAttempts = 4
+    /// How long a `Retry-After` may hold an export back.
+    static let maxRetryAfter: TimeAmount = .seconds(30)
 
     @inline(__always)
     func record(_ span: RecordedSpan) {
@@ -86,6 +99,8 @@ final class SpanRecorder {
     func export(_ to: TraceExport?, on loop: EventLoop, logger: @escaping (String) -> Void) {
         guard let to else {
             spans.removeAll(keepingCapacity: true)
+            connection?.client.drop()
+            connection = nil
             return
         }
         guard !exporting, !spans.isEmpty else { return }
@@ -93,26 +108,63 @@ final class SpanRecorder {
         spans.removeAll(keepingCapacity: true)
         var body = ByteBuffer()
         body.reserveCapacity(batch.count * 600 + 256)
-        OTLPJSON.write(batch, serviceName: to.serviceName, into: &body)
-        exporting = true
-        let count = batch.count
-        HTTPFetch.send(
-            .POST, to.target, headers: [("Content-Type", "application/json")], body: Array(body.readableBytesView),
-            on: loop, timeout: to.timeout, maxBytes: 64 * 1024
-        ).assumeIsolatedUnsafeUnchecked().whenComplete { [self] result in
-            exporting = false
-            switch result {
-            case .success(let response) where (200..<300).contains(response.status):
-                exported += count
-            case .success(let response):
-                failed(count, "the collector answered \(response.status)", logger)
-            case .failure(let error):
-                failed(count, "\(error)", logger)
-            }
+        var headers: [(String, String)]
+        switch to.encoding {
+        case .protobuf:
+            OTLPProtobuf.write(batch, serviceName: to.serviceName, into: &body)
+            headers = [("Content-Type", "application/x-protobuf")]
+        case .json:
+            OTLPJSON.write(batch, serviceName: to.serviceName, into: &body)
+            headers = [("Content-Type", "application/json")]
         }
+        if to.gzip, let compressed = try? body.compress(with: .gzip()) {
+            body = compressed
+            headers.append(("Content-Encoding", "gzip"))
+        }
+        if connection?.export !== to {
+            connection?.client.drop()
+            connection = (to, HTTPConnection(to.target, on: loop))
+        }
+        exporting = true
+        send(Array(body.readableBytesView), headers: headers, count: batch.count, attempt: 1, on: loop, logger: logger)
     }
 
-    private func failed(_ count: Int, _ why: String, _ logger: (String) -> Void) {
+    private func send(_ body: [UInt8], headers: [(String, String)], count: Int, attempt: Int, on loop: EventLoop, logger: @escaping (String) -> Void) {
+        guard let (to, client) = connection else {
+            exporting = false
+            return
+        }
+        client.send(.POST, headers: headers, body: body, timeout: to.timeout, maxBytes: 64 * 1024)
+            .assumeIsolatedUnsafeUnchecked().whenComplete { [self] result in
+                let why: String
+                var retryAfter: TimeAmount?
+                switch result {
+                case .success(let response) where (200..<300).contains(response.status):
+                    exporting = false
+                    exported += count
+                    return
+                case .success(let response):
+                    why = "the collector answered \(response.status)"
+                    guard [429, 502, 503, 504].contains(response.status) else { return finish(failed: count, why, logger) }
+                    let header = response.headers.first { $0.0.lowercased() == "retry-after" }?.1
+                    if let seconds = header.flatMap({ Int64($0.trimmingSpaces()) }), seconds >= 0 {
+                        retryAfter = min(.seconds(seconds), Self.maxRetryAfter)
+                    }
+                case .failure(let error):
+                    why = "\(error)"
+                    client.drop()
+                }
+                guard attempt < Self.maxAttempts, connection?.client === client else { return finish(failed: count, why, logger) }
+                retries += 1
+                let delay = retryAfter ?? .seconds(Int64(1) << (attempt - 1))
+                loop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: delay) { [self] in
+                    send(body, headers: headers, count: count, attempt: attempt + 1, on: loop, logger: logger)
+                }
+            }
+    }
+
+    private func finish(failed count: Int, _ why: String, _ logger: (String) -> Void) {
+        exporting = false
         failedExports += 1
         dropped += count
         // Once a minute at most: a collector that is down must not flood the log.
@@ -126,115 +178,3 @@ final class SpanRecorder {
 
 @available(*, unavailable)
 extension SpanRecorder: Sendable {}
-
-/// OTLP/HTTP's JSON encoding of spans (opentelemetry-proto `ExportTraceServiceRequest`; ids
-/// in hex, 64-bit integers as strings, as the OTLP specification's JSON mapping says).
-enum OTLPJSON {
-    static func write(_ spans: [RecordedSpan], serviceName: String, into out: inout ByteBuffer) {
-        out.writeHead(estimate: 256 + serviceName.utf8.count * 6) { w in
-            w.put("{\"resourceSpans\":[{\"resource\":{\"attributes\":[")
-            w.put("{\"key\":\"service.name\",\"value\":{\"stringValue\":")
-            var name = serviceName
-            name.withUTF8 { w.jsonQuoted(UnsafeRawBufferPointer($0)) }
-            w.put("}}]},\"scopeSpans\":[{\"scope\":{\"name\":\"moongate\"},\"spans\":[")
-        }
-        for (i, span) in spans.enumerated() {
-            out.writeHead(estimate: 512 + span.path.count * 6 + span.route.count * 6 + (span.error?.utf8.count ?? 0) * 6) { w in
-                if i > 0 { w.put(byte: UInt8(ascii: ",")) }
-                write(span, &w)
-            }
-        }
-        out.writeStaticString("]}]}]}")
-    }
-
-    private static func write(_ s: RecordedSpan, _ w: inout HeadWriter) {
-        w.put("{\"traceId\":\"")
-        w.hex(s.traceHigh, digits: 16)
-        w.hex(s.traceLow, digits: 16)
-        w.put("\",\"spanId\":\"")
-        w.hex(s.spanID, digits: 16)
-        w.put(byte: UInt8(ascii: "\""))
-        if s.parentID != 0 {
-            w.put(",\"parentSpanId\":\"")
-            w.hex(s.parentID, digits: 16)
-            w.put(byte: UInt8(ascii: "\""))
-        }
-        let method = MethodLabel.names[s.method]
-        // Server spans are named "{method} {route}", client spans "{method}" (OTel HTTP conventions).
-        w.put(",\"name\":\"")
-        w.put(string: method == "OTHER" ? "HTTP" : method)
-        if s.server, !s.route.isEmpty {
-            w.put(byte: UInt8(ascii: " "))
-            s.route.withUnsafeBytes { jsonEscapedBody($0, &w) }
-        }
-        w.put(byte: UInt8(ascii: "\""))
-        w.put(s.server ? ",\"kind\":2" : ",\"kind\":3")
-        w.put(",\"startTimeUnixNano\":\"")
-        w.decimal(Int(s.startNanoseconds))
-        w.put("\",\"endTimeUnixNano\":\"")
-        w.decimal(Int(max(s.endNanoseconds, s.startNanoseconds)))
-        w.put("\",\"attributes\":[")
-        attribute("http.request.method", method == "OTHER" ? "_OTHER" : method, &w, first: true)
-        if s.server {
-            if !s.route.isEmpty { attribute("http.route", s.route, &w) }
-            attribute("url.path", s.path, &w)
-            if let id = s.requestID { id.withUnsafeReadableBytes { attribute("moongate.request_id", $0, &w) } }
-        } else {
-            attribute("moongate.try", s.tryNumber, &w)
-            let t = s.target
-            if let colon = t.lastIndex(of: UInt8(ascii: ":")), let port = Int(String(decoding: t[(colon + 1)...], as: UTF8.self)) {
-                t.withUnsafeBytes { attribute("server.address", UnsafeRawBufferPointer(rebasing: $0[..<colon]), &w) }
-                attribute("server.port", port, &w)
-            }
-        }
-        if !s.upstream.isEmpty { attribute("moongate.upstream", s.upstream, &w) }
-        if s.server, !s.target.isEmpty { attribute("moongate.target", s.target, &w) }
-        if s.status > 0 { attribute("http.response.status_code", s.status, &w) }
-        if let error = s.error {
-            var e = error
-            e.withUTF8 { attribute("error.type", UnsafeRawBufferPointer($0), &w) }
-        }
-        w.put("]")
-        // ERROR for a try that failed or a 5xx; a server span's 4xx is the client's error, not ours.
-        let failed = s.error != nil || s.status >= 500 || (!s.server && s.status == 0)
-        w.put(failed ? ",\"status\":{\"code\":2}}" : ",\"status\":{}}")
-    }
-
-    private static func attribute(_ key: StaticString, _ value: UnsafeRawBufferPointer, _ w: inout HeadWriter, first: Bool = false) {
-        if !first { w.put(byte: UInt8(ascii: ",")) }
-        w.put("{\"key\":\"")
-        w.put(key)
-        w.put("\",\"value\":{\"stringValue\":")
-        w.jsonQuoted(value)
-        w.put("}}")
-    }
-
-    private static func attribute(_ key: StaticString, _ value: [UInt8], _ w: inout HeadWriter) {
-        value.withUnsafeBytes { attribute(key, $0, &w) }
-    }
-
-    private static func attribute(_ key: StaticString, _ value: String, _ w: inout HeadWriter, first: Bool = false) {
-        var v = value
-        v.withUTF8 { attribute(key, UnsafeRawBufferPointer($0), &w, first: first) }
-    }
-
-    private static func attribute(_ key: StaticString, _ value: Int, _ w: inout HeadWriter) {
-        w.put(",{\"key\":\"")
-        w.put(key)
-        w.put("\",\"value\":{\"intValue\":\"")
-        w.decimal(value)
-        w.put("\"}}")
-    }
-
-    /// The inside of a JSON string (no quotes).
-    private static func jsonEscapedBody(_ p: UnsafeRawBufferPointer, _ w: inout HeadWriter) {
-        for c in p {
-            switch c {
-            case 34: w.put("\\\"")
-            case 92: w.put("\\\\")
-            case 0..<0x20, 0x7F: w.put(byte: UInt8(ascii: "?"))
-            default: w.put(byte: c)
-            }
-        }
-    }
-}

@@ -6,7 +6,8 @@ import NIOSSL
 
 /// A small real HTTP server for tests of what the gateway calls (JWKS providers,
 /// introspection endpoints): `respond` gets each request and returns its answer, after an
-/// optional delay. One connection per request, as the gateway's client uses.
+/// optional delay. One connection per request, as the gateway's client uses, unless made
+/// with `keepAlive` (then connections stay open and are counted).
 final class TestHTTPServer: @unchecked Sendable {
     struct Request: Sendable {
         var method: String
@@ -21,6 +22,7 @@ final class TestHTTPServer: @unchecked Sendable {
         var status = 200
         var body = ""
         var delay: TimeAmount = .zero
+        var headers: [(String, String)] = []
     }
 
     private let lock = NSLock()
@@ -30,10 +32,16 @@ final class TestHTTPServer: @unchecked Sendable {
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private var channel: Channel?
     private var stopped = false
+    private var accepted = 0
+    private let keepAlive: Bool
+
+    /// Connections accepted so far.
+    var connections: Int { lock.withLock { accepted } }
 
     /// `tls`: serve https with this certificate chain and key (PEM).
-    init(tls: (certificate: String, key: String)? = nil, _ respond: @escaping @Sendable (Request) -> Answer) async throws {
+    init(tls: (certificate: String, key: String)? = nil, keepAlive: Bool = false, _ respond: @escaping @Sendable (Request) -> Answer) async throws {
         self.respond = respond
+        self.keepAlive = keepAlive
         let server = self
         let context = try tls.map { tls in
             try NIOSSLContext(
@@ -44,7 +52,8 @@ final class TestHTTPServer: @unchecked Sendable {
         channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                server.lock.withLock { server.accepted += 1 }
+                return channel.eventLoop.makeCompletedFuture {
                     if let context { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(Responder(server: server))
@@ -100,17 +109,19 @@ final class TestHTTPServer: @unchecked Sendable {
                     method: head.method.rawValue, uri: head.uri, headers: head.headers.map { ($0.name, $0.value) }, body: body)
                 let answer = server.handle(request)
                 let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                let keepAlive = server.keepAlive
                 context.eventLoop.scheduleTask(in: answer.delay) {
                     let context = bound.value
                     let out = ByteBuffer(string: answer.body)
                     var response = HTTPResponseHead(version: .http1_1, status: .init(statusCode: answer.status))
                     response.headers.add(name: "Content-Type", value: "application/json")
                     response.headers.add(name: "Content-Length", value: "\(out.readableBytes)")
-                    response.headers.add(name: "Connection", value: "close")
+                    for (name, value) in answer.headers { response.headers.add(name: name, value: value) }
+                    if !keepAlive { response.headers.add(name: "Connection", value: "close") }
                     context.write(NIOAny(HTTPServerResponsePart.head(response)), promise: nil)
                     context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(out))), promise: nil)
                     let channel = context.channel
-                    context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+                    context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in if !keepAlive { channel.close(promise: nil) } }
                 }
             }
         }

@@ -176,20 +176,30 @@ import Testing
                 let expected = round + 1
                 #expect(await eventually { collector.requests.count >= expected })
             }
+            // Each request: its span and one try or two (the first target is dead only on some);
+            // a round's spans may go out over more than one export.
+            func decoded() throws -> [String] {
+                try collector.requests.map { request in
+                    let path = NSTemporaryDirectory() + "moongate-otlp-\(UUID().uuidString).pb.gz"
+                    try Data(request.body).write(to: URL(fileURLWithPath: path))
+                    defer { try? FileManager.default.removeItem(atPath: path) }
+                    let (status, output) = try runTool(WebSocketTests.python, ["-c", Self.decodeProtobuf, path])
+                    #expect(status == 0, "\(output)")
+                    return output
+                }
+            }
+            func total(_ counts: [String]) -> Int {
+                counts.compactMap { Int($0.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") }.reduce(0, +)
+            }
+            var counts: [String] = []
+            let complete = try await eventually(within: 20) {
+                counts = try decoded()
+                return total(counts) >= 12
+            }
+            #expect(complete, "\(counts)")
             let requests = collector.requests
             #expect(requests.allSatisfy { $0.header("content-type") == "application/x-protobuf" && $0.header("content-encoding") == "gzip" })
             #expect(collector.connections == 1, "exports reuse the connection")
-            let counts = try requests.map { request in
-                let path = NSTemporaryDirectory() + "moongate-otlp-\(UUID().uuidString).pb.gz"
-                try Data(request.body).write(to: URL(fileURLWithPath: path))
-                defer { try? FileManager.default.removeItem(atPath: path) }
-                let (status, output) = try runTool(WebSocketTests.python, ["-c", Self.decodeProtobuf, path])
-                #expect(status == 0, "\(output)")
-                return output
-            }
-            let total = counts.compactMap { Int($0.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") }.reduce(0, +)
-            // Each request: its span and one try (the first target is dead only on some).
-            #expect(total >= 12, "\(counts)")
             #expect(counts.allSatisfy { $0.contains("service gateway-under-test") }, "\(counts)")
         }
     }

@@ -10,6 +10,8 @@ import Testing
 @Suite(.serialized)
 struct PostgresConnectionTests {
     static let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// One cluster for the suite (initdb is the costly part); the test that kills it runs last.
+    static let server = Result { try PostgresProcess() }
 
     /// RFC 7677's SCRAM-SHA-256 example, byte for byte (user "user", password "pencil").
     @Test func scramMatchesTheRFCExample() throws {
@@ -34,7 +36,7 @@ struct PostgresConnectionTests {
     }
 
     @Test func authenticatesWithSCRAMAndMD5AndRefusesAWrongPassword() async throws {
-        let server = try PostgresProcess()
+        let server = try Self.server.get()
         _ = try server.psql("SET password_encryption = 'scram-sha-256'; CREATE ROLE scram_user LOGIN PASSWORD 's3cret ünï'")
         _ = try server.psql("SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5pass'")
         try server.requirePasswords(["scram_user": "scram-sha-256", "md5_user": "md5"])
@@ -61,7 +63,7 @@ struct PostgresConnectionTests {
     }
 
     @Test func statementsParametersErrorsAndNotifications() async throws {
-        let server = try PostgresProcess()
+        let server = try Self.server.get()
         let loop = Self.group.next()
         let c = try await PostgresConnection.connect(host: "127.0.0.1", port: server.port, user: server.user, password: nil, database: server.database, on: loop)
         try await c.query("CREATE TABLE t (id int PRIMARY KEY, body text)")

@@ -310,7 +310,7 @@ let package = Package(
             dependencies: ["TLS", "CTLS", "COpenSSL", "SocketLoop", "TestSupport", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "PostgresTests",
-            dependencies: ["Postgres", "PostgresTestServer", .product(name: "NIOPosix", package: "swift-nio")]),
+            dependencies: ["Postgres", "PostgresTestServer", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Config", "YAML"]),

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Gateway
 import PostgresTestServer
 import Testing
@@ -45,7 +46,7 @@ import Testing
     }
 
     static func withFleet<T>(_ count: Int = 2, _ body: (Fleet) async throws -> T) async throws -> T {
-        let pg = try PostgresProcess()
+        let pg = try await onItsOwnThread { try PostgresProcess() }
         let folder = NSTemporaryDirectory() + "moongate-fleet-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         try "\(token.line)\n".write(toFile: folder + "/admin.token", atomically: true, encoding: .utf8)
@@ -233,7 +234,7 @@ import Testing
             let (a, b) = (fleet.gateways[0], fleet.gateways[1])
             #expect(try await Self.admin(a, "PUT", "/v1/routes/new", body: Self.newRoute).status == 200)
             try await Self.eventually(b, "/new/x", status: 200)
-            fleet.pg.kill()
+            try await onItsOwnThread { fleet.pg.kill() }
             for _ in 0..<20 {
                 #expect(try a.client().request("GET", "/new/x").status == 200)
                 #expect(try b.client().request("GET", "/hello").status == 200)
@@ -250,7 +251,7 @@ import Testing
             }
             #expect(reachable == .bool(false))
 
-            try fleet.pg.start()
+            try await onItsOwnThread { try fleet.pg.start() }
             // Back: the gateways reconnect and writes work again, served by both.
             var last: RawClient.Response?
             for _ in 0..<100 where last?.status != 200 {
@@ -263,7 +264,7 @@ import Testing
     }
 
     @Test func aGatewayStartedWhileTheStoreIsDownBootsFromTheCache() async throws {
-        let pg = try PostgresProcess()
+        let pg = try await onItsOwnThread { try PostgresProcess() }
         let folder = NSTemporaryDirectory() + "moongate-cache-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
@@ -272,7 +273,7 @@ import Testing
         let first = try await TestGateway.start(yaml, scripts: ["hello.lua": AdminAPITests.hello])
         #expect(try await Self.admin(first, "PUT", "/v1/routes/new", body: Self.newRoute).status == 200)
         await first.stop()
-        pg.kill()
+        try await onItsOwnThread { pg.kill() }
 
         let second = try await TestGateway.start(yaml, scripts: ["hello.lua": "return { access = function() request.respond(200, 'not this') end }"])
         // Routed (to the first gateway's echo upstream, now gone: 502), not unknown (404).

@@ -1,5 +1,6 @@
 import EchoUpstream
 import Foundation
+import TestSupport
 import NIOPosix
 import PostgresTestServer
 import Testing
@@ -54,7 +55,7 @@ import Testing
     }
 
     @Test func writesConvergeAndAStoreOutageFailsNoRequest() async throws {
-        let pg = try PostgresProcess()
+        let pg = try await onItsOwnThread { try PostgresProcess() }
         let folder = NSTemporaryDirectory() + "moongate-fleet-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
@@ -81,11 +82,11 @@ import Testing
             }
 
             // PostgreSQL goes away under load: the gateways keep serving; writes answer 503.
-            pg.kill()
+            try await onItsOwnThread { pg.kill() }
             usleep(500_000)
             #expect(try Self.put(admin: admins[0], "/v1/routes/down", #"{"match":{"path":"/down"},"upstream":"echo"}"#) == 503)
             usleep(500_000)
-            try pg.start()
+            try await onItsOwnThread { try pg.start() }
             // Back: a write converges again (the gateways reconnect with back-off, at most 5 s).
             var status = 0
             for _ in 0..<100 where status != 200 {

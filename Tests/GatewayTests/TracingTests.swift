@@ -117,7 +117,7 @@ import Testing
                 return path
             }
             defer { for file in files { try? FileManager.default.removeItem(atPath: file) } }
-            let (status, output) = try runTool(WebSocketTests.python, ["-c", Self.strictOTLP] + files)
+            let (status, output) = try await onItsOwnThread { try runTool(WebSocketTests.python, ["-c", Self.strictOTLP] + files) }
             #expect(status == 0, "\(output)")
             #expect(output.contains("spans \(spans.count)"), "\(output)")
         }
@@ -180,14 +180,14 @@ import Testing
             // a round's spans may go out over more than one export.
             // One decoder run over every export so far (a process per poll, not per export:
             // the suite runs many tests at once).
-            func decoded() throws -> [String] {
+            func decoded() async throws -> [String] {
                 let files = try collector.requests.map { request in
                     let path = NSTemporaryDirectory() + "moongate-otlp-\(UUID().uuidString).pb.gz"
                     try Data(request.body).write(to: URL(fileURLWithPath: path))
                     return path
                 }
                 defer { for file in files { try? FileManager.default.removeItem(atPath: file) } }
-                let (status, output) = try runTool(WebSocketTests.python, ["-c", Self.decodeProtobuf] + files)
+                let (status, output) = try await onItsOwnThread { try runTool(WebSocketTests.python, ["-c", Self.decodeProtobuf] + files) }
                 #expect(status == 0, "\(output)")
                 return output.split(separator: "\n").map(String.init)
             }
@@ -196,7 +196,7 @@ import Testing
             }
             var counts: [String] = []
             for _ in 0..<40 {
-                counts = try decoded()
+                counts = try await decoded()
                 if total(counts) >= 12 { break }
                 try await Task.sleep(for: .milliseconds(500))
             }

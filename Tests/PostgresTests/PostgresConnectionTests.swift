@@ -1,6 +1,7 @@
 import Foundation
 import NIOPosix
 import PostgresTestServer
+import TestSupport
 import Testing
 
 @testable import Postgres
@@ -10,8 +11,9 @@ import Testing
 @Suite(.serialized)
 struct PostgresConnectionTests {
     static let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    /// One cluster for the suite (initdb is the costly part); the test that kills it runs last.
-    static let server = Result { try PostgresProcess() }
+    /// One cluster for the suite (initdb is the costly part), made off the concurrency pool;
+    /// the test that kills it runs last.
+    static let server = Task { try await onItsOwnThread { try PostgresProcess() } }
 
     /// RFC 7677's SCRAM-SHA-256 example, byte for byte (user "user", password "pencil").
     @Test func scramMatchesTheRFCExample() throws {
@@ -36,10 +38,12 @@ struct PostgresConnectionTests {
     }
 
     @Test func authenticatesWithSCRAMAndMD5AndRefusesAWrongPassword() async throws {
-        let server = try Self.server.get()
-        _ = try server.psql("SET password_encryption = 'scram-sha-256'; CREATE ROLE scram_user LOGIN PASSWORD 's3cret ünï'")
-        _ = try server.psql("SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5pass'")
-        try server.requirePasswords(["scram_user": "scram-sha-256", "md5_user": "md5"])
+        let server = try await Self.server.value
+        try await onItsOwnThread {
+            _ = try server.psql("SET password_encryption = 'scram-sha-256'; CREATE ROLE scram_user LOGIN PASSWORD 's3cret ünï'")
+            _ = try server.psql("SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5pass'")
+            try server.requirePasswords(["scram_user": "scram-sha-256", "md5_user": "md5"])
+        }
         let loop = Self.group.next()
 
         let scram = try await PostgresConnection.connect(
@@ -63,7 +67,7 @@ struct PostgresConnectionTests {
     }
 
     @Test func statementsParametersErrorsAndNotifications() async throws {
-        let server = try Self.server.get()
+        let server = try await Self.server.value
         let loop = Self.group.next()
         let c = try await PostgresConnection.connect(host: "127.0.0.1", port: server.port, user: server.user, password: nil, database: server.database, on: loop)
         try await c.query("CREATE TABLE t (id int PRIMARY KEY, body text)")
@@ -89,12 +93,12 @@ struct PostgresConnectionTests {
 
         // LISTEN: notifications from another session arrive, in order.
         var notifications = try await c.listen("moongate test").makeAsyncIterator()
-        _ = try server.psql("SELECT pg_notify('moongate test', 'one'); SELECT pg_notify('moongate test', 'two')")
+        _ = try await onItsOwnThread { try server.psql("SELECT pg_notify('moongate test', 'one'); SELECT pg_notify('moongate test', 'two')") }
         #expect(await notifications.next() == "one")
         #expect(await notifications.next() == "two")
 
         // A killed server: the stream ends, what comes next fails, the connection says closed.
-        server.kill()
+        try await onItsOwnThread { server.kill() }
         #expect(await notifications.next() == nil)
         await #expect(throws: PostgresError.self) { try await c.query("SELECT 1") }
         #expect(c.isClosed)

@@ -101,3 +101,12 @@ public final class MadeCertificates: @unchecked Sendable {
 public struct ToolFailed: Error, CustomStringConvertible {
     public var description: String
 }
+
+/// Runs blocking work (a child process, a server's start) on a thread of its own: Swift
+/// concurrency's pool has a thread per core, and a test that blocks one stalls every other
+/// test in the process.
+public func onItsOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}

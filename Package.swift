@@ -77,11 +77,12 @@ let package = Package(
             // (callgrind: 38 swift_beginAccess a proxied request from the socket code alone).
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
         // A Redis client for the event loops: hiredis's protocol code over a SwiftNIO connection
-        // per loop, pipelined, with timeouts, reconnects and a circuit breaker.
+        // per loop, pipelined, with timeouts, reconnects and a circuit breaker; TLS; Redis
+        // Cluster (slot map, MOVED/ASK) and Sentinel on top.
         .target(
             name: "Redis",
             dependencies: [
-                "Config", "CHiredis", "SocketLoop",
+                "Config", "CHiredis", "SocketLoop", "TLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

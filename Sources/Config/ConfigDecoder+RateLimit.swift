@@ -19,23 +19,46 @@ extension ConfigDecoder {
                 let map = r.mapping(
                     value, path,
                     allowed: [
-                        "address", "username", "password", "password_file", "database", "connect_timeout", "command_timeout",
-                        "key_prefix", "circuit",
+                        "address", "cluster", "sentinel", "tls", "username", "password", "password_file", "database",
+                        "connect_timeout", "command_timeout", "key_prefix", "circuit",
                     ])
             else { continue }
-            guard let a = map["address"]?.value else {
-                r.fail(value, r.join(path, "address"), "required (host:port)")
+            let given = ["address", "cluster", "sentinel"].filter { map[$0] != nil }
+            guard given.count == 1 else {
+                r.fail(
+                    value, path,
+                    given.isEmpty
+                        ? "give address (host:port), cluster (seed addresses) or sentinel ({addresses, master})"
+                        : "give one of address, cluster and sentinel, not \(given.joined(separator: " and "))")
                 continue
             }
-            guard let address = r.address(a, r.join(path, "address")) else { continue }
-            var server = RedisServer(name: name, address: address)
+            var server: RedisServer
+            if let a = map["address"]?.value {
+                guard let address = r.address(a, r.join(path, "address")) else { continue }
+                server = RedisServer(name: name, address: address)
+            } else if let c = map["cluster"]?.value {
+                guard let seeds = addresses(c, r.join(path, "cluster")) else { continue }
+                server = RedisServer(name: name, address: seeds[0])
+                server.topology = .cluster(seeds: seeds)
+            } else {
+                guard let s = map["sentinel"]?.value, let sentinel = decodeSentinel(s, r.join(path, "sentinel")) else { continue }
+                server = RedisServer(name: name, address: sentinel.addresses[0])
+                server.topology = .sentinel(sentinel)
+            }
+            if let n = map["tls"]?.value { server.tls = decodeUpstreamTLS(n, r.join(path, "tls")) }
             if let n = map["username"]?.value { server.username = r.string(n, r.join(path, "username")) }
             if let n = map["password"]?.value, let v = r.string(n, r.join(path, "password")), !v.isEmpty { server.password = v }
             if let n = map["password_file"]?.value { server.passwordFile = r.string(n, r.join(path, "password_file")) }
             if map["password"] != nil, map["password_file"] != nil {
                 r.fail(value, path, "give password or password_file, not both")
             }
-            if let n = map["database"]?.value, let v = r.int(n, r.join(path, "database"), range: 0...1_000_000) { server.database = v }
+            if let n = map["database"]?.value, let v = r.int(n, r.join(path, "database"), range: 0...1_000_000) {
+                if case .cluster = server.topology, v != 0 {
+                    r.fail(n, r.join(path, "database"), "a Redis Cluster has only database 0")
+                } else {
+                    server.database = v
+                }
+            }
             if let n = map["connect_timeout"]?.value, let v = positive(n, r.join(path, "connect_timeout")) { server.connectTimeout = v }
             if let n = map["command_timeout"]?.value, let v = positive(n, r.join(path, "command_timeout")) { server.commandTimeout = v }
             if let n = map["key_prefix"]?.value, let v = r.string(n, r.join(path, "key_prefix")) {
@@ -55,6 +78,47 @@ extension ConfigDecoder {
             out.append(server)
         }
         return out
+    }
+
+    /// A non-empty list of `host:port` (or one, as a string).
+    private func addresses(_ node: YAMLNode, _ path: String) -> [SocketAddressSpec]? {
+        let r = reader
+        if case .scalar = node { return r.address(node, path).map { [$0] } }
+        guard let items = r.sequence(node, path) else { return nil }
+        guard !items.isEmpty else {
+            r.fail(node, path, "expected at least one host:port")
+            return nil
+        }
+        var out: [SocketAddressSpec] = []
+        for (i, item) in items.enumerated() {
+            guard let a = r.address(item, "\(path)[\(i)]") else { return nil }
+            out.append(a)
+        }
+        return out
+    }
+
+    /// `sentinel: {addresses, master, username, password, recheck}`.
+    private func decodeSentinel(_ node: YAMLNode, _ path: String) -> RedisSentinel? {
+        let r = reader
+        guard let map = r.mapping(node, path, allowed: ["addresses", "master", "username", "password", "recheck"]) else { return nil }
+        guard let a = map["addresses"]?.value else {
+            r.fail(node, r.join(path, "addresses"), "required (the sentinels' host:port)")
+            return nil
+        }
+        guard let m = map["master"]?.value else {
+            r.fail(node, r.join(path, "master"), "required (the name the sentinels monitor)")
+            return nil
+        }
+        guard let addresses = addresses(a, r.join(path, "addresses")), let master = r.string(m, r.join(path, "master")) else { return nil }
+        guard !master.isEmpty else {
+            r.fail(m, r.join(path, "master"), "must not be empty")
+            return nil
+        }
+        var sentinel = RedisSentinel(addresses: addresses, master: master)
+        if let n = map["username"]?.value { sentinel.username = r.string(n, r.join(path, "username")) }
+        if let n = map["password"]?.value, let v = r.string(n, r.join(path, "password")), !v.isEmpty { sentinel.password = v }
+        if let n = map["recheck"]?.value, let v = positive(n, r.join(path, "recheck")) { sentinel.recheck = v }
+        return sentinel
     }
 
     func decodeRateLimit(_ node: YAMLNode?, redis: [RedisServer]) -> RateLimitConfig {

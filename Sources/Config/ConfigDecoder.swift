@@ -462,7 +462,7 @@ struct ConfigDecoder {
     }
 
     /// `tls: {sni, ca_file, cert, key, verify, min_version}`, or `tls: true` for the defaults.
-    private func decodeUpstreamTLS(_ node: YAMLNode, _ path: String) -> UpstreamTLS? {
+    func decodeUpstreamTLS(_ node: YAMLNode, _ path: String) -> UpstreamTLS? {
         let r = reader
         var tls = UpstreamTLS()
         tls.place = LocatedValue(.null, file: r.file, line: node.mark?.line ?? 0, path: path, pointer: r.pointer(path))

@@ -1,8 +1,14 @@
-/// A Redis server that scripts' rate-limit buckets (`redis_bucket.take(key, {store = name})`)
-/// may live in. Each worker keeps one pipelined connection to it.
+/// A Redis deployment that scripts' rate-limit buckets (`redis_bucket.take(key, {store = name})`)
+/// and the `kv` store may live in: one server, a Redis Cluster, or a primary that Sentinel
+/// names. Each worker keeps one pipelined connection to each server it talks to.
 public struct RedisServer: Sendable, Equatable {
     public var name: String
+    /// The server (`address`), or the first seed of a cluster, or the first sentinel.
     public var address: SocketAddressSpec
+    /// How the server that holds a key is found.
+    public var topology: RedisTopology = .single
+    /// TLS to every server of the deployment (sentinels included); nil: plaintext.
+    public var tls: UpstreamTLS?
     /// For `AUTH username password` (Redis 6 ACLs); nil sends `AUTH password` alone.
     public var username: String?
     /// Never logged. Usually `${REDIS_PASSWORD}` or `password_file`.
@@ -28,6 +34,33 @@ public struct RedisServer: Sendable, Equatable {
     public init(name: String, address: SocketAddressSpec) {
         self.name = name
         self.address = address
+    }
+}
+
+/// How a Redis deployment is found.
+public enum RedisTopology: Sendable, Equatable {
+    /// One server, at `address`.
+    case single
+    /// A Redis Cluster: the slot map is read (`CLUSTER SLOTS`) from these seeds or any node
+    /// learnt since; `MOVED` and `ASK` are followed.
+    case cluster(seeds: [SocketAddressSpec])
+    /// A primary named by Sentinel (`SENTINEL get-master-addr-by-name master`), asked of these
+    /// sentinels in turn, and asked again when the primary fails or every `recheck`.
+    case sentinel(RedisSentinel)
+}
+
+/// Where Sentinel is asked, and with what credentials (a sentinel's own, often none).
+public struct RedisSentinel: Sendable, Equatable {
+    public var addresses: [SocketAddressSpec]
+    public var master: String
+    public var username: String?
+    public var password: String?
+    /// How often a worker asks again while the primary answers. Default 1 s.
+    public var recheck: Duration = .seconds(1)
+
+    public init(addresses: [SocketAddressSpec], master: String) {
+        self.addresses = addresses
+        self.master = master
     }
 }
 

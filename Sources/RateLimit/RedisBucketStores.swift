@@ -17,29 +17,33 @@ public protocol RedisBucketStore: Sendable {
         completion: @escaping (Result<BucketDecision, RedisError>) -> Void)
 }
 
-/// The gateway's Redis stores: one `RedisClient` per server per event loop, so a request
-/// talks only to its own loop's connection.
+/// The gateway's Redis stores: one `RedisEndpoint` per configured deployment per event loop
+/// (a server's connection, a cluster's node connections, a sentinel-named primary's), so a
+/// request talks only to its own loop's connections.
 public final class RedisBuckets: RedisBucketStore, RedisSender, @unchecked Sendable {
     public let servers: [RedisServer]
     /// Per server, per event loop. Immutable after `make`; each client is touched only on its loop.
-    private let clients: [[(loop: EventLoop, client: NIOLoopBound<RedisClient>)]]
+    private let clients: [[(loop: EventLoop, client: NIOLoopBound<any RedisEndpoint>)]]
 
-    private init(servers: [RedisServer], clients: [[(loop: EventLoop, client: NIOLoopBound<RedisClient>)]]) {
+    private init(servers: [RedisServer], clients: [[(loop: EventLoop, client: NIOLoopBound<any RedisEndpoint>)]]) {
         self.servers = servers
         self.clients = clients
     }
 
     /// Clients for `servers` on every loop of `group` (they connect on first use).
     public static func make(servers: [RedisServer], group: EventLoopGroup, logger: Logger) async throws -> RedisBuckets {
-        var all: [[(loop: EventLoop, client: NIOLoopBound<RedisClient>)]] = []
+        var all: [[(loop: EventLoop, client: NIOLoopBound<any RedisEndpoint>)]] = []
         for server in servers {
             let password = try server.passwordFile.map { file in
                 String(try FileReading.text(file).trimmingWhitespace())
             } ?? server.password
-            var perLoop: [(loop: EventLoop, client: NIOLoopBound<RedisClient>)] = []
+            let tls = try RedisTLS.load(server.tls)
+            var perLoop: [(loop: EventLoop, client: NIOLoopBound<any RedisEndpoint>)] = []
             for loop in group.makeIterator() {
                 let client = try await loop.submit {
-                    NIOLoopBound(RedisClient(server: server, password: password, eventLoop: loop, logger: logger), eventLoop: loop)
+                    NIOLoopBound(
+                        RedisEndpoints.make(server: server, password: password, tls: tls, eventLoop: loop, logger: logger) as any RedisEndpoint,
+                        eventLoop: loop)
                 }.get()
                 perLoop.append((loop, client))
             }
@@ -97,7 +101,7 @@ public final class RedisBuckets: RedisBucketStore, RedisSender, @unchecked Senda
     }
 
     @inline(__always)
-    private func client(_ server: Int) -> RedisClient? {
+    private func client(_ server: Int) -> (any RedisEndpoint)? {
         guard let loop = SocketLoop.currentEventLoop else { return nil }
         for entry in clients[server] where entry.loop === loop { return entry.client.value }
         return nil
@@ -120,13 +124,7 @@ public final class RedisBuckets: RedisBucketStore, RedisSender, @unchecked Senda
             var sum = RedisClient.Stats()
             for entry in perLoop {
                 let client = entry.client
-                if let s = try? await entry.loop.submit({ client.value.stats }).get() {
-                    sum.commands += s.commands
-                    sum.timeouts += s.timeouts
-                    sum.failures += s.failures
-                    sum.rejected += s.rejected
-                    sum.connects += s.connects
-                }
+                if let s = try? await entry.loop.submit({ client.value.stats }).get() { sum.add(s) }
             }
             out[servers[i].name] = sum
         }

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import SocketLoop
+import TLS
 
 /// One worker's connection to one Redis server: commands are pipelined on a single
 /// connection, answered in order, each with its own deadline. Created and used on one event
@@ -15,9 +16,15 @@ public final class RedisClient {
     public typealias Completion = (Result<RedisReply, RedisError>) -> Void
 
     public let server: RedisServer
+    /// The server this connection goes to: `server.address`, or a cluster node, a sentinel, or
+    /// the primary a sentinel named.
+    public let address: SocketAddressSpec
     private let eventLoop: EventLoop
     private let logger: Logger
+    private let username: String?
     private let password: String?
+    private let database: Int
+    private let tls: RedisTLS?
     private var channel: Channel?
     private var connecting = false
     private var closed = false
@@ -61,10 +68,29 @@ public final class RedisClient {
         }
     }
 
-    public init(server: RedisServer, password: String?, eventLoop: EventLoop, logger: Logger) {
+    /// A connection to `server.address` with the server's credentials.
+    public convenience init(server: RedisServer, password: String?, eventLoop: EventLoop, logger: Logger) {
+        self.init(
+            server: server, address: server.address, username: server.username, password: password, database: server.database, tls: nil,
+            eventLoop: eventLoop, logger: logger)
+    }
+
+    /// A connection to `address`, one server of `server`'s deployment, sending `AUTH` (with
+    /// `username` when given) and `SELECT database` first.
+    public init(
+        server: RedisServer, address: SocketAddressSpec, username: String?, password: String?, database: Int, tls: RedisTLS?,
+        eventLoop: EventLoop, logger: Logger
+    ) {
         self.server = server
+        self.address = address
+        self.username = username
         self.password = password
+        self.database = database
+        self.tls = tls
         self.eventLoop = eventLoop
+        var logger = logger
+        logger[metadataKey: "redis"] = "\(server.name)"
+        logger[metadataKey: "address"] = "\(address)"
         self.logger = logger
         self.commandTimeout = TimeAmount(server.commandTimeout)
         self.circuit = Circuit(
@@ -123,7 +149,14 @@ public final class RedisClient {
         stats.connects += 1
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         let loop = eventLoop
-        TCPClient.connect(host: server.address.host, port: server.address.port, on: loop, timeout: TimeAmount(server.connectTimeout)) {
+        let tls = self.tls
+        let address = self.address
+        TCPClient.connect(host: address.host, port: address.port, on: loop, timeout: TimeAmount(server.connectTimeout)) {
+            if let tls {
+                let name = tls.serverName(for: address)
+                try $0.pipeline.syncOperations.addHandler(
+                    ChannelTLSClientHandler(client: tls.context, serverName: name, address: name == nil ? address.host : nil))
+            }
             try $0.pipeline.syncOperations.addHandler(RedisChannelHandler(client: bound.value))
         }
             .hop(to: loop)
@@ -155,9 +188,9 @@ public final class RedisClient {
         // Set-up commands go first on the wire; their replies are checked like any other.
         var setup: [RedisCommand] = []
         if let password {
-            if let user = server.username { setup.append(RedisCommand("AUTH", user, password)) } else { setup.append(RedisCommand("AUTH", password)) }
+            if let username { setup.append(RedisCommand("AUTH", username, password)) } else { setup.append(RedisCommand("AUTH", password)) }
         }
-        if server.database != 0 { setup.append(RedisCommand("SELECT", String(server.database))) }
+        if database != 0 { setup.append(RedisCommand("SELECT", String(database))) }
         let deadline = NIODeadline.now() + TimeAmount(server.connectTimeout) + commandTimeout
         for command in setup {
             var bytes = channel.allocator.buffer(capacity: 64)
@@ -169,7 +202,7 @@ public final class RedisClient {
                         // Counts towards the circuit, so a wrong password does not mean a
                         // reconnect per request.
                         if circuit.failed(now: .now()) { logCircuitOpened(.protocolError(message)) }
-                        logger.error("redis refused the connection set-up", metadata: ["redis": "\(server.name)", "error": "\(message)"])
+                        logger.error("redis refused the connection set-up", metadata: ["error": "\(message)"])
                         channel.close(promise: nil)
                     default: break
                     }
@@ -200,18 +233,18 @@ public final class RedisClient {
 
     func received(_ reply: RedisReply) {
         guard let pending = inFlight.popFirst() else {
-            logger.error("redis sent a reply nobody asked for; reconnecting", metadata: ["redis": "\(server.name)"])
+            logger.error("redis sent a reply nobody asked for; reconnecting")
             channel?.close(promise: nil)
             return
         }
         if pending.completion != nil, circuit.succeeded() {
-            logger.notice("redis is answering again; circuit closed", metadata: ["redis": "\(server.name)"])
+            logger.notice("redis is answering again; circuit closed")
         }
         finish(pending, .success(reply), count: false)
     }
 
     func protocolFailed(_ error: RedisError) {
-        logger.error("redis protocol error; reconnecting", metadata: ["redis": "\(server.name)", "error": "\(error)"])
+        logger.error("redis protocol error; reconnecting", metadata: ["error": "\(error)"])
         channel?.close(promise: nil)
     }
 
@@ -284,7 +317,7 @@ public final class RedisClient {
     private func logCircuitOpened(_ error: RedisError) {
         logger.error(
             "redis failing; circuit open: rate limits follow each route's failure mode until it answers again",
-            metadata: ["redis": "\(server.name)", "address": "\(server.address)", "error": "\(error)", "failures": "\(circuit.failures)"])
+            metadata: ["error": "\(error)", "failures": "\(circuit.failures)"])
     }
 
     /// Closes the connection; later commands fail at once.
@@ -292,6 +325,46 @@ public final class RedisClient {
         closed = true
         channel?.close(promise: nil)
         while let (_, pending) = queued.popFirst() { finish(pending, .failure(.unavailable("closed")), count: false) }
+    }
+}
+
+/// TLS to a Redis deployment's servers: the client context loaded with the config, and the
+/// settings' name.
+public struct RedisTLS: Sendable {
+    public let context: TLSClientContext
+    public let sni: String?
+
+    public init(context: TLSClientContext, sni: String?) {
+        self.context = context
+        self.sni = sni
+    }
+
+    /// Loads `settings`' CA, client certificate and version.
+    public init(_ settings: UpstreamTLS) throws(TLSError) {
+        let certificate = settings.cert.flatMap { cert in settings.key.map { TLSCertificates.Source(cert: cert, key: $0) } }
+        context = try TLSClientContext(
+            caFile: settings.caFile, certificate: certificate, verify: settings.verify, minVersion: settings.minVersion == 13 ? .tls13 : .tls12)
+        sni = settings.sni
+    }
+
+    /// `settings` loaded, or nil without them; a file that does not load is a config error
+    /// at `tls:`.
+    public static func load(_ settings: UpstreamTLS?) throws(ConfigError) -> RedisTLS? {
+        guard let settings else { return nil }
+        do {
+            return try RedisTLS(settings)
+        } catch {
+            throw ConfigError([settings.place.problem(error.description)])
+        }
+    }
+
+    /// The name sent and verified: `sni`, or the host when it is a name; nil for an IP
+    /// address, which is verified as one.
+    func serverName(for address: SocketAddressSpec) -> String? {
+        if let sni { return sni }
+        let host = address.host
+        if host.contains(":") || host.allSatisfy({ $0.isNumber || $0 == "." }) { return nil }
+        return host
     }
 }
 

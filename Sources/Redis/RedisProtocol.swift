@@ -78,6 +78,23 @@ public struct RedisCommand: Sendable {
         self = next
     }
 
+    /// The slot of the command's first key (Redis Cluster): argument 3 of `EVAL`/`EVALSHA`
+    /// with at least one key, else argument 1; slot 0 for a command without arguments.
+    public var slot: Int {
+        func argument(_ i: Int) -> ArraySlice<UInt8> { storage[(i == 0 ? 0 : ends[i - 1])..<ends[i]] }
+        var index = 1
+        if ends.count >= 4 {
+            let name = argument(0)
+            if name.elementsEqual("EVALSHA".utf8) || name.elementsEqual("EVAL".utf8) || name.elementsEqual("evalsha".utf8) || name.elementsEqual("eval".utf8),
+                let keys = Int(String(decoding: argument(2), as: UTF8.self)), keys >= 1
+            {
+                index = 3
+            }
+        }
+        guard index < ends.count else { return 0 }
+        return argument(index).withUnsafeBytes { RedisSlot.of($0) }
+    }
+
     /// Calls `body` with the argument count, pointers and lengths, as hiredis takes them.
     func withArgv<R>(_ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> R) -> R {
         let n = ends.count

@@ -18,6 +18,7 @@ public func freeLoopbackPort() throws -> Int {
 }
 
 public struct NoFreePort: Error, CustomStringConvertible {
+    public init() {}
     public var description: String { "no free loopback port" }
 }
 

@@ -177,6 +177,37 @@ void mg_budget_end(mg_budget *b) {
     b->current = NULL;
 }
 
+void mg_budget_save(mg_budget *b, mg_run_budget *r, uint64_t now) {
+    r->headroom = b->limit == SIZE_MAX ? SIZE_MAX : (b->limit > b->used ? b->limit - b->used : 0);
+    r->refused = b->refused;
+    r->steps = b->steps;
+    r->max_steps = b->max_steps;
+    r->clock_at = b->clock_at;
+    r->time_left_ns = b->deadline_ns == 0 ? 0 : (b->deadline_ns > now ? b->deadline_ns - now : 1);
+    r->max_depth = b->max_depth;
+    r->coroutines = b->coroutines;
+    r->max_coroutines = b->max_coroutines;
+    r->killed = b->killed;
+    r->kill_noted = b->kill_noted;
+    r->current = b->current;
+    mg_budget_end(b);
+}
+
+void mg_budget_restore(mg_budget *b, const mg_run_budget *r, uint64_t now) {
+    b->limit = r->headroom == SIZE_MAX ? SIZE_MAX : b->used + r->headroom;
+    b->refused = r->refused;
+    b->steps = r->steps;
+    b->max_steps = r->max_steps;
+    b->clock_at = r->clock_at;
+    b->deadline_ns = r->time_left_ns == 0 ? 0 : now + r->time_left_ns;
+    b->max_depth = r->max_depth;
+    b->coroutines = r->coroutines;
+    b->max_coroutines = r->max_coroutines;
+    b->killed = r->killed;
+    b->kill_noted = r->kill_noted;
+    b->current = r->current;
+}
+
 void mg_hook_count(lua_State *L, int count) {
     lua_sethook(L, count_hook, LUA_MASKCOUNT, count);
 }

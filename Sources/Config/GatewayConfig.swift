@@ -374,9 +374,11 @@ public struct ScriptsConfig: Sendable, Equatable {
     /// The scripts directory. Relative paths are resolved against the config file's folder by
     /// `ConfigLoader.load`. Default `policies`.
     public var directory: String = "policies"
-    /// Lua states per worker at most; a request holds one while its phases run. Default 64.
+    /// Requests per worker that may hold a Lua context (a thread of the worker's interpreter)
+    /// at once: running a phase, or waiting in one (Redis, a body, `upstream.call`). With the
+    /// memory budget, it bounds what waiting scripts may hold. Default 64.
     public var maxStates: Int = 64
-    /// How long a request waits for a free state before `503`. Default 100 ms.
+    /// How long a request waits for a free context before `503`. Default 100 ms.
     public var poolWait: Duration = .milliseconds(100)
     /// Budgets for routes that set none of their own.
     public var budget = ScriptBudget()
@@ -388,7 +390,7 @@ public struct ScriptsConfig: Sendable, Equatable {
 }
 
 /// What one request's script may use. Exceeding any of these ends the request with `500`,
-/// logs the script, line and budget, and discards the interpreter state.
+/// logs the script, line and budget, and retires the interpreter (new requests get a fresh one).
 public struct ScriptBudget: Sendable, Equatable {
     /// Lua instructions plus work charged by library functions (pattern matching, bulk table
     /// functions, json), per phase. Default 1,000,000 (a few milliseconds).

@@ -16,7 +16,7 @@ extension Gateway {
         var metrics: MetricSnapshot
         var pools: [String: PoolCount]
         var health: [String: TargetView]
-        var luaStates: Int
+        var lua: LuaPoolStats
         var accessLogDropped: Int
         var spansExported: Int
         var spansDropped: Int
@@ -42,7 +42,7 @@ extension Gateway {
                     metrics: w.metrics.snapshot(),
                     pools: w.poolConnections.mapValues { PoolCount(inUse: $0.inUse, idle: $0.idle) },
                     health: w.targetHealth.mapValues { TargetView(ejected: $0.ejected, breaker: $0.breaker, inFlight: $0.inFlight) },
-                    luaStates: w.luaStats.states, accessLogDropped: w.accessLogDropped,
+                    lua: w.luaStats, accessLogDropped: w.accessLogDropped,
                     spansExported: w.spansExported, spansDropped: w.spansDropped)
             }.get()
             if let view { out.append(view) }
@@ -101,8 +101,12 @@ extension Gateway {
         out.sample("moongate_trace_spans_exported_total", [], Double(views.reduce(0) { $0 + $1.spansExported }))
         out.family("moongate_trace_spans_dropped_total", "Spans dropped: the buffer was full or the export failed.", .counter)
         out.sample("moongate_trace_spans_dropped_total", [], Double(views.reduce(0) { $0 + $1.spansDropped }))
-        out.family("moongate_lua_states", "Lua states the workers hold for the current generation.", .gauge)
-        out.sample("moongate_lua_states", [], Double(views.reduce(0) { $0 + $1.luaStates }))
+        out.family("moongate_lua_states", "Lua interpreters the workers hold for the current generation (one per worker).", .gauge)
+        out.sample("moongate_lua_states", [], Double(views.reduce(0) { $0 + $1.lua.interpreters }))
+        out.family("moongate_lua_contexts", "Request contexts (threads of the interpreters) the workers hold, idle or serving a request.", .gauge)
+        out.sample("moongate_lua_contexts", [], Double(views.reduce(0) { $0 + $1.lua.contexts }))
+        out.family("moongate_lua_heap_bytes", "Heap bytes of the workers' Lua interpreters.", .gauge)
+        out.sample("moongate_lua_heap_bytes", [], Double(views.reduce(0) { $0 + $1.lua.heapBytes }))
         out.family("moongate_config_generation", "The config generation serving new requests.", .gauge)
         out.sample("moongate_config_generation", [], Double(generation?.id ?? 0))
         out.family("moongate_build_info", "The gateway's version.", .gauge)

@@ -434,12 +434,16 @@ public actor Gateway {
         func left() -> TimeAmount { max(deadline - .now(), .zero) + .seconds(1) }
         var stuck: Set<Int> = []
         for (index, worker) in workers.enumerated() {
-            guard let (states, bytes) = await worker.eventLoop.answer(within: left(), { worker.value.luaStats }) else {
+            guard let lua = await worker.eventLoop.answer(within: left(), { worker.value.luaStats }) else {
                 stuck.insert(index)
                 continue
             }
-            if states > 0 {
-                logger.info("lua states", metadata: ["worker": "\(index)", "lua_states": "\(states)", "lua_idle_bytes": "\(bytes)"])
+            if lua.interpreters > 0 {
+                logger.info(
+                    "lua states",
+                    metadata: [
+                        "worker": "\(index)", "lua_states": "\(lua.interpreters)", "lua_contexts": "\(lua.contexts)", "lua_heap_bytes": "\(lua.heapBytes)",
+                    ])
             }
         }
         for (index, worker) in workers.enumerated() where !stuck.contains(index) {
@@ -485,9 +489,13 @@ public actor Gateway {
     /// Requests let through and refused since start because Redis could not answer.
     public func rateLimitFailures() -> (open: Int, closed: Int) { bucketCounters.failures }
 
-    /// Lua states across workers and the heap bytes of the idle ones, for tests and figures.
-    public func luaStats() async -> (states: Int, idleBytes: Int) {
-        await sumOverWorkers { $0.luaStats }
+    /// Lua interpreters, request contexts and heap bytes across workers, for tests and figures.
+    public func luaStats() async -> LuaPoolStats {
+        var total = LuaPoolStats()
+        for worker in workers {
+            total = total + ((try? await worker.eventLoop.submit { worker.value.luaStats }.get()) ?? LuaPoolStats())
+        }
+        return total
     }
 
     // MARK: JWKS URLs

@@ -145,7 +145,7 @@ public final class ProxyWorker {
     }
 
     /// Lua states this loop holds for the current generation, and the heap bytes of the idle ones.
-    public var luaStats: (states: Int, idleBytes: Int) { generation.luaStats }
+    public var luaStats: LuaPoolStats { generation.luaStats }
 
     /// What the control plane's active health check found of `target` (`host:port`).
     public func setProbed(_ target: String, healthy: Bool) {
@@ -288,8 +288,8 @@ final class WorkerGeneration {
         return made
     }
 
-    /// Lua states and their heap bytes (idle ones), for figures and tests.
-    var luaStats: (states: Int, idleBytes: Int) { (pool?.count ?? 0, pool?.idleMemory ?? 0) }
+    /// This loop's interpreter, request contexts and heap bytes, for figures and tests.
+    var luaStats: LuaPoolStats { pool?.stats ?? LuaPoolStats() }
 
     init(shared: ProxyGeneration) {
         self.shared = shared

@@ -64,13 +64,22 @@ enum BuiltinModules {
     }
 
     fileprivate static func log(_ L: OpaquePointer, _ level: Logger.Level) -> Int32 {
-        let state = Lua.owner(L)
-        state.logLines += 1
-        if state.logLines > maxLinesPerRequest {
-            if state.logLines == maxLinesPerRequest + 1 {
+        let interpreter = Lua.owner(L)
+        let run = interpreter.active
+        let lines: Int
+        if let run {
+            run.logLines += 1
+            lines = run.logLines
+        } else {
+            interpreter.loadLogLines += 1
+            lines = interpreter.loadLogLines
+        }
+        let host = run?.host
+        if lines > maxLinesPerRequest {
+            if lines == maxLinesPerRequest + 1 {
                 let location = Lua.callerLocation(L)
                 let message = "more than \(maxLinesPerRequest) log lines in one request: the rest are dropped"
-                if let host = state.host { host.scriptLog(.warning, message, location: location) } else { state.program.logger.warning("\(message)") }
+                if let host { host.scriptLog(.warning, message, location: location) } else { interpreter.program.logger.warning("\(message)") }
             }
             return 0
         }
@@ -92,10 +101,10 @@ enum BuiltinModules {
             message = String(decoding: message.utf8.prefix(maxMessageBytes), as: UTF8.self) + "…"
         }
         let location = Lua.callerLocation(L)
-        if let host = state.host {
+        if let host {
             host.scriptLog(level, message, location: location)
         } else {
-            state.program.logger.log(level: level, "\(message)", metadata: location.map { ["script": "\($0)"] })
+            interpreter.program.logger.log(level: level, "\(message)", metadata: location.map { ["script": "\($0)"] })
         }
         return 0
     }

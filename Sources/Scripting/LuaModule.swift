@@ -186,9 +186,9 @@ public enum Lua {
         owner(L).program.clock.now()
     }
 
-    /// The state object that owns `L`.
-    static func owner(_ L: OpaquePointer) -> LuaState {
-        Unmanaged<LuaState>.fromOpaque(mg_budget_of(L).pointee.owner).takeUnretainedValue()
+    /// The interpreter `L` (or a thread of it) belongs to.
+    static func owner(_ L: OpaquePointer) -> LuaInterpreter {
+        Unmanaged<LuaInterpreter>.fromOpaque(mg_budget_of(L).pointee.owner).takeUnretainedValue()
     }
 
     /// The plugin whose code calls the running Swift function (nil for a user script):

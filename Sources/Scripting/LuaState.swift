@@ -48,30 +48,29 @@ public enum RunResult {
     case failed(ScriptFailure)
 }
 
-/// One Lua interpreter with the sandbox and a generation's policies loaded. Owned by one
-/// event loop's pool and never used from two threads; a request borrows it while its phases
-/// run. A state that failed (an error, a budget) is `broken` and is closed, never reused.
+/// One request's Lua context: a thread (coroutine) of a shared `LuaInterpreter` where the
+/// request's phases run, with its own `ctx`, budget and request globals. Owned by one event
+/// loop's pool and lent to one request at a time. While the request waits (an API call, a
+/// body) other requests run on the same interpreter: the budget's request part and the
+/// globals the request assigned are put aside until its next turn. A context whose run
+/// failed (an error, a budget) is `broken`: it is dropped and its interpreter retired.
 public final class LuaState {
-    public let L: OpaquePointer
-    public let program: ScriptProgram
-    let budget: UnsafeMutablePointer<mg_budget>
+    public let interpreter: LuaInterpreter
+    /// The interpreter's main state (not this context's thread).
+    public var L: OpaquePointer { interpreter.L }
+    public var program: ScriptProgram { interpreter.program }
+    private var budget: UnsafeMutablePointer<mg_budget> { interpreter.budget }
     /// The coroutine phases run in, reused while runs end cleanly.
-    private var thread: OpaquePointer
-    private var requireRef: Int32 = LUA_NOREF
-    private var resetRef: Int32 = LUA_NOREF
+    private let thread: OpaquePointer
+    private var threadRef: Int32 = LUA_NOREF
     private var ctxRef: Int32 = LUA_NOREF
-    private var chainRef: Int32 = LUA_NOREF
-    /// What each of the program's prelude extensions returned.
-    public private(set) var extensionRefs: [Int32] = []
-    /// Per policy (as in `program.policies`), the registry refs of its phase functions.
-    private var phases: [[Int32]] = []
+    /// The request part of the budget while a phase waits.
+    private var saved = mg_run_budget()
+    /// Request globals put aside between turns (`LuaInterpreter.stashGlobals`).
+    private var globalsRef: Int32 = LUA_NOREF
     public private(set) var broken = false
     /// A phase is suspended in a wait; it must be resumed or abandoned before anything else runs.
     public private(set) var suspended = false
-    /// Heap bytes right after loading: the state's own footprint.
-    public private(set) var footprint = 0
-    /// Time budget left when a phase suspended, so waits do not count against it.
-    private var timeLeftNs: UInt64 = 0
     /// Lines the current request has logged (see `BuiltinModules.maxLinesPerRequest`).
     var logLines = 0
     /// What the last `route` phase returned, if a string (a route name).
@@ -80,219 +79,47 @@ public final class LuaState {
     private var resultsReader: ((OpaquePointer, Int32) -> Void)?
     /// The request being served, for modules that need more than `Lua.current` (logging).
     public private(set) var host: ScriptHost?
-
-    /// A request that grew the heap by more than this has its garbage collected when it ends
-    /// (a young-generation step: about 150 ns, measured; requests that allocate little skip it).
-    static let collectAfter = 8 * 1024
-    /// Growth over twice the live heap after which a full collection runs.
-    static let collectAbove = 64 * 1024
     /// Heap bytes when the current request began.
     private var usedAtBegin = 0
-    /// Heap bytes after the last full collection (the footprint at first).
-    private var liveAfterCollect = 0
 
-    /// Creates a state and loads every policy of `program` (running their module code).
-    public init(program: ScriptProgram) throws(ScriptError) {
-        self.program = program
-        budget = .allocate(capacity: 1)
-        budget.initialize(to: mg_budget())
-        budget.pointee.limit = Int.max
-        budget.pointee.slack = 256 * 1024
-        guard let L = mg_newstate(budget) else { fatalError("lua_newstate failed: out of memory") }
-        self.L = L
-        thread = L
-        budget.pointee.owner = Unmanaged.passUnretained(self).toOpaque()
-        // On failure, deinit closes the state: a class whose initializer throws after
-        // initializing every property is deinitialized.
-        try setUp()
+    /// A context on a new interpreter of its own, loading every policy of `program`.
+    public convenience init(program: ScriptProgram) throws(ScriptError) {
+        self.init(on: try LuaInterpreter(program: program))
+    }
+
+    /// A context on `interpreter`.
+    public init(on interpreter: LuaInterpreter) {
+        self.interpreter = interpreter
+        let L = interpreter.L
+        thread = lua_newthread(L)!
+        threadRef = luaL_ref(L, mg_registry_index())  // keeps the thread alive
+        if interpreter.budget.pointee.watched != 0 { mg_watch_thread(thread) }
+        lua_createtable(L, 0, 0)
+        ctxRef = luaL_ref(L, mg_registry_index())
     }
 
     deinit {
-        lua_close(L)
-        budget.deallocate()
-    }
-
-    private func setUp() throws(ScriptError) {
         let registry = mg_registry_index()
-        mg_open_sandbox_libs(L, program.stockPatterns ? 1 : 0)
-        // Modules go to `__api`, where the prelude picks them up and freezes them.
-        lua_createtable(L, 0, Int32(program.modules.count + 4))
-        for module in program.modules {
-            lua_createtable(L, 0, 8)
-            module.register(L)
-            lua_setfield(L, -2, module.name)
-        }
-        mg_open_json(L)
-        lua_setfield(L, -2, "json")
-        BuiltinModules.register(L)
-        lua_setglobal(L, "__api")
-
-        let prelude = Prelude.source
-        let loaded = prelude.utf8CString.withUnsafeBufferPointer { mg_load(L, $0.baseAddress, $0.count - 1, "=prelude") }
-        guard loaded == LUA_OK else { fatalError("the prelude does not compile: \(Lua.string(L, -1) ?? "")") }
-        lua_pushlightuserdata(L, mg_yield_sentinel())
-        mg_push_swift_function(L, moduleSource)
-        lua_createtable(L, Int32(program.extensions.count), 0)
-        for (i, source) in program.extensions.enumerated() {
-            Lua.push(L, source)
-            lua_rawseti(L, -2, lua_Integer(i + 1))
-        }
-        guard mg_pcall(L, 3, 1, 0) == LUA_OK else { fatalError("the prelude failed: \(Lua.string(L, -1) ?? "")") }
-        lua_getfield(L, -1, "require")
-        requireRef = luaL_ref(L, registry)
-        lua_getfield(L, -1, "reset")
-        resetRef = luaL_ref(L, registry)
-        lua_getfield(L, -1, "chain")
-        chainRef = luaL_ref(L, registry)
-        lua_getfield(L, -1, "extensions")
-        for i in 0..<program.extensions.count {
-            lua_rawgeti(L, -1, lua_Integer(i + 1))
-            extensionRefs.append(luaL_ref(L, registry))
-        }
-        mg_pop(L, 2)
-
-        if let coverage = program.coverage {
-            mg_set_line_hook(L, coverageHook, Unmanaged.passUnretained(coverage).toOpaque())
-        }
-        thread = lua_newthread(L)!
-        _ = luaL_ref(L, registry)  // keeps the thread alive
-        if program.counting == .onDemand, program.coverage == nil {
-            budget.pointee.watched = 1
-            mg_watch_thread(thread)
-        }
-        lua_createtable(L, 0, 0)
-        ctxRef = luaL_ref(L, registry)
-
-        for policy in program.policies {
-            phases.append(try loadModule(policy, phases: Phase.policyPhases))
-        }
-        for router in program.routers {
-            phases.append(try loadModule(router, phases: [.route]))
-        }
-        for chain in program.chains {
-            phases.append(try loadChain(chain))
-        }
-        lua_settop(L, 0)
-        mg_gc(L, LUA_GCCOLLECT, 0)
-        footprint = budget.pointee.used
-        liveAfterCollect = footprint
+        luaL_unref(L, registry, threadRef)
+        luaL_unref(L, registry, ctxRef)
+        if globalsRef != LUA_NOREF { luaL_unref(L, registry, globalsRef) }
     }
 
-    /// Budgets for loading a module: generous, but a module that loops forever at load
-    /// time must not hang a reload.
-    static let loadBudget: ScriptBudget = {
-        var b = ScriptBudget()
-        b.instructions = 100_000_000
-        b.time = .seconds(2)
-        b.memory = 64 * 1024 * 1024
-        b.coroutines = 100
-        return b
-    }()
+    /// Heap bytes right after loading: the interpreter's own footprint.
+    public var footprint: Int { interpreter.footprint }
 
-    private func loadModule(_ module: String, phases allowed: [Phase]) throws(ScriptError) -> [Int32] {
-        let registry = mg_registry_index()
-        let file = program.scripts.files[module]?.path
-        begin(Self.loadBudget)
-        defer { mg_budget_end(budget) }
-        lua_rawgeti(L, registry, lua_Integer(requireRef))
-        Lua.push(L, module)
-        guard mg_pcall(L, 1, 1, 0) == LUA_OK else {
-            let message = Lua.string(L, -1) ?? "module \(module) raised a non-string error"
-            lua_settop(L, 0)
-            throw ScriptError(luaMessage: message)
-        }
-        return try readPhases(file: file, allowed: allowed)
-    }
+    /// What each of the program's prelude extensions returned.
+    public var extensionRefs: [Int32] { interpreter.extensionRefs }
 
-    /// Builds a plugin chain's phase functions (the prelude's `chain`), under the load budget.
-    private func loadChain(_ chain: PluginChain) throws(ScriptError) -> [Int32] {
-        let registry = mg_registry_index()
-        begin(Self.loadBudget)
-        defer { mg_budget_end(budget) }
-        lua_rawgeti(L, registry, lua_Integer(chainRef))
-        lua_createtable(L, Int32(chain.links.count), 0)
-        for (i, link) in chain.links.enumerated() {
-            lua_createtable(L, 0, 3)
-            Lua.push(L, link.module)
-            lua_setfield(L, -2, "module")
-            Lua.push(L, link.plugin)
-            lua_setfield(L, -2, "name")
-            Lua.push(L, json: link.conf)
-            lua_setfield(L, -2, "conf")
-            lua_rawseti(L, -2, lua_Integer(i + 1))
-        }
-        if let policy = chain.policy { Lua.push(L, policy) } else { lua_pushnil(L) }
-        guard mg_pcall(L, 2, 1, 0) == LUA_OK else {
-            let message = Lua.string(L, -1) ?? "the chain \(chain.label) raised a non-string error"
-            lua_settop(L, 0)
-            throw ScriptError(luaMessage: message)
-        }
-        return try readPhases(file: nil, allowed: Phase.policyPhases)
-    }
-
-    /// The phase functions of the table on top of the stack, as registry refs; clears the stack.
-    private func readPhases(file: String?, allowed: [Phase]) throws(ScriptError) -> [Int32] {
-        let registry = mg_registry_index()
-        let expected = allowed == [.route] ? "a route function" : "access, response or log"
-        guard lua_type(L, -1) == LUA_TTABLE else {
-            lua_settop(L, 0)
-            let what = allowed == [.route] ? "a router must return a table with a route function" : "a policy must return a table of phase functions (access, response, log)"
-            throw ScriptError(file: file, line: nil, message: what)
-        }
-        var refs = [Int32](repeating: LUA_NOREF, count: Phase.allCases.count)
-        lua_pushnil(L)
-        while lua_next(L, -2) != 0 {
-            let key = Lua.string(L, -2)
-            guard let key, let phase = allowed.first(where: { $0.name == key }) else {
-                let shown = key.map { "\"\($0)\"" } ?? "a \(Lua.typeName(L, -2)) key"
-                lua_settop(L, 0)
-                throw ScriptError(file: file, line: nil, message: "unknown phase \(shown) in the returned table (expected \(expected))")
-            }
-            guard lua_type(L, -1) == LUA_TFUNCTION else {
-                let type = Lua.typeName(L, -1)
-                lua_settop(L, 0)
-                throw ScriptError(file: file, line: nil, message: "phase \"\(key)\" must be a function, not a \(type)")
-            }
-            refs[phase.rawValue] = luaL_ref(L, registry)  // pops the value, keeps the key
-        }
-        guard refs.contains(where: { $0 != LUA_NOREF }) else {
-            lua_settop(L, 0)
-            let what = allowed == [.route] ? "the router defines no route function" : "the policy defines no phase (expected access, response or log)"
-            throw ScriptError(file: file, line: nil, message: what)
-        }
-        lua_settop(L, 0)
-        return refs
-    }
-
-    /// Requires `module` under the load budget and lets `body` read what it returned (on top
-    /// of the stack; read it with raw access, no metamethods): how plugins' schemas are read.
+    /// Requires `module` under the load budget and lets `body` read what it returned.
     public func inspect<T>(module: String, _ body: (OpaquePointer) throws(ScriptError) -> T) throws(ScriptError) -> T {
-        begin(Self.loadBudget)
-        defer {
-            mg_budget_end(budget)
-            lua_settop(L, 0)
-        }
-        lua_rawgeti(L, mg_registry_index(), lua_Integer(requireRef))
-        Lua.push(L, module)
-        guard mg_pcall(L, 1, 1, 0) == LUA_OK else {
-            throw ScriptError(luaMessage: Lua.string(L, -1) ?? "module \(module) raised a non-string error")
-        }
-        return try body(L)
+        try interpreter.inspect(module: module, body)
     }
 
-    /// Loads (requires) a module of the program's scripts, as `require` would, under the load
-    /// budget; the harness loads a test file this way.
+    /// Loads (requires) a module of the program's scripts under the load budget.
     public func load(module: String) throws(ScriptError) {
-        begin(Self.loadBudget)
-        defer { mg_budget_end(budget) }
-        lua_rawgeti(L, mg_registry_index(), lua_Integer(requireRef))
-        Lua.push(L, module)
-        let status = mg_pcall(L, 1, 0, 0)
-        defer { lua_settop(L, 0) }
-        if status != LUA_OK {
-            if budget.pointee.killed != MG_KILL_NONE { broken = true }
-            throw ScriptError(luaMessage: Lua.string(L, -1) ?? "module \(module) raised a non-string error")
-        }
+        defer { if interpreter.retired { broken = true } }
+        try interpreter.load(module: module)
     }
 
     /// Calls `field` of the table an extension returned, in the phase coroutine and under
@@ -304,9 +131,10 @@ public final class LuaState {
     ) -> RunResult {
         if suspended { abandon() }
         capturing = false
-        begin(b)
+        enter()
+        interpreter.begin(b)
         budget.pointee.current = current
-        lua_rawgeti(thread, mg_registry_index(), lua_Integer(extensionRefs[index]))
+        lua_rawgeti(thread, mg_registry_index(), lua_Integer(interpreter.extensionRefs[index]))
         lua_getfield(thread, -1, field)
         mg_remove(thread, -2)
         let result = withoutActuallyEscaping(results) { reader in
@@ -323,13 +151,7 @@ public final class LuaState {
 
     /// Whether policy `policy` defines `phase`.
     public func has(_ phase: Phase, policy: Int) -> Bool {
-        phases[policy][phase.rawValue] != LUA_NOREF
-    }
-
-    private func begin(_ b: ScriptBudget) {
-        let ns = UInt64(b.time.components.seconds) * 1_000_000_000 + UInt64(b.time.components.attoseconds / 1_000_000_000)
-        timeLeftNs = ns
-        mg_budget_begin(budget, b.memory, Int64(b.instructions), mg_now_ns() &+ ns, Int32(b.depth), Int32(b.coroutines))
+        interpreter.has(phase, policy: policy)
     }
 
     // MARK: requests
@@ -345,7 +167,7 @@ public final class LuaState {
         lua_rawseti(L, mg_registry_index(), lua_Integer(ctxRef))
     }
 
-    /// Whether the request's `ctx` holds nothing: its later phases can then run on any state.
+    /// Whether the request's `ctx` holds nothing: its later phases can then run on any context.
     public func ctxIsEmpty() -> Bool {
         lua_rawgeti(L, mg_registry_index(), lua_Integer(ctxRef))
         lua_pushnil(L)
@@ -356,12 +178,13 @@ public final class LuaState {
 
     /// Runs `phase` of `policy` with `ctx`; `current` is what API functions get from `Lua.current`.
     public func run(_ phase: Phase, policy: Int, budget b: ScriptBudget, current: UnsafeMutableRawPointer) -> RunResult {
-        let ref = phases[policy][phase.rawValue]
+        let ref = interpreter.phase(phase, policy: policy)
         guard ref != LUA_NOREF else { return .done }
         if suspended { abandon() }
         capturing = phase == .route
         routeResult = nil
-        begin(b)
+        enter()
+        interpreter.begin(b)
         budget.pointee.current = current
         let registry = mg_registry_index()
         lua_rawgeti(thread, registry, lua_Integer(ref))
@@ -374,12 +197,29 @@ public final class LuaState {
     /// what may be pushed, and small pushes cannot fail.
     public func resume(pushing push: (OpaquePointer) -> Int32) -> RunResult {
         lua_settop(thread, 0)
+        enter()
+        mg_budget_restore(budget, &saved, mg_now_ns())
         let limit = budget.pointee.limit
         if limit != UInt.max { budget.pointee.limit = limit + budget.pointee.slack }
         let count = push(thread)
         budget.pointee.limit = limit
-        budget.pointee.deadline_ns = mg_now_ns() &+ timeLeftNs
         return resume(arguments: count)
+    }
+
+    /// Makes this context the interpreter's running one, with its request globals in place.
+    private func enter() {
+        interpreter.active = self
+        if globalsRef != LUA_NOREF {
+            interpreter.unstashGlobals(globalsRef)
+            globalsRef = LUA_NOREF
+        }
+    }
+
+    /// Ends a turn: the request globals it assigned are put aside, so the next request to
+    /// run on the interpreter does not see them.
+    private func leave() {
+        interpreter.active = nil
+        globalsRef = interpreter.stashGlobals()
     }
 
     private func resume(arguments: Int32) -> RunResult {
@@ -387,21 +227,21 @@ public final class LuaState {
         suspended = false
         let started = mg_now_ns()
         let status = mg_resume(thread, L, arguments, &results, started)
-        host?.scriptRan(nanoseconds: mg_now_ns() &- started)
+        let now = mg_now_ns()
+        host?.scriptRan(nanoseconds: now &- started)
         if status == LUA_OK {
             if capturing, results >= 1 { routeResult = Lua.string(thread, -results) }
             resultsReader?(thread, results)
             lua_settop(thread, 0)
             mg_budget_end(budget)
+            leave()
             return .done
         }
         if status == LUA_YIELD {
             if results >= 1, lua_touserdata(thread, -results) == mg_yield_sentinel() {
-                let now = mg_now_ns()
-                let deadline = budget.pointee.deadline_ns
-                timeLeftNs = deadline > now ? deadline - now : 0
-                budget.pointee.deadline_ns = 0
+                mg_budget_save(budget, &saved, now)
                 suspended = true
+                leave()
                 return .waiting
             }
             let failure = ScriptFailure(
@@ -420,49 +260,49 @@ public final class LuaState {
     public func abandon() {
         guard suspended else { return }
         suspended = false
-        budget.pointee.deadline_ns = mg_now_ns() &+ timeLeftNs
+        enter()
+        mg_budget_restore(budget, &saved, mg_now_ns())
         let status = mg_reset_thread(thread)
         mg_budget_end(budget)
-        if status != LUA_OK { broken = true }
+        leave()
+        if status != LUA_OK { discard() }
     }
 
-    /// Ends a request: drops `ctx`, replaces request globals a script set, and collects
-    /// garbage once the heap has grown.
+    /// Ends a request: drops `ctx` and the request globals it assigned, and collects garbage
+    /// once the heap has grown.
     public func endRequest() {
         if suspended { abandon() }
-        mg_budget_end(budget)
         host = nil
         guard !broken else { return }
         let registry = mg_registry_index()
         lua_pushnil(L)
         lua_rawseti(L, registry, lua_Integer(ctxRef))
-        if budget.pointee.env_dirty != 0 {
-            budget.pointee.env_dirty = 0
-            lua_rawgeti(L, registry, lua_Integer(resetRef))
-            if mg_pcall(L, 0, 0, 0) != LUA_OK { broken = true }
-            lua_settop(L, 0)
+        if globalsRef != LUA_NOREF {
+            luaL_unref(L, registry, globalsRef)
+            globalsRef = LUA_NOREF
         }
-        if budget.pointee.used > usedAtBegin + Self.collectAfter {
-            mg_gc(L, LUA_GCSTEP, 0)
-        }
-        // A full collection when the heap doubles since the last one: live data a module keeps
-        // (caches, counters) moves the mark up, so it is not collected again on every request.
-        if budget.pointee.used > 2 * liveAfterCollect + Self.collectAbove {
-            mg_gc(L, LUA_GCCOLLECT, 0)
-            liveAfterCollect = budget.pointee.used
-        }
+        interpreter.collect(usedAtBegin: usedAtBegin)
+        if interpreter.retired { broken = true }
     }
 
-    /// Heap bytes in use now.
+    /// Heap bytes of the interpreter in use now.
     public var memory: Int { budget.pointee.used }
 
     /// Whether the script thread has the count hook between runs: always when counting
     /// exactly, never on demand (a run armed by the watchdog loses it when it ends).
     public var hookedBetweenRuns: Bool { lua_gethook(thread) != nil }
 
+    /// The run failed: this context is not used again, and no request starts on its
+    /// interpreter again (what the failure left in module state stays with the runs already there).
     private func discard() {
         broken = true
+        interpreter.retired = true
         mg_budget_end(budget)
+        if interpreter.active === self { leave() }
+        if globalsRef != LUA_NOREF {
+            luaL_unref(L, mg_registry_index(), globalsRef)
+            globalsRef = LUA_NOREF
+        }
     }
 
     private func describeFailure() -> ScriptFailure {
@@ -496,46 +336,6 @@ public final class LuaState {
         lua_settop(L, 0)
         return ScriptFailure(budget: budgetName, message: message, location: location, traceback: traceback)
     }
-}
-
-/// `module_source(name)` for the prelude's `require`: the source and chunk name of a module
-/// in the scripts directory, or nil and a message.
-private let moduleSource: LuaFunction = { L in
-    let L = L!
-    let state = Lua.owner(L)
-    let name = Lua.string(L, 1) ?? ""
-    guard let file = state.program.scripts.files[name] else {
-        lua_pushnil(L)
-        if ScriptSet.moduleName(name.split(separator: ".").joined(separator: "/") + ".lua") == nil {
-            Lua.push(L, "module '\(name)' not found: module names are made of names separated by dots, such as lib.util")
-            return 2
-        }
-        let path = name.split(separator: ".").joined(separator: "/")
-        Lua.push(L, "module '\(name)' not found: no \(path).lua in \(state.program.scripts.directory)")
-        return 2
-    }
-    file.source.withUnsafeBytes { Lua.push(L, bytes: $0) }
-    Lua.push(L, "@" + file.path)
-    return 2
-}
-
-/// Lines scripts run, by chunk name (`moongate test --coverage`).
-public final class CoverageRecorder: Sendable {
-    private let lines = Mutex<[String: Set<Int>]>([:])
-
-    public init() {}
-
-    func hit(_ source: String, _ line: Int) {
-        lines.withLock { _ = $0[source, default: []].insert(line) }
-    }
-
-    /// Lines run per script path (chunk names without their `@`).
-    public var hits: [String: Set<Int>] { lines.withLock { $0 } }
-}
-
-private let coverageHook: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int32) -> Void = { context, source, line in
-    guard let context, let source, source.pointee == UInt8(ascii: "@") else { return }
-    Unmanaged<CoverageRecorder>.fromOpaque(context).takeUnretainedValue().hit(String(cString: source + 1), Int(line))
 }
 
 @available(*, unavailable)

@@ -4,8 +4,8 @@
 ///
 /// Arguments: the runtime's yield sentinel, `module_source(name)` (Swift), and a list of
 /// extension sources (the test harness), each run with `(base, freeze)` before the globals
-/// are hidden. Returns a table with `require` (scripts-directory modules only), `reset`
-/// (fresh request globals) and `extensions` (what each extension returned).
+/// are hidden. Returns a table with `require` (scripts-directory modules only), `stash` and
+/// `unstash` (a request's globals put aside and back) and `extensions` (what each extension returned).
 enum Prelude {
     static let source = #"""
 local SENTINEL, module_source, extension_sources = ...
@@ -188,8 +188,10 @@ for name, value in next, G.__api do
 end
 
 -- Module environments. While a module loads, its globals are its own; once loaded they are
--- read-only to requests, and what a request assigns goes to a table of its own that the
--- runtime replaces after the request, so nothing one request sets is seen by the next.
+-- read-only to requests, and what a request assigns goes to a table of its own. Requests
+-- take turns on a state (one runs while others wait on Redis or a body), so after each turn
+-- of a request that assigned one the runtime puts those tables aside (`stash`) and gives
+-- them back at its next turn (`unstash`): nothing one request sets is seen by another.
 local sealed = {}
 local function seal(env)
   local kept = {}
@@ -207,15 +209,30 @@ local function seal(env)
     if not entry.dirty then entry.dirty = true; dirty() end
     entry.globals[k] = v
   end
+  entry.meta = meta
   entry.fresh()
   raw_setmetatable(env, meta)
   layers_of[env] = {entry = entry, kept = kept}
   sealed[#sealed + 1] = entry
 end
-local function reset()
+-- The request globals assigned since the last stash, as a table to give to `unstash`;
+-- every module's globals are fresh afterwards.
+local function stash()
+  local saved = {}
   for i = 1, #sealed do
     local entry = sealed[i]
-    if entry.dirty then entry.fresh() end
+    if entry.dirty then
+      saved[entry] = entry.globals
+      entry.fresh()
+    end
+  end
+  return saved
+end
+local function unstash(saved)
+  for entry, globals in next, saved do
+    entry.globals = globals
+    entry.meta.__index = globals
+    entry.dirty = true
   end
 end
 
@@ -324,6 +341,6 @@ local function chain(links, policy_module)
 end
 
 for k in next, G do G[k] = nil end
-return {require = require, reset = reset, extensions = extensions, chain = chain}
+return {require = require, stash = stash, unstash = unstash, extensions = extensions, chain = chain}
 """#
 }

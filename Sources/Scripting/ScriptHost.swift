@@ -68,7 +68,7 @@ public struct ScriptResumer {
 extension Lua {
     /// The request the running script serves.
     public static func host(_ L: OpaquePointer) -> ScriptHost? {
-        owner(L).host
+        owner(L).active?.host
     }
 }
 

@@ -384,14 +384,14 @@ import Testing
                 #expect(!r.text.contains("lua"), "no script internals reach the client")
                 let next = try c.request("GET", "/hostile")
                 #expect(next.status == 200, "after \(attack)")
-                // The state that failed is gone; what serves now is at its usual size.
-                let (states, idle) = await gw.gateway.luaStats()
-                #expect(states >= 1 && idle <= states * (footprint + 64 * 1024), "after \(attack): \(states) states, \(idle) bytes")
+                // The interpreter the run failed on is gone; what serves now is at its usual size.
+                let lua = await gw.gateway.luaStats()
+                #expect(lua.interpreters == 1 && lua.heapBytes <= footprint + 64 * 1024, "after \(attack): \(lua)")
             }
             // A request that used a lot of memory within its budget: collected when it ends.
             #expect(try c.request("GET", "/hostile", headers: [("X-Attack", "big")]).status == 200)
-            let (states, idle) = await gw.gateway.luaStats()
-            #expect(idle <= states * (footprint + 64 * 1024), "after a big request: \(states) states, \(idle) bytes")
+            let lua = await gw.gateway.luaStats()
+            #expect(lua.heapBytes <= footprint + 64 * 1024, "after a big request: \(lua)")
             #expect(try c.request("GET", "/hostile", headers: [("X-Attack", "global")]).status == 200)
             let read = try c.request("GET", "/hostile", headers: [("X-Attack", "read-global")])
             #expect(read.echoed("X-Leaked") == ["nil"], "a global one request set is not seen by the next")
@@ -415,7 +415,7 @@ import Testing
             }
             threads.forEach { $0.start() }
             try await Task.sleep(for: .milliseconds(150))
-            #expect(await gw.gateway.luaStats().states == 1, "one state serves all three while they wait")
+            #expect(await gw.gateway.luaStats().contexts == 1, "one context serves all three while they wait")
             while threads.contains(where: { $0.isExecuting }) { try await Task.sleep(for: .milliseconds(20)) }
             #expect(statuses.value == 3)
         }

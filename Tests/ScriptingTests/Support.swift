@@ -27,6 +27,8 @@ struct ProbeModule: LuaModule {
             recorder.values.append(Lua.string(L, 1) ?? Lua.integer(L, 1).map(String.init) ?? Lua.typeName(L, 1))
             return 0
         }
+        // Waits as an API call does: the test resumes the run with a value.
+        Lua.setFunction(L, "wait") { L in Lua.yield(L!) }
         Lua.setFunction(L, "mode") { L in
             let L = L!
             guard let current = Lua.current(L) else { return Lua.raise(L, "probe.mode: no request") }
@@ -38,11 +40,12 @@ struct ProbeModule: LuaModule {
 
 /// A program made of in-memory scripts: `files` maps module names to sources.
 func program(
-    _ files: [String: String], policies: [String] = ["policy"], budget: ScriptBudget = ScriptBudget(), counting: InstructionCounting = .exact
+    _ files: [String: String], policies: [String] = ["policy"], budget: ScriptBudget = ScriptBudget(), counting: InstructionCounting = .exact,
+    maxStates: Int = 4
 ) -> ScriptProgram {
     var settings = ScriptsConfig()
     settings.budget = budget
-    settings.maxStates = 4
+    settings.maxStates = maxStates
     let set = ScriptSet(
         directory: "t",
         files: files.map { ScriptFile(module: $0.key, path: "t/\($0.key.replacingOccurrences(of: ".", with: "/")).lua", source: Array($0.value.utf8)) })

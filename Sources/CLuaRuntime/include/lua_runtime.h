@@ -157,6 +157,32 @@ void mg_budget_begin(mg_budget *b, size_t memory, int64_t steps, uint64_t deadli
 /// Ends a run: no budget applies while the runtime itself works on the state.
 void mg_budget_end(mg_budget *b);
 
+/// One request's part of a budget, kept while its run waits so that other requests can run
+/// on the same state meanwhile (`mg_budget_save`, `mg_budget_restore`).
+typedef struct mg_run_budget {
+    /// Bytes the run may still grow the heap by (SIZE_MAX: no limit): while it waits, other
+    /// runs' allocations and frees move `used`, and are not its to pay for.
+    size_t headroom;
+    int refused;
+    int64_t steps;
+    int64_t max_steps;
+    int64_t clock_at;
+    /// Nanoseconds of its time budget left (0 with no deadline): waits do not count.
+    uint64_t time_left_ns;
+    int max_depth;
+    int coroutines;
+    int max_coroutines;
+    mg_kill_reason killed;
+    int kill_noted;
+    void *current;
+} mg_run_budget;
+
+/// Keeps the running request's part of `b` in `r` (at `now`) and ends the run (`mg_budget_end`).
+void mg_budget_save(mg_budget *b, mg_run_budget *r, uint64_t now);
+
+/// Makes `r` the running request's budget again (at `now`).
+void mg_budget_restore(mg_budget *b, const mg_run_budget *r, uint64_t now);
+
 /// Runs `lua_resume` on `co` (a run that began at `now`, CLOCK_MONOTONIC ns). When its budget
 /// is `watched`, `co` runs without the count hook and this thread's watchdog slot says a run
 /// is in progress; the hook is armed by signal if the run lasts, and removed afterwards.

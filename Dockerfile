@@ -1,6 +1,6 @@
 # Moongate's image: built with the Swift toolchain on Debian 12, run from an empty base that
-# holds only the stripped binary, the shared libraries it loads, CA certificates, a non-root
-# user and the sandbox's config as an example.
+# holds only the stripped binary (everything but glibc linked in: scripts/release-build), the
+# C library it loads, CA certificates, a non-root user and the sandbox's config as an example.
 #
 #   docker build -t moongate .
 #   docker run --rm -p 8080:8080 moongate                       # the sandbox config
@@ -20,7 +20,7 @@ COPY Sources Sources
 COPY Tests Tests
 COPY scripts scripts
 COPY sandbox sandbox
-RUN swift build -c release --product moongate --static-swift-stdlib \
+RUN scripts/release-build \
  && scripts/image --binary .build/release/moongate --out /rootfs
 
 FROM scratch

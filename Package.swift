@@ -230,7 +230,8 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // swift-service-lifecycle's signals only: its ServiceGroup, for the one service the
+                // gateway runs, linked swift-async-algorithms (1 MB of the image) for nothing.
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 "Postgres",
                 "CJOSE",
@@ -265,7 +266,6 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             // The static standard library's link flags export every symbol dynamically (2.4 MB
             // of symbol tables nothing looks up: a crash report reads the unstripped binary).

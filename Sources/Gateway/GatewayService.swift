@@ -1,13 +1,12 @@
 import Config
 import FoundationEssentials
 import Logging
-import ServiceLifecycle
 import UnixSignals
 import Proxy
 
-/// Runs a `Gateway` under swift-service-lifecycle: reloads on `SIGHUP` and on changes to the
-/// config file; drains and stops on graceful shutdown (`SIGTERM`, `SIGINT`).
-public struct GatewayService: Service {
+/// Runs a `Gateway` until `SIGTERM` or `SIGINT`: reloads on `SIGHUP` and on changes to the
+/// config file, and drains and stops on the first of those two signals.
+public struct GatewayService: Sendable {
     public let gateway: Gateway
     private let logger: Logger
     private let watch: Bool
@@ -104,6 +103,7 @@ public struct GatewayService: Service {
         // Trapped before the listeners open: SIGHUP's default action ends the process, and a
         // reload sent as soon as the port answers must not kill the gateway.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let stops = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         try await gateway.start()
         settle()
         await withTaskGroup(of: Void.self) { group in
@@ -116,7 +116,12 @@ public struct GatewayService: Service {
             if watch {
                 group.addTask { await watchFiles() }
             }
-            group.addTask { try? await gracefulShutdown() }
+            group.addTask {
+                for await signal in stops {
+                    logger.info("received \(signal)")
+                    return
+                }
+            }
             _ = await group.next()
             group.cancelAll()
         }

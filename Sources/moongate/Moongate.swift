@@ -16,9 +16,7 @@ import Prometheus
 import Proxy
 import RateLimit
 import Scripting
-import ServiceLifecycle
 import Telemetry
-import UnixSignals
 import NIOCore
 
 @main
@@ -105,10 +103,7 @@ extension Moongate {
             // Whatever reports through swift-metrics shows on the admin `/metrics` too.
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: gateway.prometheus))
             let service = GatewayService(gateway: gateway, logger: logger, watch: !noWatch, releaseColdPages: !keepStartupPages)
-            let group = ServiceGroup(
-                configuration: .init(
-                    services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+            try await service.run()
         }
     }
 

@@ -121,13 +121,14 @@ import Testing
         return try result.get()
     }
 
-    @Test func gracefulShutdownFinishesAnInFlightRequestAndExitsZero() async throws {
+    /// SIGTERM (what a container runtime sends) and SIGINT (Ctrl-C) both drain and stop.
+    @Test(arguments: [SIGTERM, SIGINT]) func gracefulShutdownFinishesAnInFlightRequestAndExitsZero(_ signal: Int32) async throws {
         try await withEcho { echoPort in
             let child = try Child(config: Self.config(), echoPort: echoPort)
             let slow = try RawClient(port: child.port)
             try slow.send("GET /delay/800 HTTP/1.1\r\nHost: a\r\n\r\n")
             Thread.sleep(forTimeInterval: 0.2)
-            child.signal(SIGTERM)
+            child.signal(signal)
             Thread.sleep(forTimeInterval: 0.2)
             #expect(throws: RawClient.Failure.self, "no new connections once draining") { try RawClient(port: child.port) }
             let r = try slow.readResponse()

@@ -17,7 +17,7 @@ public final class RedisClusterClient: RedisEndpoint {
     private let logger: Logger
     private var map = RedisSlotMap()
     private var nodes: [SocketAddressSpec: RedisClient] = [:]
-    private var refresh = TopologyRefresh(minInterval: .milliseconds(100))
+    private lazy var refresh = TopologyRefresher(minInterval: .milliseconds(100), eventLoop: eventLoop) { [weak self] in self?.askNodes() }
     /// Which known node to ask first next time, so a dead one is not always first.
     private var askFrom = 0
     private var closed = false
@@ -53,7 +53,7 @@ public final class RedisClusterClient: RedisEndpoint {
             return
         }
         let slot = command.slot
-        if map.isEmpty { refreshWanted() }
+        if map.isEmpty { refresh.wanted() }
         attempt(command, to: map.node(for: slot) ?? seeds[askFrom % seeds.count], asking: false, redirects: 0, completion)
     }
 
@@ -76,7 +76,7 @@ public final class RedisClusterClient: RedisEndpoint {
                     case .moved(let slot, let to):
                         let to = to.host.isEmpty ? SocketAddressSpec(host: node.host, port: to.port) : to
                         map.assign(slot, to: to)
-                        refreshWanted()
+                        refresh.wanted()
                         attempt(command, to: to, asking: false, redirects: redirects + 1, completion)
                     case .ask(_, let to):
                         let to = to.host.isEmpty ? SocketAddressSpec(host: node.host, port: to.port) : to
@@ -87,13 +87,13 @@ public final class RedisClusterClient: RedisEndpoint {
                 // The cluster cannot serve the slot now (a failover in progress, a slot
                 // migrating): a failure of Redis, as far as the request is concerned.
                 if message.hasPrefix("CLUSTERDOWN") || message.hasPrefix("TRYAGAIN") || message.hasPrefix("READONLY") {
-                    refreshWanted()
+                    refresh.wanted()
                     completion(.failure(.unavailable(message)))
                     return
                 }
                 completion(result)
             case .failure:
-                refreshWanted()
+                refresh.wanted()
                 completion(result)
             case .success:
                 completion(result)
@@ -112,37 +112,23 @@ public final class RedisClusterClient: RedisEndpoint {
 
     // MARK: the slot map
 
-    private func refreshWanted() {
-        act(refresh.wanted(now: .now()))
-    }
-
-    private func act(_ action: TopologyRefresh.Action) {
-        switch action {
-        case .none:
-            return
-        case .schedule(let at):
-            eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: at) { [self] in
-                guard !closed else { return }
-                act(refresh.due(now: .now()))
-            }
-        case .ask:
-            // Every node known, the seeds too, starting from a different one each time; nodes
-            // whose circuits are open (down, as far as this worker knows) last.
-            var candidates = map.nodes
-            for seed in seeds where !candidates.contains(seed) { candidates.append(seed) }
-            let start = askFrom % candidates.count
-            askFrom += 1
-            candidates = Array(candidates[start...] + candidates[..<start])
-            candidates.sort { (nodes[$0]?.circuitOpen == true ? 1 : 0) < (nodes[$1]?.circuitOpen == true ? 1 : 0) }
-            ask(candidates, 0)
-        }
+    /// Every node known, the seeds too, asked in turn from a different one each time; nodes
+    /// whose circuits are open (down, as far as this worker knows) last.
+    private func askNodes() {
+        var candidates = map.nodes
+        for seed in seeds where !candidates.contains(seed) { candidates.append(seed) }
+        let start = askFrom % candidates.count
+        askFrom += 1
+        candidates = Array(candidates[start...] + candidates[..<start])
+        candidates.sort { (nodes[$0]?.circuitOpen == true ? 1 : 0) < (nodes[$1]?.circuitOpen == true ? 1 : 0) }
+        ask(candidates, 0)
     }
 
     private func ask(_ candidates: [SocketAddressSpec], _ index: Int) {
         guard !closed else { return }
         guard index < candidates.count else {
             logger.warning("no node of the redis cluster answered CLUSTER SLOTS; trying again on the next failure")
-            act(refresh.answered(now: .now()))
+            refresh.answered()
             return
         }
         let node = candidates[index]
@@ -152,7 +138,7 @@ public final class RedisClusterClient: RedisEndpoint {
                 return
             }
             adopt(fresh)
-            act(refresh.answered(now: .now()))
+            refresh.answered()
         }
     }
 

@@ -93,3 +93,35 @@ struct TopologyRefresh {
         return wanted(now: now)
     }
 }
+
+/// Drives a client's `TopologyRefresh` on its loop: `wanted()` when something suggests the
+/// layout changed, `answered()` when a question ends; `ask` runs when a question is due, now
+/// or once the minimum interval has passed.
+final class TopologyRefresher {
+    private var state: TopologyRefresh
+    private let eventLoop: EventLoop
+    private let ask: () -> Void
+
+    init(minInterval: TimeAmount, eventLoop: EventLoop, ask: @escaping () -> Void) {
+        state = TopologyRefresh(minInterval: minInterval)
+        self.eventLoop = eventLoop
+        self.ask = ask
+    }
+
+    func wanted() { act(state.wanted(now: .now())) }
+
+    func answered() { act(state.answered(now: .now())) }
+
+    private func act(_ action: TopologyRefresh.Action) {
+        switch action {
+        case .none:
+            return
+        case .schedule(let at):
+            eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: at) { [self] in
+                act(state.due(now: .now()))
+            }
+        case .ask:
+            ask()
+        }
+    }
+}

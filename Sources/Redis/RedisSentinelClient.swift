@@ -17,7 +17,7 @@ public final class RedisSentinelClient: RedisEndpoint {
     private let logger: Logger
     private var sentinels: [RedisClient] = []
     private var primary: RedisClient?
-    private var refresh = TopologyRefresh(minInterval: .milliseconds(100))
+    private lazy var refresh = TopologyRefresher(minInterval: .milliseconds(100), eventLoop: eventLoop) { [weak self] in self?.ask(0) }
     /// The sentinel asked first next time (the last one that answered).
     private var askFrom = 0
     /// Commands waiting for a primary to be named, with their deadlines.
@@ -45,7 +45,7 @@ public final class RedisSentinelClient: RedisEndpoint {
                 eventLoop: eventLoop, logger: logger)
         }
         eventLoop.assumeIsolatedUnsafeUnchecked().execute { [self] in
-            refreshWanted()
+            refresh.wanted()
             scheduleRecheck()
         }
     }
@@ -71,7 +71,7 @@ public final class RedisSentinelClient: RedisEndpoint {
                 return
             }
             waiting.append((command, completion, .now() + TimeAmount(server.commandTimeout)))
-            refreshWanted()
+            refresh.wanted()
             return
         }
         send(command, to: primary, completion)
@@ -81,10 +81,10 @@ public final class RedisSentinelClient: RedisEndpoint {
         primary.send(command) { [self] result in
             switch result {
             case .failure:
-                refreshWanted()
+                refresh.wanted()
             case .success(.error(let message)) where message.hasPrefix("READONLY"):
                 // Writing to a replica: the primary named earlier was demoted.
-                refreshWanted()
+                refresh.wanted()
                 completion(.failure(.unavailable(message)))
                 return
             default:
@@ -97,26 +97,8 @@ public final class RedisSentinelClient: RedisEndpoint {
     private func scheduleRecheck() {
         recheckTask = eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(sentinel.recheck)) { [self] in
             guard !closed else { return }
-            refreshWanted()
+            refresh.wanted()
             scheduleRecheck()
-        }
-    }
-
-    private func refreshWanted() {
-        act(refresh.wanted(now: .now()))
-    }
-
-    private func act(_ action: TopologyRefresh.Action) {
-        switch action {
-        case .none:
-            return
-        case .schedule(let at):
-            eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: at) { [self] in
-                guard !closed else { return }
-                act(refresh.due(now: .now()))
-            }
-        case .ask:
-            ask(0)
         }
     }
 
@@ -125,7 +107,7 @@ public final class RedisSentinelClient: RedisEndpoint {
         guard tried < sentinels.count else {
             logger.warning("no sentinel named a primary", metadata: ["master": "\(sentinel.master)"])
             failWaiting(.unavailable("no sentinel named a primary for \(sentinel.master)"))
-            act(refresh.answered(now: .now()))
+            refresh.answered()
             return
         }
         let index = (askFrom + tried) % sentinels.count
@@ -138,7 +120,7 @@ public final class RedisSentinelClient: RedisEndpoint {
             }
             askFrom = index
             named(SocketAddressSpec(host: String(decoding: host, as: UTF8.self), port: Int(port)))
-            act(refresh.answered(now: .now()))
+            refresh.answered()
         }
     }
 

@@ -1,8 +1,5 @@
 import CLuaRuntime
-import FoundationEssentials
-import Synchronization
 import Config
-import Logging
 
 /// The phases a policy may define, in the order a request meets them.
 public enum Phase: Int, Sendable, CaseIterable {

@@ -17,6 +17,9 @@ public final class RedisClusterClient: RedisEndpoint {
     private let logger: Logger
     private var map = RedisSlotMap()
     private var nodes: [SocketAddressSpec: RedisClient] = [:]
+    /// `nodes`' clients by index in `map.nodes`: a command reaches its connection through the
+    /// slot's owner index, without hashing an address on every command.
+    private var clientsByIndex: [RedisClient?] = []
     private lazy var refresh = TopologyRefresher(minInterval: .milliseconds(100), eventLoop: eventLoop) { [weak self] in self?.askNodes() }
     /// Which known node to ask first next time, so a dead one is not always first.
     private var askFrom = 0
@@ -54,13 +57,18 @@ public final class RedisClusterClient: RedisEndpoint {
         }
         let slot = command.slot
         if map.isEmpty { refresh.wanted() }
-        attempt(command, to: map.node(for: slot) ?? seeds[askFrom % seeds.count], asking: false, redirects: 0, completion)
+        if let index = map.nodeIndex(for: slot) {
+            attempt(command, to: map.nodes[index], via: client(at: index), asking: false, redirects: 0, completion)
+        } else {
+            let seed = seeds[askFrom % seeds.count]
+            attempt(command, to: seed, via: client(for: seed), asking: false, redirects: 0, completion)
+        }
     }
 
     private func attempt(
-        _ command: RedisCommand, to node: SocketAddressSpec, asking: Bool, redirects: Int, _ completion: @escaping RedisClient.Completion
+        _ command: RedisCommand, to node: SocketAddressSpec, via client: RedisClient, asking: Bool, redirects: Int,
+        _ completion: @escaping RedisClient.Completion
     ) {
-        let client = client(for: node)
         // ASKING and the command go out back to back on one pipelined connection, as the
         // specification requires; ASKING's own answer (OK) is not waited for.
         if asking { client.send(RedisCommand("ASKING")) { _ in } }
@@ -77,10 +85,10 @@ public final class RedisClusterClient: RedisEndpoint {
                         let to = to.host.isEmpty ? SocketAddressSpec(host: node.host, port: to.port) : to
                         map.assign(slot, to: to)
                         refresh.wanted()
-                        attempt(command, to: to, asking: false, redirects: redirects + 1, completion)
+                        attempt(command, to: to, via: self.client(for: to), asking: false, redirects: redirects + 1, completion)
                     case .ask(_, let to):
                         let to = to.host.isEmpty ? SocketAddressSpec(host: node.host, port: to.port) : to
-                        attempt(command, to: to, asking: true, redirects: redirects + 1, completion)
+                        attempt(command, to: to, via: self.client(for: to), asking: true, redirects: redirects + 1, completion)
                     }
                     return
                 }
@@ -99,6 +107,14 @@ public final class RedisClusterClient: RedisEndpoint {
                 completion(result)
             }
         }
+    }
+
+    private func client(at index: Int) -> RedisClient {
+        if index < clientsByIndex.count, let client = clientsByIndex[index] { return client }
+        let client = client(for: map.nodes[index])
+        if index >= clientsByIndex.count { clientsByIndex.append(contentsOf: repeatElement(nil, count: index + 1 - clientsByIndex.count)) }
+        clientsByIndex[index] = client
+        return client
     }
 
     private func client(for node: SocketAddressSpec) -> RedisClient {
@@ -151,6 +167,7 @@ public final class RedisClusterClient: RedisEndpoint {
                 metadata: ["primaries": "\(fresh.nodes.map(\.description).joined(separator: ","))", "left": "\(gone.map(\.description))", "joined": "\(joined.map(\.description))"])
         }
         map = fresh
+        clientsByIndex = []
         // Connections to nodes that serve no slot now (a failed primary, now a replica or
         // gone) are closed; a seed's is kept, to ask it again.
         for (address, client) in nodes where !fresh.nodes.contains(address) && !seeds.contains(address) {

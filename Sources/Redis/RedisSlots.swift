@@ -48,8 +48,14 @@ public struct RedisSlotMap: Sendable, Equatable {
 
     /// The node serving `slot`, if known.
     public func node(for slot: Int) -> SocketAddressSpec? {
+        nodeIndex(for: slot).map { nodes[$0] }
+    }
+
+    /// The index in `nodes` of the node serving `slot`, if known. Indices stay valid while
+    /// slots are reassigned (`assign` only appends nodes).
+    public func nodeIndex(for slot: Int) -> Int? {
         let i = owner[slot]
-        return i < 0 ? nil : nodes[Int(i)]
+        return i < 0 ? nil : Int(i)
     }
 
     /// Whether any slot has a node.

@@ -40,6 +40,14 @@ import Testing
         #expect(map?.node(for: 16383) == SocketAddressSpec(host: "10.0.0.1", port: 7001))
         #expect(map?.nodes.count == 2)
         #expect(RedisSlotMap.parse(.array([.array([.integer(5), .integer(2), .array([])])]), asked: asked) == nil)
+        // A MOVED slot goes to a new node appended at the end: the indices clients are cached
+        // by stay valid.
+        var moved = map!
+        let third = SocketAddressSpec(host: "10.0.0.9", port: 7009)
+        moved.assign(100, to: third)
+        #expect(moved.nodeIndex(for: 100) == 2 && moved.nodes[2] == third)
+        #expect(moved.nodeIndex(for: 0) == 0 && moved.nodeIndex(for: 16383) == 1)
+        #expect(RedisSlotMap().nodeIndex(for: 5) == nil)
     }
 }
 

@@ -32,15 +32,40 @@ static int apply_common(SSL_CTX *ctx, int min_version) {
     return 1;
 }
 
-/// ALPN: HTTP/1.1 is what the listeners speak (h2 joins when HTTP/2 does). A client offering
-/// only other protocols gets no ALPN answer and may go on or give up.
+/// ALPN: the client's preference among what the listener speaks, `h2` only where the listener
+/// offers HTTP/2 (`arg` non-NULL, set by `mg_tls_offer_h2`). A client offering only other
+/// protocols gets no ALPN answer and may go on or give up.
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in, unsigned int inlen, void *arg) {
-    (void)ssl; (void)arg;
-    static const unsigned char ours[] = "\x08http/1.1";
-    unsigned char *chosen = NULL;
-    if (SSL_select_next_proto(&chosen, outlen, ours, sizeof ours - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED) return SSL_TLSEXT_ERR_NOACK;
-    *out = chosen;
-    return SSL_TLSEXT_ERR_OK;
+    (void)ssl;
+    static const unsigned char with_h2[] = "\x02h2\x08http/1.1";
+    static const unsigned char http1[] = "\x08http/1.1";
+    const unsigned char *ours = arg != NULL ? with_h2 : http1;
+    unsigned int ours_length = arg != NULL ? sizeof with_h2 - 1 : sizeof http1 - 1;
+    // The client's order decides (RFC 7301 leaves it to the server; browsers list h2 first).
+    for (unsigned int i = 0; i < inlen;) {
+        unsigned int length = in[i];
+        if (i + 1 + length > inlen) return SSL_TLSEXT_ERR_NOACK;
+        for (unsigned int j = 0; j < ours_length; j += 1 + ours[j]) {
+            if (ours[j] == length && memcmp(ours + j + 1, in + i + 1, length) == 0) {
+                *out = in + i + 1;
+                *outlen = (unsigned char)length;
+                return SSL_TLSEXT_ERR_OK;
+            }
+        }
+        i += 1 + length;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+void mg_tls_offer_h2(SSL_CTX *ctx, int on) {
+    SSL_CTX_set_alpn_select_cb(ctx, select_alpn, on ? (void *)1 : NULL);
+}
+
+int mg_tls_alpn_is_h2(SSL *ssl) {
+    const unsigned char *chosen = NULL;
+    unsigned int length = 0;
+    SSL_get0_alpn_selected(ssl, &chosen, &length);
+    return length == 2 && chosen[0] == 'h' && chosen[1] == '2';
 }
 
 SSL_CTX *mg_tls_server_context(const char *cert_file, const char *key_file, int min_version, char *error, size_t error_size) {

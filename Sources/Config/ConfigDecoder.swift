@@ -301,7 +301,7 @@ struct ConfigDecoder {
         var seenNames: Set<String> = []
         for (i, item) in items.enumerated() {
             let path = r.join("listeners", i)
-            guard let map = r.mapping(item, path, allowed: ["name", "address", "router", "tls"]) else { continue }
+            guard let map = r.mapping(item, path, allowed: ["name", "address", "router", "tls", "h2c", "http2"]) else { continue }
             guard let addressNode = map["address"]?.value else {
                 r.fail(item, r.join(path, "address"), "required")
                 continue
@@ -316,7 +316,15 @@ struct ConfigDecoder {
             }
             let router = map["router"].flatMap { policyModule($0.value, r.join(path, "router")) }
             let tls = map["tls"].flatMap { decodeListenerTLS($0.value, r.join(path, "tls")) }
-            out.append(Listener(name: name, address: address, router: router, tls: tls))
+            let h2c = map["h2c"].flatMap { r.bool($0.value, r.join(path, "h2c")) } ?? false
+            let http2 = map["http2"].flatMap { r.bool($0.value, r.join(path, "http2")) } ?? true
+            if h2c, map["tls"] != nil, let n = map["h2c"]?.value {
+                r.fail(n, r.join(path, "h2c"), "h2c is HTTP/2 without TLS; a TLS listener offers h2 through ALPN (http2: false turns it off)")
+            }
+            if map["http2"] != nil, map["tls"] == nil, let n = map["http2"]?.value {
+                r.fail(n, r.join(path, "http2"), "http2 is a TLS listener's ALPN offer; a cleartext listener serves HTTP/2 with h2c: true")
+            }
+            out.append(Listener(name: name, address: address, router: router, tls: tls, h2c: h2c, http2: http2))
         }
         return out
     }
@@ -371,7 +379,7 @@ struct ConfigDecoder {
     private func decodeLimits(_ node: YAMLNode) -> Limits {
         let r = reader
         var limits = Limits()
-        guard let map = r.mapping(node, "limits", allowed: ["max_header_bytes", "max_headers", "max_uri_bytes", "max_body_bytes", "max_connections"]) else {
+        guard let map = r.mapping(node, "limits", allowed: ["max_header_bytes", "max_headers", "max_uri_bytes", "max_body_bytes", "max_connections", "max_concurrent_streams"]) else {
             return limits
         }
         if let n = map["max_header_bytes"]?.value, let v = r.size(n, "limits.max_header_bytes") {
@@ -383,6 +391,7 @@ struct ConfigDecoder {
         }
         if let n = map["max_body_bytes"]?.value, let v = r.size(n, "limits.max_body_bytes") { limits.maxBodyBytes = v }
         if let n = map["max_connections"]?.value, let v = r.int(n, "limits.max_connections", range: 1...10_000_000) { limits.maxConnections = v }
+        if let n = map["max_concurrent_streams"]?.value, let v = r.int(n, "limits.max_concurrent_streams", range: 1...10_000) { limits.maxConcurrentStreams = v }
         return limits
     }
 

@@ -110,13 +110,23 @@ public struct Listener: Sendable, Hashable {
     public var router: String?
     /// `tls:` — the listener terminates TLS with these certificates.
     public var tls: ListenerTLS?
+    /// `h2c: true` — a cleartext listener also serves HTTP/2 to clients that start with its
+    /// connection preface (prior knowledge, RFC 9113 3.3); HTTP/1.1 is still served there.
+    public var h2c: Bool
+    /// `http2:` — a TLS listener offers `h2` through ALPN (the default), else HTTP/1.1 only.
+    public var http2: Bool
 
-    public init(name: String, address: SocketAddressSpec, router: String? = nil, tls: ListenerTLS? = nil) {
+    public init(name: String, address: SocketAddressSpec, router: String? = nil, tls: ListenerTLS? = nil, h2c: Bool = false, http2: Bool = true) {
         self.name = name
         self.address = address
         self.router = router
         self.tls = tls
+        self.h2c = h2c
+        self.http2 = http2
     }
+
+    /// Whether a connection to this listener may speak HTTP/2.
+    public var servesHTTP2: Bool { tls != nil ? http2 : h2c }
 }
 
 /// A listener's TLS: certificates chosen by SNI, the lowest version offered.
@@ -193,6 +203,9 @@ public struct Limits: Sendable, Equatable {
     /// Client connections one worker holds at most; past it, accepting pauses until one
     /// closes (as when descriptors run out). Default 16384.
     public var maxConnections: Int = 16384
+    /// HTTP/2 streams one client connection may have open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100; a stream past it is refused.
+    public var maxConcurrentStreams: Int = 100
 
     public init() {}
 }

@@ -139,6 +139,7 @@ extension ProxyWorker {
     public func accept(_ connection: TCPConnection, listener: ListenerHandle) throws(SocketError) {
         eventLoop.assertInEventLoop()
         let handler = DownstreamConnectionHandler(worker: self, listener: listener)
+        handler.mayBecomeH2 = generation.shared.http2Listeners.contains(listener.name)
         var stream: TLSStream?
         if let certificates = generation.shared.tls[listener.name], let settings = generation.shared.tlsSettings[listener.name] {
             guard handshakesInProgress < settings.maxHandshakes else {

@@ -378,7 +378,7 @@ extension DownstreamConnectionHandler {
         }
         w.put(forwardedFor ? ", " : "X-Forwarded-For: ")
         w.put(clientAddress)
-        if case .tls = io { w.put("\r\nX-Forwarded-Proto: https\r\n") } else { w.put("\r\nX-Forwarded-Proto: http\r\n") }
+        if tlsStream != nil { w.put("\r\nX-Forwarded-Proto: https\r\n") } else { w.put("\r\nX-Forwarded-Proto: http\r\n") }
         if let host = h.host {
             w.put("X-Forwarded-Host: ")
             w.put(p, host)

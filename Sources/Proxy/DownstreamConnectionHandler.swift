@@ -39,8 +39,11 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
     var headScanned = 0
     var clientAddress: [UInt8] = []
     var tlsStream: TLSStream? {
-        if case .tls(let stream) = io { return stream }
-        return nil
+        switch io {
+        case .tls(let stream): return stream
+        case .h2(let lane): return lane.tls
+        default: return nil
+        }
     }
 
     /// The request in progress, or the worker's vacant exchange between requests.
@@ -62,6 +65,8 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
     var timer = ConnectionTimer()
     /// The tunnel the connection became after a protocol switch (`101`), while it runs.
     var tunnel: Tunnel?
+    /// Until its first bytes: the connection came through a listener that serves HTTP/2.
+    var mayBecomeH2 = false
 
     init(worker: ProxyWorker, listener: ListenerHandle) {
         self.worker = worker
@@ -72,11 +77,12 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
 
     // MARK: channel events
 
-    /// Starts serving the connection behind `io`.
-    func attach(_ io: ConnectionIO) {
+    /// Starts serving the connection behind `io`; `register`: the worker counts it as a
+    /// client connection (an HTTP/2 stream's lane counts as its connection instead).
+    func attach(_ io: ConnectionIO, register: Bool = true) {
         self.io = io
         if let ip = io.remoteAddress?.ipAddress { clientAddress = Array(ip.utf8) }
-        worker.register(self)
+        if register { worker.register(self) }
         armTimer()
     }
 
@@ -103,6 +109,7 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
 
     func read(_ bytes: ByteBuffer) {
         var buffer = bytes
+        if mayBecomeH2, becameH2(&buffer) { return }
         lastActivity = worker.clock.now()
         switch lifecycle.clientBytes() {
         case .parseHead:

@@ -34,6 +34,8 @@ public final class ProxyGeneration: Sendable {
     let tls: [String: TLSCertificates]
     /// Each TLS listener's settings (timeouts, bounds), by listener name.
     let tlsSettings: [String: ListenerTLS]
+    /// Listeners whose connections may speak HTTP/2 (ALPN `h2`, or `h2c: true`).
+    let http2Listeners: Set<String>
     let routesByName: [String: CompiledRoute]
     let routeIndex: RouteIndex
 
@@ -70,6 +72,7 @@ public final class ProxyGeneration: Sendable {
         }
         self.routers = routers
         self.tls = try Self.loadCertificates(config.listeners)
+        self.http2Listeners = Set(config.listeners.filter(\.servesHTTP2).map(\.name))
         self.tlsSettings = Dictionary(config.listeners.compactMap { l in l.tls.map { (l.name, $0) } }, uniquingKeysWith: { a, _ in a })
         self.upstreams = try config.upstreams.map { try CompiledUpstream($0) }
         for upstream in config.upstreams where upstream.tls?.verify == false {
@@ -88,7 +91,7 @@ public final class ProxyGeneration: Sendable {
                 out[listener.name] = try TLSCertificates(
                     tls.certificates.map { TLSCertificates.Source(cert: $0.cert, key: $0.key) }, minVersion: tls.minVersion == 13 ? .tls13 : .tls12,
                     clients: tls.clientCA.map { TLSCertificates.ClientVerification(caFile: $0, required: tls.clientAuthRequired) },
-                    tickets: tls.sessionTickets ? .process : nil)
+                    tickets: tls.sessionTickets ? .process : nil, http2: listener.http2)
             } catch {
                 // At the entry whose files failed (the message names the file), else at `tls:`.
                 let place = error.source.map { tls.certificates[$0].place } ?? tls.place

@@ -20,6 +20,8 @@ public final class ProxyWorker {
     /// Targets the active health checks last found down (`host:port`), kept for pools made later.
     private var probedDown: Set<String> = []
     private var connections: [ObjectIdentifier: DownstreamConnectionHandler] = [:]
+    /// Client connections that became HTTP/2 (their streams' handlers are not in `connections`).
+    private var h2Connections: [ObjectIdentifier: H2Connection] = [:]
     /// TLS handshakes in progress on this loop (bounded by each listener's `max_handshakes`).
     var handshakesInProgress = 0
     var requestIDs: RequestIDGenerator
@@ -144,6 +146,15 @@ public final class ProxyWorker {
         connections[ObjectIdentifier(connection)] = nil
     }
 
+    func registerH2(_ connection: H2Connection) {
+        h2Connections[ObjectIdentifier(connection)] = connection
+        if draining { connection.drain() }
+    }
+
+    func unregisterH2(_ connection: H2Connection) {
+        h2Connections[ObjectIdentifier(connection)] = nil
+    }
+
     /// Lua states this loop holds for the current generation, and the heap bytes of the idle ones.
     public var luaStats: LuaPoolStats { generation.luaStats }
 
@@ -193,7 +204,10 @@ public final class ProxyWorker {
     }
 
     /// Client connections open on this loop.
-    public var connectionCount: Int { connections.count }
+    public var connectionCount: Int { connections.count + h2Connections.count }
+
+    /// Client connections open on this loop that speak HTTP/2.
+    public var http2ConnectionCount: Int { h2Connections.count }
 
     /// What connections point at between requests (`Exchange.isVacant`). Set once, at the
     /// end of `init` (it needs the worker); not `lazy`, whose check cost 46 instructions a request.
@@ -229,11 +243,11 @@ public final class ProxyWorker {
     /// Requests in progress on this loop (connections holding an exchange) and the spare
     /// exchanges waiting for the next ones, for tests.
     public var exchangeCounts: (inUse: Int, spare: Int) {
-        (connections.values.reduce(0) { $0 + ($1.exchange.isVacant ? 0 : 1) }, spareCount)
+        (connections.values.reduce(0) { $0 + ($1.exchange.isVacant ? 0 : 1) } + h2Connections.values.reduce(0) { $0 + $1.exchangesInUse }, spareCount)
     }
 
     /// Whether this loop may accept another client connection (`limits.max_connections`).
-    public var admitsConnection: Bool { connections.count < generation.shared.config.limits.maxConnections }
+    public var admitsConnection: Bool { connectionCount < generation.shared.config.limits.maxConnections }
 
     /// Upstream connections open on this loop (idle, in use or connecting), for tests.
     public var upstreamConnectionCount: Int { pools.values.reduce(0) { $0 + $1.openConnections } }
@@ -243,11 +257,13 @@ public final class ProxyWorker {
         eventLoop.assertInEventLoop()
         draining = true
         for connection in connections.values { connection.closeWhenIdle() }
+        for connection in h2Connections.values { connection.drain() }
     }
 
     /// Closes the client connections that came through `listener` once idle (a removed listener).
     public func drain(listener: ListenerHandle) {
         for connection in connections.values where connection.listener === listener { connection.closeWhenIdle() }
+        for connection in h2Connections.values where connection.listener === listener { connection.drain() }
     }
 
     /// Closes what is left: called after the drain timeout.
@@ -255,6 +271,7 @@ public final class ProxyWorker {
         logFlush?.cancel()
         accessLog.flush()
         for connection in connections.values { connection.forceClose() }
+        for connection in h2Connections.values { connection.forceClose() }
         for pool in pools.values { pool.closeIdle() }
     }
 }

@@ -29,6 +29,10 @@ public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unc
 
     /// The socket underneath, for callers that need its descriptor or counters.
     public let connection: TCPConnection
+    /// What the channel reads and writes: the socket itself, or a stream over it (TLS).
+    private let stream: any ByteStream
+    /// The stream was started (and its delegate set) by whoever handed it over.
+    private let adopted: Bool
     private var _pipeline: ChannelPipeline!
     private let closePromise: EventLoopPromise<Void>
     private let active = Atomic<Bool>(false)
@@ -42,6 +46,20 @@ public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unc
     public init(_ connection: TCPConnection) {
         connection.loop.preconditionInEventLoop()
         self.connection = connection
+        self.stream = connection
+        self.adopted = false
+        closePromise = connection.loop.makePromise()
+        _pipeline = ChannelPipeline(channel: self)
+    }
+
+    /// Wraps a stream already serving `connection` (a TLS stream, or the socket itself) that a
+    /// connection handler hands over, as an HTTP/1 connection becomes an HTTP/2 one: its
+    /// caller makes this channel the stream's delegate before ``activate()``.
+    public init(adopting stream: any ByteStream, over connection: TCPConnection) {
+        connection.loop.preconditionInEventLoop()
+        self.connection = connection
+        self.stream = stream
+        self.adopted = true
         closePromise = connection.loop.makePromise()
         _pipeline = ChannelPipeline(channel: self)
     }
@@ -49,14 +67,14 @@ public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unc
     /// Registers the channel and fires `channelRegistered` and `channelActive` through the
     /// handlers added so far, then starts reading if `autoRead` is on.
     public func activate() throws(SocketError) {
-        try connection.start(delegate: self)
+        if !adopted { try connection.start(delegate: self) }
         cachedLocalAddress = TCPListener.boundAddress(connection.fd)
-        if !autoRead { connection.pauseReads() }
+        if !autoRead { stream.pauseReads() }
         active.store(true, ordering: .relaxed)
         let pipeline = _pipeline.syncOperations
         pipeline.fireChannelRegistered()
         pipeline.fireChannelActive()
-        if autoRead, connection.isOpen { pipeline.read() }
+        if autoRead, stream.isOpen { pipeline.read() }
     }
 
     // MARK: Channel
@@ -116,7 +134,7 @@ public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unc
                 read0()
             } else {
                 readRequested = false
-                connection.pauseReads()
+                stream.pauseReads()
             }
         case let socketOption as ChannelOptions.Types.SocketOption:
             guard connection.isOpen else { throw ChannelError.ioOnClosedChannel }
@@ -183,21 +201,21 @@ public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unc
 
     public func write0(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
         if let bytes = tryUnwrapData(data, as: ByteBuffer.self) {
-            connection.write(bytes, promise: promise)
+            stream.write(bytes, promise: promise)
             return
         }
         switch tryUnwrapData(data, as: IOData.self) {
-        case .byteBuffer(let bytes): connection.write(bytes, promise: promise)
+        case .byteBuffer(let bytes): stream.write(bytes, promise: promise)
         case .fileRegion, nil: promise?.fail(ChannelError.operationUnsupported)
         }
     }
 
-    public func flush0() { connection.flush() }
+    public func flush0() { stream.flush() }
 
     public func read0() {
-        guard !readRequested, connection.isOpen else { return }
+        guard !readRequested, stream.isOpen else { return }
         readRequested = true
-        connection.resumeReads()
+        stream.resumeReads()
     }
 
     public func close0(error: Error, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -205,12 +223,21 @@ public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unc
             promise?.fail(ChannelError.operationUnsupported)
             return
         }
-        guard connection.isOpen else {
+        guard stream.isOpen else {
             promise?.fail(ChannelError.alreadyClosed)
             return
         }
         closing = promise
-        connection.close(error: nil)
+        stream.close(error: nil)
+    }
+
+    /// Sends what is queued, then closes, first draining what the peer still sends for a
+    /// moment (at most `lingering` and `maxDrained` bytes) so that its last frames (an HTTP/2
+    /// `GOAWAY`) are not lost to a reset.
+    public func closeAfterFlush(lingering: TimeAmount = .seconds(2), maxDrained: Int = 1 << 20) {
+        eventLoop.preconditionInEventLoop()
+        guard stream.isOpen else { return }
+        stream.closeAfterFlush(lingering: lingering, maxDrained: maxDrained)
     }
 
     public func triggerUserOutboundEvent0(_ event: Any, promise: EventLoopPromise<Void>?) {
@@ -230,14 +257,14 @@ public final class SocketChannel: Channel, ChannelCore, ByteStreamDelegate, @unc
         readRequested = false
         let pipeline = _pipeline.syncOperations
         pipeline.fireChannelReadComplete()
-        guard connection.isOpen else { return }
+        guard stream.isOpen else { return }
         if autoRead { pipeline.read() }
         // Nobody asked for more: stop until someone does (as NIO does without `autoRead`).
-        if !readRequested { connection.pauseReads() }
+        if !readRequested { stream.pauseReads() }
     }
 
     public func streamWritabilityChanged(_ stream: ByteStream) {
-        writable.store(connection.isWritable, ordering: .relaxed)
+        writable.store(stream.isWritable, ordering: .relaxed)
         _pipeline.syncOperations.fireChannelWritabilityChanged()
     }
 

@@ -50,7 +50,11 @@ public final class TLSCertificates: @unchecked Sendable {
     ///
     /// Sessions resume from tickets sealed with `tickets` (nil: no tickets, TLS 1.2 resumes
     /// from the session cache only), which the contexts keep alive.
-    public init(_ sources: [Source], minVersion: Version = .tls12, clients: ClientVerification? = nil, tickets: TLSTicketKeys? = .process) throws(TLSError) {
+    ///
+    /// `http2`: ALPN offers `h2` as well as `http/1.1`.
+    public init(
+        _ sources: [Source], minVersion: Version = .tls12, clients: ClientVerification? = nil, tickets: TLSTicketKeys? = .process, http2: Bool = false
+    ) throws(TLSError) {
         guard !sources.isEmpty else { throw TLSError("a TLS listener needs at least one certificate") }
         var contexts: [OpaquePointer] = []
         var names: [[String]] = []
@@ -72,6 +76,7 @@ public final class TLSCertificates: @unchecked Sendable {
                     mg_tls_disable_tickets(loaded)
                 }
             }
+            if let ctx { mg_tls_offer_h2(ctx, http2 ? 1 : 0) }
             guard let ctx else {
                 for ctx in contexts { SSL_CTX_free(ctx) }
                 throw TLSError(TLSError.text(error), source: i)

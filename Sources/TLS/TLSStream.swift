@@ -153,6 +153,8 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
         return found == 1 ? peer : nil
     }
 
+    /// The handshake chose HTTP/2 through ALPN.
+    public var negotiatedH2: Bool { state == .open && mg_tls_alpn_is_h2(ssl) == 1 }
     /// The server name the client asked for.
     public var serverName: String? { mg_tls_server_name(ssl).map { String(cString: $0) } }
 

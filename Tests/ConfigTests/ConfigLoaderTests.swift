@@ -32,6 +32,35 @@ import Testing
         #expect(c.logLevel == "info")
     }
 
+    @Test func http2IsH2cOnClearListenersAndAnALPNOfferOnTLSOnes() throws {
+        let c = try ConfigLoader.parse(
+            Self.minimal.replacingOccurrences(of: "  - address: 127.0.0.1:8080", with: "  - address: 127.0.0.1:8080\n    h2c: true")
+                + "\nlimits:\n  max_concurrent_streams: 50\n", file: "gateway.yaml")
+        #expect(c.listeners[0].h2c && c.listeners[0].servesHTTP2)
+        #expect(c.limits.maxConcurrentStreams == 50)
+        #expect(try ConfigLoader.parse(Self.minimal, file: "gateway.yaml").listeners[0].servesHTTP2 == false)
+        let tls = """
+            listeners:
+              - address: 127.0.0.1:8443
+                h2c: true
+                tls: { certificates: [ { cert: a.pem, key: a.key } ] }
+              - address: 127.0.0.1:8080
+                http2: true
+            upstreams:
+              app:
+                targets: [ "127.0.0.1:9000" ]
+            routes:
+              - match: { path_prefix: / }
+                upstream: app
+            limits:
+              max_concurrent_streams: 0
+            """
+        let found = errors(tls)
+        #expect(found.contains { $0.contains("listeners[0].h2c: h2c is HTTP/2 without TLS") }, "\(found)")
+        #expect(found.contains { $0.contains("listeners[1].http2: http2 is a TLS listener's ALPN offer") }, "\(found)")
+        #expect(found.contains { $0.contains("limits.max_concurrent_streams") }, "\(found)")
+    }
+
     @Test func namesFileLineAndPathOfAnUnknownUpstream() {
         let yaml = Self.minimal + """
 

@@ -57,6 +57,10 @@ int mg_tls_set_server_name(SSL *ssl, const char *name);
 
 /// The server name a server connection was asked for (NULL when none).
 const char *mg_tls_server_name(SSL *ssl);
+/// Whether ALPN offers `h2` (HTTP/2) besides `http/1.1` on a server context.
+void mg_tls_offer_h2(SSL_CTX *ctx, int on);
+/// Whether the handshake chose `h2`.
+int mg_tls_alpn_is_h2(SSL *ssl);
 
 /// Session ticket keys for every context of a process: a fresh random key each period,
 /// tickets of the previous period still opened (and renewed), older keys wiped.

@@ -16,6 +16,8 @@ enum ConnectionIO {
     /// A socket of a TLS listener: plaintext here, TLS records on the socket.
     case tls(TLSStream)
     case memory(MemoryPipe.End)
+    /// One HTTP/2 stream at a time, served as an HTTP/1.1 connection (`H2Lane`).
+    case h2(H2Lane)
     /// Not attached yet, or detached once closed.
     case none
 
@@ -30,6 +32,7 @@ enum ConnectionIO {
         case .socket(let connection): connection.write(bytes, promise: promise)
         case .tls(let stream): stream.write(bytes, promise: promise)
         case .memory(let end): end.write(bytes, promise: promise)
+        case .h2(let lane): lane.write(bytes, promise: promise)
         case .none: promise?.fail(ChannelError.ioOnClosedChannel)
         }
     }
@@ -40,6 +43,7 @@ enum ConnectionIO {
         case .socket(let connection): connection.flush()
         case .tls(let stream): stream.flush()
         case .memory(let end): end.flush()
+        case .h2(let lane): lane.flush()
         case .none: break
         }
     }
@@ -49,6 +53,7 @@ enum ConnectionIO {
         case .socket(let connection): connection.close()
         case .tls(let stream): stream.close()
         case .memory(let end): end.close()
+        case .h2(let lane): lane.close(error: nil)
         case .none: break
         }
     }
@@ -73,6 +78,8 @@ enum ConnectionIO {
             stream.closeAfterFlush(lingering: linger ? Self.lingerTime : nil, maxDrained: linger ? Self.lingerBytes : 0)
         case .memory(let end):
             end.closeAfterFlush(lingering: linger ? Self.lingerTime : nil, maxDrained: Self.lingerBytes)
+        case .h2(let lane):
+            lane.closeAfterFlush(lingering: nil, maxDrained: 0)
         case .none:
             break
         }
@@ -84,6 +91,7 @@ enum ConnectionIO {
         case .socket(let connection): if on { connection.resumeReads() } else { connection.pauseReads() }
         case .tls(let stream): if on { stream.resumeReads() } else { stream.pauseReads() }
         case .memory(let end): if on { end.resumeReads() } else { end.pauseReads() }
+        case .h2(let lane): if on { lane.resumeReads() } else { lane.pauseReads() }
         case .none: break
         }
     }
@@ -94,6 +102,7 @@ enum ConnectionIO {
         case .socket(let connection): connection.delegate = delegate
         case .tls(let stream): stream.delegate = delegate
         case .memory(let end): end.delegate = delegate
+        case .h2(let lane): lane.delegate = delegate
         case .none: break
         }
     }
@@ -103,6 +112,7 @@ enum ConnectionIO {
         case .socket(let connection): return connection
         case .tls(let stream): return stream
         case .memory(let end): return end
+        case .h2(let lane): return lane
         case .none: return nil
         }
     }
@@ -112,6 +122,7 @@ enum ConnectionIO {
         case .socket(let connection): return connection.loop
         case .tls(let stream): return (stream.lower as? TCPConnection)?.loop
         case .memory(let end): return end.loop
+        case .h2(let lane): return lane.loop
         case .none: return nil
         }
     }
@@ -121,6 +132,7 @@ enum ConnectionIO {
         case .socket(let connection): return connection.remoteAddress
         case .tls(let stream): return stream.remoteAddress
         case .memory(let end): return end.remoteAddress
+        case .h2(let lane): return lane.remoteAddress
         case .none: return nil
         }
     }

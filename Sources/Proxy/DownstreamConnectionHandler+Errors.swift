@@ -22,7 +22,11 @@ extension DownstreamConnectionHandler {
             forceClose()
             return
         }
-        writeLocalResponse(error.status, headers: nil, json: true, body: errorBody(error.message), close: error.closesConnection)
+        if exchange.request.headers.grpc {
+            writeLocalResponse(error.status, headers: nil, json: false, body: ByteBuffer(string: error.message), close: error.closesConnection)
+        } else {
+            writeLocalResponse(error.status, headers: nil, json: true, body: errorBody(error.message), close: error.closesConnection)
+        }
     }
 
     /// `{"error": message, "request_id": ...}`.
@@ -39,16 +43,28 @@ extension DownstreamConnectionHandler {
         exchange.sentStatus = status
         let next = lifecycle.answering(mustClose: close, bodyDropped: dropBufferedBody())
         let closing = next == .closeAfterFlush
+        // A gRPC call hears of an error as a gRPC status, its message the body's text (the
+        // access log keeps the HTTP status the gateway decided).
+        let grpcError = status >= 400 && exchange.request.headers.grpc
         var head = ByteBuffer()
         head.writeHead(estimate: 192 + exchange.requestID.readableBytes + (headers?.bytes ?? 0)) { w in
-            w.put("HTTP/1.1 ")
-            w.decimal(status)
-            w.put(byte: HTTPBytes.sp)
-            w.put(string: Self.reason(status))
-            w.put("\r\n")
-            if json { w.put("Content-Type: application/json\r\n") }
-            headers?.write(into: &w)
-            if status != 204, status != 304 {
+            if grpcError {
+                w.put("HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: ")
+                w.decimal(GRPCStatus.code(forHTTP: status))
+                w.put("\r\ngrpc-message: ")
+                w.put(string: GRPCStatus.encodeMessage(body.readableBytesView))
+                w.put("\r\nContent-Length: 0\r\n")
+                headers?.write(into: &w)
+            } else {
+                w.put("HTTP/1.1 ")
+                w.decimal(status)
+                w.put(byte: HTTPBytes.sp)
+                w.put(string: Self.reason(status))
+                w.put("\r\n")
+                if json { w.put("Content-Type: application/json\r\n") }
+                headers?.write(into: &w)
+            }
+            if !grpcError, status != 204, status != 304 {
                 w.put("Content-Length: ")
                 w.decimal(body.readableBytes)
                 w.put("\r\n")
@@ -61,7 +77,7 @@ extension DownstreamConnectionHandler {
             w.put(closing ? "Connection: close\r\n\r\n" : "\r\n")
         }
         sendToClient(head)
-        if !exchange.request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
+        if !grpcError, !exchange.request.isHEAD, status != 204, status != 304, body.readableBytes > 0 {
             sendToClient(body)
         }
         if closing { inbound = nil }

@@ -231,13 +231,20 @@ final class DownstreamConnectionHandler: ByteStreamDelegate, UpstreamExchange {
     var currentDeadline: NIODeadline {
         lifecycle.deadline(
             lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
-            requestTimeout: (exchange.generation?.shared ?? worker.generation.shared).requestTimeout)
+            requestTimeout: requestTimeout)
+    }
+
+    /// `timeouts.request`, or the gRPC caller's own deadline (`grpc-timeout`) when shorter.
+    var requestTimeout: TimeAmount {
+        let configured = (exchange.generation?.shared ?? worker.generation.shared).requestTimeout
+        guard let caller = exchange.request.headers.grpcTimeout, caller < configured else { return configured }
+        return caller
     }
 
     func timerFired() {
         let action = lifecycle.timerFired(
             now: worker.clock.now(), lastActivity: lastActivity, idleTimeout: worker.generation.shared.clientIdleTimeout,
-            requestTimeout: (exchange.generation?.shared ?? worker.generation.shared).requestTimeout)
+            requestTimeout: requestTimeout)
         switch action {
         case .rearm:
             armTimer()

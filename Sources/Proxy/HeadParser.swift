@@ -1,4 +1,5 @@
 // Hot path: per request, no allocation beyond the reused field table.
+import NIOCore
 
 /// Limits enforced while parsing a head, copied from the generation's config.
 struct HeadLimits {
@@ -25,6 +26,11 @@ struct ParsedFields {
     var upgrade: ByteRange? = nil
     /// `Connection` lists `upgrade`.
     var connectionUpgrade = false
+    /// `Content-Type: application/grpc` (or `application/grpc+proto`, ...): a gRPC call, whose
+    /// errors the gateway answers as gRPC statuses.
+    var grpc = false
+    /// `grpc-timeout`: the caller's deadline, which bounds the request as `timeouts.request` does.
+    var grpcTimeout: TimeAmount? = nil
 
     mutating func reset() {
         fields.removeAll(keepingCapacity: true)
@@ -38,6 +44,8 @@ struct ParsedFields {
         traceparent = nil
         upgrade = nil
         connectionUpgrade = false
+        grpc = false
+        grpcTimeout = nil
     }
 }
 
@@ -258,6 +266,11 @@ enum HeadParser {
                 h.requestID = value
                 return .xRequestID
             }
+            if HTTPBytes.equalsLower(p, s, c, "content-type") {
+                h.grpc = value.count >= 16 && HTTPBytes.hasPrefixLower(p, value.lower, value.count, "application/grpc")
+            } else if HTTPBytes.equalsLower(p, s, c, "grpc-timeout") {
+                h.grpcTimeout = grpcTimeout(p, value)
+            }
         case 14:
             if HTTPBytes.equalsLower(p, s, c, "content-length") {
                 // RFC 9112 6.3: duplicates (even equal ones, even as a list) and anything but
@@ -292,6 +305,22 @@ enum HeadParser {
         }
         if c > 6, HTTPBytes.hasPrefixLower(p, s, c, "proxy-") { return .hopByHop }
         return .other
+    }
+
+    /// `grpc-timeout` (gRPC over HTTP/2): 1 to 8 digits and a unit, H M S m u n; nil when
+    /// malformed (the call then has no deadline of its own, as gRPC servers read it).
+    static func grpcTimeout(_ p: UnsafeRawBufferPointer, _ value: ByteRange) -> TimeAmount? {
+        let n = value.count
+        guard n >= 2, n <= 9, let amount = HTTPBytes.parseDecimal(p, value.lower, value.upper - 1) else { return nil }
+        switch p[value.upper - 1] {
+        case UInt8(ascii: "H"): return .hours(Int64(amount))
+        case UInt8(ascii: "M"): return .minutes(Int64(amount))
+        case UInt8(ascii: "S"): return .seconds(Int64(amount))
+        case UInt8(ascii: "m"): return .milliseconds(Int64(amount))
+        case UInt8(ascii: "u"): return .microseconds(Int64(amount))
+        case UInt8(ascii: "n"): return .nanoseconds(Int64(amount))
+        default: return nil
+        }
     }
 
     /// Connection: a comma list of tokens; `close` and `keep-alive` are noted, others name

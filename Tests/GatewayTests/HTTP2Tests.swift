@@ -82,6 +82,8 @@ import Testing
         var statuses: [String: Int]
         var data: [String: Int]
         var seconds: Double
+        /// The fields of each stream's last header block.
+        var fields: [String: [String: String]]
     }
 
     static func attack(_ port: Int, _ name: String, _ arg: String? = nil) async throws -> Seen {

@@ -34,6 +34,27 @@ struct RequestModule: LuaModule {
             }
             return 1
         }
+        // A gRPC call's service and method, from its path `/package.Service/Method`; nil for
+        // a request that is not gRPC (no `content-type: application/grpc`).
+        Lua.setFunction(L, "grpc") { L in
+            let L = L!
+            guard let h = serving(L) else { return notServing(L, "request.grpc") }
+            guard h.exchange.request.headers.grpc else {
+                lua_pushnil(L)
+                return 1
+            }
+            return h.withRequestBytes { p in
+                let path = slice(p, h.exchange.request.path)
+                let slash = UInt8(ascii: "/")
+                guard path.count > 3, path[0] == slash, let split = path.lastIndex(of: slash), split > 1, split < path.count - 1 else {
+                    lua_pushnil(L)
+                    return 1
+                }
+                Lua.push(L, bytes: UnsafeRawBufferPointer(rebasing: path[1..<split]))
+                Lua.push(L, bytes: UnsafeRawBufferPointer(rebasing: path[(split + 1)...]))
+                return 2
+            }
+        }
         Lua.setFunction(L, "query") { L in
             let L = L!
             guard let h = serving(L) else { return notServing(L, "request.query") }

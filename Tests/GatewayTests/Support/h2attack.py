@@ -29,7 +29,7 @@ class Client:
         self.encoder = Encoder()
         self.decoder = Decoder()
         self.buffer = b""
-        self.result = {"goaway": None, "closed": False, "resets": {}, "statuses": {}, "data": {}, "ended": [], "seconds": 0}
+        self.result = {"goaway": None, "closed": False, "resets": {}, "statuses": {}, "data": {}, "ended": [], "seconds": 0, "fields": {}}
         self.send(PREFACE + SettingsFrame(0, settings=settings or {}).serialize())
 
     def send(self, data):
@@ -88,6 +88,7 @@ class Client:
             r["resets"][sid] = frame.error_code
         elif isinstance(frame, HeadersFrame):
             for name, value in self.decoder.decode(frame.data):
+                r["fields"].setdefault(sid, {})[name.decode() if isinstance(name, bytes) else name] = value.decode() if isinstance(value, bytes) else value
                 if name in (b":status", ":status"):
                     status = int(value)
                     if status >= 200:
@@ -177,6 +178,13 @@ def main():
         n = int(arg or "50")
         c.send(b"".join(c.headers(1 + 2 * i, "/echo/" + str(i)) for i in range(n)))
         print(json.dumps(c.read(15, lambda r: len(r["ended"]) >= n)))
+    elif attack == "grpc-deadline":
+        # Not an attack: a gRPC call with its own deadline (grpc-timeout), which the gateway
+        # must keep even when its own request timeout is longer.
+        c.send(c.headers(1, arg or "/demo.Slow/Wait", end_stream=False, method="POST",
+                         extra=[("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "500m")]))
+        c.send(DataFrame(1, data=b"\x00\x00\x00\x00\x00", flags=["END_STREAM"]).serialize())
+        print(json.dumps(c.read(15, lambda r: 1 in r["ended"] or "1" in r["resets"])))
     else:
         sys.exit("unknown attack " + attack)
 

@@ -10,6 +10,8 @@ import NIOPosix
 /// - `/status/N`: answers status N.
 /// - `/delay/MS`: answers after MS milliseconds.
 /// - `/bytes/N`: streams N bytes (`?chunked=1` for chunked framing), at the client's pace.
+/// - `/trailers`: a chunked answer ending with trailer fields (`grpc-status: 0`,
+///   `x-checksum: abc`, and a `content-length` a proxy must not pass on).
 /// - `/close`: closes the connection without answering.
 /// - `/linger-close/MS`: answers (kept alive), then closes the idle connection after MS ms,
 ///   as an origin's keep-alive timeout does.
@@ -97,6 +99,12 @@ final class EchoHandler: ChannelInboundHandler {
             chunk = block
             streaming = (count, chunked)
             pump(context: context)
+        case ("trailers", 1):
+            let headers = HTTPHeaders([("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked"), ("Trailer", "grpc-status, x-checksum")])
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "body before trailers\n")))), promise: nil)
+            let trailers = HTTPHeaders([("grpc-status", "0"), ("X-Checksum", "abc"), ("Content-Length", "99")])
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
         case ("close", 1):
             context.close(promise: nil)
         case ("linger-close", 2):

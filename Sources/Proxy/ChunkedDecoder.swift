@@ -31,6 +31,9 @@ struct ChunkedDecoder {
 
     private var state = State.size(value: 0, digits: 0)
     private var metaBytes = 0
+    /// The trailer section's field lines as they came (each with its CRLF), once there is one:
+    /// passed on to the client (gRPC's status travels there). Bounded by `maxMetaBytes`.
+    private(set) var trailers: ByteBuffer?
     /// Bytes allowed for chunk extensions and trailers together, per message.
     static let maxMetaBytes = 16 * 1024
 
@@ -90,6 +93,7 @@ struct ChunkedDecoder {
                     guard HTTPBytes.isTokenChar(c) else { throw .badFraming }
                     state = .trailerLine
                     try countMeta()
+                    keepTrailer(c)
                 }
             case .trailerLine:
                 if c == HTTPBytes.cr {
@@ -98,12 +102,14 @@ struct ChunkedDecoder {
                     guard HTTPBytes.isFieldValueChar(c) || c == HTTPBytes.colon else { throw .badFraming }
                     try countMeta()
                 }
+                keepTrailer(c)
             case .trailerLF(let blank):
                 guard c == HTTPBytes.lf else { throw .badFraming }
                 if blank {
                     state = .done
                     return .end
                 }
+                keepTrailer(c)
                 state = .trailerLineStart
             case .data, .done:
                 preconditionFailure("handled above")
@@ -111,6 +117,43 @@ struct ChunkedDecoder {
         }
         return nil
     }
+
+    private mutating func keepTrailer(_ c: UInt8) {
+        if trailers == nil { trailers = ByteBuffer() }
+        trailers!.writeInteger(c)
+    }
+
+    /// The trailer fields a proxy passes on, as `name: value` lines with CRLFs: well-formed
+    /// lines only, and none of those a trailer must not carry or that describe this hop
+    /// (RFC 9110 6.5.1: framing, routing, connection fields). Nil when nothing is left.
+    static func forwardableTrailers(_ raw: ByteBuffer) -> ByteBuffer? {
+        var out = ByteBuffer()
+        raw.withUnsafeReadableBytes { p in
+            var i = 0
+            while i < p.count {
+                var end = i
+                while end < p.count, p[end] != HTTPBytes.cr { end += 1 }
+                defer { i = end + 2 }
+                guard let colon = (i..<end).first(where: { p[$0] == HTTPBytes.colon }), colon > i,
+                    (i..<colon).allSatisfy({ HTTPBytes.isTokenChar(p[$0]) })
+                else { continue }
+                let name = String(decoding: UnsafeRawBufferPointer(rebasing: p[i..<colon]), as: UTF8.self).lowercased()
+                if name.hasPrefix("proxy-") || forbiddenTrailers.contains(name) { continue }
+                var v = colon + 1
+                while v < end, p[v] == HTTPBytes.sp || p[v] == HTTPBytes.htab { v += 1 }
+                out.writeString(name)
+                out.writeStaticString(": ")
+                out.writeBytes(UnsafeRawBufferPointer(rebasing: p[v..<end]))
+                out.writeStaticString("\r\n")
+            }
+        }
+        return out.readableBytes > 0 ? out : nil
+    }
+
+    static let forbiddenTrailers: Set<String> = [
+        "content-length", "transfer-encoding", "host", "connection", "keep-alive", "te", "trailer", "upgrade",
+        "content-type", "content-encoding", "content-range", "authorization", "set-cookie", "cache-control", "expect",
+    ]
 
     private mutating func countMeta() throws(Failure) {
         metaBytes += 1

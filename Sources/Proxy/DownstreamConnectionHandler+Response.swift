@@ -203,7 +203,17 @@ extension DownstreamConnectionHandler {
 
     func responseFinished() {
         if exchange.responseChunkedOut {
-            sendToClient(lastChunk)
+            // The upstream's trailers go on (gRPC's status is one); rare, so only then a buffer.
+            if case .chunked(let decoder) = exchange.responseBody, let raw = decoder.trailers,
+                let trailers = ChunkedDecoder.forwardableTrailers(raw)
+            {
+                var end = ByteBuffer(string: "0\r\n")
+                end.writeImmutableBuffer(trailers)
+                end.writeStaticString("\r\n")
+                sendToClient(end)
+            } else {
+                sendToClient(lastChunk)
+            }
         }
         let (next, clean) = lifecycle.responseFinished()
         if !clean { exchange.upstreamReusable = false }

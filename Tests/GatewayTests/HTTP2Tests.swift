@@ -170,6 +170,24 @@ import Testing
         }
     }
 
+    @Test func trailersPassToHTTP2AndHTTP1Clients() async throws {
+        try await Self.withH2Gateway { _, clear, _, _ in
+            // An HTTP/2 client gets them as a last HEADERS; what a trailer must not carry is dropped.
+            let (_, nghttp) = try await onItsOwnThread {
+                try runTool("/usr/bin/nghttp", ["-nv", "http://127.0.0.1:\(clear)/trailers"])
+            }
+            let last = nghttp.components(separatedBy: "recv (stream_id=13) ").dropFirst().map { $0.prefix(40) }
+            #expect(last.contains { $0.hasPrefix("grpc-status: 0") }, "\(nghttp)")
+            #expect(last.contains { $0.hasPrefix("x-checksum: abc") }, "\(nghttp)")
+            #expect(!last.contains { $0.hasPrefix("content-length: 99") }, "\(nghttp)")
+            #expect(nghttp.contains("flags=0x05, stream_id=13"), "\(nghttp)")  // HEADERS with END_STREAM
+            // An HTTP/1.1 client in the chunked body's trailer section.
+            let (_, raw) = try await Self.curl(["--http1.1", "--raw", "-i", "http://127.0.0.1:\(clear)/trailers"])
+            #expect(raw.contains("0\r\ngrpc-status: 0\r\nx-checksum: abc\r\n\r\n"), "\(raw)")
+            #expect(!raw.contains("99"), "\(raw)")
+        }
+    }
+
     @Test func nghttpAndH2loadMultiplexManyStreams() async throws {
         try await Self.withH2Gateway { _, clear, secure, _ in
             let (s1, nghttp) = try await onItsOwnThread {

@@ -217,7 +217,12 @@ final class H2Lane: ByteStream {
                         last = sendData(slice, end: false, streamID)
                     case .end:
                         response = .done
-                        last = sendData(ByteBuffer(), end: true, streamID)
+                        if let raw = decoder.trailers, let trailers = H2ResponseHead.trailers(raw) {
+                            // Trailers end the stream as a last HEADERS (RFC 9113 8.1).
+                            connection.send(HTTP2Frame(streamID: streamID, payload: .headers(.init(headers: trailers, endStream: true))), promise: nil)
+                        } else {
+                            last = sendData(ByteBuffer(), end: true, streamID)
+                        }
                         bytes.moveReaderIndex(to: bytes.writerIndex)
                     }
                 } catch {

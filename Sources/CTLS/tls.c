@@ -287,6 +287,11 @@ void mg_tls_client_settings(SSL_CTX *ctx, int verify) {
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 }
 
+int mg_tls_client_offer_h2(SSL *ssl) {
+    static const unsigned char alpn[] = "\x02h2";
+    return SSL_set_alpn_protos(ssl, alpn, sizeof alpn - 1) == 0;
+}
+
 int mg_tls_expect_ip(SSL *ssl, const char *ip) {
     return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip) == 1;
 }

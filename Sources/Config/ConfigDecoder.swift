@@ -434,7 +434,7 @@ struct ConfigDecoder {
                     value, path,
                     allowed: [
                         "targets", "connect_timeout", "read_timeout", "pool", "balancer", "hash_key", "retries", "try_timeout", "retry_budget",
-                        "passive_health", "circuit_breaker", "health_check", "tls",
+                        "passive_health", "circuit_breaker", "health_check", "tls", "protocol",
                     ])
             else { continue }
             var targets: [Upstream.Target] = []
@@ -465,6 +465,13 @@ struct ConfigDecoder {
             }
             decodeResilience(map, path, into: &upstream)
             if let n = map["tls"]?.value { upstream.tls = decodeUpstreamTLS(n, r.join(path, "tls")) }
+            if let n = map["protocol"]?.value, let text = r.string(n, r.join(path, "protocol")) {
+                switch text {
+                case "http1", "http/1.1": upstream.h2 = false
+                case "h2", "http2": upstream.h2 = true
+                default: r.fail(n, r.join(path, "protocol"), "expected http1 or h2, got \"\(text)\"")
+                }
+            }
             out.append(upstream)
         }
         return out

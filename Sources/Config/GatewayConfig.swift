@@ -266,6 +266,10 @@ public struct Upstream: Sendable, Equatable {
     public var healthCheck: HealthCheck?
     /// `tls:`: connections to the targets speak TLS; nil (the default): plaintext.
     public var tls: UpstreamTLS?
+    /// `protocol:` what the targets speak: `http1` (the default) or `h2`, HTTP/2 (with prior
+    /// knowledge in clear, with ALPN `h2` over `tls:`), its streams multiplexed on pooled
+    /// connections: what gRPC services need.
+    public var h2 = false
 
     public struct HealthCheck: Sendable, Equatable {
         /// Requested with GET on each target.

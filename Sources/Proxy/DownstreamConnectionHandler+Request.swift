@@ -196,6 +196,7 @@ extension DownstreamConnectionHandler {
         if !downstreamWritable { connection.setReadsPaused(true) }
         lifecycle.connected()
         connection.write(exchange.attempt.upstreamHead!)
+        if !lifecycle.requestBodyDone { exchange.attempt.bodyStarted = true }
         if !lifecycle.requestBodyDone, var body = inbound {
             inbound = nil
             forwardRequestBody(&body)

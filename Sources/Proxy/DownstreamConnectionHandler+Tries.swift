@@ -125,10 +125,11 @@ extension DownstreamConnectionHandler {
         respondError(error)
     }
 
-    /// Never after the client got a byte; only what can be sent again whole; idempotent
+    /// Never after the client got a byte; only what can be sent again whole (a body still
+    /// streaming, only while no try has started sending it); idempotent
     /// methods unless the route allows more; within the tries and the retry budget.
     private func canRetry() -> Bool {
-        guard let balancer = exchange.attempt.balancer, let route = exchange.route, exchange.attempt.forwardedHead != nil, lifecycle.mayRetry, exchange.attempt.retryableBody, exchange.policy.edits.target == nil,
+        guard let balancer = exchange.attempt.balancer, let route = exchange.route, exchange.attempt.forwardedHead != nil, lifecycle.mayRetry, exchange.attempt.retryableBody || !exchange.attempt.bodyStarted, exchange.policy.edits.target == nil,
             exchange.attempt.count < (exchange.policy.edits.retries.map { $0 + 1 } ?? balancer.upstream.maxTries), exchange.request.isIdempotent || route.retryNonIdempotent else { return false }
         return true
     }

@@ -140,6 +140,9 @@ struct Attempt {
     var hashKey: UInt64?
     /// The whole request went with the head (no body left to stream), so it can be sent again.
     var retryableBody = false
+    /// A try has started streaming the request body upstream: from then on it cannot be sent
+    /// again. Before (a connect that failed), the body waits untouched for the next try.
+    var bodyStarted = false
     /// `pool.health.inFlight` counts this try.
     var pending = false
     /// When the current try was sent.
@@ -157,6 +160,7 @@ struct Attempt {
         count = 0
         hashKey = nil
         retryableBody = false
+        bodyStarted = false
         pending = false
     }
 }

@@ -218,7 +218,7 @@ final class CompiledUpstream: Sendable {
         let tlsIdentity = self.tlsIdentity
         self.targets = try upstream.targets.map { t in
             let address = try SocketAddress.makeAddressResolvingHost(t.address.host, port: t.address.port)
-            return Target(key: TargetKey(host: t.address.host, port: t.address.port, tls: tlsIdentity), address: address, weight: t.weight)
+            return Target(key: TargetKey(host: t.address.host, port: t.address.port, tls: tlsIdentity, h2: upstream.h2), address: address, weight: t.weight)
         }
         self.settings = PoolSettings(
             connectTimeout: TimeAmount(upstream.connectTimeout), readTimeout: TimeAmount(upstream.readTimeout),
@@ -227,7 +227,7 @@ final class CompiledUpstream: Sendable {
             breaker: TargetBreaker.Settings(
                 failures: upstream.breaker.failures, ratio: upstream.breaker.ratio, minRequests: upstream.breaker.minRequests,
                 window: TimeAmount(upstream.breaker.window), openTime: TimeAmount(upstream.breaker.openTime), probes: upstream.breaker.probes),
-            maxConnections: upstream.maxConnections, queue: upstream.queue, queueTimeout: TimeAmount(upstream.queueTimeout))
+            maxConnections: upstream.maxConnections, queue: upstream.queue, queueTimeout: TimeAmount(upstream.queueTimeout), h2: upstream.h2)
     }
 }
 
@@ -239,6 +239,8 @@ struct TargetKey: Hashable, Sendable {
     /// How connections to it speak TLS (nil: plaintext): the same address with other TLS
     /// settings is another pool, never handed a connection made for different settings.
     var tls: UpstreamTLSIdentity? = nil
+    /// HTTP/2 connections (`protocol: h2`) are another pool too.
+    var h2 = false
 }
 
 /// An upstream's TLS settings without where they are written: what makes its connections
@@ -290,6 +292,8 @@ struct PoolSettings: Sendable, Equatable {
     var maxConnections = 0
     var queue = 256
     var queueTimeout = TimeAmount.seconds(1)
+    /// The targets speak HTTP/2: a pooled "connection" is a stream lane on a shared one.
+    var h2 = false
 }
 
 extension TimeAmount {

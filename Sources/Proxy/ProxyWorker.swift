@@ -127,7 +127,7 @@ public final class ProxyWorker {
     /// The pool for a target a script named, made on first use (nil past `maxDynamicPools`).
     /// Connections speak TLS as `upstream`'s targets do.
     func dynamicPool(_ named: TargetKey, _ address: SocketAddress, upstream: CompiledUpstream) -> TargetPool? {
-        let key = TargetKey(host: named.host, port: named.port, tls: upstream.tlsIdentity)
+        let key = TargetKey(host: named.host, port: named.port, tls: upstream.tlsIdentity, h2: upstream.settings.h2)
         if let pool = pools[key] { return pool }
         guard dynamicPools < Self.maxDynamicPools else { return nil }
         dynamicPools += 1

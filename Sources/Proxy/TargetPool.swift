@@ -106,6 +106,8 @@ final class TargetPool {
         if let connector {
             let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout, clock: clock, socketLoop: nil)
             future = connector.connect(self, handler: handler).assumeIsolatedUnsafeUnchecked().map { handler }.nonisolated()
+        } else if let loop = socketLoop, settings.h2 {
+            future = connectH2(on: loop)
         } else if let loop = socketLoop {
             // The gateway's workers: the handler is the socket's delegate, no pipeline.
             let promise = loop.makePromise(of: UpstreamConnectionHandler.self)
@@ -145,6 +147,103 @@ final class TargetPool {
                 pool.wakeNext()
             }
         }
+    }
+
+    /// HTTP/2 connections to the target (`protocol: h2`), whose lanes are this pool's connections.
+    private var h2Connections: [H2ClientConnection] = []
+
+    /// A lane on a connection with room, or on a new connection.
+    private func connectH2(on loop: SocketLoop) -> EventLoopFuture<UpstreamConnectionHandler> {
+        let settings = self.settings
+        let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout, clock: clock, socketLoop: loop)
+        if let shared = h2Connections.first(where: { $0.hasRoom }) {
+            handler.attach(h2: shared.makeLane())
+            let ready = loop.makePromise(of: UpstreamConnectionHandler.self)
+            ready.assumeIsolatedUnsafeUnchecked().succeed(handler)
+            return ready.futureResult
+        }
+        let promise = loop.makePromise(of: UpstreamConnectionHandler.self)
+        TCPClient.connectSocket(to: address, on: loop, timeout: settings.connectTimeout) { result in
+            switch result {
+            case .success(let connection):
+                if let tls = self.tls {
+                    self.handshakeH2(connection, tls: tls, handler: handler, on: loop, promise: promise)
+                    return
+                }
+                guard let h2 = self.startH2(over: connection, stream: connection, scheme: "http", on: loop) else {
+                    promise.fail(ProxyError.unreachable)
+                    return
+                }
+                handler.attach(h2: h2.makeLane())
+                promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+            case .failure(.timeout):
+                promise.fail(ProxyError.connectTimeout)
+            case .failure:
+                promise.fail(ProxyError.unreachable)
+            }
+        }
+        return promise.futureResult
+    }
+
+    /// TLS with ALPN `h2`, then HTTP/2 over it; a server that does not choose h2 fails the try.
+    private func handshakeH2(
+        _ connection: TCPConnection, tls: UpstreamTLSClient, handler: UpstreamConnectionHandler, on loop: SocketLoop,
+        promise: EventLoopPromise<UpstreamConnectionHandler>
+    ) {
+        let stream: TLSStream
+        do {
+            stream = try TLSStream(connectingOver: connection, client: tls.context, serverName: tls.serverName, address: tls.address, session: tlsSession, http2: true)
+            try connection.start(delegate: stream)
+        } catch {
+            connection.close()
+            promise.fail(ProxyError.upstreamTLS)
+            return
+        }
+        stream.armHandshakeTimeout(settings.connectTimeout, on: loop)
+        stream.onHandshakeEnded = { [unowned stream, self] in
+            guard stream.state == .open else {
+                let reason: String
+                if case .tls(let text) = stream.failure { reason = text } else { reason = "the connection closed during the handshake" }
+                self.tlsFailed(reason)
+                promise.fail(ProxyError.upstreamTLS)
+                return
+            }
+            guard stream.negotiatedH2 else {
+                self.tlsFailed("the server did not choose h2 through ALPN (protocol: h2)")
+                stream.close()
+                promise.fail(ProxyError.upstreamTLS)
+                return
+            }
+            if let session = stream.resumableSession() { self.tlsSession = session }
+            guard let h2 = self.startH2(over: connection, stream: stream, scheme: "https", on: loop) else {
+                promise.fail(ProxyError.unreachable)
+                return
+            }
+            handler.attach(h2: h2.makeLane())
+            promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+        }
+        stream.startHandshake()
+    }
+
+    /// An HTTP/2 client connection over `stream` (the socket itself, or TLS over it): the
+    /// preface first, as prior knowledge or after ALPN chose h2.
+    private func startH2(over connection: TCPConnection, stream: any ByteStream, scheme: String, on loop: SocketLoop) -> H2ClientConnection? {
+        let adopted = stream !== connection
+        let channel = adopted ? SocketChannel(adopting: stream, over: connection) : SocketChannel(connection)
+        if adopted, let tls = stream as? TLSStream { tls.delegate = channel }
+        let h2 = H2ClientConnection(loop: loop, remoteAddress: connection.remoteAddress, scheme: scheme)
+        do {
+            let pipeline = channel.pipeline.syncOperations
+            try pipeline.addHandler(H2ClientConnection.frameHandler())
+            try pipeline.addHandler(h2)
+            try channel.activate()
+        } catch {
+            connection.close()
+            return nil
+        }
+        h2.onClose = { [unowned self, unowned h2] in h2Connections.removeAll { $0 === h2 } }
+        h2Connections.append(h2)
+        return h2
     }
 
     /// TLS over a connected socket: the handler gets it once the handshake has finished; a

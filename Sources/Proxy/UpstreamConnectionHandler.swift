@@ -56,6 +56,13 @@ final class UpstreamConnectionHandler: ByteStreamDelegate {
         stream.delegate = self
     }
 
+    /// Takes over a stream lane of an HTTP/2 connection (`protocol: h2`).
+    func attach(h2 lane: H2ClientLane) {
+        io = .h2Client(lane)
+        isActive = lane.isOpen
+        lane.delegate = self
+    }
+
     /// The TLS stream, on a TLS connection.
     var tlsStream: TLSStream? {
         if case .tls(let stream) = io { return stream }

@@ -49,7 +49,11 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
     /// A client side to an upstream: sends `serverName` (SNI) and verifies the certificate is
     /// for it, or for the IP address `address` when there is no name; offers `session` (from
     /// an earlier connection to the same target) for resumption.
-    public init(connectingOver lower: any ByteStream, client: TLSClientContext, serverName: String?, address: String? = nil, session: TLSSession? = nil) throws(SocketError) {
+    /// `http2`: ALPN offers only `h2` (the caller checks ``negotiatedH2`` once open).
+    public init(
+        connectingOver lower: any ByteStream, client: TLSClientContext, serverName: String?, address: String? = nil, session: TLSSession? = nil,
+        http2: Bool = false
+    ) throws(SocketError) {
         guard let ssl = SSL_new(client.context) else { throw .tls("cannot create a TLS connection") }
         self.lower = lower
         self.certificates = nil
@@ -66,6 +70,7 @@ public final class TLSStream: ByteStream, ByteStreamDelegate {
             _ = mg_tls_send_server_name(ssl, serverName)
         }
         if let session { _ = SSL_set_session(ssl, session.pointer) }
+        if http2 { _ = mg_tls_client_offer_h2(ssl) }
     }
 
     /// Whether the handshake resumed the session offered.

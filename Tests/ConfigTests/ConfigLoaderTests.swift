@@ -59,6 +59,11 @@ import Testing
         #expect(found.contains { $0.contains("listeners[0].h2c: h2c is HTTP/2 without TLS") }, "\(found)")
         #expect(found.contains { $0.contains("listeners[1].http2: http2 is a TLS listener's ALPN offer") }, "\(found)")
         #expect(found.contains { $0.contains("limits.max_concurrent_streams") }, "\(found)")
+        // An upstream's protocol.
+        let h2 = try ConfigLoader.parse(Self.minimal.replacingOccurrences(of: "targets: [ \"127.0.0.1:9000\" ]", with: "targets: [ \"127.0.0.1:9000\" ]\n    protocol: h2"), file: "gateway.yaml")
+        #expect(h2.upstreams[0].h2)
+        let bad = errors(Self.minimal.replacingOccurrences(of: "targets: [ \"127.0.0.1:9000\" ]", with: "targets: [ \"127.0.0.1:9000\" ]\n    protocol: spdy"))
+        #expect(bad.contains { $0.contains("upstreams.app.protocol: expected http1 or h2") }, "\(bad)")
     }
 
     @Test func namesFileLineAndPathOfAnUnknownUpstream() {

@@ -59,6 +59,8 @@ int mg_tls_set_server_name(SSL *ssl, const char *name);
 const char *mg_tls_server_name(SSL *ssl);
 /// Whether ALPN offers `h2` (HTTP/2) besides `http/1.1` on a server context.
 void mg_tls_offer_h2(SSL_CTX *ctx, int on);
+/// A client connection offers only `h2` through ALPN (an HTTP/2 upstream).
+int mg_tls_client_offer_h2(SSL *ssl);
 /// Whether the handshake chose `h2`.
 int mg_tls_alpn_is_h2(SSL *ssl);
 

@@ -127,7 +127,17 @@ final class H2Connection: ChannelInboundHandler {
         }
     }
 
+    /// Lanes whose request head waits for the rest of this read (see `H2Lane.begin`).
+    private var gathering: [H2Lane] = []
+
+    func gather(_ lane: H2Lane) { gathering.append(lane) }
+
     func channelReadComplete(context: ChannelHandlerContext) {
+        if !gathering.isEmpty {
+            let lanes = gathering
+            gathering.removeAll(keepingCapacity: true)
+            for lane in lanes { lane.endGathering() }
+        }
         reading = false
         if unflushed {
             unflushed = false

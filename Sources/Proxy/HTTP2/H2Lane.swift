@@ -46,6 +46,9 @@ final class H2Lane: ByteStream {
     private var request = RequestSide.ended
     private var response = ResponseSide.done
     private var isHEAD = false
+    /// The answer under way is a gRPC one (`content-type: application/grpc...`): cut short,
+    /// it ends with a gRPC status rather than a reset.
+    private var grpcAnswer = false
     private(set) var isOpen = true
     /// Request bytes the handler has not taken yet (its reads are paused).
     private var held: ByteBuffer?
@@ -78,14 +81,32 @@ final class H2Lane: ByteStream {
         var head = connection.allocator.buffer(capacity: 512)
         guard let (isHEAD, hasLength) = H2RequestHead.write(headers, endStream: endStream, into: &head) else { return .protocolError }
         self.isHEAD = isHEAD
+        grpcAnswer = false
         streamID = id
         request = endStream ? .ended : (hasLength ? .raw : .chunked)
         response = .head(nil)
         consumed = 0
         sent = 0
         pending = 0
-        deliver(head)
+        if endStream {
+            deliver(head)
+        } else {
+            // Held to the end of this read: DATA that came with the HEADERS reach the handler
+            // with the head, so a body that is already whole (a gRPC unary call's) may be
+            // sent again to another target if the first try fails.
+            if held == nil { held = head } else { held!.writeImmutableBuffer(head) }
+            connection.gather(self)
+        }
         return nil
+    }
+
+    /// The read that brought the stream's HEADERS is over: what was held goes to the handler.
+    func endGathering() {
+        guard !readsPaused, isOpen, let bytes = held else { return }
+        held = nil
+        let body = heldBody
+        heldBody = 0
+        hand(bytes, body: body)
     }
 
     /// DATA for the current stream; `flowControlled` counts its padding too, all of which
@@ -268,6 +289,7 @@ final class H2Lane: ByteStream {
             return nil
         }
         soFar.moveReaderIndex(forwardBy: end)
+        grpcAnswer = headers.first(name: "content-type")?.hasPrefix("application/grpc") ?? false
         let interim = parsed.status < 200
         let endStream: Bool
         if interim {
@@ -336,6 +358,12 @@ final class H2Lane: ByteStream {
         }
     }
 
+    /// No final answer head has gone out yet.
+    private var isHeadPending: Bool {
+        if case .head = response { return true }
+        return false
+    }
+
     // MARK: closing
 
     func close(error: SocketError?) {
@@ -343,6 +371,17 @@ final class H2Lane: ByteStream {
         if let streamID {
             if case .untilClose = response {
                 connection.send(HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+                response = .done
+                if case .ended = request {} else {
+                    connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.noError)), promise: nil)
+                }
+            } else if grpcAnswer, !isHeadPending {
+                // A gRPC answer cut short (its upstream gone): trailers with UNAVAILABLE, which
+                // a client may retry, rather than a reset it would read as INTERNAL.
+                var trailers = HPACKHeaders()
+                trailers.add(name: "grpc-status", value: String(GRPCStatus.unavailable))
+                trailers.add(name: "grpc-message", value: "the upstream ended the call early")
+                connection.send(HTTP2Frame(streamID: streamID, payload: .headers(.init(headers: trailers, endStream: true))), promise: nil)
                 response = .done
                 if case .ended = request {} else {
                     connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.noError)), promise: nil)

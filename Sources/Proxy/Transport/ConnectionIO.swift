@@ -18,6 +18,8 @@ enum ConnectionIO {
     case memory(MemoryPipe.End)
     /// One HTTP/2 stream at a time, served as an HTTP/1.1 connection (`H2Lane`).
     case h2(H2Lane)
+    /// One stream at a time to an HTTP/2 upstream, written as an HTTP/1.1 connection (`H2ClientLane`).
+    case h2Client(H2ClientLane)
     /// Not attached yet, or detached once closed.
     case none
 
@@ -33,6 +35,7 @@ enum ConnectionIO {
         case .tls(let stream): stream.write(bytes, promise: promise)
         case .memory(let end): end.write(bytes, promise: promise)
         case .h2(let lane): lane.write(bytes, promise: promise)
+        case .h2Client(let lane): lane.write(bytes, promise: promise)
         case .none: promise?.fail(ChannelError.ioOnClosedChannel)
         }
     }
@@ -44,6 +47,7 @@ enum ConnectionIO {
         case .tls(let stream): stream.flush()
         case .memory(let end): end.flush()
         case .h2(let lane): lane.flush()
+        case .h2Client(let lane): lane.flush()
         case .none: break
         }
     }
@@ -54,6 +58,7 @@ enum ConnectionIO {
         case .tls(let stream): stream.close()
         case .memory(let end): end.close()
         case .h2(let lane): lane.close(error: nil)
+        case .h2Client(let lane): lane.close(error: nil)
         case .none: break
         }
     }
@@ -80,6 +85,8 @@ enum ConnectionIO {
             end.closeAfterFlush(lingering: linger ? Self.lingerTime : nil, maxDrained: Self.lingerBytes)
         case .h2(let lane):
             lane.closeAfterFlush(lingering: nil, maxDrained: 0)
+        case .h2Client(let lane):
+            lane.closeAfterFlush(lingering: nil, maxDrained: 0)
         case .none:
             break
         }
@@ -92,6 +99,7 @@ enum ConnectionIO {
         case .tls(let stream): if on { stream.resumeReads() } else { stream.pauseReads() }
         case .memory(let end): if on { end.resumeReads() } else { end.pauseReads() }
         case .h2(let lane): if on { lane.resumeReads() } else { lane.pauseReads() }
+        case .h2Client(let lane): if on { lane.resumeReads() } else { lane.pauseReads() }
         case .none: break
         }
     }
@@ -103,6 +111,7 @@ enum ConnectionIO {
         case .tls(let stream): stream.delegate = delegate
         case .memory(let end): end.delegate = delegate
         case .h2(let lane): lane.delegate = delegate
+        case .h2Client(let lane): lane.delegate = delegate
         case .none: break
         }
     }
@@ -113,6 +122,7 @@ enum ConnectionIO {
         case .tls(let stream): return stream
         case .memory(let end): return end
         case .h2(let lane): return lane
+        case .h2Client(let lane): return lane
         case .none: return nil
         }
     }
@@ -123,6 +133,7 @@ enum ConnectionIO {
         case .tls(let stream): return (stream.lower as? TCPConnection)?.loop
         case .memory(let end): return end.loop
         case .h2(let lane): return lane.loop
+        case .h2Client(let lane): return lane.loop
         case .none: return nil
         }
     }
@@ -133,6 +144,7 @@ enum ConnectionIO {
         case .tls(let stream): return stream.remoteAddress
         case .memory(let end): return end.remoteAddress
         case .h2(let lane): return lane.remoteAddress
+        case .h2Client(let lane): return lane.remoteAddress
         case .none: return nil
         }
     }

@@ -234,7 +234,7 @@ final class TargetPool {
         let h2 = H2ClientConnection(loop: loop, remoteAddress: connection.remoteAddress, scheme: scheme)
         do {
             let pipeline = channel.pipeline.syncOperations
-            try pipeline.addHandler(H2ClientConnection.frameHandler())
+            try pipeline.addHandler(H2ClientConnection.frameHandler(delegate: h2))
             try pipeline.addHandler(h2)
             try channel.activate()
         } catch {

@@ -164,7 +164,8 @@ import Testing
     static func withServer(tls: (String, String)? = nil, _ body: (Int, Process) async throws -> Void) async throws {
         let port = try RawClient.freePort()
         let process = try launchServer(WebSocketTests.python, ["-c", server, "\(port)"] + (tls.map { [$0.0, $0.1] } ?? []), port: port, name: "the grpcio server")
-        defer { process.terminate() }
+        // SIGKILL: grpcio's server, blocked in wait_for_termination, outlives a SIGTERM.
+        defer { kill(process.processIdentifier, SIGKILL) }
         try await body(port, process)
     }
 

@@ -231,6 +231,15 @@ import Testing
         }
     }
 
+    @Test func aBodyLongerThanItsLengthIsRefusedNotSmuggled() async throws {
+        try await Self.withH2Gateway { gw, clear, _, _ in
+            let seen = try await Self.attack(clear, "length-mismatch")
+            #expect(seen.resets["1"] == 1, "\(seen)")  // PROTOCOL_ERROR
+            #expect(seen.statuses["3"] == 200, "\(seen)")
+            #expect(seen.statuses.count == 1, "\(seen)")
+        }
+    }
+
     @Test func streamsThatStallAreEndedByTheTimeouts() async throws {
         try await Self.withH2Gateway { _, clear, _, _ in
             // Requests that never finish: answered 504 when the request timeout (4 s) passes

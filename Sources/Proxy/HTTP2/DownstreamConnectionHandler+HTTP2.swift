@@ -59,7 +59,7 @@ extension DownstreamConnectionHandler {
         io = .none
         do {
             let pipeline = channel.pipeline.syncOperations
-            try pipeline.addHandler(H2Connection.frameHandler(worker.generation.shared.config.limits))
+            try pipeline.addHandler(H2Connection.frameHandler(worker.generation.shared.config.limits, delegate: connection))
             try pipeline.addHandler(connection)
             // No read yet: a TLS stream would hand over the plaintext it holds at once,
             // ahead of `bytes`. The stream's own read in progress delivers the rest in order.

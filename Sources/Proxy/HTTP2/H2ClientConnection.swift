@@ -8,7 +8,7 @@ import SocketLoop
 /// ``H2ClientLane``s, each an `UpstreamConnectionHandler`'s connection as the pool sees it, so
 /// pooling, timeouts, retries, breakers and health work as for HTTP/1.1; many lanes share the
 /// one socket.
-final class H2ClientConnection: ChannelInboundHandler {
+final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
@@ -43,7 +43,7 @@ final class H2ClientConnection: ChannelInboundHandler {
 
     /// The `NIOHTTP2Handler` in front: client mode, the header checks ours (we write the
     /// requests; answers are read by the HTTP/1.1 parser once translated).
-    static func frameHandler() -> NIOHTTP2Handler {
+    static func frameHandler(delegate: H2ClientConnection) -> NIOHTTP2Handler {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.headerBlockValidation = .disabled
         connection.initialSettings = [
@@ -51,7 +51,7 @@ final class H2ClientConnection: ChannelInboundHandler {
             HTTP2Setting(parameter: .initialWindowSize, value: 65535),
             HTTP2Setting(parameter: .maxHeaderListSize, value: 64 * 1024),
         ]
-        return NIOHTTP2Handler(mode: .client, connectionConfiguration: connection)
+        return NIOHTTP2Handler(mode: .client, frameDelegate: delegate, connectionConfiguration: connection)
     }
 
     /// Whether another lane may open here.
@@ -68,6 +68,11 @@ final class H2ClientConnection: ChannelInboundHandler {
     func startStream(_ lane: H2ClientLane) -> HTTP2StreamID? {
         guard !goingAway, !closed else { return nil }
         let id = nextStreamID
+        // Stream ids run out after 2^30 requests: the connection retires, a new one follows.
+        guard Int32(id) < Int32.max - 2 else {
+            goingAway = true
+            return nil
+        }
         nextStreamID = HTTP2StreamID(Int32(id) + 2)
         streams[id] = lane
         return id
@@ -145,13 +150,18 @@ final class H2ClientConnection: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// As on the server side: stream errors come here too; a connection error is known by
+    /// the GOAWAY NIO writes for it.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let failed = error as? NIOHTTP2Errors.StreamError {
-            if let lane = streams.removeValue(forKey: failed.streamID) { lane.streamReset() }
-            return
+        if let failed = error as? NIOHTTP2Errors.StreamError, let lane = streams.removeValue(forKey: failed.streamID) {
+            lane.streamReset()
         }
+    }
+
+    func wroteFrame(_ frame: HTTP2Frame) {
+        guard case .goAway(_, let code, _) = frame.payload, code != .noError, !closed else { return }
         goingAway = true
-        context.close(promise: nil)
+        loop.enqueue { [self] in context?.close(promise: nil) }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

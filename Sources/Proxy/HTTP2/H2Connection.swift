@@ -14,7 +14,7 @@ import TLS
 /// (NIO grants none by itself without its multiplexer), when writes are flushed (once per
 /// loop turn, for every stream together), and when the connection ends: `GOAWAY` on drain
 /// or idle, close after the `GOAWAY` NIO sends for a connection error.
-final class H2Connection: ChannelInboundHandler {
+final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
@@ -63,7 +63,7 @@ final class H2Connection: ChannelInboundHandler {
     }
 
     /// The `NIOHTTP2Handler` in front of this one: settings from the limits, NIO's defences on.
-    static func frameHandler(_ limits: Limits) -> NIOHTTP2Handler {
+    static func frameHandler(_ limits: Limits, delegate: H2Connection) -> NIOHTTP2Handler {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: limits.maxConcurrentStreams),
@@ -73,7 +73,7 @@ final class H2Connection: ChannelInboundHandler {
         ]
         // Checked by `H2RequestHead` instead (and the answers are ours): see there why.
         connection.headerBlockValidation = .disabled
-        return NIOHTTP2Handler(mode: .server, connectionConfiguration: connection)
+        return NIOHTTP2Handler(mode: .server, frameDelegate: delegate, connectionConfiguration: connection)
     }
 
     /// Streams in progress whose handler holds an exchange, for tests.
@@ -153,15 +153,24 @@ final class H2Connection: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// NIO reports a stream's errors here too (unwrapped, after its RST_STREAM, whose
+    /// `StreamClosedEvent` ends the lane), so an error alone ends nothing: a connection error
+    /// is known by the GOAWAY NIO writes for it (`wroteFrame`).
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let failed = error as? NIOHTTP2Errors.StreamError {
-            // NIO has reset the stream.
             streams[failed.streamID]?.streamReset()
-            return
         }
-        // A connection error: NIO has sent GOAWAY with its code (a flood, a protocol error,
-        // too many resets or glitches). The connection ends once that is out.
-        closeAfterFlush()
+    }
+
+    /// NIO's frames as they are written: a GOAWAY with an error (a flood, a protocol error,
+    /// too many resets or glitches) ends the connection once it is out.
+    func wroteFrame(_ frame: HTTP2Frame) {
+        guard case .goAway(_, let code, _) = frame.payload, code != .noError, !closed else { return }
+        goingAway = true
+        // Nothing more is read from an abusive peer; the close waits for the GOAWAY itself,
+        // which NIO writes after telling us.
+        try? context?.channel.syncOptions?.setOption(.autoRead, value: false)
+        loop.enqueue { [self] in closeAfterFlush() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

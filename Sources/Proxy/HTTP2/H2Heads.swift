@@ -18,17 +18,20 @@ import NIOHPACK
 enum H2RequestHead {
     /// Writes the head into `out`; returns whether the method is HEAD and whether the block
     /// gave the body's length, or nil when the stream must be refused.
-    static func write(_ headers: HPACKHeaders, endStream: Bool, into out: inout ByteBuffer) -> (isHEAD: Bool, hasLength: Bool)? {
+    static func write(_ headers: HPACKHeaders, endStream: Bool, into out: inout ByteBuffer) -> (isHEAD: Bool, length: Int?)? {
+        // One pass (each step through the block copies its strings): the pseudo-fields come
+        // first, so the request line is written when the first regular field shows up.
         var method: String?
         var path: String?
         var authority: String?
         var scheme = false
-        var regular = false
-        var hasLength = false
+        var lineWritten = false
+        var length: Int?
+        var cookies: String?
         for (name, value, _) in headers {
             guard isFieldValue(value) else { return nil }
             if name.utf8.first == UInt8(ascii: ":") {
-                guard !regular else { return nil }
+                guard !lineWritten else { return nil }
                 switch name {
                 case ":method":
                     guard method == nil else { return nil }
@@ -47,21 +50,54 @@ enum H2RequestHead {
                 }
                 continue
             }
-            regular = true
+            if !lineWritten {
+                guard writeLine(method, path, authority, scheme, into: &out) else { return nil }
+                lineWritten = true
+            }
             guard isLowerToken(name) else { return nil }
             switch name.utf8.count {
             case 2 where name == "te":
+                // `te: trailers` is hop-by-hop: not passed on.
                 guard value == "trailers" else { return nil }
+                continue
+            case 4 where name == "host":
+                // `:authority` wins over a `host` field (RFC 9113 8.3.1).
+                if authority != nil { continue }
+            case 6 where name == "cookie":
+                // HTTP/2 may split cookies into fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+                if cookies == nil { cookies = value } else { cookies! += "; " + value }
+                continue
             case 7 where name == "upgrade", 10 where name == "connection", 10 where name == "keep-alive",
                 16 where name == "proxy-connection", 17 where name == "transfer-encoding":
                 return nil
             case 14 where name == "content-length":
-                hasLength = true
+                // One, and digits only: the lane frames the body by it (RFC 9113 8.1.1).
+                guard length == nil, value.utf8.count <= 18, let n = Int(value), n >= 0, value.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+                length = n
             default:
                 break
             }
+            out.writeString(name)
+            out.writeStaticString(": ")
+            out.writeString(value)
+            out.writeStaticString("\r\n")
         }
-        guard let method, let path, scheme, method != "CONNECT", isToken(method), isRequestTarget(path) else { return nil }
+        if !lineWritten {
+            guard writeLine(method, path, authority, scheme, into: &out) else { return nil }
+        }
+        if let cookies {
+            out.writeStaticString("cookie: ")
+            out.writeString(cookies)
+            out.writeStaticString("\r\n")
+        }
+        if !endStream, length == nil { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        out.writeStaticString("\r\n")
+        return (method == "HEAD", length)
+    }
+
+    /// The request line and Host, once the pseudo-fields are known to be whole and usable.
+    private static func writeLine(_ method: String?, _ path: String?, _ authority: String?, _ scheme: Bool, into out: inout ByteBuffer) -> Bool {
+        guard let method, let path, scheme, method != "CONNECT", isToken(method), isRequestTarget(path) else { return false }
         out.writeString(method)
         out.writeStaticString(" ")
         out.writeString(path)
@@ -71,33 +107,7 @@ enum H2RequestHead {
             out.writeString(authority)
             out.writeStaticString("\r\n")
         }
-        var cookies: String?
-        for (name, value, _) in headers {
-            if name.utf8.first == UInt8(ascii: ":") { continue }
-            switch name {
-            // `:authority` wins over a `host` field (RFC 9113 8.3.1); `te: trailers` is hop-by-hop.
-            case "host" where authority != nil, "te":
-                continue
-            // HTTP/2 may split cookies into fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
-            case "cookie":
-                if cookies == nil { cookies = value } else { cookies! += "; " + value }
-                continue
-            default:
-                break
-            }
-            out.writeString(name)
-            out.writeStaticString(": ")
-            out.writeString(value)
-            out.writeStaticString("\r\n")
-        }
-        if let cookies {
-            out.writeStaticString("cookie: ")
-            out.writeString(cookies)
-            out.writeStaticString("\r\n")
-        }
-        if !endStream, !hasLength { out.writeStaticString("transfer-encoding: chunked\r\n") }
-        out.writeStaticString("\r\n")
-        return (method == "HEAD", hasLength)
+        return true
     }
 
     private static func isToken(_ s: String) -> Bool {

@@ -26,8 +26,10 @@ final class H2Lane: ByteStream {
     private(set) var streamID: HTTP2StreamID?
 
     private enum RequestSide {
-        /// The body's DATA are forwarded as they are (a length was given, or there is none).
-        case raw
+        /// The body's DATA are forwarded as they are: `content-length` said how many bytes are
+        /// left, and the DATA must come to exactly that (else the stream is reset: a body the
+        /// handler did not frame would reach it as a next request).
+        case raw(remaining: Int)
         /// No length: each DATA becomes a chunk.
         case chunked
         /// END_STREAM came (delivered, or held while reads are paused).
@@ -79,11 +81,11 @@ final class H2Lane: ByteStream {
     /// stream with when the head cannot be an HTTP/1.1 request.
     func begin(_ id: HTTP2StreamID, headers: HPACKHeaders, endStream: Bool) -> HTTP2ErrorCode? {
         var head = connection.allocator.buffer(capacity: 512)
-        guard let (isHEAD, hasLength) = H2RequestHead.write(headers, endStream: endStream, into: &head) else { return .protocolError }
+        guard let (isHEAD, length) = H2RequestHead.write(headers, endStream: endStream, into: &head) else { return .protocolError }
         self.isHEAD = isHEAD
         grpcAnswer = false
         streamID = id
-        request = endStream ? .ended : (hasLength ? .raw : .chunked)
+        request = endStream ? .ended : (length.map { .raw(remaining: $0) } ?? .chunked)
         response = .head(nil)
         consumed = 0
         sent = 0
@@ -113,8 +115,13 @@ final class H2Lane: ByteStream {
     /// the stream's window gets back once the handler has taken the data.
     func receive(_ data: ByteBuffer, flowControlled: Int, endStream: Bool) {
         switch request {
-        case .raw:
-            if endStream { request = .ended }
+        case .raw(let remaining):
+            let left = remaining - data.readableBytes
+            guard left >= 0, !endStream || left == 0 else {
+                resetStream(.protocolError)
+                return
+            }
+            request = endStream ? .ended : .raw(remaining: left)
             if data.readableBytes > 0 || flowControlled > 0 { deliver(data, body: flowControlled) }
         case .chunked:
             var framed = connection.allocator.buffer(capacity: data.readableBytes + 16)
@@ -138,7 +145,11 @@ final class H2Lane: ByteStream {
     /// Trailers (a second HEADERS) end the request; an HTTP/1.1 upstream hears only the end.
     func receiveTrailers() {
         switch request {
-        case .raw:
+        case .raw(let remaining):
+            guard remaining == 0 else {
+                resetStream(.protocolError)
+                return
+            }
             request = .ended
         case .chunked:
             request = .ended

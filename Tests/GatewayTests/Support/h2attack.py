@@ -83,7 +83,8 @@ class Client:
         r = self.result
         sid = str(frame.stream_id)
         if isinstance(frame, GoAwayFrame):
-            r["goaway"] = frame.error_code
+            if r["goaway"] is None:  # the first one says why
+                r["goaway"] = frame.error_code
         elif isinstance(frame, RstStreamFrame):
             r["resets"][sid] = frame.error_code
         elif isinstance(frame, HeadersFrame):
@@ -178,6 +179,13 @@ def main():
         n = int(arg or "50")
         c.send(b"".join(c.headers(1 + 2 * i, "/echo/" + str(i)) for i in range(n)))
         print(json.dumps(c.read(15, lambda r: len(r["ended"]) >= n)))
+    elif attack == "length-mismatch":
+        # A body longer than its content-length, the rest shaped as a second request: the
+        # stream must be refused, never the tail served as a request of its own.
+        c.send(c.headers(1, "/upload", end_stream=False, method="POST", extra=[("content-length", "5")]))
+        c.send(DataFrame(1, data=b"helloGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n", flags=["END_STREAM"]).serialize())
+        c.send(c.headers(3, "/after"))
+        print(json.dumps(c.read(5, lambda r: 3 in r["ended"] or r["goaway"] is not None)))
     elif attack == "grpc-deadline":
         # Not an attack: a gRPC call with its own deadline (grpc-timeout), which the gateway
         # must keep even when its own request timeout is longer.

@@ -116,7 +116,10 @@ final class TargetPool {
                 case .success(let connection):
                     let handler = UpstreamConnectionHandler(readTimeout: settings.readTimeout, idleTimeout: settings.idleTimeout, clock: clock, socketLoop: loop)
                     if let tls = self.tls {
-                        self.handshake(connection, tls: tls, handler: handler, on: loop, timeout: settings.connectTimeout, promise: promise)
+                        self.handshake(connection, tls: tls, on: loop, timeout: settings.connectTimeout, promise: promise) { stream in
+                            handler.attach(tls: stream)
+                            promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+                        }
                         return
                     }
                     do {
@@ -167,7 +170,16 @@ final class TargetPool {
             switch result {
             case .success(let connection):
                 if let tls = self.tls {
-                    self.handshakeH2(connection, tls: tls, handler: handler, on: loop, promise: promise)
+                    self.handshake(connection, tls: tls, http2: true, on: loop, timeout: settings.connectTimeout, promise: promise) { stream in
+                        // The session is kept at once: an HTTP/2 connection serves many requests.
+                        if let session = stream.resumableSession() { self.tlsSession = session }
+                        guard let h2 = self.startH2(over: connection, stream: stream, scheme: "https", on: loop) else {
+                            promise.fail(ProxyError.unreachable)
+                            return
+                        }
+                        handler.attach(h2: h2.makeLane())
+                        promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+                    }
                     return
                 }
                 guard let h2 = self.startH2(over: connection, stream: connection, scheme: "http", on: loop) else {
@@ -183,46 +195,6 @@ final class TargetPool {
             }
         }
         return promise.futureResult
-    }
-
-    /// TLS with ALPN `h2`, then HTTP/2 over it; a server that does not choose h2 fails the try.
-    private func handshakeH2(
-        _ connection: TCPConnection, tls: UpstreamTLSClient, handler: UpstreamConnectionHandler, on loop: SocketLoop,
-        promise: EventLoopPromise<UpstreamConnectionHandler>
-    ) {
-        let stream: TLSStream
-        do {
-            stream = try TLSStream(connectingOver: connection, client: tls.context, serverName: tls.serverName, address: tls.address, session: tlsSession, http2: true)
-            try connection.start(delegate: stream)
-        } catch {
-            connection.close()
-            promise.fail(ProxyError.upstreamTLS)
-            return
-        }
-        stream.armHandshakeTimeout(settings.connectTimeout, on: loop)
-        stream.onHandshakeEnded = { [unowned stream, self] in
-            guard stream.state == .open else {
-                let reason: String
-                if case .tls(let text) = stream.failure { reason = text } else { reason = "the connection closed during the handshake" }
-                self.tlsFailed(reason)
-                promise.fail(ProxyError.upstreamTLS)
-                return
-            }
-            guard stream.negotiatedH2 else {
-                self.tlsFailed("the server did not choose h2 through ALPN (protocol: h2)")
-                stream.close()
-                promise.fail(ProxyError.upstreamTLS)
-                return
-            }
-            if let session = stream.resumableSession() { self.tlsSession = session }
-            guard let h2 = self.startH2(over: connection, stream: stream, scheme: "https", on: loop) else {
-                promise.fail(ProxyError.unreachable)
-                return
-            }
-            handler.attach(h2: h2.makeLane())
-            promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
-        }
-        stream.startHandshake()
     }
 
     /// An HTTP/2 client connection over `stream` (the socket itself, or TLS over it): the
@@ -246,15 +218,17 @@ final class TargetPool {
         return h2
     }
 
-    /// TLS over a connected socket: the handler gets it once the handshake has finished; a
-    /// failed one (a certificate that does not verify, say) fails the try with the reason logged.
+    /// TLS over a connected socket: `opened` gets the stream once the handshake has finished
+    /// (with ALPN `h2` for `http2`, which the server must choose); a failed one (a certificate
+    /// that does not verify, say) fails the try with the reason logged.
     private func handshake(
-        _ connection: TCPConnection, tls: UpstreamTLSClient, handler: UpstreamConnectionHandler, on loop: SocketLoop, timeout: TimeAmount,
-        promise: EventLoopPromise<UpstreamConnectionHandler>
+        _ connection: TCPConnection, tls: UpstreamTLSClient, http2: Bool = false, on loop: SocketLoop, timeout: TimeAmount,
+        promise: EventLoopPromise<UpstreamConnectionHandler>, opened: @escaping (TLSStream) -> Void
     ) {
         let stream: TLSStream
         do {
-            stream = try TLSStream(connectingOver: connection, client: tls.context, serverName: tls.serverName, address: tls.address, session: tlsSession)
+            stream = try TLSStream(
+                connectingOver: connection, client: tls.context, serverName: tls.serverName, address: tls.address, session: tlsSession, http2: http2)
             try connection.start(delegate: stream)
         } catch {
             connection.close()
@@ -270,8 +244,13 @@ final class TargetPool {
                 promise.fail(ProxyError.upstreamTLS)
                 return
             }
-            handler.attach(tls: stream)
-            promise.assumeIsolatedUnsafeUnchecked().succeed(handler)
+            if http2, !stream.negotiatedH2 {
+                self.tlsFailed("the server did not choose h2 through ALPN (protocol: h2)")
+                stream.close()
+                promise.fail(ProxyError.upstreamTLS)
+                return
+            }
+            opened(stream)
         }
         stream.startHandshake()
     }

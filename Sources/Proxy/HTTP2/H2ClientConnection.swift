@@ -20,23 +20,22 @@ final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     let remoteAddress: SocketAddress?
     /// The `:scheme` of its requests.
     let scheme: String
-    private var context: ChannelHandlerContext?
+    /// Frames out, flushed once per read or loop turn for every stream.
+    private let output: H2FrameOutput
+    private var context: ChannelHandlerContext? { output.context }
     private var streams: [HTTP2StreamID: H2ClientLane] = [:]
     private var lanes: [ObjectIdentifier: H2ClientLane] = [:]
     private var nextStreamID = HTTP2StreamID(1)
     /// The server sent GOAWAY (or the connection failed): no new stream starts here.
     private(set) var goingAway = false
     private(set) var closed = false
-    private var reading = false
-    private var unflushed = false
-    private var flushScheduled = false
-    private var connectionCredit = 0
     private(set) var channelWritable = true
     /// Called once, when the connection has closed (the pool forgets it).
     var onClose: (() -> Void)?
 
     init(loop: SocketLoop, remoteAddress: SocketAddress?, scheme: String) {
         self.loop = loop
+        self.output = H2FrameOutput(loop: loop)
         self.remoteAddress = remoteAddress
         self.scheme = scheme
     }
@@ -98,8 +97,8 @@ final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
 
     // MARK: channel events
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerAdded(context: ChannelHandlerContext) { output.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { output.context = nil }
 
     func channelActive(context: ChannelHandlerContext) {
         send(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: H2Connection.connectionWindow - 65535)), promise: nil)
@@ -109,17 +108,13 @@ final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        reading = true
+        output.readStarted()
         switch frame.payload {
         case .headers(let headers):
             streams[frame.streamID]?.receiveHeaders(headers.headers, endStream: headers.endStream)
         case .data(let data):
             let length = data.data.readableBytes + (data.paddingBytes.map { $0 + 1 } ?? 0)
-            connectionCredit += length
-            if connectionCredit >= H2Connection.connectionCreditThreshold {
-                send(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionCredit)), promise: nil)
-                connectionCredit = 0
-            }
+            output.received(length)
             guard let lane = streams[frame.streamID], case .byteBuffer(let bytes) = data.data else { return }
             lane.receiveData(bytes, flowControlled: length, endStream: data.endStream)
         case .goAway:
@@ -134,11 +129,7 @@ final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        reading = false
-        if unflushed {
-            unflushed = false
-            context.flush()
-        }
+        output.readEnded()
         context.fireChannelReadComplete()
     }
 
@@ -172,6 +163,7 @@ final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
+        output.closed = true
         goingAway = true
         let all = Array(lanes.values)
         lanes = [:]
@@ -184,25 +176,9 @@ final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
 
     // MARK: writing
 
-    func send(_ frame: HTTP2Frame, promise: EventLoopPromise<Void>?) {
-        guard let context, !closed else {
-            promise?.fail(ChannelError.ioOnClosedChannel)
-            return
-        }
-        context.write(wrapOutboundOut(frame), promise: promise)
-        unflushed = true
-    }
+    func send(_ frame: HTTP2Frame, promise: EventLoopPromise<Void>?) { output.send(frame, promise: promise) }
 
-    func requestFlush() {
-        guard unflushed, !reading, !flushScheduled else { return }
-        flushScheduled = true
-        loop.enqueue { [self] in
-            flushScheduled = false
-            guard unflushed, let context, !closed else { return }
-            unflushed = false
-            context.flush()
-        }
-    }
+    func requestFlush() { output.requestFlush() }
 
     func enqueue(_ task: @escaping () -> Void) { loop.enqueue(task) }
 

@@ -33,13 +33,10 @@ final class H2ClientLane: ByteStream {
     private var request = RequestSide.head(nil)
     private var response = ResponseSide.waiting
     private(set) var isOpen = true
-    private var held: ByteBuffer?
-    private var heldBody = 0
-    private var readsPaused = false
-    private var deliveryScheduled = false
+    /// Answer bytes held while the handler's reads are paused; request bytes queued.
+    private let flow = H2LaneFlow()
+    /// Body bytes the handler took since the last stream WINDOW_UPDATE.
     private var consumed = 0
-    private var sent = 0
-    private var pending = 0
     private var reportedWritable = true
 
     init(connection: H2ClientConnection) {
@@ -50,7 +47,7 @@ final class H2ClientLane: ByteStream {
     var remoteAddress: SocketAddress? { connection.remoteAddress }
     /// A request is in progress on the lane.
     var isBusy: Bool { streamID != nil }
-    var isWritable: Bool { connection.channelWritable && pending < H2Connection.laneHighWatermark }
+    var isWritable: Bool { flow.isWritable(channelWritable: connection.channelWritable) }
 
     // MARK: the request (the handler writes HTTP/1.1)
 
@@ -130,7 +127,7 @@ final class H2ClientLane: ByteStream {
         streamID = id
         response = .waiting
         consumed = 0
-        sent = 0
+        flow.streamStarted()
         let endStream: Bool
         switch head.framing {
         case .contentLength(let n) where n > 0:
@@ -172,21 +169,10 @@ final class H2ClientLane: ByteStream {
 
     private func sendData(_ bytes: ByteBuffer, end: Bool) -> EventLoopPromise<Void>? {
         guard let streamID else { return nil }
-        let n = bytes.readableBytes
-        sent += n
         let frame = HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(bytes), endStream: end)))
-        guard sent > H2Connection.untrackedBytes, n > 0 else {
-            connection.send(frame, promise: nil)
-            return nil
-        }
-        let promise = connection.loop.makePromise(of: Void.self)
-        pending += n
-        promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in
-            pending -= n
-            writabilityMayHaveChanged()
-        }
+        let promise = flow.track(bytes.readableBytes, on: connection.loop) { [self] in writabilityMayHaveChanged() }
         connection.send(frame, promise: promise)
-        writabilityMayHaveChanged()
+        if promise != nil { writabilityMayHaveChanged() }
         return promise
     }
 
@@ -290,12 +276,7 @@ final class H2ClientLane: ByteStream {
     }
 
     private func deliver(_ bytes: ByteBuffer, body: Int = 0) {
-        if readsPaused || held != nil {
-            if held == nil { held = bytes } else { held!.writeImmutableBuffer(bytes) }
-            heldBody += body
-            return
-        }
-        hand(bytes, body: body)
+        if !flow.holdIfNeeded(bytes, body: body) { hand(bytes, body: body) }
     }
 
     private func hand(_ bytes: ByteBuffer, body: Int) {
@@ -314,18 +295,11 @@ final class H2ClientLane: ByteStream {
         consumed = 0
     }
 
-    func pauseReads() { readsPaused = true }
+    func pauseReads() { flow.pause() }
 
     func resumeReads() {
-        readsPaused = false
-        guard held != nil, !deliveryScheduled else { return }
-        deliveryScheduled = true
-        connection.enqueue { [self] in
-            deliveryScheduled = false
-            guard !readsPaused, isOpen, let bytes = held else { return }
-            held = nil
-            let body = heldBody
-            heldBody = 0
+        flow.resume(on: connection.loop) { [self] in
+            guard isOpen, let (bytes, body) = flow.takeHeld() else { return }
             hand(bytes, body: body)
         }
     }
@@ -390,7 +364,7 @@ final class H2ClientLane: ByteStream {
     private func shut(error: SocketError?) {
         guard isOpen else { return }
         isOpen = false
-        held = nil
+        flow.dropHeld()
         connection.forget(self)
         let delegate = self.delegate
         self.delegate = nil

@@ -38,17 +38,15 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     let loop: SocketLoop
     let allocator = ByteBufferAllocator()
     let remoteAddress: SocketAddress?
-    private var context: ChannelHandlerContext?
+    /// Frames out, flushed once per read or loop turn for every stream.
+    private let output: H2FrameOutput
+    private var context: ChannelHandlerContext? { output.context }
     /// The lane serving each open stream, and the lanes waiting for the next stream.
     private var streams: [HTTP2StreamID: H2Lane] = [:]
     private var idle: [H2Lane] = []
     private var lastStreamID = HTTP2StreamID(0)
     private(set) var goingAway = false
     private var closed = false
-    private var reading = false
-    private var unflushed = false
-    private var flushScheduled = false
-    private var connectionCredit = 0
     private(set) var channelWritable = true
     private var timer = ConnectionTimer()
     private var lastActivity: NIODeadline
@@ -57,6 +55,7 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
         self.worker = worker
         self.listener = listener
         self.loop = loop
+        self.output = H2FrameOutput(loop: loop)
         self.tls = tls
         self.remoteAddress = remoteAddress
         self.lastActivity = worker.clock.now()
@@ -84,12 +83,12 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     // MARK: channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
+        output.context = context
     }
 
     /// The context holds this handler: dropping it here ends the cycle once the channel closes.
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
+        output.context = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -101,7 +100,7 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        reading = true
+        output.readStarted()
         lastActivity = worker.clock.now()
         switch frame.payload {
         case .headers(let headers):
@@ -113,11 +112,7 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
             startStream(frame.streamID, headers)
         case .data(let data):
             let length = data.data.readableBytes + (data.paddingBytes.map { $0 + 1 } ?? 0)
-            connectionCredit += length
-            if connectionCredit >= Self.connectionCreditThreshold {
-                send(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionCredit)), promise: nil)
-                connectionCredit = 0
-            }
+            output.received(length)
             guard let lane = streams[frame.streamID], case .byteBuffer(let bytes) = data.data else { return }
             lane.receive(bytes, flowControlled: length, endStream: data.endStream)
         default:
@@ -138,11 +133,7 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
             gathering.removeAll(keepingCapacity: true)
             for lane in lanes { lane.endGathering() }
         }
-        reading = false
-        if unflushed {
-            unflushed = false
-            context.flush()
-        }
+        output.readEnded()
         context.fireChannelReadComplete()
     }
 
@@ -181,6 +172,7 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
+        output.closed = true
         timer.cancel()
         worker.unregisterH2(self)
         let lanes = Array(streams.values) + idle
@@ -235,32 +227,14 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
 
     // MARK: writing
 
-    func send(_ frame: HTTP2Frame, promise: EventLoopPromise<Void>?) {
-        guard let context, !closed else {
-            promise?.fail(ChannelError.ioOnClosedChannel)
-            return
-        }
-        context.write(wrapOutboundOut(frame), promise: promise)
-        unflushed = true
-    }
+    func send(_ frame: HTTP2Frame, promise: EventLoopPromise<Void>?) { output.send(frame, promise: promise) }
 
     func sendWindowUpdate(_ id: HTTP2StreamID, _ increment: Int) {
         send(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: increment)), promise: nil)
         requestFlush()
     }
 
-    /// Flushes once for every stream's writes: at the end of the read in progress, else
-    /// after this loop turn.
-    func requestFlush() {
-        guard unflushed, !reading, !flushScheduled else { return }
-        flushScheduled = true
-        loop.enqueue { [self] in
-            flushScheduled = false
-            guard unflushed, let context, !closed else { return }
-            unflushed = false
-            context.flush()
-        }
-    }
+    func requestFlush() { output.requestFlush() }
 
     func enqueue(_ task: @escaping () -> Void) { loop.enqueue(task) }
 
@@ -287,7 +261,6 @@ final class H2Connection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     private func closeAfterFlush() {
         guard !closed, let context else { return }
         context.flush()
-        unflushed = false
         (context.channel as? SocketChannel)?.closeAfterFlush()
     }
 

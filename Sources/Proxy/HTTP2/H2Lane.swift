@@ -52,16 +52,10 @@ final class H2Lane: ByteStream {
     /// it ends with a gRPC status rather than a reset.
     private var grpcAnswer = false
     private(set) var isOpen = true
-    /// Request bytes the handler has not taken yet (its reads are paused).
-    private var held: ByteBuffer?
-    private var readsPaused = false
-    private var deliveryScheduled = false
+    /// Request bytes held while the handler's reads are paused; answer bytes queued.
+    private let flow = H2LaneFlow()
     /// Body bytes the handler took since the last stream WINDOW_UPDATE.
     private var consumed = 0
-    /// DATA bytes sent on this stream, and those of them still queued (tracked by promises
-    /// once a response is large enough for back-pressure to matter).
-    private var sent = 0
-    private var pending = 0
     private var reportedWritable = true
 
     init(connection: H2Connection) {
@@ -88,15 +82,14 @@ final class H2Lane: ByteStream {
         request = endStream ? .ended : (length.map { .raw(remaining: $0) } ?? .chunked)
         response = .head(nil)
         consumed = 0
-        sent = 0
-        pending = 0
+        flow.streamStarted()
         if endStream {
             deliver(head)
         } else {
             // Held to the end of this read: DATA that came with the HEADERS reach the handler
             // with the head, so a body that is already whole (a gRPC unary call's) may be
             // sent again to another target if the first try fails.
-            if held == nil { held = head } else { held!.writeImmutableBuffer(head) }
+            flow.hold(head, body: 0)
             connection.gather(self)
         }
         return nil
@@ -104,10 +97,7 @@ final class H2Lane: ByteStream {
 
     /// The read that brought the stream's HEADERS is over: what was held goes to the handler.
     func endGathering() {
-        guard !readsPaused, isOpen, let bytes = held else { return }
-        held = nil
-        let body = heldBody
-        heldBody = 0
+        guard isOpen, let (bytes, body) = flow.takeHeld() else { return }
         hand(bytes, body: body)
     }
 
@@ -162,16 +152,8 @@ final class H2Lane: ByteStream {
     /// Hands `bytes` to the handler, or holds them while its reads are paused; `body` is
     /// how much of the stream's window they hold.
     private func deliver(_ bytes: ByteBuffer, body: Int = 0) {
-        if readsPaused || held != nil {
-            if held == nil { held = bytes } else { held!.writeImmutableBuffer(bytes) }
-            heldBody += body
-            return
-        }
-        hand(bytes, body: body)
+        if !flow.holdIfNeeded(bytes, body: body) { hand(bytes, body: body) }
     }
-
-    /// Body bytes inside `held` (flow-controlled; credited when the handler takes them).
-    private var heldBody = 0
 
     private func hand(_ bytes: ByteBuffer, body: Int) {
         guard let delegate else { return }
@@ -195,24 +177,11 @@ final class H2Lane: ByteStream {
 
     // MARK: ByteStream (the handler's side)
 
-    var isWritable: Bool { connection.channelWritable && pending < H2Connection.laneHighWatermark }
+    var isWritable: Bool { flow.isWritable(channelWritable: connection.channelWritable) }
 
-    func pauseReads() { readsPaused = true }
+    func pauseReads() { flow.pause() }
 
-    func resumeReads() {
-        readsPaused = false
-        guard held != nil, !deliveryScheduled else { return }
-        // Later: the handler resumes reads from inside its own bookkeeping.
-        deliveryScheduled = true
-        connection.enqueue { [self] in
-            deliveryScheduled = false
-            guard !readsPaused, isOpen, let bytes = held else { return }
-            held = nil
-            let body = heldBody
-            heldBody = 0
-            hand(bytes, body: body)
-        }
-    }
+    func resumeReads() { flow.resume(on: connection.loop) { [self] in endGathering() } }
 
     func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?) {
         var bytes = bytes
@@ -321,22 +290,10 @@ final class H2Lane: ByteStream {
 
     /// Sends one DATA frame; the promise it returns, if any, tracks it for back-pressure.
     private func sendData(_ bytes: ByteBuffer, end: Bool, _ streamID: HTTP2StreamID) -> EventLoopPromise<Void>? {
-        let n = bytes.readableBytes
-        sent += n
         let frame = HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(bytes), endStream: end)))
-        // Small answers go out untracked: a promise per frame costs more than the answer.
-        guard sent > H2Connection.untrackedBytes, n > 0 else {
-            connection.send(frame, promise: nil)
-            return nil
-        }
-        let promise = connection.loop.makePromise(of: Void.self)
-        pending += n
-        promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in
-            pending -= n
-            writabilityMayHaveChanged()
-        }
+        let promise = flow.track(bytes.readableBytes, on: connection.loop) { [self] in writabilityMayHaveChanged() }
         connection.send(frame, promise: promise)
-        writabilityMayHaveChanged()
+        if promise != nil { writabilityMayHaveChanged() }
         return promise
     }
 
@@ -437,7 +394,7 @@ final class H2Lane: ByteStream {
     private func shut(error: SocketError?) {
         guard isOpen else { return }
         isOpen = false
-        held = nil
+        flow.dropHeld()
         connection.forget(self)
         let delegate = self.delegate
         self.delegate = nil

@@ -123,11 +123,23 @@ struct ChunkedDecoder {
         trailers!.writeInteger(c)
     }
 
-    /// The trailer fields a proxy passes on, as `name: value` lines with CRLFs: well-formed
-    /// lines only, and none of those a trailer must not carry or that describe this hop
-    /// (RFC 9110 6.5.1: framing, routing, connection fields). Nil when nothing is left.
+    /// The trailer fields a proxy passes on, as `name: value` lines with CRLFs (nil when none
+    /// is left): see `forEachForwardableTrailer`.
     static func forwardableTrailers(_ raw: ByteBuffer) -> ByteBuffer? {
         var out = ByteBuffer()
+        forEachForwardableTrailer(raw) { name, value in
+            out.writeString(name)
+            out.writeStaticString(": ")
+            out.writeBytes(value)
+            out.writeStaticString("\r\n")
+        }
+        return out.readableBytes > 0 ? out : nil
+    }
+
+    /// Each trailer field of `raw` (as `trailers` kept it) that a proxy passes on, its name
+    /// in lower case: well-formed lines only, and none of those a trailer must not carry or
+    /// that describe this hop (RFC 9110 6.5.1: framing, routing, connection fields).
+    static func forEachForwardableTrailer(_ raw: ByteBuffer, _ body: (String, UnsafeRawBufferPointer) -> Void) {
         raw.withUnsafeReadableBytes { p in
             var i = 0
             while i < p.count {
@@ -141,13 +153,9 @@ struct ChunkedDecoder {
                 if name.hasPrefix("proxy-") || forbiddenTrailers.contains(name) { continue }
                 var v = colon + 1
                 while v < end, p[v] == HTTPBytes.sp || p[v] == HTTPBytes.htab { v += 1 }
-                out.writeString(name)
-                out.writeStaticString(": ")
-                out.writeBytes(UnsafeRawBufferPointer(rebasing: p[v..<end]))
-                out.writeStaticString("\r\n")
+                body(name, UnsafeRawBufferPointer(rebasing: p[v..<end]))
             }
         }
-        return out.readableBytes > 0 ? out : nil
     }
 
     static let forbiddenTrailers: Set<String> = [

@@ -206,9 +206,6 @@ public final class ProxyWorker {
     /// Client connections open on this loop.
     public var connectionCount: Int { connections.count + h2Connections.count }
 
-    /// Client connections open on this loop that speak HTTP/2.
-    public var http2ConnectionCount: Int { h2Connections.count }
-
     /// What connections point at between requests (`Exchange.isVacant`). Set once, at the
     /// end of `init` (it needs the worker); not `lazy`, whose check cost 46 instructions a request.
     private(set) var vacantExchange: Exchange!

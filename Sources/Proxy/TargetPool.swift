@@ -213,7 +213,8 @@ final class TargetPool {
             connection.close()
             return nil
         }
-        h2.onClose = { [unowned self, unowned h2] in h2Connections.removeAll { $0 === h2 } }
+        // Weak: a connection may close after a reload dropped its pool.
+        h2.onClose = { [weak self, unowned h2] in self?.h2Connections.removeAll { $0 === h2 } }
         h2Connections.append(h2)
         return h2
     }

@@ -181,12 +181,6 @@ final class H2ClientConnection: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     func requestFlush() { output.requestFlush() }
 
     func enqueue(_ task: @escaping () -> Void) { loop.enqueue(task) }
-
-    /// Closes the connection (the pool was dropped).
-    func close() {
-        goingAway = true
-        context?.close(promise: nil)
-    }
 }
 
 @available(*, unavailable)

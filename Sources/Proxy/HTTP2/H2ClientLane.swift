@@ -201,18 +201,9 @@ final class H2ClientLane: ByteStream {
             out.writeStaticString(" ")
             out.writeString(DownstreamConnectionHandler.reason(status))
             out.writeStaticString("\r\n")
-            var hasLength = false
-            for (name, value, _) in headers where name.utf8.first != UInt8(ascii: ":") {
-                guard !value.utf8.contains(where: { $0 == HTTPBytes.cr || $0 == HTTPBytes.lf || $0 == 0 }) else {
-                    streamFailed()
-                    return
-                }
-                if name == "content-length" { hasLength = true }
-                if name == "transfer-encoding" || name == "connection" { continue }
-                out.writeString(name)
-                out.writeStaticString(": ")
-                out.writeString(value)
-                out.writeStaticString("\r\n")
+            guard let hasLength = Self.writeFields(headers, into: &out) else {
+                streamFailed()
+                return
             }
             if status < 200 {
                 out.writeStaticString("\r\n")
@@ -235,12 +226,9 @@ final class H2ClientLane: ByteStream {
         case .chunked:
             // Trailers: the last chunk's trailer section.
             var out = ByteBuffer(string: "0\r\n")
-            for (name, value, _) in headers where name.utf8.first != UInt8(ascii: ":") {
-                guard !value.utf8.contains(where: { $0 == HTTPBytes.cr || $0 == HTTPBytes.lf || $0 == 0 }) else { continue }
-                out.writeString(name)
-                out.writeStaticString(": ")
-                out.writeString(value)
-                out.writeStaticString("\r\n")
+            guard Self.writeFields(headers, into: &out) != nil else {
+                streamFailed()
+                return
             }
             out.writeStaticString("\r\n")
             response = .done
@@ -249,6 +237,23 @@ final class H2ClientLane: ByteStream {
             return
         }
         finishIfDone()
+    }
+
+    /// An answer's fields (pseudo-fields, `transfer-encoding` and `connection` left out) as
+    /// HTTP/1.1 lines; whether they gave a length, or nil when a value holds CR, LF or NUL
+    /// (it would end the line early: the stream fails instead).
+    private static func writeFields(_ headers: HPACKHeaders, into out: inout ByteBuffer) -> Bool? {
+        var hasLength = false
+        for (name, value, _) in headers where name.utf8.first != UInt8(ascii: ":") {
+            guard !value.utf8.contains(where: { $0 == HTTPBytes.cr || $0 == HTTPBytes.lf || $0 == 0 }) else { return nil }
+            if name == "content-length" { hasLength = true }
+            if name == "transfer-encoding" || name == "connection" { continue }
+            out.writeString(name)
+            out.writeStaticString(": ")
+            out.writeString(value)
+            out.writeStaticString("\r\n")
+        }
+        return hasLength
     }
 
     func receiveData(_ data: ByteBuffer, flowControlled: Int, endStream: Bool) {

@@ -180,23 +180,12 @@ enum H2ResponseHead {
         return (headers, body)
     }
 
-    /// The handler's trailer lines (`name: value` CRLF, already filtered by
-    /// `ChunkedDecoder.forwardableTrailers`) as a trailing header block; nil when none is left.
+    /// The handler's trailer section (as `ChunkedDecoder.trailers` kept it) as a trailing
+    /// header block, less what a trailer must not pass on; nil when nothing is left.
     static func trailers(_ raw: ByteBuffer) -> HPACKHeaders? {
-        guard let lines = ChunkedDecoder.forwardableTrailers(raw) else { return nil }
         var headers = HPACKHeaders()
-        lines.withUnsafeReadableBytes { p in
-            var i = 0
-            while i < p.count {
-                var end = i
-                while end < p.count, p[end] != HTTPBytes.cr { end += 1 }
-                if let colon = (i..<end).first(where: { p[$0] == HTTPBytes.colon }) {
-                    let name = String(decoding: UnsafeRawBufferPointer(rebasing: p[i..<colon]), as: UTF8.self)
-                    let value = String(decoding: UnsafeRawBufferPointer(rebasing: p[min(colon + 2, end)..<end]), as: UTF8.self)
-                    headers.add(name: name, value: value, indexing: .nonIndexable)
-                }
-                i = end + 2
-            }
+        ChunkedDecoder.forEachForwardableTrailer(raw) { name, value in
+            headers.add(name: name, value: String(decoding: value, as: UTF8.self), indexing: .nonIndexable)
         }
         return headers.isEmpty ? nil : headers
     }

@@ -66,9 +66,6 @@ final class H2Lane: ByteStream {
     var remoteAddress: SocketAddress? { connection.remoteAddress }
     var tls: TLSStream? { connection.tls }
 
-    /// Whether the stream is done both ways, so the lane may take the next one.
-    var isIdle: Bool { streamID == nil }
-
     // MARK: request side (from the connection)
 
     /// Starts serving stream `id` with the request `headers`. Returns the error to reset the

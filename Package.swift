@@ -331,6 +331,7 @@ let package = Package(
             dependencies: [
                 "Proxy", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ]),
         .testTarget(
             name: "GatewayTests",

@@ -67,6 +67,8 @@ final class H2FrameOutput {
 /// the stream's window given back only as the handler takes them). Out: DATA frames queued
 /// and not yet written, counted once a stream has sent enough for back-pressure to matter.
 final class H2LaneFlow {
+    /// DATA are tracked only past this many bytes a stream has sent.
+    static let untrackedBytes = 64 * 1024
     private(set) var held: ByteBuffer?
     /// Flow-controlled bytes inside `held`.
     private var heldBody = 0
@@ -123,11 +125,11 @@ final class H2LaneFlow {
     func isWritable(channelWritable: Bool) -> Bool { channelWritable && pending < H2Connection.laneHighWatermark }
 
     /// A DATA frame of `count` bytes: the promise that tracks it until written, or nil for
-    /// the first `H2Connection.untrackedBytes` of a stream (a promise per frame costs more
+    /// the first `H2LaneFlow.untrackedBytes` of a stream (a promise per frame costs more
     /// than a small answer). `changed` runs when the count drops.
     func track(_ count: Int, on loop: SocketLoop, changed: @escaping () -> Void) -> EventLoopPromise<Void>? {
         sent += count
-        guard sent > H2Connection.untrackedBytes, count > 0 else { return nil }
+        guard sent > H2LaneFlow.untrackedBytes, count > 0 else { return nil }
         let promise = loop.makePromise(of: Void.self)
         pending += count
         promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in

@@ -11,6 +11,7 @@ answer took).
 """
 import json
 import socket
+import struct
 import sys
 import time
 
@@ -100,14 +101,99 @@ class Client:
             r["data"][sid] = r["data"].get(sid, 0) + len(frame.data)
             if "END_STREAM" in frame.flags:
                 r["ended"].append(frame.stream_id)
+        elif isinstance(frame, PingFrame) and "ACK" in frame.flags:
+            r["pong"] = frame.opaque_data.decode()
         elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
             pong = PingFrame(0, opaque_data=frame.opaque_data)
             pong.flags.add("ACK")
             self.send(pong.serialize())
         elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+            r["settings"] = True
             ack = SettingsFrame(0)
             ack.flags.add("ACK")
             self.send(ack.serialize())
+
+
+def raw(type, flags, stream, payload=b""):
+    """A frame as bytes, unchecked (hyperframe refuses some of what these tests send)."""
+    return struct.pack(">I", len(payload))[1:] + bytes([type, flags]) + struct.pack(">I", stream) + payload
+
+
+def conformance(port):
+    """RFC 9113 cases, each on a connection of its own: what the gateway answered."""
+    seen = {}
+
+    def case(name, until=goaway_or_close, seconds=3, settings=None, send=None):
+        c = Client(port, settings=settings)
+        send(c)
+        seen[name] = c.read(seconds, until)
+
+    ended = lambda sid: (lambda r: sid in r["ended"] or str(sid) in r["resets"] or r["goaway"] is not None)
+    case("data-on-idle-stream", send=lambda c: c.send(DataFrame(1, data=b"x", flags=["END_STREAM"]).serialize()))
+    case("window-update-zero", send=lambda c: c.send(raw(8, 0, 0, struct.pack(">I", 0))))
+    case("window-overflow", send=lambda c: c.send(WindowUpdateFrame(0, window_increment=2**31 - 1).serialize() * 2))
+    case("oversized-frame", send=lambda c: c.send(raw(0, 0, 1, b"x" * 16385)))
+    case("bad-initial-window", send=lambda c: c.send(raw(4, 0, 0, struct.pack(">HI", 4, 2**31))))
+    case("bad-max-frame-size", send=lambda c: c.send(raw(4, 0, 0, struct.pack(">HI", 5, 100))))
+    case("settings-ack-with-payload", send=lambda c: c.send(raw(4, 1, 0, b"\0" * 6)))
+    case("headers-on-stream-zero", send=lambda c: c.send(raw(1, 5, 0, c.block("/"))))
+    case("even-stream", send=lambda c: c.send(raw(1, 5, 2, c.block("/"))))
+    case("push-promise", send=lambda c: c.send(raw(5, 4, 1, struct.pack(">I", 2) + c.block("/"))))
+    case("continuation-interleaved", send=lambda c: c.send(raw(1, 1, 1, c.block("/")) + PingFrame(0).serialize()))
+    case("continuation-without-headers", send=lambda c: c.send(raw(9, 4, 1, c.block("/"))))
+    case("bad-padding", send=lambda c: c.send(raw(1, 5 | 8, 1, bytes([200]) + c.block("/"))))
+    case("headers-after-client-reset", send=lambda c: c.send(
+        c.headers(1, "/upload", end_stream=False, method="POST") + RstStreamFrame(1, error_code=8).serialize()
+        + c.headers(1, "/again")))
+    case("data-after-end-stream", until=ended(1), send=lambda c: c.send(
+        c.headers(1, "/delay/300") + DataFrame(1, data=b"x").serialize()))
+    case("priority-on-itself", until=ended(3), send=lambda c: c.send(raw(2, 0, 3, struct.pack(">IB", 3, 16))))
+    case("ping-echo", until=lambda r: "pong" in r, send=lambda c: c.send(PingFrame(0, opaque_data=b"abcdefgh").serialize()))
+    # Padding on both frames of a request, a priority block on its HEADERS: served.
+    case("padded-request", until=ended(1), send=lambda c: c.send(
+        raw(1, 4 | 8 | 0x20, 1, bytes([7]) + struct.pack(">IB", 0, 15)
+            + c.block("/upload", "POST", [("content-length", "5")]) + b"\0" * 7)
+        + raw(0, 1 | 8, 1, bytes([3]) + b"hello" + b"\0" * 3)))
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + SettingsFrame(0).serialize())
+    answer = b""
+    try:
+        while True:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    except OSError:
+        pass
+    first = answer.split(b"\r\n")[0].decode(errors="replace")
+    code = None
+    while len(answer) >= 9 and not answer.startswith(b"HTTP/"):
+        length, kind = int.from_bytes(answer[:3], "big"), answer[3]
+        if kind == 7:
+            code = struct.unpack(">I", answer[13:17])[0]
+        answer = answer[9 + length:]
+    seen["bad-preface"] = {"goaway": code, "closed": True, "resets": {}, "statuses": {}, "data": {}, "ended": [], "seconds": 0, "fields": {"0": {"answer": first}}}
+
+    # A client that gives its window in small steps: the answer waits for them and arrives whole.
+    c = Client(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1000})
+    c.send(c.headers(1, "/bytes/100000"))
+    start = time.time()
+    c.sock.settimeout(0.2)
+    while time.time() - start < 10 and 1 not in c.result["ended"]:
+        try:
+            chunk = c.sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        c.buffer += chunk
+        before = c.result["data"].get("1", 0)
+        c.parse()
+        got = c.result["data"].get("1", 0) - before
+        if got:
+            c.send(WindowUpdateFrame(1, window_increment=got).serialize() + WindowUpdateFrame(0, window_increment=got).serialize())
+    seen["small-windows"] = c.result
+    print(json.dumps(seen))
 
 
 def goaway_or_close(r):
@@ -169,9 +255,12 @@ def main():
         for i in range(10):
             c.send(c.headers(1 + 2 * i, "/upload", end_stream=False, method="POST", extra=[("content-length", "100")]))
         print(json.dumps(c.read(30, lambda r: len(r["resets"]) >= 10 or r["goaway"] is not None)))
-    elif attack == "too-many-streams":
-        # More streams at once than SETTINGS_MAX_CONCURRENT_STREAMS allows.
+    elif attack in ("too-many-streams", "too-many-streams-early"):
+        # More streams at once than SETTINGS_MAX_CONCURRENT_STREAMS allows: once the settings
+        # are acknowledged (a protocol error), or before (the client could not know them yet).
         n = int(arg or "150")
+        if attack == "too-many-streams":
+            c.read(5, lambda r: r.get("settings"))
         c.send(b"".join(c.headers(1 + 2 * i, "/delay/500") for i in range(n)))
         print(json.dumps(c.read(15, lambda r: len(r["resets"]) + len(r["ended"]) >= n)))
     elif attack == "many-streams":
@@ -193,6 +282,8 @@ def main():
                          extra=[("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "500m")]))
         c.send(DataFrame(1, data=b"\x00\x00\x00\x00\x00", flags=["END_STREAM"]).serialize())
         print(json.dumps(c.read(15, lambda r: 1 in r["ended"] or "1" in r["resets"])))
+    elif attack == "conformance":
+        conformance(port)
     else:
         sys.exit("unknown attack " + attack)
 

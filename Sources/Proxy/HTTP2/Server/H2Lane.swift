@@ -1,7 +1,6 @@
 // Hot path: every HTTP/2 request passes through here twice (its head in, its answer out).
 import NIOCore
 import NIOHPACK
-import NIOHTTP2
 import SocketLoop
 import TLS
 
@@ -23,7 +22,11 @@ final class H2Lane: ByteStream {
     private let connection: H2Connection
     var delegate: (any ByteStreamDelegate)?
     /// The stream served now; nil between streams.
-    private(set) var streamID: HTTP2StreamID?
+    private(set) var streamID: UInt32?
+    /// The stream's answer as it goes out: its window and what waits for more.
+    var output = H2StreamOutput()
+    /// What the client may still send on the stream.
+    private var receiveWindow = 0
 
     private enum RequestSide {
         /// The body's DATA are forwarded as they are: `content-length` said how many bytes are
@@ -57,6 +60,8 @@ final class H2Lane: ByteStream {
     /// Body bytes the handler took since the last stream WINDOW_UPDATE.
     private var consumed = 0
     private var reportedWritable = true
+    /// The handler closed after its answer, which still waits for window.
+    private var closeWhenSent = false
 
     init(connection: H2Connection) {
         self.connection = connection
@@ -70,16 +75,17 @@ final class H2Lane: ByteStream {
 
     /// Starts serving stream `id` with the request `headers`. Returns the error to reset the
     /// stream with when the head cannot be an HTTP/1.1 request.
-    func begin(_ id: HTTP2StreamID, headers: HPACKHeaders, endStream: Bool) -> HTTP2ErrorCode? {
+    func begin(_ id: UInt32, headers: HPACKHeaders, endStream: Bool, sendWindow: Int) -> H2ErrorCode? {
         var head = connection.allocator.buffer(capacity: 512)
         guard let (isHEAD, length) = H2RequestHead.write(headers, endStream: endStream, into: &head) else { return .protocolError }
         self.isHEAD = isHEAD
         grpcAnswer = false
         streamID = id
+        output = H2StreamOutput(sendWindow: sendWindow)
+        receiveWindow = H2Connection.streamWindow
         request = endStream ? .ended : (length.map { .raw(remaining: $0) } ?? .chunked)
         response = .head(nil)
         consumed = 0
-        flow.streamStarted()
         if endStream {
             deliver(head)
         } else {
@@ -168,13 +174,40 @@ final class H2Lane: ByteStream {
             consumed = 0
             return
         }
-        connection.sendWindowUpdate(streamID, consumed)
+        receiveWindow += consumed
+        connection.writeWindowUpdate(streamID, consumed)
         consumed = 0
+    }
+
+    /// Takes `n` bytes of the stream's receive window; false when the client sent more than
+    /// it was given (RFC 9113 6.9.1).
+    func takeReceiveWindow(_ n: Int) -> Bool {
+        guard n <= receiveWindow else { return false }
+        receiveWindow -= n
+        return true
+    }
+
+    /// Grows (or, by SETTINGS, shrinks) the stream's send window; false past 2^31-1.
+    func growSendWindow(_ delta: Int) -> Bool {
+        output.sendWindow += delta
+        return output.sendWindow <= H2Wire.maxWindow
+    }
+
+    /// The request has ended (END_STREAM or trailers came): the stream is half-closed (remote).
+    var requestEnded: Bool {
+        if case .ended = request { return true }
+        return false
+    }
+
+    /// The handler has written its whole answer (some may still wait for window).
+    var isAnswered: Bool {
+        if case .done = response { return true }
+        return false
     }
 
     // MARK: ByteStream (the handler's side)
 
-    var isWritable: Bool { flow.isWritable(channelWritable: connection.channelWritable) }
+    var isWritable: Bool { connection.socketWritable && output.queuedBytes < H2Connection.laneHighWatermark }
 
     func pauseReads() { flow.pause() }
 
@@ -182,17 +215,16 @@ final class H2Lane: ByteStream {
 
     func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?) {
         var bytes = bytes
-        guard isOpen, let streamID else {
+        guard isOpen, streamID != nil else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        var last: EventLoopPromise<Void>? = nil
         while bytes.readableBytes > 0 {
             switch response {
             case .head(var soFar):
                 if soFar == nil { soFar = bytes } else { soFar!.writeBuffer(&bytes) }
                 bytes.moveReaderIndex(to: bytes.writerIndex)
-                guard let rest = sendHead(&soFar!, streamID) else {
+                guard let rest = sendHead(&soFar!) else {
                     if case .head = response { response = .head(soFar) }
                     break
                 }
@@ -201,7 +233,7 @@ final class H2Lane: ByteStream {
                 let take = min(remaining, bytes.readableBytes)
                 let slice = bytes.readSlice(length: take)!
                 response = remaining == take ? .done : .length(remaining: remaining - take)
-                last = sendData(slice, end: remaining == take, streamID)
+                sendData(slice, end: remaining == take)
                 if remaining == take { bytes.moveReaderIndex(to: bytes.writerIndex) }
             case .chunked(var decoder):
                 do {
@@ -212,14 +244,14 @@ final class H2Lane: ByteStream {
                     switch event {
                     case .data(let slice):
                         response = .chunked(decoder)
-                        last = sendData(slice, end: false, streamID)
+                        sendData(slice, end: false)
                     case .end:
                         response = .done
-                        if let raw = decoder.trailers, let trailers = H2ResponseHead.trailers(raw) {
+                        if let raw = decoder.trailers, let block = H2ResponseHead.trailers(raw) {
                             // Trailers end the stream as a last HEADERS (RFC 9113 8.1).
-                            connection.send(HTTP2Frame(streamID: streamID, payload: .headers(.init(headers: trailers, endStream: true))), promise: nil)
+                            connection.writeTrailers(self, block: block)
                         } else {
-                            last = sendData(ByteBuffer(), end: true, streamID)
+                            sendData(ByteBuffer(), end: true)
                         }
                         bytes.moveReaderIndex(to: bytes.writerIndex)
                     }
@@ -230,43 +262,43 @@ final class H2Lane: ByteStream {
                     return
                 }
             case .untilClose:
-                last = sendData(bytes, end: false, streamID)
+                sendData(bytes, end: false)
                 bytes.moveReaderIndex(to: bytes.writerIndex)
             case .done:
                 bytes.moveReaderIndex(to: bytes.writerIndex)
             }
             if case .done = response { break }
         }
-        if let promise {
-            if let last { last.futureResult.cascade(to: promise) } else { promise.succeed() }
-        }
+        promise?.succeed()
         if case .done = response { finishIfDone() }
     }
 
     /// Sends the response head once it is complete; returns the bytes after it (nil: not
     /// complete yet, or refused).
-    private func sendHead(_ soFar: inout ByteBuffer, _ streamID: HTTP2StreamID) -> ByteBuffer? {
+    private func sendHead(_ soFar: inout ByteBuffer) -> ByteBuffer? {
+        guard let streamID else { return nil }
         let end: Int? = soFar.withUnsafeReadableBytes { HeadParser.findEnd($0, from: 0) }
         guard let end else {
             if soFar.readableBytes > H2Connection.maxResponseHead { resetStream(.internalError) }
             return nil
         }
         var parsed = ResponseHead()
-        let result: (HPACKHeaders, H2ResponseHead.Body)? = soFar.withUnsafeReadableBytes { p in
+        var block = connection.allocator.buffer(capacity: 256)
+        let result: (H2ResponseHead.Body, Bool)? = soFar.withUnsafeReadableBytes { p in
             let head = UnsafeRawBufferPointer(rebasing: p[0..<end])
             do {
                 try HeadParser.parseResponse(head, into: &parsed, limits: H2Connection.responseHeadLimits)
             } catch {
                 return nil
             }
-            return H2ResponseHead.headers(head, parsed, isHEAD: isHEAD)
+            return H2ResponseHead.write(head, parsed, isHEAD: isHEAD, into: &block)
         }
-        guard let (headers, body) = result else {
+        guard let (body, grpc) = result else {
             resetStream(.internalError)
             return nil
         }
         soFar.moveReaderIndex(forwardBy: end)
-        grpcAnswer = headers.first(name: "content-type")?.hasPrefix("application/grpc") ?? false
+        grpcAnswer = grpc
         let interim = parsed.status < 200
         let endStream: Bool
         if interim {
@@ -281,17 +313,13 @@ final class H2Lane: ByteStream {
             }
             if case .done = response { endStream = true } else { endStream = false }
         }
-        connection.send(HTTP2Frame(streamID: streamID, payload: .headers(.init(headers: headers, endStream: endStream))), promise: nil)
+        connection.writeHeaders(streamID, block: block, endStream: endStream)
         return soFar
     }
 
-    /// Sends one DATA frame; the promise it returns, if any, tracks it for back-pressure.
-    private func sendData(_ bytes: ByteBuffer, end: Bool, _ streamID: HTTP2StreamID) -> EventLoopPromise<Void>? {
-        let frame = HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(bytes), endStream: end)))
-        let promise = flow.track(bytes.readableBytes, on: connection.loop) { [self] in writabilityMayHaveChanged() }
-        connection.send(frame, promise: promise)
-        if promise != nil { writabilityMayHaveChanged() }
-        return promise
+    private func sendData(_ bytes: ByteBuffer, end: Bool) {
+        connection.writeData(self, bytes, end: end)
+        if output.isBlocked { writabilityMayHaveChanged() }
     }
 
     /// Tells the handler when ``isWritable`` changed (the connection calls it too).
@@ -304,19 +332,30 @@ final class H2Lane: ByteStream {
 
     func flush() { connection.requestFlush() }
 
-    /// The answer is complete: once the request has ended too, the lane is free. A request
-    /// still sending is cut short (RFC 9113 8.1: an answer may come before the request ends).
+    /// What waited for window has gone out.
+    func outputSent() {
+        writabilityMayHaveChanged()
+        finishIfDone()
+        if closeWhenSent {
+            closeWhenSent = false
+            connection.forget(self)
+            connection.enqueue { [self] in shut(error: nil) }
+        }
+    }
+
+    /// The answer is complete: once the request has ended too and the last of it is out,
+    /// the lane is free. A request still sending is cut short (RFC 9113 8.1: an answer may
+    /// come before the request ends).
     private func finishIfDone() {
-        guard case .done = response, let streamID else { return }
+        guard case .done = response, let streamID, !output.isBlocked else { return }
         switch request {
         case .ended:
             self.streamID = nil
-            connection.laneFinished(self, streamID)
+            connection.laneFinished(self)
         case .raw, .chunked:
-            connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.noError)), promise: nil)
-            connection.requestFlush()
+            connection.writeReset(streamID, .noError)
             self.streamID = nil
-            connection.laneFinished(self, streamID, reusable: false)
+            connection.laneFinished(self, reusable: false)
             // The handler still expects the rest of the body: it closes, later (it may be
             // inside its own write).
             connection.enqueue { [self] in close(error: nil) }
@@ -334,29 +373,28 @@ final class H2Lane: ByteStream {
     func close(error: SocketError?) {
         guard isOpen else { return }
         if let streamID {
-            if case .untilClose = response {
-                connection.send(HTTP2Frame(streamID: streamID, payload: .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+            if output.isBlocked {
+                // The handler is gone; what still waits for window would never be complete.
+                connection.writeReset(streamID, .internalError)
+            } else if case .untilClose = response {
+                sendData(ByteBuffer(), end: true)
                 response = .done
-                if case .ended = request {} else {
-                    connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.noError)), promise: nil)
-                }
-            } else if grpcAnswer, !isHeadPending {
+                if case .ended = request {} else { connection.writeReset(streamID, .noError) }
+            } else if grpcAnswer, !isHeadPending, !isAnswered {
                 // A gRPC answer cut short (its upstream gone): trailers with UNAVAILABLE, which
                 // a client may retry, rather than a reset it would read as INTERNAL.
-                var trailers = HPACKHeaders()
-                trailers.add(name: "grpc-status", value: String(GRPCStatus.unavailable))
-                trailers.add(name: "grpc-message", value: "the upstream ended the call early")
-                connection.send(HTTP2Frame(streamID: streamID, payload: .headers(.init(headers: trailers, endStream: true))), promise: nil)
+                var block = ByteBuffer()
+                HPACKWriter.writeField(name: "grpc-status", value: String(GRPCStatus.unavailable), into: &block)
+                HPACKWriter.writeField(name: "grpc-message", value: "the upstream ended the call early", into: &block)
+                connection.writeHeaders(streamID, block: block, endStream: true)
                 response = .done
-                if case .ended = request {} else {
-                    connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.noError)), promise: nil)
-                }
-            } else {
-                connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(.internalError)), promise: nil)
+                if case .ended = request {} else { connection.writeReset(streamID, .noError) }
+            } else if !isAnswered {
+                connection.writeReset(streamID, .internalError)
             }
-            connection.requestFlush()
-            connection.laneFinished(self, streamID, reusable: false)
             self.streamID = nil
+            output.reset(keepingWindow: false)
+            connection.laneFinished(self, reusable: false)
         }
         shut(error: error)
     }
@@ -366,18 +404,24 @@ final class H2Lane: ByteStream {
     func closeAfterFlush(lingering: TimeAmount?, maxDrained: Int) {
         guard isOpen else { return }
         if streamID != nil {
-            close(error: nil)
+            guard isAnswered, output.isBlocked else {
+                close(error: nil)
+                return
+            }
+            // The whole answer is written but some waits for window: closed once it is out.
+            closeWhenSent = true
             return
         }
         connection.forget(self)
         connection.enqueue { [self] in shut(error: nil) }
     }
 
-    /// The peer reset the stream, or the stream failed: the handler hears of a closed connection.
+    /// The peer reset the stream (the connection has forgotten it): the handler hears of a
+    /// closed connection.
     func streamReset() {
-        guard isOpen, let streamID else { return }
-        self.streamID = nil
-        connection.laneFinished(self, streamID, reusable: false)
+        guard isOpen, streamID != nil else { return }
+        streamID = nil
+        output.reset(keepingWindow: false)
         shut(error: nil)
     }
 
@@ -398,14 +442,45 @@ final class H2Lane: ByteStream {
         delegate?.streamClosed(self, error: error)
     }
 
-    /// Resets the stream from our side (a head too large or malformed from the handler).
-    private func resetStream(_ code: HTTP2ErrorCode) {
+    /// Resets the stream from this side (the client broke the protocol on it, or the
+    /// handler's answer cannot be sent).
+    func reset(_ code: H2ErrorCode) { resetStream(code) }
+
+    private func resetStream(_ code: H2ErrorCode) {
         guard let streamID else { return }
-        connection.send(HTTP2Frame(streamID: streamID, payload: .rstStream(code)), promise: nil)
-        connection.requestFlush()
-        connection.laneFinished(self, streamID, reusable: false)
+        connection.writeReset(streamID, code)
         self.streamID = nil
+        output.reset(keepingWindow: false)
+        connection.laneFinished(self, reusable: false)
         connection.enqueue { [self] in shut(error: nil) }
+    }
+}
+
+/// A stream's answer on its way out: the window the client gave it, and what waits for more
+/// (DATA, whether they end the stream, and trailers after them).
+struct H2StreamOutput {
+    var sendWindow = 0
+    var queued: ByteBuffer?
+    var queuedEnd = false
+    var trailers: ByteBuffer?
+
+    init(sendWindow: Int = 0) {
+        self.sendWindow = sendWindow
+    }
+
+    var isBlocked: Bool { queued != nil }
+    var queuedBytes: Int { queued?.readableBytes ?? 0 }
+
+    mutating func queue(_ bytes: ByteBuffer, end: Bool) {
+        if queued == nil { queued = bytes } else { queued!.writeImmutableBuffer(bytes) }
+        queuedEnd = end
+    }
+
+    mutating func reset(keepingWindow: Bool) {
+        queued = nil
+        queuedEnd = false
+        trailers = nil
+        if !keepingWindow { sendWindow = 0 }
     }
 }
 

@@ -1,0 +1,55 @@
+import NIOCore
+
+/// Counts the work a client makes its connection do for no request (RFC 9113 10.5): streams
+/// it opens and cancels at once (CVE-2023-44487, rapid reset), frames that must be answered
+/// or read but carry nothing (SETTINGS, PING, PRIORITY, DATA with no bytes and no end,
+/// frames of unknown types). Past a limit within `window` the connection ends with GOAWAY
+/// ENHANCE_YOUR_CALM. The limits are far above what a real client does: a browser or a gRPC
+/// channel sends a handful of SETTINGS and PINGs a minute and cancels a few streams.
+struct H2FloodMeter {
+    enum Kind {
+        /// A stream the client reset before its answer was complete.
+        case reset
+        /// SETTINGS, PING (both answered), PRIORITY, unknown frames.
+        case control
+        /// DATA with no bytes that does not end its stream.
+        case empty
+    }
+
+    static let window = TimeAmount.seconds(10)
+    /// nginx allows a reset per request served and Netty 200 a 30 s window; 200 a 10 s
+    /// window is higher than both for a steady client and stops a burst at once.
+    static let maxResets = 200
+    static let maxControl = 1000
+    static let maxEmpty = 1000
+
+    private var windowStart: NIODeadline
+    private var resets = 0
+    private var control = 0
+    private var empty = 0
+
+    init(now: NIODeadline) {
+        windowStart = now
+    }
+
+    /// Counts one; true when the client is past a limit.
+    mutating func count(_ kind: Kind, now: NIODeadline) -> Bool {
+        if now - windowStart >= Self.window {
+            windowStart = now
+            resets = 0
+            control = 0
+            empty = 0
+        }
+        switch kind {
+        case .reset:
+            resets += 1
+            return resets > Self.maxResets
+        case .control:
+            control += 1
+            return control > Self.maxControl
+        case .empty:
+            empty += 1
+            return empty > Self.maxEmpty
+        }
+    }
+}

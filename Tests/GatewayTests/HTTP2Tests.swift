@@ -277,6 +277,18 @@ import Testing
         }
     }
 
+    /// A client that keeps asking and reads nothing is not read either once its socket is
+    /// full: its answers would otherwise pile up in the gateway's memory (3000 answers of 20 KB).
+    @Test func aClientThatReadsNothingStopsBeingRead() async throws {
+        try await Self.withH2Gateway(extra: "admin: { address: 127.0.0.1:0 }") { gw, clear, _, _ in
+            _ = try await Self.attack(clear, "no-reads", "3000")
+            let page = try await MetricsTests.admin(gw, "/metrics")
+            let served = MetricsTests.value(MetricsTests.samples(page.text), "moongate_requests_total", ["route": "all", "method": "GET", "status": "200"]) ?? 0
+            #expect(served < 600, "\(served)")  // about 200: what the kernel buffers hold
+            try await Self.stillServes(clear)
+        }
+    }
+
     @Test func aBodyLongerThanItsLengthIsRefusedNotSmuggled() async throws {
         try await Self.withH2Gateway { gw, clear, _, _ in
             let seen = try await Self.attack(clear, "length-mismatch")

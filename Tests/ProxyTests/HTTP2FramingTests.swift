@@ -73,6 +73,51 @@ import Testing
         #expect(fields.map(\.0) == [":status", "content-type", "x-trace"])
     }
 
+    // MARK: request heads
+
+    static func head(_ fields: [(String, String)], endStream: Bool = true) -> (String, Bool, Int?)? {
+        var out = ByteBuffer()
+        guard let (isHEAD, length) = H2RequestHead.write(HPACKHeaders(fields), endStream: endStream, into: &out) else { return nil }
+        return (String(buffer: out), isHEAD, length)
+    }
+
+    static let base = [(":method", "GET"), (":scheme", "https"), (":authority", "a.example"), (":path", "/x?y")]
+
+    @Test func aRequestsBlockBecomesAnHTTP1Head() throws {
+        let get = try #require(Self.head(Self.base + [("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2"), ("host", "other"), ("te", "trailers")]))
+        #expect(get.0 == "GET /x?y HTTP/1.1\r\nhost: a.example\r\naccept: */*\r\ncookie: a=1; b=2\r\n\r\n")
+        #expect(!get.1 && get.2 == nil)
+        let sized = try #require(Self.head([(":method", "POST")] + Self.base.dropFirst() + [("content-length", "5")], endStream: false))
+        #expect(sized.0.hasSuffix("content-length: 5\r\n\r\n") && sized.2 == 5)
+        let streamed = try #require(Self.head([(":method", "POST")] + Self.base.dropFirst(), endStream: false))
+        #expect(streamed.0.hasSuffix("transfer-encoding: chunked\r\n\r\n") && streamed.2 == nil)
+        #expect(Self.head([(":method", "HEAD")] + Self.base.dropFirst())?.1 == true)
+    }
+
+    @Test func malformedBlocksAreRefused() {
+        let refused: [[(String, String)]] = [
+            Self.base + [(":path", "/again")],  // a pseudo-field twice
+            Self.base + [("accept", "*/*"), (":method", "GET")],  // a pseudo-field after a regular one
+            Self.base + [("Accept", "*/*")],  // upper case
+            Self.base + [("accept", " x")],  // white space first
+            Self.base + [("accept", "x\r\nevil: 1")],
+            Self.base + [("connection", "close")],
+            Self.base + [("te", "gzip")],
+            Self.base + [("content-length", "5a")],
+            Self.base + [("content-length", "")],
+            Self.base + [("content-length", "1"), ("content-length", "1")],
+            Self.base + [(":protocol", "websocket")],
+            [(":method", "CONNECT"), (":scheme", "https"), (":authority", "a"), (":path", "/")],
+            [(":method", "GET"), (":authority", "a"), (":path", "/")],  // no :scheme
+            [(":method", "GET"), (":scheme", "https"), (":path", "x")],  // not origin-form
+            [(":method", "G T"), (":scheme", "https"), (":path", "/")],
+            [(":method", "GET"), (":scheme", "https"), (":path", "/a b")],
+        ]
+        for fields in refused {
+            #expect(Self.head(fields) == nil, "\(fields)")
+        }
+    }
+
     // MARK: frames
 
     static func frame(_ type: UInt8, _ flags: UInt8, _ stream: UInt32, _ payload: [UInt8]) -> [UInt8] {

@@ -282,6 +282,21 @@ def main():
                          extra=[("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "500m")]))
         c.send(DataFrame(1, data=b"\x00\x00\x00\x00\x00", flags=["END_STREAM"]).serialize())
         print(json.dumps(c.read(15, lambda r: 1 in r["ended"] or "1" in r["resets"])))
+    elif attack == "no-reads":
+        # Requests, windows wide open, and nothing read: the answers pile up unless the
+        # gateway stops taking requests while its socket is full.
+        c = Client(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.send(WindowUpdateFrame(0, window_increment=2**31 - 1 - 65535).serialize())
+        n = int(arg or "3000")
+        c.sock.settimeout(3)
+        for i in range(n):
+            if not c.send(c.headers(1 + 2 * i, "/bytes/20000")):
+                break
+            if i % 50 == 49:
+                time.sleep(0.01)
+        time.sleep(2)
+        print(json.dumps(c.result))
     elif attack == "conformance":
         conformance(port)
     else:

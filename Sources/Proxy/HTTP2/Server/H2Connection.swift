@@ -173,8 +173,12 @@ final class H2Connection: ByteStreamDelegate {
         flushNow()
     }
 
+    /// While the socket is full nothing more is read from the client: its next requests
+    /// would only add answers to a queue it is not taking (measured before this: a client
+    /// sending 5000 requests and reading nothing grew the gateway by 133 MB).
     func streamWritabilityChanged(_ stream: any ByteStream) {
         socketWritable = stream.isWritable
+        if !goingAwayForError { io.setReading(socketWritable) }
         for lane in streams { lane.writabilityMayHaveChanged() }
     }
 
@@ -458,8 +462,9 @@ final class H2Connection: ByteStreamDelegate {
     /// Sends what the windows allow of `bytes`; true when all of it (and the end) went.
     private func sendData(_ lane: H2Lane, _ id: UInt32, _ bytes: inout ByteBuffer, end: Bool) -> Bool {
         while true {
-            let n = min(bytes.readableBytes, lane.output.sendWindow, sendWindow, peerMaxFrameSize)
-            if n <= 0, bytes.readableBytes > 0 { return false }
+            // A window may be below zero (SETTINGS may shrink it, RFC 9113 6.9.2).
+            let n = max(0, min(bytes.readableBytes, lane.output.sendWindow, sendWindow, peerMaxFrameSize))
+            if n == 0, bytes.readableBytes > 0 { return false }
             var payload = bytes.readSlice(length: n)!
             let last = bytes.readableBytes == 0
             lane.output.sendWindow -= n

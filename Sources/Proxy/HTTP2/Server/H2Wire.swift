@@ -29,9 +29,20 @@ enum H2Wire {
     /// Writes a frame header: 24-bit length, type, flags, 31-bit stream.
     @inline(__always)
     static func writeHeader(_ out: inout ByteBuffer, length: Int, type: UInt8, flags: UInt8, stream: UInt32) {
-        out.writeInteger(UInt32(length) << 8 | UInt32(type))
-        out.writeInteger(flags)
-        out.writeInteger(stream & 0x7FFF_FFFF)
+        // One write of nine bytes (three integer writes each check and grow the buffer).
+        let id = stream & 0x7FFF_FFFF
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: headerSize) { p in
+            p[0] = UInt8(truncatingIfNeeded: length >> 16)
+            p[1] = UInt8(truncatingIfNeeded: length >> 8)
+            p[2] = UInt8(truncatingIfNeeded: length)
+            p[3] = type
+            p[4] = flags
+            p[5] = UInt8(truncatingIfNeeded: id >> 24)
+            p[6] = UInt8(truncatingIfNeeded: id >> 16)
+            p[7] = UInt8(truncatingIfNeeded: id >> 8)
+            p[8] = UInt8(truncatingIfNeeded: id)
+            return headerSize
+        }
     }
 }
 

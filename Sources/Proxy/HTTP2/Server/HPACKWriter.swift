@@ -25,11 +25,14 @@ enum HPACKWriter {
         case 404: index = 13
         case 500: index = 14
         default:
-            out.writeInteger(UInt8(0x08))  // literal without indexing, name index 8
-            out.writeInteger(UInt8(3))
-            out.writeInteger(UInt8(48 + status / 100 % 10))
-            out.writeInteger(UInt8(48 + status / 10 % 10))
-            out.writeInteger(UInt8(48 + status % 10))
+            out.writeWithUnsafeMutableBytes(minimumWritableBytes: 5) { p in
+                p[0] = 0x08  // literal without indexing, name index 8
+                p[1] = 3
+                p[2] = UInt8(48 + status / 100 % 10)
+                p[3] = UInt8(48 + status / 10 % 10)
+                p[4] = UInt8(48 + status % 10)
+                return 5
+            }
             return
         }
         out.writeInteger(0x80 | index)
@@ -37,21 +40,47 @@ enum HPACKWriter {
 
     /// A field as a literal without indexing; `name` is lower-cased on the way.
     static func writeField(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
-        if let index = staticIndex(name) {
-            writeInteger(index, prefix: 4, first: 0x00, into: &out)
-        } else {
-            out.writeInteger(UInt8(0x00))
-            writeInteger(name.count, prefix: 7, first: 0x00, into: &out)
-            out.writeWithUnsafeMutableBytes(minimumWritableBytes: name.count) { p in
+        let index = staticIndex(name)
+        // One write for the field: its largest encoding is its bytes and three integers.
+        let most = name.count + value.count + 16
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: most) { p in
+            var at = 0
+            if let index {
+                at = put(index, prefix: 4, first: 0x00, p, at)
+            } else {
+                p[0] = 0x00
+                at = put(name.count, prefix: 7, first: 0x00, p, 1)
                 for i in 0..<name.count {
                     let c = name[i]
-                    p[i] = c >= 65 && c <= 90 ? c | 0x20 : c
+                    p[at + i] = c >= 65 && c <= 90 ? c | 0x20 : c
                 }
-                return name.count
+                at += name.count
             }
+            at = put(value.count, prefix: 7, first: 0x00, p, at)
+            if value.count > 0 { UnsafeMutableRawBufferPointer(rebasing: p[at..<(at + value.count)]).copyMemory(from: value) }
+            return at + value.count
         }
-        writeInteger(value.count, prefix: 7, first: 0x00, into: &out)
-        out.writeBytes(value)
+    }
+
+    /// RFC 7541 5.1: `value` as a `prefix`-bit integer after the bits `first` sets, at `at`;
+    /// returns the index after it.
+    @inline(__always)
+    private static func put(_ value: Int, prefix: Int, first: UInt8, _ p: UnsafeMutableRawBufferPointer, _ at: Int) -> Int {
+        let max = (1 << prefix) - 1
+        if value < max {
+            p[at] = first | UInt8(value)
+            return at + 1
+        }
+        p[at] = first | UInt8(max)
+        var i = at + 1
+        var rest = value - max
+        while rest >= 128 {
+            p[i] = UInt8(rest & 0x7F | 0x80)
+            rest >>= 7
+            i += 1
+        }
+        p[i] = UInt8(rest)
+        return i + 1
     }
 
     static func writeField(name: StaticString, value: String, into out: inout ByteBuffer) {
@@ -59,23 +88,6 @@ enum HPACKWriter {
             var value = value
             value.withUTF8 { v in writeField(name: UnsafeRawBufferPointer(n), value: UnsafeRawBufferPointer(v), into: &out) }
         }
-    }
-
-    /// RFC 7541 5.1: `value` in a `prefix`-bit integer after the bits `first` sets.
-    @inline(__always)
-    static func writeInteger(_ value: Int, prefix: Int, first: UInt8, into out: inout ByteBuffer) {
-        let max = (1 << prefix) - 1
-        if value < max {
-            out.writeInteger(first | UInt8(value))
-            return
-        }
-        out.writeInteger(first | UInt8(max))
-        var rest = value - max
-        while rest >= 128 {
-            out.writeInteger(UInt8(rest & 0x7F | 0x80))
-            rest >>= 7
-        }
-        out.writeInteger(UInt8(rest))
     }
 
     /// The static table's index for a field name (any case), or nil.

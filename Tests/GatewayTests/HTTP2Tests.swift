@@ -273,6 +273,9 @@ import Testing
             #expect(seen["padded-request"]?.statuses["1"] == 200, "\(String(describing: seen["padded-request"]))")
             let small = seen["small-windows"]
             #expect(small?.data["1"] == 100_000 && small?.ended.contains(1) == true, "\(String(describing: small))")
+            let shrunk = seen["shrunk-window"]
+            #expect(shrunk?.fields["1"]?["before"] == "65535", "\(String(describing: shrunk))")
+            #expect(shrunk?.data["1"] == 100_000 && shrunk?.ended.contains(1) == true && shrunk?.goaway == nil, "\(String(describing: shrunk))")
             try await Self.stillServes(clear)
         }
     }

@@ -193,6 +193,19 @@ def conformance(port):
         if got:
             c.send(WindowUpdateFrame(1, window_increment=got).serialize() + WindowUpdateFrame(0, window_increment=got).serialize())
     seen["small-windows"] = c.result
+
+    # A window SETTINGS shrinks below zero (RFC 9113 6.9.2): nothing is sent until updates
+    # bring it above zero again, then the rest of the answer.
+    c = Client(port)
+    c.send(c.headers(1, "/bytes/100000"))
+    c.read(5, lambda r: r["data"].get("1", 0) >= 65535)
+    c.send(SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0}).serialize()
+           + WindowUpdateFrame(1, window_increment=65535).serialize())
+    before = c.read(1, lambda r: False)["data"].get("1", 0)
+    c.send(WindowUpdateFrame(1, window_increment=100000).serialize() + WindowUpdateFrame(0, window_increment=100000).serialize())
+    c.read(5, lambda r: 1 in r["ended"] or r["goaway"] is not None)
+    c.result["fields"] = {"1": {"before": str(before)}}
+    seen["shrunk-window"] = c.result
     print(json.dumps(seen))
 
 

@@ -260,7 +260,7 @@ import Testing
                 "data-on-idle-stream": 1, "window-update-zero": 1, "window-overflow": 3, "oversized-frame": 6,
                 "bad-initial-window": 3, "bad-max-frame-size": 1, "settings-ack-with-payload": 6,
                 "headers-on-stream-zero": 1, "even-stream": 1, "push-promise": 1, "continuation-interleaved": 1,
-                "continuation-without-headers": 1, "bad-padding": 1, "headers-after-client-reset": 5,
+                "continuation-without-headers": 1, "bad-padding": 1, "headers-after-client-reset": 5, "lower-stream-id": 1,
             ]
             for (name, code) in connectionErrors {
                 #expect(seen[name]?.goaway == code, "\(name): \(String(describing: seen[name]))")
@@ -268,6 +268,9 @@ import Testing
             // Not the preface on an h2c listener: an HTTP/1.1 client, answered as one.
             #expect(seen["bad-preface"]?.fields["0"]?["answer"]?.hasPrefix("HTTP/1.1 505") == true, "\(String(describing: seen["bad-preface"]))")
             #expect(seen["data-after-end-stream"]?.resets["1"] == 5, "\(String(describing: seen["data-after-end-stream"]))")
+            for name in ["pseudo-field-in-trailers", "trailers-without-end-stream"] {
+                #expect(seen[name]?.resets["1"] == 1 && seen[name]?.goaway == nil, "\(name): \(String(describing: seen[name]))")
+            }
             #expect(seen["priority-on-itself"]?.resets["3"] == 1, "\(String(describing: seen["priority-on-itself"]))")
             #expect(seen["ping-echo"]?.pong == "abcdefgh", "\(String(describing: seen["ping-echo"]))")
             #expect(seen["padded-request"]?.statuses["1"] == 200, "\(String(describing: seen["padded-request"]))")

@@ -142,6 +142,13 @@ def conformance(port):
     case("continuation-interleaved", send=lambda c: c.send(raw(1, 1, 1, c.block("/")) + PingFrame(0).serialize()))
     case("continuation-without-headers", send=lambda c: c.send(raw(9, 4, 1, c.block("/"))))
     case("bad-padding", send=lambda c: c.send(raw(1, 5 | 8, 1, bytes([200]) + c.block("/"))))
+    case("pseudo-field-in-trailers", until=ended(1), send=lambda c: c.send(
+        c.headers(1, "/upload", end_stream=False, method="POST")
+        + raw(1, 5, 1, c.encoder.encode([(":path", "/x")]))))
+    case("trailers-without-end-stream", until=ended(1), send=lambda c: c.send(
+        c.headers(1, "/upload", end_stream=False, method="POST")
+        + raw(1, 4, 1, c.encoder.encode([("x-trailer", "1")]))))
+    case("lower-stream-id", send=lambda c: c.send(c.headers(5, "/delay/300") + c.headers(3, "/")))
     case("headers-after-client-reset", send=lambda c: c.send(
         c.headers(1, "/upload", end_stream=False, method="POST") + RstStreamFrame(1, error_code=8).serialize()
         + c.headers(1, "/again")))

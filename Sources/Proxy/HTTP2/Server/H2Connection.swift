@@ -43,14 +43,14 @@ final class H2Connection: ByteStreamDelegate {
     let allocator = ByteBufferAllocator()
     let remoteAddress: SocketAddress?
     private var io: ConnectionIO
-    private let maxConcurrentStreams: Int
+    /// The connection-wide protocol rules: streams, windows, settings, floods.
+    private var state: H2ConnectionState
 
     // Reading.
     private var decoder: H2FrameDecoder
     private var hpack: HPACKDecoder
     /// A frame's first bytes, waiting for the rest.
     private var partial: ByteBuffer?
-    private var meter: H2FloodMeter
     private var reading = false
 
     // Streams.
@@ -61,20 +61,6 @@ final class H2Connection: ByteStreamDelegate {
     private var blocked: [H2Lane] = []
     /// Lanes whose request head waits for the rest of this read (see `H2Lane.begin`).
     private var gathering: [H2Lane] = []
-    private var lastStreamID: UInt32 = 0
-    /// Streams this side reset lately: the client's frames already in flight for them are
-    /// dropped rather than taken as errors (RFC 9113 5.4.2).
-    private var resetByUs = [UInt32](repeating: 0, count: 32)
-    private var resetByUsNext = 0
-
-    // Settings and windows.
-    private var settingsAcked = false
-    private var peerInitialWindow = 65535
-    private var peerMaxFrameSize = H2Wire.defaultMaxFrameSize
-    /// What the connection may still send, and what the client may still send it.
-    private var sendWindow = 65535
-    private var receiveWindow = H2Connection.connectionWindow
-    private var receiveCredit = 0
 
     // Writing.
     private var out: ByteBuffer
@@ -95,14 +81,15 @@ final class H2Connection: ByteStreamDelegate {
         self.tls = tls
         self.remoteAddress = remoteAddress
         let limits = worker.generation.shared.config.limits
-        maxConcurrentStreams = limits.maxConcurrentStreams
         // A block's compressed size is at most about its decoded one: twice the list limit
         // leaves room for any honest encoder.
         decoder = H2FrameDecoder(maxBlockBytes: 2 * limits.maxHeaderBytes + H2Wire.defaultMaxFrameSize)
         hpack = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: limits.maxHeaderBytes)
         let now = worker.clock.now()
         lastActivity = now
-        meter = H2FloodMeter(now: now)
+        state = H2ConnectionState(
+            maxConcurrentStreams: limits.maxConcurrentStreams, receiveWindow: Self.connectionWindow,
+            creditThreshold: Self.connectionCreditThreshold, now: now)
         out = ByteBufferAllocator().buffer(capacity: 4096)
     }
 
@@ -219,14 +206,14 @@ final class H2Connection: ByteStreamDelegate {
                 forget(stream: lane)
                 lane.streamReset()
                 if !answered, count(.reset) { return }
-            } else if isIdle(id) {
+            } else if state.unserved(id) == .idle {
                 fail(.protocolError)
             }
         case .settings(let entries):
             if count(.control) { return }
             applySettings(entries)
         case .settingsAck:
-            settingsAcked = true
+            state.settingsAcknowledged()
         case .ping(let opaque):
             if count(.control) { return }
             H2Wire.writeHeader(&out, length: 8, type: H2Wire.ping, flags: H2Wire.ack, stream: 0)
@@ -243,7 +230,7 @@ final class H2Connection: ByteStreamDelegate {
 
     /// Counts a frame that does no work; true (and the connection failing) past the limits.
     private func count(_ kind: H2FloodMeter.Kind) -> Bool {
-        guard meter.count(kind, now: lastActivity) else { return false }
+        guard state.count(kind, now: lastActivity) else { return false }
         fail(.enhanceYourCalm)
         return true
     }
@@ -251,7 +238,8 @@ final class H2Connection: ByteStreamDelegate {
     private func headersReceived(_ id: UInt32, _ headers: HPACKHeaders, endStream: Bool, selfDependent: Bool) {
         if let lane = lane(id) {
             // A second block on an open stream: trailers, which must end it (RFC 9113 8.1).
-            if selfDependent || !endStream {
+            // Trailers carry no pseudo-fields (RFC 9113 8.1).
+            if selfDependent || !endStream || headers.contains(where: { $0.name.utf8.first == UInt8(ascii: ":") }) {
                 resetLane(lane, .protocolError)
             } else if lane.requestEnded {
                 resetLane(lane, .streamClosed)
@@ -260,33 +248,21 @@ final class H2Connection: ByteStreamDelegate {
             }
             return
         }
-        guard id & 1 == 1 else {
-            fail(.protocolError)
+        switch state.newStream(id, open: streams.count, goingAway: goingAway, selfDependent: selfDependent) {
+        case .fail(let code):
+            fail(code)
             return
-        }
-        guard id > lastStreamID else {
-            // A stream that is over: a late block of one this side reset is dropped.
-            if !wasResetByUs(id) { fail(.streamClosed) }
+        case .drop:
             return
-        }
-        lastStreamID = id
-        if selfDependent {
-            resetStream(id, .protocolError)
+        case .refuse(let code):
+            resetStream(id, code)
             return
-        }
-        if goingAway {
-            resetStream(id, .refusedStream)
-            return
-        }
-        if streams.count >= maxConcurrentStreams {
-            // Before the client has our SETTINGS it may not know the limit: refused, and it may
-            // try again; after, it is breaking the protocol.
-            if settingsAcked { fail(.protocolError) } else { resetStream(id, .refusedStream) }
-            return
+        case .open:
+            break
         }
         let lane = idle.popLast() ?? makeLane()
         streams.append(lane)
-        if let refused = lane.begin(id, headers: headers, endStream: endStream, sendWindow: peerInitialWindow) {
+        if let refused = lane.begin(id, headers: headers, endStream: endStream, sendWindow: state.peerInitialWindow) {
             forget(stream: lane)
             idle.append(lane)
             resetStream(id, refused)
@@ -295,22 +271,17 @@ final class H2Connection: ByteStreamDelegate {
 
     private func dataReceived(_ id: UInt32, _ payload: ByteBuffer, flowControlled: Int, endStream: Bool) {
         // The connection's window counts every DATA, whatever becomes of its stream.
-        guard flowControlled <= receiveWindow else {
-            fail(.flowControlError)
+        do {
+            if let credit = try state.received(flowControlled) { writeWindowUpdate(0, credit) }
+        } catch {
+            fail(error)
             return
         }
-        receiveWindow -= flowControlled
-        receiveCredit += flowControlled
-        if receiveCredit >= Self.connectionCreditThreshold {
-            writeWindowUpdate(0, receiveCredit)
-            receiveWindow += receiveCredit
-            receiveCredit = 0
-        }
         guard let lane = lane(id) else {
-            if isIdle(id) {
-                fail(.protocolError)
-            } else if !wasResetByUs(id) {
-                resetStream(id, .streamClosed)
+            switch state.unserved(id) {
+            case .idle: fail(.protocolError)
+            case .closed: resetStream(id, .streamClosed)
+            case .resetByUs: break
             }
             return
         }
@@ -327,42 +298,33 @@ final class H2Connection: ByteStreamDelegate {
     }
 
     private func applySettings(_ entries: ByteBuffer) {
-        var entries = entries
-        var grew = false
-        while let id = entries.readInteger(as: UInt16.self), let value = entries.readInteger(as: UInt32.self) {
-            switch id {
-            case 0x2:  // ENABLE_PUSH: this side never pushes, but the value must be 0 or 1.
-                guard value <= 1 else { return fail(.protocolError) }
-            case 0x4:  // INITIAL_WINDOW_SIZE applies to every open stream's window (6.9.2).
-                guard value <= UInt32(H2Wire.maxWindow) else { return fail(.flowControlError) }
-                let delta = Int(value) - peerInitialWindow
-                peerInitialWindow = Int(value)
-                for lane in streams {
-                    guard lane.growSendWindow(delta) else { return fail(.flowControlError) }
-                }
-                if delta > 0 { grew = true }
-            case 0x5:  // MAX_FRAME_SIZE
-                guard value >= UInt32(H2Wire.defaultMaxFrameSize), value <= 0xFF_FFFF else { return fail(.protocolError) }
-                peerMaxFrameSize = Int(value)
-            default:
-                // HEADER_TABLE_SIZE: answers never use the dynamic table; the others are for
-                // a client (MAX_CONCURRENT_STREAMS: this side opens none) or advisory.
-                break
+        let delta: Int
+        do {
+            delta = try state.apply(settings: entries)
+        } catch {
+            return fail(error)
+        }
+        if delta != 0 {
+            for lane in streams {
+                guard lane.growSendWindow(delta) else { return fail(.flowControlError) }
             }
         }
         H2Wire.writeHeader(&out, length: 0, type: H2Wire.settings, flags: H2Wire.ack, stream: 0)
-        if grew { sendBlocked() }
+        if delta > 0 { sendBlocked() }
     }
 
     private func windowUpdated(_ id: UInt32, _ increment: Int) {
         if id == 0 {
-            sendWindow += increment
-            guard sendWindow <= H2Wire.maxWindow else { return fail(.flowControlError) }
+            do {
+                try state.windowUpdated(increment)
+            } catch {
+                return fail(error)
+            }
             sendBlocked()
             return
         }
         guard let lane = lane(id) else {
-            if isIdle(id) { fail(.protocolError) }
+            if state.unserved(id) == .idle { fail(.protocolError) }
             return
         }
         guard lane.growSendWindow(increment) else {
@@ -376,11 +338,6 @@ final class H2Connection: ByteStreamDelegate {
         for lane in streams where lane.streamID == id { return lane }
         return nil
     }
-
-    /// A client stream this side has not seen yet (or an even one, which no client opens).
-    private func isIdle(_ id: UInt32) -> Bool { id > lastStreamID || id & 1 == 0 }
-
-    private func wasResetByUs(_ id: UInt32) -> Bool { resetByUs.contains(id) }
 
     private func makeLane() -> H2Lane {
         let lane = H2Lane(connection: self)
@@ -423,7 +380,7 @@ final class H2Connection: ByteStreamDelegate {
         var type = H2Wire.headers
         var flags = endStream ? H2Wire.endStream : 0
         repeat {
-            let n = min(block.readableBytes, peerMaxFrameSize)
+            let n = min(block.readableBytes, state.peerMaxFrameSize)
             let last = n == block.readableBytes
             H2Wire.writeHeader(&out, length: n, type: type, flags: flags | (last ? H2Wire.endHeaders : 0), stream: id)
             var part = block.readSlice(length: n)!
@@ -462,13 +419,12 @@ final class H2Connection: ByteStreamDelegate {
     /// Sends what the windows allow of `bytes`; true when all of it (and the end) went.
     private func sendData(_ lane: H2Lane, _ id: UInt32, _ bytes: inout ByteBuffer, end: Bool) -> Bool {
         while true {
-            // A window may be below zero (SETTINGS may shrink it, RFC 9113 6.9.2).
-            let n = max(0, min(bytes.readableBytes, lane.output.sendWindow, sendWindow, peerMaxFrameSize))
+            let n = state.sendable(bytes.readableBytes, streamWindow: lane.output.sendWindow)
             if n == 0, bytes.readableBytes > 0 { return false }
             var payload = bytes.readSlice(length: n)!
             let last = bytes.readableBytes == 0
             lane.output.sendWindow -= n
-            sendWindow -= n
+            state.sent(n)
             H2Wire.writeHeader(&out, length: n, type: H2Wire.data, flags: end && last ? H2Wire.endStream : 0, stream: id)
             if n <= Self.copiedPayload {
                 out.writeBuffer(&payload)
@@ -484,7 +440,7 @@ final class H2Connection: ByteStreamDelegate {
     /// Sends what waits for window, oldest first, as far as the windows now allow.
     private func sendBlocked() {
         var i = 0
-        while i < blocked.count, sendWindow > 0 {
+        while i < blocked.count, state.sendWindow > 0 {
             let lane = blocked[i]
             guard let id = lane.streamID, var bytes = lane.output.queued else {
                 blocked.remove(at: i)
@@ -519,8 +475,7 @@ final class H2Connection: ByteStreamDelegate {
     func writeReset(_ id: UInt32, _ code: H2ErrorCode) {
         H2Wire.writeHeader(&out, length: 4, type: H2Wire.rstStream, flags: 0, stream: id)
         out.writeInteger(code.rawValue)
-        resetByUs[resetByUsNext] = id
-        resetByUsNext = (resetByUsNext + 1) % resetByUs.count
+        state.resetSent(id)
         requestFlush()
     }
 
@@ -573,7 +528,7 @@ final class H2Connection: ByteStreamDelegate {
 
     private func writeGoAway(_ code: H2ErrorCode) {
         H2Wire.writeHeader(&out, length: 8, type: H2Wire.goAway, flags: 0, stream: 0)
-        out.writeInteger(lastStreamID)
+        out.writeInteger(state.lastStreamID)
         out.writeInteger(code.rawValue)
     }
 

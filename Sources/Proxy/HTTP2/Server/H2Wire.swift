@@ -47,7 +47,7 @@ enum H2Wire {
 }
 
 /// RFC 9113 7.
-enum H2ErrorCode: UInt32 {
+enum H2ErrorCode: UInt32, Error {
     case noError = 0x0
     case protocolError = 0x1
     case internalError = 0x2

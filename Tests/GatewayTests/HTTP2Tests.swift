@@ -268,6 +268,10 @@ import Testing
             // Not the preface on an h2c listener: an HTTP/1.1 client, answered as one.
             #expect(seen["bad-preface"]?.fields["0"]?["answer"]?.hasPrefix("HTTP/1.1 505") == true, "\(String(describing: seen["bad-preface"]))")
             #expect(seen["data-after-end-stream"]?.resets["1"] == 5, "\(String(describing: seen["data-after-end-stream"]))")
+            // A head past max_header_bytes (16 KB) but not a bomb: 431, as over HTTP/1.1, and
+            // the connection goes on.
+            let big = seen["head-past-the-limit"]
+            #expect(big?.statuses == ["1": 431, "3": 200] && big?.goaway == nil, "\(String(describing: big))")
             for name in ["pseudo-field-in-trailers", "trailers-without-end-stream"] {
                 #expect(seen[name]?.resets["1"] == 1 && seen[name]?.goaway == nil, "\(name): \(String(describing: seen[name]))")
             }

@@ -148,6 +148,10 @@ def conformance(port):
     case("trailers-without-end-stream", until=ended(1), send=lambda c: c.send(
         c.headers(1, "/upload", end_stream=False, method="POST")
         + raw(1, 4, 1, c.encoder.encode([("x-trailer", "1")]))))
+    def big_head(c):
+        block = c.block("/big", extra=[("x-big", "a" * 20000)])
+        c.send(raw(1, 1, 1, block[:16000]) + raw(9, 4, 1, block[16000:]) + c.headers(3, "/after"))
+    case("head-past-the-limit", until=ended(3), send=big_head)
     case("lower-stream-id", send=lambda c: c.send(c.headers(5, "/delay/300") + c.headers(3, "/")))
     case("headers-after-client-reset", send=lambda c: c.send(
         c.headers(1, "/upload", end_stream=False, method="POST") + RstStreamFrame(1, error_code=8).serialize()

@@ -32,6 +32,7 @@ final class H2Connection: ByteStreamDelegate {
     /// The handler's response heads are its own; these bound them all the same.
     static let maxResponseHead = 64 * 1024
     static let responseHeadLimits = HeadLimits(maxHeaderBytes: maxResponseHead, maxHeaderCount: 1000, maxURIBytes: maxResponseHead)
+    static func decodedBlockLimit(_ limits: Limits) -> Int { max(4 * limits.maxHeaderBytes, 64 * 1024) }
     /// Payloads up to this size are copied into the frame buffer; larger ones go out as
     /// their own buffer (one more iovec rather than a copy).
     private static let copiedPayload = 2048
@@ -81,10 +82,14 @@ final class H2Connection: ByteStreamDelegate {
         self.tls = tls
         self.remoteAddress = remoteAddress
         let limits = worker.generation.shared.config.limits
-        // A block's compressed size is at most about its decoded one: twice the list limit
-        // leaves room for any honest encoder.
-        decoder = H2FrameDecoder(maxBlockBytes: 2 * limits.maxHeaderBytes + H2Wire.defaultMaxFrameSize)
-        hpack = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: limits.maxHeaderBytes)
+        // SETTINGS_MAX_HEADER_LIST_SIZE says `max_header_bytes`, but a larger block is still
+        // decoded, up to `decodedBlockLimit`, so that the dynamic table stays in step and the
+        // request gets the 431 an HTTP/1.1 one would (from the handler's own parser) on a
+        // connection that goes on; past that it is a bomb. A block's compressed size is at
+        // most about its decoded one.
+        let decodedLimit = Self.decodedBlockLimit(limits)
+        decoder = H2FrameDecoder(maxBlockBytes: decodedLimit + H2Wire.defaultMaxFrameSize)
+        hpack = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: decodedLimit)
         let now = worker.clock.now()
         lastActivity = now
         state = H2ConnectionState(

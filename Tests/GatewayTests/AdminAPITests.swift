@@ -41,7 +41,9 @@ import Testing
         var all = headers
         if let token { all.append(("Authorization", "Bearer \(token)")) }
         let sent = all
-        return try await offThePool { try RawClient(port: port).request(method, path, headers: sent, body: body.map { Array($0.utf8) }) }
+        // 30 s: a dry run validates a whole generation, which at the start of a full parallel
+        // suite on two cores once took longer than the client's default 10 s.
+        return try await offThePool { try RawClient(port: port, timeout: 30).request(method, path, headers: sent, body: body.map { Array($0.utf8) }) }
     }
 
     static func json(_ response: RawClient.Response) throws -> JSONValue {

@@ -81,5 +81,12 @@ import Testing
         var over = false
         for _ in 0...H2FloodMeter.maxControl { over = s.count(.control, now: Self.now) }
         #expect(over)
+        // A PING for each DATA frame sent (gRPC's bandwidth probes) never adds up to a flood.
+        var t = Self.state()
+        for _ in 0..<(3 * H2FloodMeter.maxControl) {
+            let over = t.count(.control, now: Self.now)
+            #expect(!over)
+            t.sent(1000)
+        }
     }
 }

@@ -117,7 +117,11 @@ struct H2ConnectionState {
         max(0, min(wanted, streamWindow, sendWindow, peerMaxFrameSize))
     }
 
-    mutating func sent(_ n: Int) { sendWindow -= n }
+    /// `n` bytes of DATA went out (a frame).
+    mutating func sent(_ n: Int) {
+        sendWindow -= n
+        if n > 0 { meter.progressed() }
+    }
 
     // MARK: settings
 

@@ -32,6 +32,14 @@ struct H2FloodMeter {
         windowStart = now
     }
 
+    /// A DATA frame went out: one control frame is paid for. gRPC clients measure the
+    /// bandwidth-delay product with a PING per window of DATA they receive (grpc-go's BDP
+    /// estimator), which on a fast link is many a second; those are answers to our progress,
+    /// not a flood, and a flood of PINGs alone still meets the limit.
+    mutating func progressed() {
+        if control > 0 { control -= 1 }
+    }
+
     /// Counts one; true when the client is past a limit.
     mutating func count(_ kind: Kind, now: NIODeadline) -> Bool {
         if now - windowStart >= Self.window {

@@ -14,31 +14,31 @@ import Testing
 
     @Test func streamsOpenInOrderAndWithinTheLimit() {
         var s = Self.state()
-        #expect(s.newStream(2, open: 0, goingAway: false, selfDependent: false) == .fail(.protocolError))
-        #expect(s.newStream(1, open: 0, goingAway: false, selfDependent: false) == .open)
-        #expect(s.newStream(5, open: 1, goingAway: false, selfDependent: false) == .open)
+        #expect(s.newStream(2, open: 0, goingAway: false, selfDependent: false, now: Self.now) == .fail(.protocolError))
+        #expect(s.newStream(1, open: 0, goingAway: false, selfDependent: false, now: Self.now) == .open)
+        #expect(s.newStream(5, open: 1, goingAway: false, selfDependent: false, now: Self.now) == .open)
         // Lower than the last: one skipped (RFC 9113 5.1.1), or one used and over (5.1).
-        #expect(s.newStream(3, open: 2, goingAway: false, selfDependent: false) == .fail(.protocolError))
-        #expect(s.newStream(1, open: 1, goingAway: false, selfDependent: false) == .fail(.streamClosed))
+        #expect(s.newStream(3, open: 2, goingAway: false, selfDependent: false, now: Self.now) == .fail(.protocolError))
+        #expect(s.newStream(1, open: 1, goingAway: false, selfDependent: false, now: Self.now) == .fail(.streamClosed))
         // Past the limit: refused while the client may not know it, fatal once it does.
-        #expect(s.newStream(7, open: 2, goingAway: false, selfDependent: false) == .refuse(.refusedStream))
+        #expect(s.newStream(7, open: 2, goingAway: false, selfDependent: false, now: Self.now) == .refuse(.refusedStream))
         s.settingsAcknowledged()
-        #expect(s.newStream(9, open: 2, goingAway: false, selfDependent: false) == .fail(.protocolError))
-        #expect(s.newStream(11, open: 0, goingAway: false, selfDependent: true) == .refuse(.protocolError))
-        #expect(s.newStream(13, open: 0, goingAway: true, selfDependent: false) == .refuse(.refusedStream))
+        #expect(s.newStream(9, open: 2, goingAway: false, selfDependent: false, now: Self.now) == .fail(.protocolError))
+        #expect(s.newStream(11, open: 0, goingAway: false, selfDependent: true, now: Self.now) == .refuse(.protocolError))
+        #expect(s.newStream(13, open: 0, goingAway: true, selfDependent: false, now: Self.now) == .refuse(.refusedStream))
         #expect(s.lastStreamID == 13)
     }
 
     @Test func framesForStreamsNoLaneServes() {
         var s = Self.state()
-        _ = s.newStream(5, open: 0, goingAway: false, selfDependent: false)
+        _ = s.newStream(5, open: 0, goingAway: false, selfDependent: false, now: Self.now)
         #expect(s.unserved(7) == .idle)
         #expect(s.unserved(4) == .idle)
         #expect(s.unserved(5) == .closed)
         s.resetSent(5)
         #expect(s.unserved(5) == .resetByUs)
         // A late block for a stream this side reset is read and dropped, not fatal.
-        #expect(s.newStream(5, open: 0, goingAway: false, selfDependent: false) == .drop)
+        #expect(s.newStream(5, open: 0, goingAway: false, selfDependent: false, now: Self.now) == .drop)
     }
 
     @Test func theConnectionWindowsBothWays() throws {

@@ -234,6 +234,15 @@ import Testing
         func count(_ kind: H2FloodMeter.Kind, _ now: NIODeadline) -> Bool { meter.count(kind, now: now) }
         for _ in 0..<H2FloodMeter.maxResets { #expect(!count(.reset, start)) }
         #expect(count(.reset, start))
+        // A client that cancels half of what it opens (deadlines) is not flooding.
+        var steady = H2FloodMeter(now: start)
+        for i in 0..<2000 {
+            _ = steady.count(.opened, now: start)
+            if i % 2 == 0 {
+                let over = steady.count(.reset, now: start)
+                #expect(!over)
+            }
+        }
         // A new window starts the counts again: a steady client never reaches the limit.
         let later = start + H2FloodMeter.window
         #expect(!count(.reset, later))

@@ -253,7 +253,7 @@ final class H2Connection: ByteStreamDelegate {
             }
             return
         }
-        switch state.newStream(id, open: streams.count, goingAway: goingAway, selfDependent: selfDependent) {
+        switch state.newStream(id, open: streams.count, goingAway: goingAway, selfDependent: selfDependent, now: lastActivity) {
         case .fail(let code):
             fail(code)
             return

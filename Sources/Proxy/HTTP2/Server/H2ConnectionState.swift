@@ -59,7 +59,7 @@ struct H2ConnectionState {
     // MARK: streams
 
     /// A header block for stream `id`, which no lane serves; `open` streams are served now.
-    mutating func newStream(_ id: UInt32, open: Int, goingAway: Bool, selfDependent: Bool) -> NewStream {
+    mutating func newStream(_ id: UInt32, open: Int, goingAway: Bool, selfDependent: Bool, now: NIODeadline) -> NewStream {
         guard id & 1 == 1 else { return .fail(.protocolError) }  // clients open odd streams
         guard id > lastStreamID else {
             // A block on a stream that is over: late for one this side reset, a client's error
@@ -68,6 +68,7 @@ struct H2ConnectionState {
             return .fail(opened.contains(id) ? .streamClosed : .protocolError)
         }
         lastStreamID = id
+        _ = meter.count(.opened, now: now)
         opened[openedNext] = id
         openedNext = (openedNext + 1) % opened.count
         if selfDependent { return .refuse(.protocolError) }

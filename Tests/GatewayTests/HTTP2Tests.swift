@@ -272,6 +272,9 @@ import Testing
             // the connection goes on.
             let big = seen["head-past-the-limit"]
             #expect(big?.statuses == ["1": 431, "3": 200] && big?.goaway == nil, "\(String(describing: big))")
+            // A stream error ends that stream; a request behind it in the same read is served.
+            let after = seen["stream-error-then-request"]
+            #expect(after?.resets["3"] == 6 && after?.statuses["5"] == 200 && after?.goaway == nil, "\(String(describing: after))")
             for name in ["pseudo-field-in-trailers", "trailers-without-end-stream"] {
                 #expect(seen[name]?.resets["1"] == 1 && seen[name]?.goaway == nil, "\(name): \(String(describing: seen[name]))")
             }

@@ -152,6 +152,7 @@ def conformance(port):
         block = c.block("/big", extra=[("x-big", "a" * 20000)])
         c.send(raw(1, 1, 1, block[:16000]) + raw(9, 4, 1, block[16000:]) + c.headers(3, "/after"))
     case("head-past-the-limit", until=ended(3), send=big_head)
+    case("stream-error-then-request", until=ended(5), send=lambda c: c.send(raw(2, 0, 3, b"\0\0\0") + c.headers(5, "/after")))
     case("lower-stream-id", send=lambda c: c.send(c.headers(5, "/delay/300") + c.headers(3, "/")))
     case("headers-after-client-reset", send=lambda c: c.send(
         c.headers(1, "/upload", end_stream=False, method="POST") + RstStreamFrame(1, error_code=8).serialize()

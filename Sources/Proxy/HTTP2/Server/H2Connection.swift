@@ -137,14 +137,16 @@ final class H2Connection: ByteStreamDelegate {
             held.writeBuffer(&bytes)
             bytes = held
         }
-        do {
-            while !goingAwayForError, let frame = try decoder.next(&bytes) {
+        while !goingAwayForError {
+            do {
+                guard let frame = try decoder.next(&bytes) else { break }
                 handle(frame)
-            }
-        } catch {
-            switch error {
-            case .connection(let code): fail(code)
-            case .stream(let id, let code): resetStream(id, code)
+            } catch {
+                switch error {
+                case .connection(let code): fail(code)
+                // The frame is consumed; the frames after it in this read are served.
+                case .stream(let id, let code): resetStream(id, code)
+                }
             }
         }
         if bytes.readableBytes > 0, !goingAwayForError {

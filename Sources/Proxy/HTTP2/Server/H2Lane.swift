@@ -150,6 +150,7 @@ final class H2Lane: ByteStream {
         case .ended:
             return
         }
+        finishIfDone()
     }
 
     /// Hands `bytes` to the handler, or holds them while its reads are paused; `body` is

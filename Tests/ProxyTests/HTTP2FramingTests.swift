@@ -118,6 +118,39 @@ import Testing
         }
     }
 
+    // MARK: HTTP/1.1 messages cut for streams
+
+    static func cut(_ cutter: inout H1MessageCutter, _ text: String, framing: H1MessageCutter.Body) throws -> [String] {
+        var bytes = ByteBuffer(string: text)
+        var seen: [String] = []
+        while let event = try cutter.next(&bytes) {
+            switch event {
+            case .head(let head):
+                seen.append("head \(head.readableBytes)")
+                if String(buffer: head).hasPrefix("HTTP/1.1 100") { cutter.expectHead() } else { cutter.framed(framing) }
+            case .data(let data, let end): seen.append("data \(String(buffer: data))\(end ? " end" : "")")
+            case .end(let trailers): seen.append("end \(trailers.map { String(buffer: $0) } ?? "-")")
+            }
+        }
+        if bytes.readableBytes > 0 { seen.append("left \(bytes.readableBytes)") }
+        return seen
+    }
+
+    @Test func messagesAreCutIntoHeadBodyAndEnd() throws {
+        var c = H1MessageCutter(maxHead: 100, expectingHead: true)
+        // A head in two writes, an interim head first, a length body and bytes past it.
+        #expect(try Self.cut(&c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", framing: .length(3)) == ["head 25"])
+        #expect(try Self.cut(&c, "a: b\r\n\r\nabcXY", framing: .length(3)) == ["head 25", "data abc end", "left 2"])
+        #expect(c.isDone)
+        c.expectHead()
+        #expect(try Self.cut(&c, "H\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n", framing: .chunked) == ["head 5", "data abc", "end x-t: 1\r\n"])
+        c.expectHead()
+        #expect(try Self.cut(&c, "H\r\n\r\nall of it", framing: .untilClose) == ["head 5", "data all of it"])
+        #expect(c.isUntilClose)
+        c.expectHead()
+        #expect(throws: H1MessageCutter.Failure.self) { try Self.cut(&c, String(repeating: "x", count: 101), framing: .none) }
+    }
+
     // MARK: frames
 
     static func frame(_ type: UInt8, _ flags: UInt8, _ stream: UInt32, _ payload: [UInt8]) -> [UInt8] {

@@ -78,8 +78,34 @@ final class H2LaneFlow {
     private var sent = 0
     private(set) var pending = 0
 
-    /// A new stream starts sending.
-    func streamStarted() { sent = 0 }
+    /// Body bytes the handler took since the stream's window was last given back.
+    private var consumed = 0
+
+    /// A new stream starts.
+    func streamStarted() {
+        sent = 0
+        consumed = 0
+    }
+
+    /// Gives `bytes` to the lane's handler now, or holds them while its reads are paused (or
+    /// earlier bytes wait); `body` is how much of the stream's window they hold. Returns the
+    /// window to give back, once the handler has taken enough.
+    func deliver(_ bytes: ByteBuffer, body: Int, from lane: any ByteStream, to delegate: (any ByteStreamDelegate)?) -> Int? {
+        if holdIfNeeded(bytes, body: body) { return nil }
+        return hand(bytes, body: body, from: lane, to: delegate)
+    }
+
+    /// Gives `bytes` to the lane's handler; the window to give back, as `deliver`.
+    func hand(_ bytes: ByteBuffer, body: Int, from lane: any ByteStream, to delegate: (any ByteStreamDelegate)?) -> Int? {
+        guard let delegate else { return nil }
+        delegate.streamRead(lane, bytes)
+        delegate.streamReadComplete(lane)
+        guard body > 0 else { return nil }
+        consumed += body
+        guard consumed >= H2Connection.streamCreditThreshold else { return nil }
+        defer { consumed = 0 }
+        return consumed
+    }
 
     /// Keeps `bytes` (reads paused, or earlier bytes still held, which must go first); false:
     /// the caller hands them over now.

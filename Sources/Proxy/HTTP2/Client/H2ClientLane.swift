@@ -13,13 +13,6 @@ final class H2ClientLane: ByteStream {
     var delegate: (any ByteStreamDelegate)?
     private(set) var streamID: HTTP2StreamID?
 
-    private enum RequestSide {
-        case head(ByteBuffer?)
-        case length(remaining: Int)
-        case chunked(ChunkedDecoder)
-        case ended
-    }
-
     private enum ResponseSide {
         /// No final HEADERS yet.
         case waiting
@@ -30,13 +23,12 @@ final class H2ClientLane: ByteStream {
         case done
     }
 
-    private var request = RequestSide.head(nil)
+    /// The handler's request, cut into HEADERS and DATA.
+    private var request = H1MessageCutter(maxHead: H2Connection.maxResponseHead, expectingHead: true)
     private var response = ResponseSide.waiting
     private(set) var isOpen = true
     /// Answer bytes held while the handler's reads are paused; request bytes queued.
     private let flow = H2LaneFlow()
-    /// Body bytes the handler took since the last stream WINDOW_UPDATE.
-    private var consumed = 0
     private var reportedWritable = true
 
     init(connection: H2ClientConnection) {
@@ -58,43 +50,28 @@ final class H2ClientLane: ByteStream {
         }
         var bytes = bytes
         var last: EventLoopPromise<Void>?
-        while bytes.readableBytes > 0, isOpen {
-            switch request {
-            case .head(var soFar):
-                if soFar == nil { soFar = bytes } else { soFar!.writeBuffer(&bytes) }
-                bytes.moveReaderIndex(to: bytes.writerIndex)
-                guard let rest = startRequest(&soFar!) else {
-                    if case .head = request, isOpen { request = .head(soFar) }
-                    break
-                }
-                bytes = rest
-            case .length(let remaining):
-                let take = min(remaining, bytes.readableBytes)
-                let slice = bytes.readSlice(length: take)!
-                request = remaining == take ? .ended : .length(remaining: remaining - take)
-                last = sendData(slice, end: remaining == take)
-            case .chunked(var decoder):
-                do {
-                    guard let event = try decoder.next(&bytes) else {
-                        request = .chunked(decoder)
-                        break
-                    }
-                    switch event {
-                    case .data(let slice):
-                        request = .chunked(decoder)
-                        last = sendData(slice, end: false)
-                    case .end:
-                        request = .ended
-                        last = sendData(ByteBuffer(), end: true)
-                    }
-                } catch {
-                    close(error: nil)
-                }
-            case .ended:
-                // Bytes past the request's end: the handler is out of step; this lane is not reused.
-                bytes.moveReaderIndex(to: bytes.writerIndex)
+        while isOpen {
+            let event: H1MessageCutter.Event?
+            do {
+                event = try request.next(&bytes)
+            } catch {
                 close(error: nil)
+                break
             }
+            guard let event else { break }
+            switch event {
+            case .head(let head):
+                startRequest(head)
+            case .data(let slice, let end):
+                last = sendData(slice, end: end)
+            case .end:
+                // An HTTP/1.1 request's trailers are not passed on; the stream just ends.
+                last = sendData(ByteBuffer(), end: true)
+            }
+        }
+        if request.isDone, bytes.readableBytes > 0, isOpen {
+            // Bytes past the request's end: the handler is out of step; this lane is not reused.
+            close(error: nil)
         }
         if let promise {
             if let last { last.futureResult.cascade(to: promise) } else { promise.succeed() }
@@ -102,46 +79,30 @@ final class H2ClientLane: ByteStream {
         finishIfDone()
     }
 
-    /// Sends HEADERS once the head is complete; returns the bytes after it.
-    private func startRequest(_ soFar: inout ByteBuffer) -> ByteBuffer? {
-        let end: Int? = soFar.withUnsafeReadableBytes { HeadParser.findEnd($0, from: 0) }
-        guard let end else {
-            if soFar.readableBytes > H2Connection.maxResponseHead { close(error: nil) }
-            return nil
-        }
-        var head = RequestHead()
-        let headers: HPACKHeaders? = soFar.withUnsafeReadableBytes { p in
-            let bytes = UnsafeRawBufferPointer(rebasing: p[0..<end])
+    /// Sends HEADERS for the request `head`; the lane closes when it cannot.
+    private func startRequest(_ head: ByteBuffer) {
+        var parsed = RequestHead()
+        let headers: HPACKHeaders? = head.withUnsafeReadableBytes { p in
             do {
-                try HeadParser.parseRequest(bytes, into: &head, limits: H2Connection.responseHeadLimits)
+                try HeadParser.parseRequest(p, into: &parsed, limits: H2Connection.responseHeadLimits)
             } catch {
                 return nil
             }
-            return Self.requestHeaders(bytes, head, scheme: connection.scheme)
+            return Self.requestHeaders(p, parsed, scheme: connection.scheme)
         }
         guard let headers, let id = connection.startStream(self) else {
             close(error: nil)
-            return nil
+            return
         }
-        soFar.moveReaderIndex(forwardBy: end)
         streamID = id
         response = .waiting
-        consumed = 0
         flow.streamStarted()
-        let endStream: Bool
-        switch head.framing {
-        case .contentLength(let n) where n > 0:
-            request = .length(remaining: n)
-            endStream = false
-        case .chunked:
-            request = .chunked(ChunkedDecoder())
-            endStream = false
-        case .none, .contentLength, .untilClose:
-            request = .ended
-            endStream = true
+        switch parsed.framing {
+        case .contentLength(let n): request.framed(.length(n))
+        case .chunked: request.framed(.chunked)
+        case .none, .untilClose: request.framed(.none)
         }
-        connection.send(HTTP2Frame(streamID: id, payload: .headers(.init(headers: headers, endStream: endStream))), promise: nil)
-        return soFar
+        connection.send(HTTP2Frame(streamID: id, payload: .headers(.init(headers: headers, endStream: request.isDone))), promise: nil)
     }
 
     /// The handler's request head as a header block (RFC 9113 8.3.1): pseudo-fields from the
@@ -281,23 +242,15 @@ final class H2ClientLane: ByteStream {
     }
 
     private func deliver(_ bytes: ByteBuffer, body: Int = 0) {
-        if !flow.holdIfNeeded(bytes, body: body) { hand(bytes, body: body) }
+        credit(flow.deliver(bytes, body: body, from: self, to: delegate))
     }
 
-    private func hand(_ bytes: ByteBuffer, body: Int) {
-        guard let delegate else { return }
-        delegate.streamRead(self, bytes)
-        delegate.streamReadComplete(self)
-        guard body > 0, let streamID, isOpen else { return }
-        consumed += body
-        guard consumed >= H2Connection.streamCreditThreshold else { return }
-        if case .done = response {
-            consumed = 0
-            return
-        }
-        connection.send(HTTP2Frame(streamID: streamID, payload: .windowUpdate(windowSizeIncrement: consumed)), promise: nil)
+    /// Gives the stream's window back (what the handler took), while the answer still comes.
+    private func credit(_ bytes: Int?) {
+        guard let bytes, let streamID, isOpen else { return }
+        if case .done = response { return }
+        connection.send(HTTP2Frame(streamID: streamID, payload: .windowUpdate(windowSizeIncrement: bytes)), promise: nil)
         connection.requestFlush()
-        consumed = 0
     }
 
     func pauseReads() { flow.pause() }
@@ -305,7 +258,7 @@ final class H2ClientLane: ByteStream {
     func resumeReads() {
         flow.resume(on: connection.loop) { [self] in
             guard isOpen, let (bytes, body) = flow.takeHeld() else { return }
-            hand(bytes, body: body)
+            credit(flow.hand(bytes, body: body, from: self, to: delegate))
         }
     }
 
@@ -313,9 +266,9 @@ final class H2ClientLane: ByteStream {
     /// An answer that came before the request ended cuts the request (RFC 9113 8.1).
     private func finishIfDone() {
         guard case .done = response, let streamID else { return }
-        if case .ended = request {
+        if request.isDone {
             self.streamID = nil
-            request = .head(nil)
+            request.expectHead()
             connection.streamEnded(streamID)
             return
         }
@@ -323,7 +276,7 @@ final class H2ClientLane: ByteStream {
         connection.requestFlush()
         self.streamID = nil
         connection.streamEnded(streamID)
-        request = .ended
+        request.finish()
         connection.enqueue { [self] in close(error: nil) }
     }
 

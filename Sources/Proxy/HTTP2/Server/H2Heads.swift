@@ -205,10 +205,5 @@ enum H2ResponseHead {
         return block.readableBytes > 0 ? block : nil
     }
 
-    enum Body {
-        case none
-        case length(Int)
-        case chunked
-        case untilClose
-    }
+    typealias Body = H1MessageCutter.Body
 }

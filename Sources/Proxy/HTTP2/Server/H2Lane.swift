@@ -39,17 +39,9 @@ final class H2Lane: ByteStream {
         case ended
     }
 
-    private enum ResponseSide {
-        /// Head bytes so far.
-        case head(ByteBuffer?)
-        case length(remaining: Int)
-        case chunked(ChunkedDecoder)
-        case untilClose
-        case done
-    }
-
     private var request = RequestSide.ended
-    private var response = ResponseSide.done
+    /// The handler's answer, cut into HEADERS and DATA.
+    private var response = H1MessageCutter(maxHead: H2Connection.maxResponseHead, expectingHead: false)
     private var isHEAD = false
     /// The answer under way is a gRPC one (`content-type: application/grpc...`): cut short,
     /// it ends with a gRPC status rather than a reset.
@@ -57,8 +49,6 @@ final class H2Lane: ByteStream {
     private(set) var isOpen = true
     /// Request bytes held while the handler's reads are paused; answer bytes queued.
     private let flow = H2LaneFlow()
-    /// Body bytes the handler took since the last stream WINDOW_UPDATE.
-    private var consumed = 0
     private var reportedWritable = true
     /// The handler closed after its answer, which still waits for window.
     private var closeWhenSent = false
@@ -84,8 +74,8 @@ final class H2Lane: ByteStream {
         output = H2StreamOutput(sendWindow: sendWindow)
         receiveWindow = H2Connection.streamWindow
         request = endStream ? .ended : (length.map { .raw(remaining: $0) } ?? .chunked)
-        response = .head(nil)
-        consumed = 0
+        response.expectHead()
+        flow.streamStarted()
         if endStream {
             deliver(head)
         } else {
@@ -101,7 +91,7 @@ final class H2Lane: ByteStream {
     /// The read that brought the stream's HEADERS is over: what was held goes to the handler.
     func endGathering() {
         guard isOpen, let (bytes, body) = flow.takeHeld() else { return }
-        hand(bytes, body: body)
+        credit(flow.hand(bytes, body: body, from: self, to: delegate))
     }
 
     /// DATA for the current stream; `flowControlled` counts its padding too, all of which
@@ -156,28 +146,14 @@ final class H2Lane: ByteStream {
     /// Hands `bytes` to the handler, or holds them while its reads are paused; `body` is
     /// how much of the stream's window they hold.
     private func deliver(_ bytes: ByteBuffer, body: Int = 0) {
-        if !flow.holdIfNeeded(bytes, body: body) { hand(bytes, body: body) }
+        credit(flow.deliver(bytes, body: body, from: self, to: delegate))
     }
 
-    private func hand(_ bytes: ByteBuffer, body: Int) {
-        guard let delegate else { return }
-        delegate.streamRead(self, bytes)
-        delegate.streamReadComplete(self)
-        credit(body)
-    }
-
-    /// Gives the stream's window back once the handler took enough of its body.
-    private func credit(_ bytes: Int) {
-        guard bytes > 0, let streamID, isOpen else { return }
-        consumed += bytes
-        guard consumed >= H2Connection.streamCreditThreshold else { return }
-        if case .ended = request {
-            consumed = 0
-            return
-        }
-        receiveWindow += consumed
-        connection.writeWindowUpdate(streamID, consumed)
-        consumed = 0
+    /// Gives the stream's window back (what the handler took), while the request still sends.
+    private func credit(_ bytes: Int?) {
+        guard let bytes, let streamID, isOpen, !requestEnded else { return }
+        receiveWindow += bytes
+        connection.writeWindowUpdate(streamID, bytes)
     }
 
     /// Takes `n` bytes of the stream's receive window; false when the client sent more than
@@ -201,10 +177,7 @@ final class H2Lane: ByteStream {
     }
 
     /// The handler has written its whole answer (some may still wait for window).
-    var isAnswered: Bool {
-        if case .done = response { return true }
-        return false
-    }
+    var isAnswered: Bool { response.isDone }
 
     // MARK: ByteStream (the handler's side)
 
@@ -220,102 +193,64 @@ final class H2Lane: ByteStream {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        while bytes.readableBytes > 0 {
-            switch response {
-            case .head(var soFar):
-                if soFar == nil { soFar = bytes } else { soFar!.writeBuffer(&bytes) }
-                bytes.moveReaderIndex(to: bytes.writerIndex)
-                guard let rest = sendHead(&soFar!) else {
-                    if case .head = response { response = .head(soFar) }
-                    break
-                }
-                bytes = rest
-            case .length(let remaining):
-                let take = min(remaining, bytes.readableBytes)
-                let slice = bytes.readSlice(length: take)!
-                response = remaining == take ? .done : .length(remaining: remaining - take)
-                sendData(slice, end: remaining == take)
-                if remaining == take { bytes.moveReaderIndex(to: bytes.writerIndex) }
-            case .chunked(var decoder):
-                do {
-                    guard let event = try decoder.next(&bytes) else {
-                        response = .chunked(decoder)
-                        break
-                    }
-                    switch event {
-                    case .data(let slice):
-                        response = .chunked(decoder)
-                        sendData(slice, end: false)
-                    case .end:
-                        response = .done
-                        if let raw = decoder.trailers, let block = H2ResponseHead.trailers(raw) {
-                            // Trailers end the stream as a last HEADERS (RFC 9113 8.1).
-                            connection.writeTrailers(self, block: block)
-                        } else {
-                            sendData(ByteBuffer(), end: true)
-                        }
-                        bytes.moveReaderIndex(to: bytes.writerIndex)
-                    }
-                } catch {
-                    // The handler writes chunked framing it checked itself: this is a bug.
-                    resetStream(.internalError)
+        while true {
+            let event: H1MessageCutter.Event?
+            do {
+                event = try response.next(&bytes)
+            } catch {
+                // A head past the bound, or chunked framing the handler broke (a bug).
+                resetStream(.internalError)
+                promise?.fail(ChannelError.ioOnClosedChannel)
+                return
+            }
+            guard let event else { break }
+            switch event {
+            case .head(let head):
+                guard sendHead(head) else {
                     promise?.fail(ChannelError.ioOnClosedChannel)
                     return
                 }
-            case .untilClose:
-                sendData(bytes, end: false)
-                bytes.moveReaderIndex(to: bytes.writerIndex)
-            case .done:
-                bytes.moveReaderIndex(to: bytes.writerIndex)
+            case .data(let slice, let end):
+                sendData(slice, end: end)
+            case .end(let trailers):
+                if let raw = trailers, let block = H2ResponseHead.trailers(raw) {
+                    // Trailers end the stream as a last HEADERS (RFC 9113 8.1).
+                    connection.writeTrailers(self, block: block)
+                } else {
+                    sendData(ByteBuffer(), end: true)
+                }
             }
-            if case .done = response { break }
         }
+        // Bytes past the answer's end are dropped, as a socket's reader would never see them.
         promise?.succeed()
-        if case .done = response { finishIfDone() }
+        if response.isDone { finishIfDone() }
     }
 
-    /// Sends the response head once it is complete; returns the bytes after it (nil: not
-    /// complete yet, or refused).
-    private func sendHead(_ soFar: inout ByteBuffer) -> ByteBuffer? {
-        guard let streamID else { return nil }
-        let end: Int? = soFar.withUnsafeReadableBytes { HeadParser.findEnd($0, from: 0) }
-        guard let end else {
-            if soFar.readableBytes > H2Connection.maxResponseHead { resetStream(.internalError) }
-            return nil
-        }
+    /// Sends the answer's HEADERS; false when the head is refused (the stream is reset).
+    private func sendHead(_ head: ByteBuffer) -> Bool {
+        guard let streamID else { return false }
         var parsed = ResponseHead()
         var block = connection.allocator.buffer(capacity: 256)
-        let result: (H2ResponseHead.Body, Bool)? = soFar.withUnsafeReadableBytes { p in
-            let head = UnsafeRawBufferPointer(rebasing: p[0..<end])
+        let result: (H2ResponseHead.Body, Bool)? = head.withUnsafeReadableBytes { p in
             do {
-                try HeadParser.parseResponse(head, into: &parsed, limits: H2Connection.responseHeadLimits)
+                try HeadParser.parseResponse(p, into: &parsed, limits: H2Connection.responseHeadLimits)
             } catch {
                 return nil
             }
-            return H2ResponseHead.write(head, parsed, isHEAD: isHEAD, into: &block)
+            return H2ResponseHead.write(p, parsed, isHEAD: isHEAD, into: &block)
         }
         guard let (body, grpc) = result else {
             resetStream(.internalError)
-            return nil
+            return false
         }
-        soFar.moveReaderIndex(forwardBy: end)
         grpcAnswer = grpc
-        let interim = parsed.status < 200
-        let endStream: Bool
-        if interim {
-            endStream = false
-            response = .head(nil)
+        if parsed.status < 200 {
+            response.expectHead()
         } else {
-            switch body {
-            case .none: response = .done
-            case .length(let n): response = .length(remaining: n)
-            case .chunked: response = .chunked(ChunkedDecoder())
-            case .untilClose: response = .untilClose
-            }
-            if case .done = response { endStream = true } else { endStream = false }
+            response.framed(body)
         }
-        connection.writeHeaders(streamID, block: block, endStream: endStream)
-        return soFar
+        connection.writeHeaders(streamID, block: block, endStream: response.isDone)
+        return true
     }
 
     private func sendData(_ bytes: ByteBuffer, end: Bool) {
@@ -348,7 +283,7 @@ final class H2Lane: ByteStream {
     /// the lane is free. A request still sending is cut short (RFC 9113 8.1: an answer may
     /// come before the request ends).
     private func finishIfDone() {
-        guard case .done = response, let streamID, !output.isBlocked else { return }
+        guard response.isDone, let streamID, !output.isBlocked else { return }
         switch request {
         case .ended:
             self.streamID = nil
@@ -363,12 +298,6 @@ final class H2Lane: ByteStream {
         }
     }
 
-    /// No final answer head has gone out yet.
-    private var isHeadPending: Bool {
-        if case .head = response { return true }
-        return false
-    }
-
     // MARK: closing
 
     func close(error: SocketError?) {
@@ -377,18 +306,18 @@ final class H2Lane: ByteStream {
             if output.isBlocked {
                 // The handler is gone; what still waits for window would never be complete.
                 connection.writeReset(streamID, .internalError)
-            } else if case .untilClose = response {
+            } else if response.isUntilClose {
                 sendData(ByteBuffer(), end: true)
-                response = .done
+                response.finish()
                 if case .ended = request {} else { connection.writeReset(streamID, .noError) }
-            } else if grpcAnswer, !isHeadPending, !isAnswered {
+            } else if grpcAnswer, !response.isHeadPending, !isAnswered {
                 // A gRPC answer cut short (its upstream gone): trailers with UNAVAILABLE, which
                 // a client may retry, rather than a reset it would read as INTERNAL.
                 var block = ByteBuffer()
                 HPACKWriter.writeField(name: "grpc-status", value: String(GRPCStatus.unavailable), into: &block)
                 HPACKWriter.writeField(name: "grpc-message", value: "the upstream ended the call early", into: &block)
                 connection.writeHeaders(streamID, block: block, endStream: true)
-                response = .done
+                response.finish()
                 if case .ended = request {} else { connection.writeReset(streamID, .noError) }
             } else if !isAnswered {
                 connection.writeReset(streamID, .internalError)

@@ -104,7 +104,9 @@ import Testing
             "Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Trailing": grpc.unary_unary_rpc_method_handler(trailing),
         })
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        # No SO_REUSEPORT (grpcio's default): a port another test took must fail the bind,
+        # not be shared with it.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers((h,))
         if len(sys.argv) > 3:
             creds = grpc.ssl_server_credentials([(open(sys.argv[3], "rb").read(), open(sys.argv[2], "rb").read())])
@@ -162,8 +164,17 @@ import Testing
 
     /// Runs `body` with a grpcio server on a free port (over TLS with `tls`: certificate, key).
     static func withServer(tls: (String, String)? = nil, _ body: (Int, Process) async throws -> Void) async throws {
-        let port = try RawClient.freePort()
-        let process = try launchServer(WebSocketTests.python, ["-c", server, "\(port)"] + (tls.map { [$0.0, $0.1] } ?? []), port: port, name: "the grpcio server")
+        // A free port may be taken by a parallel test before the server binds it: a few tries.
+        var launched: (Int, Process)?
+        for attempt in 1...3 where launched == nil {
+            let port = try RawClient.freePort()
+            do {
+                launched = (port, try launchServer(WebSocketTests.python, ["-c", server, "\(port)"] + (tls.map { [$0.0, $0.1] } ?? []), port: port, name: "the grpcio server"))
+            } catch where attempt < 3 {
+                continue
+            }
+        }
+        let (port, process) = try #require(launched)
         // SIGKILL: grpcio's server, blocked in wait_for_termination, outlives a SIGTERM.
         defer { kill(process.processIdentifier, SIGKILL) }
         try await body(port, process)

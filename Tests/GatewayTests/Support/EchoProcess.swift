@@ -37,7 +37,13 @@ func launchServer(_ executable: String, _ arguments: [String], port: Int, name: 
     try p.run()
     let deadline = Date().addingTimeInterval(10)
     while Date() < deadline {
-        if (try? RawClient(port: port, timeout: 0.2)) != nil { return p }
+        if (try? RawClient(port: port, timeout: 0.2)) != nil {
+            // Something answers there; it must be this process (not another that had the port).
+            usleep(50_000)
+            if p.isRunning { return p }
+            break
+        }
+        if !p.isRunning { break }
         usleep(20_000)
     }
     kill(p.processIdentifier, SIGKILL)

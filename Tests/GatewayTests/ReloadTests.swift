@@ -57,6 +57,15 @@ import Testing
     }
 }
 
+/// The ports `freePort` has handed out in this process.
+final class GivenPorts: @unchecked Sendable {
+    static let shared = GivenPorts()
+    private let lock = NSLock()
+    private var given: Set<Int> = []
+    /// True when `port` had not been handed out yet (it is now).
+    func take(_ port: Int) -> Bool { lock.withLock { given.insert(port).inserted } }
+}
+
 final class LockedFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false
@@ -65,11 +74,15 @@ final class LockedFlag: @unchecked Sendable {
 }
 
 extension RawClient {
-    /// A loopback port nothing listens on right now.
+    /// A loopback port nothing listens on right now, and never handed out before in this
+    /// run: the kernel may pick a closed port again for the next caller, and tests run in
+    /// parallel (two servers of two tests once shared a port and each test saw the other's).
     static func freePort() throws -> Int {
-        let (fd, port) = boundSocket()
-        close(fd)
-        return port
+        while true {
+            let (fd, port) = boundSocket()
+            close(fd)
+            if GivenPorts.shared.take(port) { return port }
+        }
     }
 
     /// A socket bound to a free loopback port (listening, with `backlog`, if given).

@@ -2,9 +2,9 @@ import NIOCore
 import NIOHTTP2
 import SocketLoop
 
-/// Frames out to NIO's `NIOHTTP2Handler` for one connection, client or server side: written
-/// as streams produce them, flushed once for all of them, at the end of the read in progress
-/// or after the loop turn.
+/// Frames out to NIO's `NIOHTTP2Handler` for one upstream connection (the client side; the
+/// server side writes its own frames, `H2Connection`): written as streams produce them,
+/// flushed once for all of them, at the end of the read in progress or after the loop turn.
 final class H2FrameOutput {
     let loop: SocketLoop
     var context: ChannelHandlerContext?
@@ -63,9 +63,10 @@ final class H2FrameOutput {
     }
 }
 
-/// A lane's flow control both ways. In: bytes held while its handler's reads are paused (and
-/// the stream's window given back only as the handler takes them). Out: DATA frames queued
-/// and not yet written, counted once a stream has sent enough for back-pressure to matter.
+/// A lane's flow control both ways. In (both sides' lanes): bytes held while its handler's
+/// reads are paused, and the stream's window given back only as the handler takes them. Out
+/// (the client side's, whose frames NIO writes): DATA frames queued and not yet written,
+/// counted once a stream has sent enough for back-pressure to matter.
 final class H2LaneFlow {
     /// DATA are tracked only past this many bytes a stream has sent.
     static let untrackedBytes = 64 * 1024

@@ -247,9 +247,9 @@ final class H2Connection: ByteStreamDelegate {
             // A second block on an open stream: trailers, which must end it (RFC 9113 8.1).
             // Trailers carry no pseudo-fields (RFC 9113 8.1).
             if selfDependent || !endStream || headers.contains(where: { $0.name.utf8.first == UInt8(ascii: ":") }) {
-                resetLane(lane, .protocolError)
+                lane.reset(.protocolError)
             } else if lane.requestEnded {
-                resetLane(lane, .streamClosed)
+                lane.reset(.streamClosed)
             } else {
                 lane.receiveTrailers()
             }
@@ -293,11 +293,11 @@ final class H2Connection: ByteStreamDelegate {
             return
         }
         if lane.requestEnded {
-            resetLane(lane, .streamClosed)
+            lane.reset(.streamClosed)
             return
         }
         guard lane.takeReceiveWindow(flowControlled) else {
-            resetLane(lane, .flowControlError)
+            lane.reset(.flowControlError)
             return
         }
         if payload.readableBytes == 0, !endStream, count(.empty) { return }
@@ -335,7 +335,7 @@ final class H2Connection: ByteStreamDelegate {
             return
         }
         guard lane.growSendWindow(increment) else {
-            resetLane(lane, .flowControlError)
+            lane.reset(.flowControlError)
             return
         }
         if lane.output.isBlocked { sendBlocked() }
@@ -375,7 +375,7 @@ final class H2Connection: ByteStreamDelegate {
     }
 
     /// A lane closed: it serves nothing more.
-    func forget(_ lane: H2Lane) {
+    func laneClosed(_ lane: H2Lane) {
         if let i = idle.firstIndex(where: { $0 === lane }) { idle.remove(at: i) }
     }
 
@@ -463,7 +463,7 @@ final class H2Connection: ByteStreamDelegate {
             }
             blocked.remove(at: i)
             let trailers = lane.output.trailers
-            lane.output.reset(keepingWindow: true)
+            lane.output.clear()
             if let trailers { writeHeaders(id, block: trailers, endStream: true) }
             lane.outputSent()
         }
@@ -473,7 +473,7 @@ final class H2Connection: ByteStreamDelegate {
     /// Ends one stream from this side (RFC 9113 6.4) and remembers it for late frames.
     func resetStream(_ id: UInt32, _ code: H2ErrorCode) {
         if let lane = lane(id) {
-            resetLane(lane, code)
+            lane.reset(code)
             return
         }
         writeReset(id, code)
@@ -484,10 +484,6 @@ final class H2Connection: ByteStreamDelegate {
         out.writeInteger(code.rawValue)
         state.resetSent(id)
         requestFlush()
-    }
-
-    private func resetLane(_ lane: H2Lane, _ code: H2ErrorCode) {
-        lane.reset(code)
     }
 
     func writeWindowUpdate(_ id: UInt32, _ increment: Int) {

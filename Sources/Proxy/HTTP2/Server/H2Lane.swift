@@ -274,7 +274,7 @@ final class H2Lane: ByteStream {
         finishIfDone()
         if closeWhenSent {
             closeWhenSent = false
-            connection.forget(self)
+            connection.laneClosed(self)
             connection.enqueue { [self] in shut(error: nil) }
         }
     }
@@ -323,7 +323,7 @@ final class H2Lane: ByteStream {
                 connection.writeReset(streamID, .internalError)
             }
             self.streamID = nil
-            output.reset(keepingWindow: false)
+            output.clear()
             connection.laneFinished(self, reusable: false)
         }
         shut(error: error)
@@ -342,7 +342,7 @@ final class H2Lane: ByteStream {
             closeWhenSent = true
             return
         }
-        connection.forget(self)
+        connection.laneClosed(self)
         connection.enqueue { [self] in shut(error: nil) }
     }
 
@@ -351,7 +351,7 @@ final class H2Lane: ByteStream {
     func streamReset() {
         guard isOpen, streamID != nil else { return }
         streamID = nil
-        output.reset(keepingWindow: false)
+        output.clear()
         shut(error: nil)
     }
 
@@ -366,7 +366,7 @@ final class H2Lane: ByteStream {
         guard isOpen else { return }
         isOpen = false
         flow.dropHeld()
-        connection.forget(self)
+        connection.laneClosed(self)
         let delegate = self.delegate
         self.delegate = nil
         delegate?.streamClosed(self, error: error)
@@ -380,7 +380,7 @@ final class H2Lane: ByteStream {
         guard let streamID else { return }
         connection.writeReset(streamID, code)
         self.streamID = nil
-        output.reset(keepingWindow: false)
+        output.clear()
         connection.laneFinished(self, reusable: false)
         connection.enqueue { [self] in shut(error: nil) }
     }
@@ -406,11 +406,12 @@ struct H2StreamOutput {
         queuedEnd = end
     }
 
-    mutating func reset(keepingWindow: Bool) {
+    /// What waits is dropped (the stream is over, or all of it went); the window stays: a
+    /// new stream starts with a fresh output.
+    mutating func clear() {
         queued = nil
         queuedEnd = false
         trailers = nil
-        if !keepingWindow { sendWindow = 0 }
     }
 }
 
